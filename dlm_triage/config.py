@@ -1,0 +1,305 @@
+"""Run and sweep configuration: one frozen, validated record per fine-tune.
+
+A `RunConfig` is the single source of truth for a run. It is validated at construction (every problem is
+collected and reported once, naming the value and the fix), it serialises to JSON, and its hash is the cache
+key of the run, the run id, and the key under which the run lands in DuckDB.
+
+Fields excluded from the hash (`HASH_EXCLUDED`) change where or how fast a run executes, not what it computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+FAMILIES = ("tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar")
+METHODS = ("lora", "rslora", "dora", "pissa", "nara")
+NORMALISATIONS = ("per_masked_token", "per_token", "per_token_over_p")
+MASK_SAMPLINGS = ("bernoulli", "exact")
+ALPHA_CONVENTIONS = ("fixed", "per_rank")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+EARLY_WARNING_ACTIONS = ("flag", "stop")
+
+# Fields that do not change what a run computes (placement and output location only).
+HASH_EXCLUDED = frozenset({"device", "adapter_dir", "save_adapter"})
+CONFIG_SCHEMA_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """Raised with every problem of a configuration at once."""
+
+    def __init__(self, problems: Sequence[str], *, where: str = "run config"):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid {where} ({len(self.problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One LoRA/PEFT fine-tune of a masked diffusion LM under the masked-diffusion objective."""
+
+    family: str = "tiny"
+    """Model family adapter (see `dlm_triage.families`): knows loading, mask id, targets, logit alignment."""
+    model_id: str | None = None
+    """HF hub id or local path. None: the family default (the tiny family: the locally pretrained model)."""
+    method: str = "lora"
+    """PEFT method: lora, rslora, dora, pissa (through peft) or nara (noise-aware LoRA, ours)."""
+    rank: int = 8
+    """Adapter rank r (1..4096)."""
+    alpha: float = 16.0
+    """LoRA alpha. With alpha_convention='fixed' the adapter scale is alpha/r (rsLoRA: alpha/sqrt r)."""
+    alpha_convention: str = "fixed"
+    """'fixed': alpha as given; 'per_rank': effective alpha = alpha * rank (constant scale across ranks)."""
+    mask_ratio: float = 0.5
+    """Mask ratio rho in (0, 1): the share of tokens replaced by the mask token (paper Eq. 1)."""
+    mask_sampling: str = "bernoulli"
+    """'bernoulli': each token masked with probability rho (>= 1 per row); 'exact': round(rho*L) per row."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate (paper: LLaDA 1e-4, Dream 2e-6, MDLM 1e-4)."""
+    weight_decay: float = 0.0
+    steps: int = 200
+    """Optimizer updates. The log holds steps 0..steps: step t is measured at the weights after t updates."""
+    batch_size: int = 4
+    seq_len: int = 32
+    """Tokens per training sequence (sequences are packed/truncated to this length)."""
+    seed: int = 42
+    target_modules: tuple[str, ...] | None = None
+    """Explicit adapter targets. None: the family's attention modules. Every target must match a module."""
+    clip_grad_norm: float = 0.5
+    """Clip threshold; the logged grad norm is always the pre-clip global L2 norm."""
+    normalisation: str = "per_masked_token"
+    """'per_masked_token' (paper Eq. 1), 'per_token' (masked CE sum / (b*L)), 'per_token_over_p' (LLaDA pretraining: CE/p / (b*L))."""
+    top1_every: int = 1
+    """Cadence (steps) of the top-1 monitor's extra clean-batch forward for clean-batch families (costs ~1 forward)."""
+    dataset: str = "tiny-shifted"
+    """'tiny-shifted' (the embedded synthetic fine-tuning task) or a path to a UTF-8 text / JSONL file."""
+    dtype: str = "auto"
+    """'auto': bf16 on CUDA with bf16 support, float32 otherwise."""
+    device: str = "auto"
+    """'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'. Not part of the hash."""
+    cohort: str = ""
+    """Free label used to group runs in calibration (--group-by cohort)."""
+    early_warning_step: int = 25
+    """Step k at which max-grad-so-far is compared with the family's registered threshold."""
+    early_warning_action: str = "flag"
+    """'flag': mark the run routed_for_inspection and go on; 'stop': also end the run at step k."""
+    nara_eta: float = 0.1
+    """NaRA c_scale eta in C(lambda) = I + eta * F(e_lambda)."""
+    save_adapter: bool = True
+    adapter_dir: str | None = None
+    """Where adapter weights go. None: <run dir>/adapter. Not part of the hash."""
+
+    def __post_init__(self) -> None:
+        if self.target_modules is not None and not isinstance(self.target_modules, tuple):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        problems = _validate_run(self)
+        if problems:
+            raise ConfigError(problems)
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["target_modules"] is not None:
+            d["target_modules"] = list(d["target_modules"])
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                [f"unknown field(s) {unknown}: remove them or use one of {sorted(known)}"]
+            )
+        data = dict(data)
+        if data.get("target_modules") is not None:
+            data["target_modules"] = tuple(data["target_modules"])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of the hashed fields (and the schema version)."""
+        payload = {k: v for k, v in self.to_dict().items() if k not in HASH_EXCLUDED}
+        payload["_schema"] = CONFIG_SCHEMA_VERSION
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        """Stable, readable id: family-method-r{rank}-m{rho}-s{seed}-{hash12}."""
+        return (
+            f"{self.family}-{self.method}-r{self.rank}-m{self.mask_ratio:g}-s{self.seed}-"
+            f"{self.config_hash[:12]}"
+        )
+
+    @property
+    def effective_alpha(self) -> float:
+        return self.alpha * self.rank if self.alpha_convention == "per_rank" else self.alpha
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _validate_run(c: RunConfig) -> list[str]:
+    p: list[str] = []
+
+    def choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+        if value not in allowed:
+            p.append(f"{name}={value!r} is not known: use one of {list(allowed)}")
+
+    def int_range(name: str, value: Any, lo: int, hi: int) -> None:
+        if not _is_int(value) or not lo <= value <= hi:
+            p.append(f"{name}={value!r} is out of range: use an integer in [{lo}, {hi}]")
+
+    choice("family", c.family, FAMILIES)
+    choice("method", c.method, METHODS)
+    choice("normalisation", c.normalisation, NORMALISATIONS)
+    choice("mask_sampling", c.mask_sampling, MASK_SAMPLINGS)
+    choice("alpha_convention", c.alpha_convention, ALPHA_CONVENTIONS)
+    choice("dtype", c.dtype, DTYPES)
+    choice("early_warning_action", c.early_warning_action, EARLY_WARNING_ACTIONS)
+    int_range("rank", c.rank, 1, 4096)
+    int_range("steps", c.steps, 1, 10_000_000)
+    int_range("batch_size", c.batch_size, 1, 65_536)
+    int_range("seq_len", c.seq_len, 2, 1_048_576)
+    int_range("seed", c.seed, 0, 2**63 - 1)
+    int_range("top1_every", c.top1_every, 1, 10_000_000)
+    int_range("early_warning_step", c.early_warning_step, 0, 10_000_000)
+    if not _is_real(c.mask_ratio) or not 0.0 < c.mask_ratio < 1.0:
+        p.append(f"mask_ratio={c.mask_ratio!r} is out of range: use a number strictly between 0 and 1")
+    if not _is_real(c.learning_rate) or not 0.0 < c.learning_rate <= 10.0:
+        p.append(f"learning_rate={c.learning_rate!r} is out of range: use a finite number in (0, 10]")
+    if not _is_real(c.weight_decay) or c.weight_decay < 0:
+        p.append(f"weight_decay={c.weight_decay!r} is invalid: use a finite number >= 0")
+    if not _is_real(c.alpha) or c.alpha <= 0:
+        p.append(f"alpha={c.alpha!r} is invalid: use a finite number > 0")
+    if not _is_real(c.clip_grad_norm) or c.clip_grad_norm <= 0:
+        p.append(f"clip_grad_norm={c.clip_grad_norm!r} is invalid: use a finite number > 0")
+    if not _is_real(c.nara_eta) or c.nara_eta < 0:
+        p.append(f"nara_eta={c.nara_eta!r} is invalid: use a finite number >= 0")
+    if c.model_id is not None and (not isinstance(c.model_id, str) or not c.model_id.strip()):
+        p.append(f"model_id={c.model_id!r} is invalid: give a hub id or a local path, or None for the default")
+    if c.target_modules is not None:
+        bad = [t for t in c.target_modules if not isinstance(t, str) or not t.strip()]
+        if not c.target_modules or bad:
+            p.append(
+                f"target_modules={c.target_modules!r} is invalid: give module names such as "
+                "('q_proj', 'v_proj'), or None for the family's attention modules"
+            )
+    if not isinstance(c.dataset, str) or not c.dataset:
+        p.append(f"dataset={c.dataset!r} is invalid: use 'tiny-shifted' or a path to a text/JSONL file")
+    dev = c.device
+    if not isinstance(dev, str) or not (
+        dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
+    ):
+        p.append(f"device={dev!r} is not known: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if not isinstance(c.cohort, str):
+        p.append(f"cohort={c.cohort!r} is invalid: use a string label")
+    if c.family == "tiny" and c.model_id is not None and c.model_id.startswith(("GSAI", "Dream", "inclusion")):
+        p.append(f"model_id={c.model_id!r} looks like a hub model of another family: set family accordingly")
+    return p
+
+
+# -- sweeps ----------------------------------------------------------------------------------------
+
+SWEEP_AXES = ("family", "method", "rank", "mask_ratio", "learning_rate", "seed")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A grid of run configurations: the product of the axes, on top of `base`.
+
+    Axis names are RunConfig fields; `families`, `methods`, ... are the usual ones, `extra_axes` any other field.
+    """
+
+    families: tuple[str, ...] = ("tiny",)
+    methods: tuple[str, ...] = ("lora",)
+    ranks: tuple[int, ...] = (4, 16)
+    mask_ratios: tuple[float, ...] = (0.15, 0.5, 0.85)
+    learning_rates: tuple[float, ...] = (1e-4,)
+    seeds: tuple[int, ...] = (7, 42, 1337)
+    base: Mapping[str, Any] = field(default_factory=dict)
+    extra_axes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("families", "methods", "ranks", "mask_ratios", "learning_rates", "seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "base", dict(self.base))
+        object.__setattr__(self, "extra_axes", {k: tuple(v) for k, v in dict(self.extra_axes).items()})
+        problems = []
+        for name in ("families", "methods", "ranks", "mask_ratios", "learning_rates", "seeds"):
+            if len(getattr(self, name)) == 0:
+                problems.append(f"{name} is empty: give at least one value")
+        known = {f.name for f in dataclasses.fields(RunConfig)}
+        for k in list(self.base) + list(self.extra_axes):
+            if k not in known:
+                problems.append(f"field {k!r} is not a RunConfig field: use one of {sorted(known)}")
+        for k in self.base:
+            if k in SWEEP_AXES:
+                problems.append(f"base sets the axis {k!r}: set it through the axis instead")
+        if problems:
+            raise ConfigError(problems, where="sweep spec")
+        # Validate every expanded config now, so a bad value fails before any work starts.
+        errors: list[str] = []
+        for combo in self._combos():
+            try:
+                RunConfig(**combo)
+            except ConfigError as e:
+                errors.extend(e.problems)
+        if errors:
+            raise ConfigError(sorted(set(errors)), where="sweep spec")
+
+    def _combos(self) -> Iterable[dict[str, Any]]:
+        names = list(SWEEP_AXES) + list(self.extra_axes)
+        values = [
+            self.families, self.methods, self.ranks, self.mask_ratios, self.learning_rates, self.seeds,
+            *self.extra_axes.values(),
+        ]
+        for combo in itertools.product(*values):
+            d = dict(self.base)
+            d.update(zip(names, combo))
+            if d.get("target_modules") is not None:
+                d["target_modules"] = tuple(d["target_modules"])
+            yield d
+
+    def expand(self) -> list[RunConfig]:
+        """All run configs, in a stable order, without duplicates."""
+        seen: dict[str, RunConfig] = {}
+        for combo in self._combos():
+            cfg = RunConfig(**combo)
+            seen.setdefault(cfg.config_hash, cfg)
+        return list(seen.values())
+
+    def __len__(self) -> int:
+        return len(self.expand())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["base"] = dict(self.base)
+        d["extra_axes"] = {k: list(v) for k, v in self.extra_axes.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SweepSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError([f"unknown field(s) {unknown}: use {sorted(known)}"], where="sweep spec")
+        return cls(**data)
