@@ -1,0 +1,352 @@
+"""Flow parameters as pydantic v2 models: one definition for the Prefect UI forms, the CLI and the tests.
+
+Prefect renders a flow parameter annotated with one of these models as a form: the field descriptions become
+the help text, `Literal` fields become drop-downs, ranges are checked before the flow starts. The CLI builds the
+same objects, so a value that the UI refuses is refused at the command line with the same message.
+
+No Prefect import here: this module is shared with code that must not pay Prefect's import cost.
+
+Path fields default to None, meaning "the default location" (`dlm_triage.paths`, overridable with
+DLM_TRIAGE_OUT): a deployment then resolves them on the machine that runs the flow, not where it was deployed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dlm_triage import paths
+from dlm_triage.config import (
+    ALPHA_CONVENTIONS,
+    EARLY_WARNING_ACTIONS,
+    FAMILIES,
+    METHODS,
+    NORMALISATIONS,
+    RunConfig,
+    SweepSpec,
+)
+
+Family = Literal["tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar"]
+Method = Literal["lora", "rslora", "dora", "pissa", "nara"]
+Normalisation = Literal["per_masked_token", "per_token", "per_token_over_p"]
+GroupBy = Literal["family", "model", "cohort"]
+AlphaConvention = Literal["fixed", "per_rank"]
+EarlyWarningAction = Literal["flag", "stop"]
+ImportFormat = Literal["reference-jsonl", "cells", "hf-trainer", "wandb-csv"]
+
+# The Literals above must list exactly what config.py accepts; checked at import so they cannot drift apart.
+for _lit, _allowed in (
+    (Family, FAMILIES), (Method, METHODS), (Normalisation, NORMALISATIONS),
+    (AlphaConvention, ALPHA_CONVENTIONS), (EarlyWarningAction, EARLY_WARNING_ACTIONS),
+):
+    if set(_lit.__args__) != set(_allowed):  # type: ignore[attr-defined]
+        raise ImportError(f"params.py Literal {_lit.__args__} differs from config.py {_allowed}: update params.py")
+
+_RUN_FIELDS = {f for f in RunConfig.__dataclass_fields__}
+_DEFAULT_KS = (5, 10, 11, 25, 50, 100, 200)
+
+
+class _Params(BaseModel):
+    # extra='forbid': a misspelt field is an error naming it, not a silently ignored value.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _nonempty_unique(name: str, values: list[Any]) -> list[Any]:
+    if not values:
+        raise ValueError(f"{name} is empty: give at least one value")
+    dupes = sorted({repr(v) for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"{name} repeats {', '.join(dupes)}: give each value once")
+    return values
+
+
+class SweepParams(_Params):
+    """A grid of LoRA/PEFT fine-tunes (the product of the axes) and where and how to run it."""
+
+    families: list[Family] = Field(["tiny"], description="Model families (axis). 'tiny' needs no download.")
+    methods: list[Method] = Field(["lora"], description="PEFT methods (axis): lora, rslora, dora, pissa, nara.")
+    ranks: list[int] = Field([4, 16], description="Adapter ranks r (axis), each in [1, 4096].")
+    mask_ratios: list[float] = Field(
+        [0.15, 0.5, 0.85], description="Mask ratios rho (axis), each strictly between 0 and 1 (paper Eq. 1)."
+    )
+    learning_rates: list[float] = Field([1e-4], description="AdamW learning rates (axis), each in (0, 10].")
+    seeds: list[int] = Field([7, 42, 1337], description="Random seeds (axis), each >= 0.")
+    steps: int = Field(200, ge=1, le=10_000_000, description="Optimizer updates per run (log holds 0..steps).")
+    batch_size: int = Field(4, ge=1, le=65_536, description="Sequences per batch.")
+    seq_len: int = Field(32, ge=2, le=1_048_576, description="Tokens per training sequence.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (scale alpha/r with the 'fixed' convention).")
+    alpha_convention: AlphaConvention = Field(
+        "fixed", description="'fixed': alpha as given; 'per_rank': alpha * rank (constant scale across ranks)."
+    )
+    normalisation: Normalisation = Field(
+        "per_masked_token", description="Masked-CE normalisation: per_masked_token is the paper's Eq. 1."
+    )
+    model_id: str | None = Field(
+        None, description="HF hub id or local path; empty: the family default (tiny: the local pretrained model)."
+    )
+    dataset: str = Field(
+        "tiny-shifted", description="'tiny-shifted' (embedded synthetic task) or a path to a text/JSONL file."
+    )
+    cohort: str = Field("", description="Free label to group runs in calibration (group_by='cohort').")
+    early_warning_action: EarlyWarningAction = Field(
+        "flag", description="When max-grad at step k crosses the registered threshold: flag the run, or stop it."
+    )
+    early_warning_step: int = Field(25, ge=0, description="Step k of the live early warning.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other RunConfig field, e.g. {\"clip_grad_norm\": 1.0, \"top1_every\": 5}.",
+    )
+    runs_dir: Path | None = Field(
+        None, description="Where run directories go; empty: $DLM_TRIAGE_OUT/runs (default ./dlm-triage-out/runs)."
+    )
+    device: str = Field(
+        "auto",
+        description="'auto': runs round-robin over cuda:0..N-1 when GPUs exist, cpu otherwise; or a fixed "
+        "device ('cpu', 'cuda:1', 'mps'). Not part of the run's hash.",
+    )
+    gpu_slots: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Training tasks run at once by this flow run (its process-pool size). Empty: the number "
+        "of GPUs, or of CPU cores without GPU. A server-side tag concurrency limit 'gpu' caps all flow runs.",
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="torch intra-op threads per training process; empty: CPU cores / gpu_slots (no oversubscription).",
+    )
+
+    @field_validator("families", "methods", "ranks", "mask_ratios", "learning_rates", "seeds")
+    @classmethod
+    def _axis(cls, v: list[Any], info: Any) -> list[Any]:
+        return _nonempty_unique(info.field_name, v)
+
+    @field_validator("ranks")
+    @classmethod
+    def _ranks(cls, v: list[int]) -> list[int]:
+        bad = [r for r in v if not 1 <= r <= 4096]
+        if bad:
+            raise ValueError(f"ranks {bad} out of range: use integers in [1, 4096]")
+        return v
+
+    @field_validator("mask_ratios")
+    @classmethod
+    def _mask_ratios(cls, v: list[float]) -> list[float]:
+        bad = [m for m in v if not 0.0 < m < 1.0]
+        if bad:
+            raise ValueError(f"mask_ratios {bad} out of range: use numbers strictly between 0 and 1")
+        return v
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _lrs(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not 0.0 < x <= 10.0]
+        if bad:
+            raise ValueError(f"learning_rates {bad} out of range: use numbers in (0, 10]")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if s < 0]
+        if bad:
+            raise ValueError(f"seeds {bad} are negative: use integers >= 0")
+        return v
+
+    @field_validator("model_id")
+    @classmethod
+    def _model_id(cls, v: str | None) -> str | None:
+        return v.strip() or None if isinstance(v, str) else v
+
+    @field_validator("extra")
+    @classmethod
+    def _extra(cls, v: dict[str, Any]) -> dict[str, Any]:
+        axes_and_fields = {"family", "method", "rank", "mask_ratio", "learning_rate", "seed", "device"}
+        unknown = sorted(set(v) - _RUN_FIELDS)
+        if unknown:
+            raise ValueError(f"extra sets unknown RunConfig field(s) {unknown}: use one of {sorted(_RUN_FIELDS)}")
+        clash = sorted((set(v) & axes_and_fields) | (set(v) & set(cls.model_fields)))
+        if clash:
+            raise ValueError(f"extra sets {clash}, which have their own parameter: set them there")
+        return v
+
+    @model_validator(mode="after")
+    def _whole_grid(self) -> "SweepParams":
+        # Validate every expanded RunConfig now (SweepSpec does), so a bad combination fails before the flow
+        # starts; ConfigError is a ValueError, so it reaches the UI/CLI as a validation error naming the values.
+        self.to_spec()
+        return self
+
+    # -- conversions --------------------------------------------------------------------------------
+    def base(self) -> dict[str, Any]:
+        """RunConfig fields shared by every run of the grid (everything but the axes)."""
+        b: dict[str, Any] = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "alpha": self.alpha,
+            "alpha_convention": self.alpha_convention,
+            "normalisation": self.normalisation,
+            "model_id": self.model_id,
+            "dataset": self.dataset,
+            "cohort": self.cohort,
+            "early_warning_action": self.early_warning_action,
+            "early_warning_step": self.early_warning_step,
+            "device": self.device,
+        }
+        b.update(self.extra)
+        return b
+
+    def to_spec(self) -> SweepSpec:
+        """The validated `SweepSpec` (raises ConfigError naming every bad value)."""
+        return SweepSpec(
+            families=tuple(self.families),
+            methods=tuple(self.methods),
+            ranks=tuple(self.ranks),
+            mask_ratios=tuple(self.mask_ratios),
+            learning_rates=tuple(self.learning_rates),
+            seeds=tuple(self.seeds),
+            base=self.base(),
+        )
+
+    def resolved_runs_dir(self) -> Path:
+        return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
+
+
+class IngestParams(_Params):
+    """Load run directories (and optionally foreign logs) into the DuckDB store. Idempotent."""
+
+    db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
+    runs_dir: Path | None = Field(
+        None, description="Root of run directories to ingest; empty: $DLM_TRIAGE_OUT/runs."
+    )
+    quarantine_dir: Path | None = Field(
+        None, description="Where unreadable/inconsistent runs are moved; empty: recorded only, not moved."
+    )
+    import_format: ImportFormat | None = Field(
+        None, description="Also import foreign logs in this format (reference-jsonl, cells, hf-trainer, wandb-csv)."
+    )
+    import_paths: list[Path] = Field(default_factory=list, description="Files or folders for import_format.")
+    import_family: Family | None = Field(None, description="Family to record for imported logs that lack one.")
+
+    @model_validator(mode="after")
+    def _import_pair(self) -> "IngestParams":
+        if self.import_format is None and self.import_paths:
+            raise ValueError(f"import_paths={[str(p) for p in self.import_paths]} given without import_format: "
+                             "set import_format")
+        if self.import_format is not None and not self.import_paths:
+            raise ValueError(f"import_format={self.import_format!r} given without import_paths: list the files")
+        return self
+
+    def resolved_db(self) -> Path:
+        return Path(self.db) if self.db is not None else paths.default_db_path()
+
+    def resolved_runs_dir(self) -> Path:
+        return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
+
+
+class CalibrateParams(_Params):
+    """The paper's calibration protocol per group: max-grad thresholds with bootstrap CIs, step-k sweep."""
+
+    db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
+    out: Path | None = Field(None, description="Output folder for calibration.json; empty: $DLM_TRIAGE_OUT/reports.")
+    group_by: GroupBy = Field("family", description="Calibrate one threshold per family, model or cohort.")
+    n_resamples: int = Field(1000, ge=10, le=1_000_000, description="Split-bootstrap replicates B.")
+    stepk_resamples: int = Field(200, ge=10, le=1_000_000, description="Bootstrap replicates per step k.")
+    ks: list[int] = Field(list(_DEFAULT_KS), description="Steps k of the max-grad-up-to-k sweep (each >= 0).")
+    confidence_level: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of every CI.")
+    test_size: float = Field(0.2, gt=0.0, lt=1.0, description="Held-out share of runs for threshold evaluation.")
+    seed: int = Field(0, ge=0, description="Seed of every resampling (results are reproducible).")
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        _nonempty_unique("ks", v)
+        bad = [k for k in v if k < 0]
+        if bad:
+            raise ValueError(f"ks {bad} are negative: use steps >= 0")
+        return sorted(v)
+
+    def resolved_db(self) -> Path:
+        return Path(self.db) if self.db is not None else paths.default_db_path()
+
+    def resolved_out(self) -> Path:
+        return Path(self.out) if self.out is not None else paths.default_report_dir()
+
+    def calibrate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `calibrate.run_calibration` besides db and out."""
+        return {
+            "group_by": self.group_by,
+            "n_resamples": self.n_resamples,
+            "stepk_resamples": self.stepk_resamples,
+            "ks": tuple(self.ks),
+            "confidence_level": self.confidence_level,
+            "test_size": self.test_size,
+            "seed": self.seed,
+        }
+
+
+class ReportParams(_Params):
+    """Figures plus an HTML/Markdown triage report of one calibration."""
+
+    db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
+    out: Path | None = Field(None, description="Report folder; empty: $DLM_TRIAGE_OUT/reports.")
+    calibration_id: str | None = Field(None, description="Calibration to report; empty: the latest.")
+
+    def resolved_db(self) -> Path:
+        return Path(self.db) if self.db is not None else paths.default_db_path()
+
+    def resolved_out(self) -> Path:
+        return Path(self.out) if self.out is not None else paths.default_report_dir()
+
+
+class PipelineParams(_Params):
+    """Sweep -> ingest -> calibrate -> report. Unset paths of later stages follow the earlier stages."""
+
+    sweep: SweepParams = Field(default_factory=SweepParams, description="The grid of runs to train.")
+    ingest: IngestParams = Field(default_factory=IngestParams, description="Loading runs into DuckDB.")
+    calibrate: CalibrateParams = Field(default_factory=CalibrateParams, description="Threshold calibration.")
+    report: ReportParams = Field(default_factory=ReportParams, description="The triage report.")
+
+    @model_validator(mode="after")
+    def _chain_paths(self) -> "PipelineParams":
+        # One pipeline = one runs dir and one database unless the user says otherwise.
+        if self.ingest.runs_dir is None and self.sweep.runs_dir is not None:
+            self.ingest = self.ingest.model_copy(update={"runs_dir": self.sweep.runs_dir})
+        if self.calibrate.db is None and self.ingest.db is not None:
+            self.calibrate = self.calibrate.model_copy(update={"db": self.ingest.db})
+        if self.report.db is None and self.calibrate.db is not None:
+            self.report = self.report.model_copy(update={"db": self.calibrate.db})
+        if self.report.out is None and self.calibrate.out is not None:
+            self.report = self.report.model_copy(update={"out": self.calibrate.out})
+        return self
+
+
+class RecalibrateParams(_Params):
+    """Ingest new runs; recalibrate each group with enough new runs; record and compare the new thresholds."""
+
+    runs_dir: Path | None = Field(None, description="Root of run directories; empty: $DLM_TRIAGE_OUT/runs.")
+    min_new_runs: int = Field(
+        20, ge=1, le=10_000_000,
+        description="Recalibrate a group only when it has at least this many runs ingested since its last "
+        "calibration (a group never calibrated counts all its runs).",
+    )
+    calibrate: CalibrateParams = Field(default_factory=CalibrateParams, description="Calibration settings.")
+    write_report: bool = Field(True, description="Write a triage report when anything was recalibrated.")
+
+    def resolved_runs_dir(self) -> Path:
+        return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
+
+
+__all__ = [
+    "SweepParams",
+    "IngestParams",
+    "CalibrateParams",
+    "ReportParams",
+    "PipelineParams",
+    "RecalibrateParams",
+]
