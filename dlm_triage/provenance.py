@@ -1,0 +1,68 @@
+"""Provenance of a run or a calibration: code version, package versions, host, python (ARCHITECTURE.md).
+
+`collect()` never fails on a missing package or a missing git: the value is then None (or the package
+version stands in for the git description).
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import dlm_triage
+
+PACKAGES = ("torch", "transformers", "peft", "prefect", "polars", "duckdb", "numpy", "scipy")
+
+
+@functools.lru_cache(maxsize=1)
+def _git_describe() -> str | None:
+    # `git describe` of the repository holding this package (an editable install); a wheel install has none.
+    # Cached per process: ~20 ms per call, and the working tree does not change meaning within a sweep.
+    pkg_dir = Path(dlm_triage.__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(pkg_dir), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def code_version() -> str:
+    """`git describe --always --dirty` of the package's repository when available, else the package version."""
+    described = _git_describe()
+    return f"git:{described}" if described else f"dlm-triage=={dlm_triage.__version__}"
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that change what a run computes (None when not installed)."""
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def collect(device: str | None = None) -> dict:
+    """code_version, packages, hostname, python, platform, device (and the GPU name on CUDA)."""
+    info = {
+        "code_version": code_version(),
+        "packages": package_versions(),
+        "hostname": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+    }
+    if device is not None and str(device).startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return info

@@ -1,0 +1,155 @@
+"""Monitors against direct computations and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dlm_triage import monitors as m
+from dlm_triage.schema import LEGACY_WINDOW_END_STEP
+
+
+def _params_with_grads(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    ps = [torch.nn.Parameter(torch.randn(shape, generator=g).to(dtype)) for shape in [(4, 8), (8,), (3, 5, 2)]]
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=g).to(dtype)
+    ps.append(torch.nn.Parameter(torch.zeros(2)))  # no grad: counts as zero
+    return ps
+
+
+def test_global_grad_norm_equals_direct_computation():
+    ps = _params_with_grads()
+    direct = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ps if p.grad is not None]))
+    got = m.global_grad_norm(ps)
+    assert got.dim() == 0 and got.dtype == torch.float32
+    torch.testing.assert_close(got, direct, rtol=1e-6, atol=0)
+
+
+def test_global_grad_norm_is_the_pre_clip_norm_clip_grad_norm_returns():
+    ps = _params_with_grads(seed=3)
+    ours = m.global_grad_norm(ps)
+    pre = torch.nn.utils.clip_grad_norm_(ps, max_norm=1e-3)
+    torch.testing.assert_close(ours, pre.float(), rtol=1e-6, atol=0)
+    assert float(m.global_grad_norm(ps)) == pytest.approx(1e-3, rel=1e-4)  # clipped now
+
+
+def test_global_grad_norm_bf16_accumulates_in_float32():
+    ps = _params_with_grads(dtype=torch.bfloat16)
+    direct = torch.linalg.vector_norm(torch.cat([p.grad.float().flatten() for p in ps if p.grad is not None]))
+    torch.testing.assert_close(m.global_grad_norm(ps), direct, rtol=1e-5, atol=0)
+
+
+def test_global_grad_norm_no_grads_is_zero():
+    assert float(m.global_grad_norm([torch.nn.Parameter(torch.ones(3))])) == 0.0
+
+
+def test_matrix_grad_norms_order_and_consistency():
+    ps = _params_with_grads()
+    named = [(f"p{i}", p) for i, p in enumerate(ps)]
+    norms = m.matrix_grad_norms(named)
+    expected = [float(torch.linalg.vector_norm(p.grad)) if p.grad is not None else 0.0 for p in ps]
+    np.testing.assert_allclose(norms.numpy(), expected, rtol=1e-6)
+    torch.testing.assert_close(torch.linalg.vector_norm(norms), m.global_grad_norm(ps), rtol=1e-6, atol=0)
+
+
+def test_top1_frequency_hand_made_batch_pooled():
+    V = 5
+    # argmax tokens: row 0 -> [1, 1, 2, 3], row 1 -> [1, 4, 4, 0]
+    arg = torch.tensor([[1, 1, 2, 3], [1, 4, 4, 0]])
+    logits = torch.nn.functional.one_hot(arg, V).float() * 3.0
+    every = torch.ones(2, 4, dtype=torch.bool)
+    assert float(m.top1_frequency(logits, every)) == pytest.approx(3 / 8)  # token 1: 3 of 8 (pooled)
+    sel = torch.tensor([[False, False, True, True], [False, True, True, False]])
+    assert float(m.top1_frequency(logits, sel)) == pytest.approx(2 / 4)  # token 4: 2 of {2, 3, 4, 4}
+    one = torch.tensor([[True, True, False, False], [False, False, False, False]])
+    assert float(m.top1_frequency(logits, one)) == 1.0
+    assert math.isnan(float(m.top1_frequency(logits, torch.zeros(2, 4, dtype=torch.bool))))
+    with pytest.raises(ValueError, match=r"\[B, L, V\]"):
+        m.top1_frequency(logits[0], every[0])
+
+
+@pytest.mark.parametrize(
+    "series, expected",
+    [
+        ([0.1] * 20, (False, None)),
+        ([0.1, 0.2, 0.51, 0.9] + [0.1] * 10, (True, 2)),
+        ([0.1] * 11 + [0.6] + [0.9] * 5, (True, 11)),          # step 11 is inside the window
+        ([0.1] * 12 + [0.9] * 5, (False, None)),               # step 12 is outside
+        ([0.5] * 20, (False, None)),                            # strict: > 0.5
+        ([float("nan"), 0.7, float("nan")], (True, 1)),       # NaN = not evaluated
+    ],
+)
+def test_legacy_warning_fire_step(series, expected):
+    assert m.legacy_warning(series) == expected
+
+
+def test_legacy_warning_with_explicit_steps():
+    assert m.legacy_warning([0.2, 0.9], steps=[0, LEGACY_WINDOW_END_STEP + 1]) == (False, None)
+    assert m.legacy_warning([0.2, 0.9], steps=[0, 10]) == (True, 10)
+    with pytest.raises(ValueError, match="one step per value"):
+        m.legacy_warning([0.1, 0.2], steps=[0])
+
+
+def test_first_crossing():
+    s = [0.1, float("nan"), 0.5, 0.96, 0.2]
+    assert m.first_crossing(s, 0.5) == 2  # >= level
+    assert m.first_crossing(s, 0.95) == 3
+    assert m.first_crossing(s, 0.99) is None
+
+
+def test_last_fraction_start():
+    assert m.last_fraction_start(201) == 201 - 21  # steps 180..200
+    assert m.last_fraction_start(10) == 9
+    assert m.last_fraction_start(3) == 2  # at least one row
+
+
+def test_is_collapsed():
+    n = 201
+    loss = np.linspace(2.0, 2.5, n)  # got worse
+    top1 = np.full(n, 0.3)
+    top1[180:] = 0.97
+    assert m.is_collapsed(top1, loss)
+    assert not m.is_collapsed(top1, loss[::-1])  # learned: final < step 0
+    top1b = top1.copy()
+    top1b[190] = 0.9
+    assert not m.is_collapsed(top1b, loss)
+    top1c = top1.copy()
+    top1c[180:] = np.nan  # no evaluated step in the window
+    assert not m.is_collapsed(top1c, loss)
+    top1d = top1.copy()
+    top1d[181::2] = np.nan  # evaluated every other step: still collapsed
+    assert m.is_collapsed(top1d, loss)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 100])
+def test_gini_closed_forms(n):
+    assert m.gini(np.full(n, 3.5)) == pytest.approx(0.0, abs=1e-12)
+    onehot = np.zeros(n)
+    onehot[n // 2] = 2.0
+    assert m.gini(onehot) == pytest.approx((n - 1) / n, abs=1e-12)
+    assert m.top_share(onehot) == 1.0
+    assert m.top_share(np.ones(n)) == pytest.approx(1 / n)
+
+
+def test_gini_matches_pairwise_definition():
+    x = np.random.default_rng(0).exponential(size=37)
+    pairwise = np.abs(x[:, None] - x[None, :]).sum() / (2 * x.size**2 * x.mean())
+    assert m.gini(x) == pytest.approx(pairwise, rel=1e-12)
+
+
+def test_gini_degenerate_and_invalid():
+    assert math.isnan(m.gini([]))
+    assert math.isnan(m.gini([0.0, 0.0]))
+    assert math.isnan(m.top_share([0.0]))
+    with pytest.raises(ValueError, match="non-negative"):
+        m.gini([1.0, -1.0])
+
+
+def test_finite_or_diverged():
+    assert m.finite_or_diverged(1.0, 2.0) is None
+    assert m.finite_or_diverged(float("nan"), 2.0) == "loss=nan"
+    assert m.finite_or_diverged(1.0, float("inf")) == "grad_norm=inf"
