@@ -1,0 +1,422 @@
+"""Family adapters: how each masked-diffusion LM family is loaded, masked, targeted and read out.
+
+Facts per family come from /work/shared/FAMILIES.md (public model cards and modeling files). Each adapter gives:
+
+- `load(cfg, device, dtype) -> LoadedModel(model, tokenizer, mask_token_id, ...)`: the right Auto class with
+  `trust_remote_code` where the checkpoint ships its own code; the tiny family builds/loads the local model.
+- `mask_token_id(tokenizer)`: LLaDA 126336, LLaDA2 156895, Dream 151666, MDLM 50257 (fixed by the checkpoints);
+  tiny / LLaDA-MoE / generic MLM: the tokenizer's mask token; AR: see `ARAdapter`.
+- `attention_targets(model)`: explicit attention modules (the paper adapts attention only), checked against the
+  model: a target that matches no module raises (PEFT would silently skip it).
+- `logits(model, input_ids)`: [B, L, V] aligned so logits[:, i] predicts token i. Never passes labels and never
+  reads a model-computed loss. Dream (and the AR controls) predict token i at position i-1: the logits are
+  realigned as cat([l[:, :1], l[:, :-1]]) (Dream's own generation code does the same); position 0 then has no
+  real prediction, so `protected_positions` returns it and the trainer must never mask it (pass it as
+  `protect=` to `objective.mask_tokens`) and may exclude it from monitors.
+- attention masks: batches are packed (no padding), so every family attends everywhere: None for most;
+  Dream must get None or a bool 4D [B,1,L,L]; LLaDA2 gets an explicit all-ones 4D mask, because its modeling
+  file turns None and 2D masks into a causal mask through transformers' causal-mask helpers.
+- `top1_source`: 'clean' (top-1 frequency read from an extra forward on the clean batch) for LLaDA-style, tiny,
+  Dream and AR; 'masked' (read from the training logits at masked positions) for MDLM and generic MLMs, whose
+  prediction on a clean token is the token itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class FamilyError(ValueError):
+    """A family/model mismatch; the message names the value and the fix."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    mask_token_id: int
+    family: str = ""
+    model_id: str = ""
+    dtype: torch.dtype = torch.float32
+    device: torch.device = torch.device("cpu")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps if available, else cpu; explicit values are checked."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FamilyError(f"device={device!r} but CUDA is not available here: use device='auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise FamilyError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s): pick a lower index")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FamilyError(f"device={device!r} but MPS is not available here: use device='auto' or 'cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
+    """'auto' -> bfloat16 on CUDA with bf16 support, float32 otherwise; names map to torch dtypes."""
+    device = torch.device(device)
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise FamilyError(f"dtype={dtype!r} is not known: use 'auto' or one of {list(table)}")
+    if table[dtype] == torch.float16 and device.type == "cpu":
+        raise FamilyError("dtype='float16' on CPU is unsupported for training: use 'float32' or 'auto'")
+    return table[dtype]
+
+
+def module_matches(name: str, target: str) -> bool:
+    """PEFT's rule for a string target: the module name equals it or ends with '.' + target."""
+    return name == target or name.endswith("." + target)
+
+
+def check_targets(model: nn.Module, targets: tuple[str, ...], *, family: str) -> tuple[str, ...]:
+    """Raise when a target matches no Linear-like module (PEFT would skip it silently); return the targets."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+    missing = [t for t in targets if not any(module_matches(n, t) for n in names)]
+    if missing:
+        examples = sorted({n.rsplit(".", 1)[-1] for n in names})[:30]
+        raise FamilyError(
+            f"family {family!r}: target module(s) {missing} match no linear module of this model "
+            f"(its linear module names end in {examples}); check the family or pass target_modules explicitly"
+        )
+    return targets
+
+
+class FamilyAdapter:
+    """Base adapter: AutoModel-style loading, fixed or tokenizer mask id, unshifted logits, no attention mask."""
+
+    name: str = ""
+    default_model_id: str | None = None
+    top1_source: str = "clean"
+    auto_class: str = "AutoModel"
+    trust_remote_code: bool = True
+    fixed_mask_token_id: int | None = None
+    targets: tuple[str, ...] = ()
+    shifted_logits: bool = False  # True: logit at i-1 predicts token i (Dream, AR)
+
+    # -- ids and targets ---------------------------------------------------------------------------
+    def mask_token_id(self, tokenizer: Any) -> int:
+        if self.fixed_mask_token_id is not None:
+            return self.fixed_mask_token_id
+        tid = getattr(tokenizer, "mask_token_id", None)
+        if not isinstance(tid, int):
+            raise FamilyError(
+                f"family {self.name!r}: the tokenizer has no mask token; use a tokenizer with one "
+                "(tokenizer.mask_token) or the 'ar' family, which picks a fallback"
+            )
+        return tid
+
+    def attention_targets(self, model: nn.Module) -> tuple[str, ...]:
+        return check_targets(model, self.targets, family=self.name)
+
+    def protected_positions(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """Bool [L] of positions never to mask (None: none). Dream/AR: position 0 (no prediction after the shift)."""
+        if not self.shifted_logits:
+            return None
+        protect = torch.zeros(input_ids.shape[-1], dtype=torch.bool, device=input_ids.device)
+        protect[0] = True
+        return protect
+
+    # -- forward -------------------------------------------------------------------------------------
+    def attention_mask(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """Packed batches attend everywhere; None unless the family needs an explicit mask."""
+        return None
+
+    def forward_kwargs(self, model: nn.Module, input_ids: torch.Tensor) -> dict[str, Any]:
+        kw: dict[str, Any] = {"input_ids": input_ids}
+        mask = self.attention_mask(model, input_ids)
+        if mask is not None:
+            kw["attention_mask"] = mask
+        return kw
+
+    def logits(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        out = model(**self.forward_kwargs(model, input_ids))
+        logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
+        if logits.dim() != 3 or logits.shape[:2] != input_ids.shape:
+            raise FamilyError(
+                f"family {self.name!r}: the model returned logits of shape {tuple(logits.shape)} for input "
+                f"{tuple(input_ids.shape)}; expected [B, L, V]: check that the family matches the model"
+            )
+        if self.shifted_logits:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    # -- loading ---------------------------------------------------------------------------------------
+    def model_id(self, cfg: Any) -> str:
+        mid = cfg.model_id or self.default_model_id
+        if not mid:
+            raise FamilyError(f"family {self.name!r} has no default model: set model_id to a hub id or local path")
+        return mid
+
+    def load_tokenizer(self, model_id: str) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model_id, trust_remote_code=self.trust_remote_code)
+
+    def load_model(self, model_id: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
+        import transformers
+
+        auto = getattr(transformers, self.auto_class)
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if self.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        # Several GPUs: let accelerate spread a large model (device_map='auto'); otherwise one device.
+        spread = device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1
+        if spread:
+            kwargs["device_map"] = "auto"
+        model = auto.from_pretrained(model_id, **kwargs)
+        if not spread:
+            model = model.to(device)
+        return model
+
+    def load(self, cfg: Any, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
+        device = torch.device(device)
+        model_id = self.model_id(cfg)
+        try:
+            tokenizer = self.load_tokenizer(model_id)
+            model = self.load_model(model_id, device, dtype)
+        except OSError as e:
+            raise FamilyError(
+                f"family {self.name!r}: cannot load model_id={model_id!r} ({e}); give a local directory with the "
+                "checkpoint (config.json, weights, tokenizer, and its modeling code for trust_remote_code) "
+                "or make the hub reachable"
+            ) from e
+        mask_id = self.mask_token_id(tokenizer)
+        self.check_mask_id(model, mask_id, model_id)
+        return LoadedModel(model, tokenizer, mask_id, family=self.name, model_id=model_id, dtype=dtype,
+                           device=device)
+
+    def check_mask_id(self, model: nn.Module, mask_id: int, model_id: str) -> None:
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        n = getattr(emb, "num_embeddings", None) if emb is not None else None
+        if n is None:
+            n = getattr(getattr(model, "config", None), "vocab_size", None)
+        if isinstance(n, int) and not 0 <= mask_id < n:
+            raise FamilyError(
+                f"family {self.name!r}: mask token id {mask_id} is outside the vocabulary of {model_id!r} "
+                f"(size {n}); the checkpoint does not belong to this family: set family accordingly"
+            )
+
+
+class TinyAdapter(FamilyAdapter):
+    """The embedded tiny bidirectional Llama (dlm_triage.tiny); model_id None -> the cached pretrained model."""
+
+    name = "tiny"
+    default_model_id = None
+    top1_source = "clean"
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def mask_token_id(self, tokenizer: Any) -> int:
+        return int(tokenizer.mask_token_id)
+
+    def load(self, cfg: Any, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
+        from dlm_triage.tiny import ensure_tiny_model, load_tiny
+
+        device = torch.device(device)
+        path = Path(cfg.model_id).expanduser() if cfg.model_id else ensure_tiny_model()
+        model, tok = load_tiny(path, device=device, dtype=dtype)
+        return LoadedModel(model, tok, self.mask_token_id(tok), family=self.name, model_id=str(path),
+                           dtype=dtype, device=device)
+
+
+class LLaDAAdapter(FamilyAdapter):
+    """LLaDA-8B: AutoModel + trust_remote_code; mask 126336; targets q,k,v_proj + attn_out (not o_proj: LLaDA
+    has none); the LM head is also named `ff_out`, so never target 'ff_out' by suffix. Logits unshifted."""
+
+    name = "llada"
+    default_model_id = "GSAI-ML/LLaDA-8B-Instruct"
+    auto_class = "AutoModel"
+    fixed_mask_token_id = 126336
+    targets = ("q_proj", "k_proj", "v_proj", "attn_out")
+
+
+class LLaDA2Adapter(FamilyAdapter):
+    """LLaDA2.0-mini (MoE): AutoModelForCausalLM + trust_remote_code; mask 156895; fused attention
+    `attention.query_key_value` + `attention.dense`; router and experts stay frozen (not targeted).
+
+    Attention mask: an explicit all-ones 4D [B,1,L,L] in the model dtype. The modeling file sends None and 2D
+    masks through `_prepare_4d_causal_attention_mask*`, which makes them causal; a 4D mask is used as given
+    (converted to additive with 1 - mask)."""
+
+    name = "llada2"
+    default_model_id = "inclusionAI/LLaDA2.0-mini"
+    auto_class = "AutoModelForCausalLM"
+    fixed_mask_token_id = 156895
+    targets = ("attention.query_key_value", "attention.dense")
+
+    def attention_mask(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        b, length = input_ids.shape
+        dtype = next(model.parameters()).dtype
+        return torch.ones(b, 1, length, length, dtype=dtype, device=input_ids.device)
+
+
+class LLaDAMoEAdapter(FamilyAdapter):
+    """LLaDA-MoE-7B-A1B: AutoModel + trust_remote_code; mask id from the tokenizer; q,k,v,o_proj. The router
+    `gate` is an nn.Linear, so 'all-linear' would wrap it: targets are always explicit."""
+
+    name = "llada_moe"
+    default_model_id = "inclusionAI/LLaDA-MoE-7B-A1B-Instruct"
+    auto_class = "AutoModel"
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class DreamAdapter(FamilyAdapter):
+    """Dream-7B: AutoModel + trust_remote_code; mask 151666; q,k,v,o_proj; attention mask None (a 2D long mask
+    raises inside the model); logits right-shifted (realigned here, position 0 protected)."""
+
+    name = "dream"
+    default_model_id = "Dream-org/Dream-v0-Base-7B"
+    auto_class = "AutoModel"
+    fixed_mask_token_id = 151666
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    shifted_logits = True
+
+    @staticmethod
+    def bool_attention_mask(padding_mask: torch.Tensor) -> torch.Tensor:
+        """[B, L] keep-mask (1 = real token) -> the bool 4D [B, 1, L, L] Dream accepts (True = attend)."""
+        keep = padding_mask.to(torch.bool)
+        return keep[:, None, None, :] & keep[:, None, :, None]
+
+
+class MDLMAdapter(FamilyAdapter):
+    """MDLM-OWT: AutoModelForMaskedLM + trust_remote_code; forward(input_ids, timesteps); mask 50257; fused
+    attn_qkv + attn_out; raw logits (the SUBS parameterisation is not applied: the CE is ours).
+
+    timesteps: zeros. The OWT checkpoint was trained with time_conditioning=False (sigma fed as 0), so 0 is what
+    its conditioning layer has always seen; pass `timesteps=` to `logits` to override."""
+
+    name = "mdlm"
+    default_model_id = "kuleshov-group/mdlm-owt"
+    top1_source = "masked"
+    auto_class = "AutoModelForMaskedLM"
+    fixed_mask_token_id = 50257
+    targets = ("attn_qkv", "attn_out")
+
+    def forward_kwargs(self, model: nn.Module, input_ids: torch.Tensor, timesteps: torch.Tensor | None = None):
+        if timesteps is None:
+            dtype = next(model.parameters()).dtype
+            timesteps = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device)
+        return {"input_ids": input_ids, "timesteps": timesteps}
+
+    def logits(self, model: nn.Module, input_ids: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        out = model(**self.forward_kwargs(model, input_ids, timesteps))
+        logits = out.logits if hasattr(out, "logits") else out
+        if logits.dim() != 3 or logits.shape[:2] != input_ids.shape:
+            raise FamilyError(f"family 'mdlm': logits of shape {tuple(logits.shape)} for input "
+                              f"{tuple(input_ids.shape)}; expected [B, L, V]: check model_id")
+        return logits
+
+    def load_tokenizer(self, model_id: str) -> Any:
+        # The MDLM checkpoint reuses GPT-2's tokenizer (mask id 50257 = its vocab size); a local directory may
+        # hold its own tokenizer files.
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)
+        except (OSError, ValueError):
+            return AutoTokenizer.from_pretrained("gpt2")
+
+
+# BERT-like encoders: attention targets by model_type (explicit; unknown types raise with the fix).
+_MLM_TARGETS = {
+    "bert": ("query", "key", "value", "attention.output.dense"),
+    "roberta": ("query", "key", "value", "attention.output.dense"),
+    "xlm-roberta": ("query", "key", "value", "attention.output.dense"),
+    "camembert": ("query", "key", "value", "attention.output.dense"),
+    "electra": ("query", "key", "value", "attention.output.dense"),
+    "distilbert": ("q_lin", "k_lin", "v_lin", "out_lin"),
+    "modernbert": ("Wqkv", "Wo"),
+}
+
+# Causal LMs for the AR controls (paper 4.3).
+_AR_TARGETS = {
+    "gpt_neox": ("query_key_value", "attention.dense"),
+    "gpt2": ("c_attn", "attn.c_proj"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qwen3": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
+}
+
+
+def _targets_by_model_type(model: nn.Module, table: dict[str, tuple[str, ...]], family: str) -> tuple[str, ...]:
+    mt = getattr(getattr(model, "config", None), "model_type", None)
+    if mt not in table:
+        raise FamilyError(
+            f"family {family!r}: model_type={mt!r} has no known attention targets (known: {sorted(table)}); "
+            "pass target_modules explicitly"
+        )
+    return check_targets(model, table[mt], family=family)
+
+
+class GenericMLMAdapter(FamilyAdapter):
+    """BERT/RoBERTa-style masked LMs: AutoModelForMaskedLM; mask id from the tokenizer; targets by model_type;
+    top-1 read at masked positions (an MLM copies clean tokens)."""
+
+    name = "generic_mlm"
+    default_model_id = "answerdotai/ModernBERT-base"
+    top1_source = "masked"
+    auto_class = "AutoModelForMaskedLM"
+    trust_remote_code = False
+
+    def attention_targets(self, model: nn.Module) -> tuple[str, ...]:
+        return _targets_by_model_type(model, _MLM_TARGETS, self.name)
+
+
+class ARAdapter(FamilyAdapter):
+    """Autoregressive controls (Pythia/GPT-NeoX, Qwen, Llama): AutoModelForCausalLM under the same random-mask CE.
+
+    The causal head predicts token i at position i-1, so logits are realigned like Dream's (position 0 protected):
+    the model predicts each masked token from the (partly masked) left context, with its pretrained head.
+    Mask id: the tokenizer's mask token, else its pad, else unk, else eos token. The embeddings are never resized
+    (no new token), so the base weights stay exactly the checkpoint's."""
+
+    name = "ar"
+    default_model_id = "EleutherAI/pythia-160m"
+    auto_class = "AutoModelForCausalLM"
+    trust_remote_code = False
+    shifted_logits = True
+
+    def mask_token_id(self, tokenizer: Any) -> int:
+        for attr in ("mask_token_id", "pad_token_id", "unk_token_id", "eos_token_id"):
+            tid = getattr(tokenizer, attr, None)
+            if isinstance(tid, int):
+                return tid
+        raise FamilyError("family 'ar': the tokenizer has no mask, pad, unk or eos token; add a mask token to it")
+
+    def attention_targets(self, model: nn.Module) -> tuple[str, ...]:
+        return _targets_by_model_type(model, _AR_TARGETS, self.name)
+
+
+_REGISTRY: dict[str, FamilyAdapter] = {
+    a.name: a
+    for a in (TinyAdapter(), LLaDAAdapter(), LLaDA2Adapter(), LLaDAMoEAdapter(), DreamAdapter(), MDLMAdapter(),
+              GenericMLMAdapter(), ARAdapter())
+}
+
+
+def get_family(name: str) -> FamilyAdapter:
+    """The adapter of family `name` (one of config.FAMILIES)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise FamilyError(f"family={name!r} is not known: use one of {sorted(_REGISTRY)}") from None
+
+
+def family_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
