@@ -20,3 +20,25 @@ def tiny_model_dir(tmp_path_factory):
     from dlm_triage.tiny import ensure_tiny_model
 
     return ensure_tiny_model(tmp_path_factory.mktemp("tiny-cache"), pretrain_steps=TINY_PRETRAIN_STEPS)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One temporary Prefect API (SQLite + ephemeral server) for every test that needs Prefect. Not autouse.
+
+    Costs ~17-20 s once per session (ENVIRONMENT-NOTES.md), so pure logic is tested without it. The startup
+    timeout is raised to 90 s (the first start on a fresh home can exceed the default under load), analytics
+    are off (offline), and persisted task results (the training cache) go to a session temp dir instead of
+    ~/.prefect/storage, so no test sees another session's cache. Yields that result-storage path.
+    """
+    import prefect.settings as ps
+    from prefect.testing.utilities import prefect_test_harness
+
+    storage = tmp_path_factory.mktemp("prefect-results")
+    with ps.temporary_settings(updates={
+        ps.PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90,
+        ps.PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        ps.PREFECT_LOCAL_STORAGE_PATH: storage,
+    }):
+        with prefect_test_harness(server_startup_timeout=90):
+            yield storage
