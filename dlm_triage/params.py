@@ -113,6 +113,19 @@ class SweepParams(_Params):
         description="Training tasks run at once by this flow run (its process-pool size). Empty: the number "
         "of GPUs, or of CPU cores without GPU. A server-side tag concurrency limit 'gpu' caps all flow runs.",
     )
+    task_runner: Literal["process", "thread"] = Field(
+        "process",
+        description="'process': one process per training slot (true parallelism on CPU; spawn costs ~5 s once per "
+        "process); 'thread': threads in the flow process (no spawn cost, but Python-bound tiny runs share one GIL).",
+    )
+    early_warning: bool = Field(
+        True, description="Pass each family's registered max-grad threshold (from db) to training: runs at or "
+        "above it at step k are routed for inspection (or stopped)."
+    )
+    db: Path | None = Field(
+        None, description="DuckDB holding the registered thresholds; empty: $DLM_TRIAGE_OUT/triage.duckdb. "
+        "No file: no live early warning."
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,
@@ -216,6 +229,9 @@ class SweepParams(_Params):
     def resolved_runs_dir(self) -> Path:
         return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
 
+    def resolved_db(self) -> Path:
+        return Path(self.db) if self.db is not None else paths.default_db_path()
+
 
 class IngestParams(_Params):
     """Load run directories (and optionally foreign logs) into the DuckDB store. Idempotent."""
@@ -317,6 +333,8 @@ class PipelineParams(_Params):
         # One pipeline = one runs dir and one database unless the user says otherwise.
         if self.ingest.runs_dir is None and self.sweep.runs_dir is not None:
             self.ingest = self.ingest.model_copy(update={"runs_dir": self.sweep.runs_dir})
+        if self.sweep.db is None and self.ingest.db is not None:
+            self.sweep = self.sweep.model_copy(update={"db": self.ingest.db})
         if self.calibrate.db is None and self.ingest.db is not None:
             self.calibrate = self.calibrate.model_copy(update={"db": self.ingest.db})
         if self.report.db is None and self.calibrate.db is not None:

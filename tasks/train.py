@@ -1,0 +1,301 @@
+"""Training tasks: plan a sweep, train one config, summarise the sweep.
+
+`train_config` is the one task that costs: it calls `dlm_triage.train.train_run` once and returns a small JSON
+record (ids, paths, numbers). Tensors never cross the task boundary, so the persisted result that makes a
+re-run skip a finished config is a few hundred bytes, not a model (caching a 100 MB tensor cost 137 MB on disk
+and 7 s to read back: ENVIRONMENT-NOTES.md).
+
+Two layers skip finished work:
+1. Prefect's cache: key = config hash + code version + runs root (+ the early-warning threshold, which changes
+   routing), result persisted as JSON in the default result storage (PREFECT_LOCAL_STORAGE_PATH or a remote
+   block: see deployments/README.md). A hit does not even start the trainer: the task run is 'Cached'.
+2. `train_run(resume=True)`: a run directory with a manifest for the same config hash is reused
+   (record['reused'] is True). This covers a cache miss, e.g. a new code version or a wiped result storage.
+A config whose run directory has no manifest is trained with `refresh_cache=True` (see `plan_runs`), so a
+cached record never points at a run directory that is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import CachePolicy
+
+from dlm_triage.config import ConfigError, RunConfig
+from dlm_triage.params import SweepParams
+from dlm_triage.schema import MANIFEST_FILENAME
+
+RECORD_KEYS = (
+    "run_id", "status", "run_dir", "final_loss", "max_grad_norm", "routed", "reused", "wall_time_s",
+    "config_hash", "code_version", "device", "error",
+)
+
+
+# -- failure policy --------------------------------------------------------------------------------
+
+# OSErrors that a retry cannot fix: the path or the permission is wrong.
+_PERMANENT_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for failures worth retrying: CUDA out of memory (another job held the GPU), I/O hiccups (NFS, object
+    storage), timeouts. False for configuration errors (ConfigError, ValueError, TypeError) and anything else:
+    those fail the same way again, so retrying only delays the message."""
+    if exc is None or isinstance(exc, (ConfigError, ValueError, TypeError, KeyError)):
+        return False
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, RuntimeError):  # torch.OutOfMemoryError is a RuntimeError
+        msg = str(exc).lower()
+        return "out of memory" in msg or "cuda error: an illegal memory access" in msg or "nccl" in msg
+    return False
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry_condition_fn: retry only when the failure is transient (see `is_transient`)."""
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as exc:  # noqa: BLE001 - we classify, we don't swallow: the state stays Failed
+        return is_transient(exc)
+    return False
+
+
+# -- cache key -------------------------------------------------------------------------------------
+
+def _threshold_key(threshold: Any) -> Any:
+    if threshold is None or isinstance(threshold, (int, float)):
+        return threshold
+    if dataclasses.is_dataclass(threshold):
+        d = dataclasses.asdict(threshold)  # store.ThresholdRecord: group, k, threshold, calibration_id, ...
+        return {k: d[k] for k in ("group", "group_by", "k", "threshold", "calibration_id") if k in d}
+    return repr(threshold)
+
+
+@dataclass
+class RunConfigCache(CachePolicy):
+    """Cache key of a training task: sha256 of (config hash, code version, resolved runs root, threshold).
+
+    Not the default INPUTS policy: `device` and other placement fields are excluded from the config hash, so a
+    run cached on cuda:0 is a hit for cuda:1; and the code version invalidates records made by other code."""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        from dlm_triage.provenance import code_version
+
+        try:
+            cfg = RunConfig.from_dict(inputs["cfg_dict"])
+        except ConfigError:
+            return None  # no key, no caching: the task body raises the ConfigError (not retried)
+        payload = {
+            "config_hash": cfg.config_hash,
+            "code_version": code_version(),
+            "runs_dir": str(Path(inputs["runs_dir"]).expanduser().resolve()),
+            "threshold": _threshold_key(inputs.get("threshold")),
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str)
+        return f"train-{cfg.run_id}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+# -- tasks -----------------------------------------------------------------------------------------
+
+def _gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@task(name="plan-runs", tags=["cpu"])
+def plan_runs(params: SweepParams) -> dict[str, Any]:
+    """Expand the grid, place each run on a device, and split by whether a complete run dir already exists.
+
+    Device: with params.device 'auto', round-robin cuda:0..N-1 over the N visible GPUs, cpu without GPU.
+    Returns {'todo': [cfg dicts without a manifest], 'done': [cfg dicts with one], 'slots', 'devices',
+    'runs_dir', 'torch_threads'}.
+    """
+    logger = get_run_logger()
+    configs = params.to_spec().expand()
+    n_gpus = _gpu_count()
+    if params.device == "auto":
+        devices = [f"cuda:{i}" for i in range(n_gpus)] or ["cpu"]
+    else:
+        devices = [params.device]
+    runs_dir = params.resolved_runs_dir()
+    todo: list[dict[str, Any]] = []
+    done: list[dict[str, Any]] = []
+    for i, cfg in enumerate(configs):
+        d = cfg.replace(device=devices[i % len(devices)]).to_dict()
+        (done if (runs_dir / cfg.run_id / MANIFEST_FILENAME).exists() else todo).append(d)
+    slots = params.gpu_slots or (n_gpus or os.cpu_count() or 1)
+    # torch threads per training process: cores / processes, so n processes x threads <= cores.
+    threads = params.torch_threads or (
+        max(1, (os.cpu_count() or 1) // slots) if params.task_runner == "process" else None
+    )
+    logger.info(
+        "sweep of %d run(s): %d to train, %d with a complete run dir under %s; devices %s; %d at once",
+        len(configs), len(todo), len(done), runs_dir, devices, slots,
+    )
+    return {"todo": todo, "done": done, "slots": slots, "devices": devices, "runs_dir": str(runs_dir),
+            "torch_threads": threads}
+
+
+@task(name="prepare-tiny-model", tags=["cpu"], retries=1, retry_condition_fn=retry_transient)
+def prepare_tiny_model() -> str:
+    """Build (once; later a no-op) the tiny family's default model before training fans out, so parallel
+    training processes find it instead of waiting on its lock."""
+    from dlm_triage.tiny import ensure_tiny_model
+
+    logger = get_run_logger()
+    every = 100
+
+    def progress(step: int, total: int) -> None:
+        if step % every == 0 or step == total:
+            logger.info("pretraining the tiny model: step %d/%d", step, total)
+
+    path = ensure_tiny_model(progress=progress)
+    logger.info("tiny model ready at %s", path)
+    return str(path)
+
+
+@task(name="registered-threshold", tags=["cpu"], retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
+def registered_threshold(db: Path, family: str) -> Any:
+    """The family's latest accepted max-grad threshold (for the live early warning), or None."""
+    db = Path(db)
+    if not db.exists():
+        get_run_logger().info("no database at %s: no registered threshold, runs are not routed live", db)
+        return None
+    from dlm_triage import store
+
+    con = store.connect(db, read_only=True)
+    try:
+        rec = store.latest_threshold(con, family, group_by="family")
+    finally:
+        con.close()
+    get_run_logger().info("registered threshold for %s: %s", family, rec)
+    return rec
+
+
+def _train_run_name() -> str:
+    from prefect.runtime import task_run
+
+    try:
+        return "train-" + RunConfig.from_dict(task_run.parameters.get("cfg_dict") or {}).run_id
+    except (ConfigError, TypeError):
+        return "train-invalid-config"
+
+
+@task(
+    name="train-config",
+    tags=["gpu"],  # `prefect concurrency-limit create gpu <N GPUs>` caps training across all flow runs
+    cache_policy=RunConfigCache(),
+    persist_result=True,
+    result_serializer="json",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_transient,
+    task_run_name=_train_run_name,
+)
+def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
+                 torch_threads: int | None = None) -> dict[str, Any]:
+    """Train one config (or reuse its complete run dir) and return a small record (never tensors)."""
+    from dlm_triage.train import train_run
+
+    logger = get_run_logger()
+    cfg = RunConfig.from_dict(cfg_dict)
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)  # n processes x n threads <= cores: no oversubscription
+    every = max(1, cfg.steps // 5)
+
+    def progress(step: int, total: int) -> None:
+        if step % every == 0 or step == total:
+            logger.info("%s: step %d/%d", cfg.run_id, step, total)
+
+    res = train_run(cfg, Path(runs_dir), threshold=threshold, progress=progress, resume=True)
+    record = {
+        "run_id": res.run_id,
+        "status": res.status,
+        "run_dir": str(res.run_dir),
+        "final_loss": res.final_loss,
+        "max_grad_norm": res.max_grad_norm,
+        "routed": bool(res.routed_for_inspection),
+        "reused": bool(res.reused),
+        "wall_time_s": res.wall_time_s,
+        "config_hash": cfg.config_hash,
+        "code_version": _code_version(),
+        "device": cfg.device,
+        "error": None,
+    }
+    logger.info("%s: %s%s, final loss %s, max grad %s%s", res.run_id, res.status,
+                " (reused run dir)" if res.reused else "", res.final_loss, res.max_grad_norm,
+                ", ROUTED for inspection" if res.routed_for_inspection else "")
+    return _jsonable(record)
+
+
+def _code_version() -> str:
+    from dlm_triage.provenance import code_version
+
+    return code_version()
+
+
+def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
+    # NaN/Inf are not JSON: a diverged run's numbers become None (its status says why).
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            v = None
+        out[k] = v
+    return out
+
+
+def failed_record(cfg_dict: dict[str, Any], message: str | None) -> dict[str, Any]:
+    """The record of a config whose training task failed (after its retries)."""
+    try:
+        cfg = RunConfig.from_dict(cfg_dict)
+        run_id, h = cfg.run_id, cfg.config_hash
+    except ConfigError:
+        run_id, h = "<invalid config>", None
+    rec = dict.fromkeys(RECORD_KEYS)
+    rec.update(run_id=run_id, status="task_failed", config_hash=h, device=cfg_dict.get("device"),
+               routed=False, reused=False, error=(message or "")[:2000])
+    return rec
+
+
+@task(name="summarise-sweep", tags=["cpu"])
+def summarise_sweep(records: list[dict[str, Any]], cached: list[bool]) -> dict[str, int]:
+    """Log and publish (table artifact 'sweep-runs') what the sweep did; failed configs are listed with why."""
+    logger = get_run_logger()
+    rows = []
+    for rec, hit in zip(records, cached):
+        rows.append({
+            "run_id": rec["run_id"], "status": rec["status"],
+            "how": "failed" if rec["status"] == "task_failed" else
+                   "prefect cache" if hit else "reused run dir" if rec.get("reused") else "trained",
+            "final_loss": rec.get("final_loss"), "max_grad_norm": rec.get("max_grad_norm"),
+            "routed": rec.get("routed"), "device": rec.get("device"), "error": rec.get("error") or "",
+        })
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["how"]] = counts.get(r["how"], 0) + 1
+    counts["routed"] = sum(bool(r["routed"]) for r in rows)
+    create_table_artifact(
+        key="sweep-runs", table=rows,
+        description=f"Sweep of {len(rows)} run(s): " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+    )
+    for r in rows:
+        if r["how"] == "failed":
+            logger.error("config %s failed: %s", r["run_id"], r["error"].splitlines()[-1] if r["error"] else "")
+    logger.info("sweep done: %s", counts)
+    return counts
