@@ -117,7 +117,7 @@ def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    missing = [k for k in MANIFEST_KEYS if k not in manifest and k not in ("steplog", "steplog_sha256", "n_steps_logged")]
+    missing = [k for k in MANIFEST_KEYS if k not in manifest and k not in ("schema_version", "steplog", "steplog_sha256", "n_steps_logged")]
     if missing:
         raise ValueError(f"write_run_atomic: manifest lacks keys {missing}: fill every key of schema.MANIFEST_KEYS (null where n/a)")
     steps = steps.select(list(STEP_COLUMNS)).cast(steps_schema())

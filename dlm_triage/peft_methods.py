@@ -1,0 +1,172 @@
+"""Adapters through peft (LoRA, rsLoRA, DoRA, PiSSA) with explicit, checked targets; NaRA via `dlm_triage.nara`.
+
+Targets are always explicit module-name suffixes ('q_proj' matches 'model.layers.0.self_attn.q_proj'), the
+rule peft uses for a list of names. peft silently skips a name that matches nothing on some paths (FAMILIES.md,
+paper App. A), so every target is checked twice: before wrapping (it must name at least one Linear module)
+and after (at least one module under that name must have received an adapter). A miss raises
+`AdapterTargetError` naming the target and listing the module-name suffixes the model does have.
+
+Scale: lora/dora/pissa use alpha/r, rslora alpha/sqrt(r), with alpha = cfg.effective_alpha.
+PiSSA uses the exact SVD init (`init_lora_weights='pissa'`): deterministic, so `load_adapter` rebuilds the
+same residual base weights before loading the trained factors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from dlm_triage.config import RunConfig
+
+ADAPTER_META = "dlm_triage_adapter.json"
+PEFT_METHODS = ("lora", "rslora", "dora", "pissa")
+
+
+class AdapterTargetError(ValueError):
+    """A requested target module matched nothing (or received no adapter)."""
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def _linear_like(module: nn.Module) -> bool:
+    # nn.Linear and GPT-2 style Conv1D (weight [in, out]); both are what peft's LoRA wraps.
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def available_suffixes(model: nn.Module) -> list[str]:
+    """Sorted unique last name components of the model's Linear-like modules (what a target can name)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and _linear_like(m)})
+
+
+def resolve_targets(model: nn.Module, targets: Sequence[str]) -> dict[str, list[str]]:
+    """target -> the Linear-like module names it matches. Raises AdapterTargetError if any target matches none."""
+    if not targets:
+        raise AdapterTargetError("no target modules given: pass e.g. ('q_proj', 'v_proj'), or the family's attention targets")
+    names = [name for name, m in model.named_modules() if name and _linear_like(m)]
+    found = {t: [n for n in names if _matches(n, t)] for t in targets}
+    missing = [t for t, hits in found.items() if not hits]
+    if missing:
+        raise AdapterTargetError(
+            f"target module(s) {missing} match no Linear module of {type(model).__name__}: "
+            f"use names from {available_suffixes(model)} (set RunConfig.target_modules, or fix the family's "
+            "attention_targets)"
+        )
+    return found
+
+
+def check_wrapped(model: nn.Module, targets: Sequence[str], marker: str) -> None:
+    """After wrapping: every target names at least one module that carries `marker` (e.g. 'lora_A')."""
+    wrapped = [name for name, m in model.named_modules() if hasattr(m, marker)]
+    missing = [t for t in targets if not any(_matches(n, t) for n in wrapped)]
+    if missing:
+        raise AdapterTargetError(
+            f"target module(s) {missing} received no adapter after wrapping (peft skipped them): "
+            f"wrapped modules: {sorted({n.rsplit('.', 1)[-1] for n in wrapped})}; available: {available_suffixes(model)}"
+        )
+
+
+def lora_config(cfg: RunConfig, targets: Sequence[str]):
+    from peft import LoraConfig
+
+    if cfg.method not in PEFT_METHODS:
+        raise ValueError(f"method={cfg.method!r} is not a peft method: use one of {PEFT_METHODS} (nara: dlm_triage.nara)")
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.effective_alpha,
+        target_modules=list(targets),
+        lora_dropout=0.0,
+        bias="none",
+        use_rslora=cfg.method == "rslora",
+        use_dora=cfg.method == "dora",
+        init_lora_weights="pissa" if cfg.method == "pissa" else True,
+    )
+
+
+def apply_adapter(model: nn.Module, cfg: RunConfig, targets: Sequence[str]) -> nn.Module:
+    """Wrap `model` with the adapter of `cfg.method` on exactly `targets`; base weights frozen.
+
+    Returns a peft `PeftModel` (lora/rslora/dora/pissa) or the model with NaRA layers (nara).
+    """
+    targets = tuple(targets)
+    if cfg.method == "nara":
+        from dlm_triage import nara
+
+        return nara.apply_nara(model, cfg, targets)
+    from peft import get_peft_model
+
+    resolve_targets(model, targets)
+    peft_model = get_peft_model(model, lora_config(cfg, targets))
+    check_wrapped(peft_model, targets, "lora_A")
+    return peft_model
+
+
+def adapter_matrices(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Trainable adapter tensors (name, param) in module registration order (stable across runs).
+
+    LoRA: lora_A / lora_B per layer; DoRA adds the magnitude vector; NaRA: A, B per layer then the shared
+    hypernetwork's weights and biases.
+    """
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def _is_nara(model: nn.Module) -> bool:
+    from dlm_triage import nara
+
+    return nara.is_nara_model(model)
+
+
+def save_adapter(model: nn.Module, path: Path | str, cfg: RunConfig | None = None) -> Path:
+    """Save the adapter weights (safetensors) + config JSON under `path`; returns `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if _is_nara(model):
+        from dlm_triage import nara
+
+        nara.save_nara(model, path)
+    else:
+        model.save_pretrained(str(path), safe_serialization=True)
+    if cfg is not None:
+        (path / ADAPTER_META).write_text(json.dumps(
+            {"method": cfg.method, "rank": cfg.rank, "effective_alpha": cfg.effective_alpha,
+             "config_hash": cfg.config_hash, "run_id": cfg.run_id}, indent=2, sort_keys=True))
+    return path
+
+
+def load_adapter(base_model: nn.Module, path: Path | str, cfg: RunConfig) -> nn.Module:
+    """Rebuild the adapter of `cfg` on a fresh `base_model` and load the saved weights from `path`.
+
+    The structure is rebuilt with `apply_adapter` on the saved targets (for PiSSA this recomputes the same
+    residual base weights from the exact SVD), then the saved adapter tensors are loaded strictly.
+    """
+    path = Path(path)
+    if cfg.method == "nara":
+        from dlm_triage import nara
+
+        return nara.load_nara(base_model, path, cfg)
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    conf_path = path / "adapter_config.json"
+    if not conf_path.is_file():
+        raise FileNotFoundError(f"{conf_path}: no peft adapter config here; give the directory save_adapter wrote")
+    saved_targets = json.loads(conf_path.read_text())["target_modules"]
+    targets = tuple(sorted(saved_targets)) if isinstance(saved_targets, list) else (saved_targets,)
+    model = apply_adapter(base_model, cfg, targets)
+    state = load_file(str(path / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ValueError(f"{path}: adapter tensors {unexpected[:5]} do not fit the rebuilt adapter (config mismatch?)")
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

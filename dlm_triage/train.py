@@ -1,0 +1,370 @@
+"""One LoRA/PEFT fine-tune of a masked diffusion LM under the masked-diffusion objective, with its monitors.
+
+Lifecycle (torchtune-style): setup (seed, device, model, adapter, optimizer, data) -> steps 0..cfg.steps ->
+write the step log and the manifest (atomically, manifest last: `runlog`).
+
+Step t (schema.py): batch t -> mask at rho -> logits -> masked CE -> backward -> monitors on the gradient of
+the weights after t updates -> NaN/Inf check -> live early warning -> clip -> update t+1 (not after the last
+step). Monitors run every step, whatever the clip setting: the logged grad norm is the pre-clip global L2 norm
+over the adapter parameters. Statuses: completed | diverged (a non-finite loss or grad norm; the bad step is
+logged, no update follows) | stopped_early (early warning with action 'stop') | failed (an exception; the
+log so far is written with the manifest, then the exception propagates).
+
+Host syncs per step: ONE `.tolist()` of the scalar monitors (needed for the NaN check and the warning), plus,
+on CUDA only, one `synchronize` before each timer read so step/monitor times mean something.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+import torch
+
+from dlm_triage import monitors, nara, provenance, runlog
+from dlm_triage.config import RunConfig
+from dlm_triage.early_warning import EarlyWarning, emit_routed_event
+from dlm_triage.objective import mask_tokens, masked_diffusion_loss
+from dlm_triage.peft_methods import adapter_matrices, apply_adapter, save_adapter
+from dlm_triage.schema import (
+    ADAPTER_DIRNAME,
+    COLLAPSE_DEFINITION,
+    MANIFEST_KEYS,
+    TOP1_CROSS_LEVELS,
+)
+
+log = logging.getLogger(__name__)
+
+REUSABLE_STATUSES = ("completed", "diverged", "stopped_early")
+"""A run directory with one of these statuses and the same config hash is reused; a 'failed' one is re-run."""
+
+_after_backward_hook: Callable[[int, torch.nn.Module], None] | None = None
+"""Test hook (fault injection): called after backward with (step, model), before the monitors."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    run_dir: Path
+    status: str
+    final_loss: float | None
+    max_grad_norm: float | None
+    routed_for_inspection: bool
+    wall_time_s: float
+    reused: bool
+
+
+# -- setup ------------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    # Cheap determinism: cuDNN autotuning picks kernels by timing (run-to-run variation); no global
+    # use_deterministic_algorithms (it would change the caller's process and needs CUBLAS_WORKSPACE_CONFIG).
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # sync point: only so that wall-clock timers measure the GPU work
+
+
+@dataclass
+class _Run:
+    """Everything a step needs, built once by `_setup`."""
+
+    cfg: RunConfig
+    device: torch.device
+    dtype: torch.dtype
+    family: Any
+    model: torch.nn.Module
+    tokenizer: Any
+    mask_id: int
+    pad_id: int | None
+    matrices: list[tuple[str, torch.nn.Parameter]]
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    batches: Any
+    generator: torch.Generator
+    is_nara: bool
+
+
+def _setup(cfg: RunConfig) -> _Run:
+    from dlm_triage.data import make_batches
+    from dlm_triage.families import get_family, resolve_device, resolve_dtype
+
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    family = get_family(cfg.family)
+    loaded = family.load(cfg, device, dtype)
+    model = loaded.model
+    targets = cfg.target_modules or family.attention_targets(model)
+    torch.manual_seed(cfg.seed)  # adapter init depends on the seed only, not on what loading consumed
+    model = apply_adapter(model, cfg, targets)  # freezes the base; raises on a target that matches nothing
+    model.train()
+    matrices = adapter_matrices(model)
+    if not matrices:
+        raise RuntimeError(f"{cfg.run_id}: the adapter has no trainable parameter (targets {targets})")
+    params = [p for _, p in matrices]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return _Run(
+        cfg=cfg, device=device, dtype=dtype, family=family, model=model, tokenizer=loaded.tokenizer,
+        mask_id=loaded.mask_token_id, pad_id=getattr(loaded.tokenizer, "pad_token_id", None),
+        matrices=matrices, params=params, optimizer=optimizer, batches=make_batches(cfg, loaded.tokenizer),
+        generator=torch.Generator().manual_seed(cfg.seed),  # masking draws, on CPU: same on every device
+        is_nara=nara.is_nara_model(model),
+    )
+
+
+# -- monitors (each its own function; all computed every step) -------------------------------------------
+
+def clean_top1(r: _Run, x0: torch.Tensor) -> torch.Tensor:
+    """Top-1 frequency on the CLEAN batch: one extra forward without grad over all non-pad positions
+    (and not the family's protected positions). Costs ~1 forward (~35% of a step); cadence cfg.top1_every.
+    NaRA: the clean batch is at noise level 0."""
+    evaluated = torch.ones_like(x0, dtype=torch.bool) if r.pad_id is None else x0 != r.pad_id
+    protect = r.family.protected_positions(x0)
+    if protect is not None:
+        evaluated &= ~protect
+    was_training = r.model.training
+    r.model.eval()
+    try:
+        with torch.no_grad():
+            if r.is_nara:
+                with nara.noise_level(r.model, 0.0):
+                    logits = r.family.logits(r.model, x0)
+            else:
+                logits = r.family.logits(r.model, x0)
+    finally:
+        r.model.train(was_training)
+    return monitors.top1_frequency(logits, evaluated)
+
+
+def step_monitors(r: _Run, logits: torch.Tensor, mask: torch.Tensor, top1_from_masked: bool) -> dict[str, torch.Tensor]:
+    """Gradient monitors (+ top-1 on the training logits at masked positions when that is the family's
+    source: free). Tensors only: no host sync here."""
+    out = {
+        "grad_norm": monitors.global_grad_norm(r.params),         # one fused foreach kernel
+        "matrix_grad_norms": monitors.matrix_grad_norms(r.matrices),
+    }
+    if top1_from_masked:
+        out["top1_freq"] = monitors.top1_frequency(logits.detach(), mask)
+    return out
+
+
+# -- one step ---------------------------------------------------------------------------------------------
+
+def train_step(r: _Run, step: int) -> dict[str, Any]:
+    """Forward/backward of batch `step` and its monitors; returns the step-log row (no update here)."""
+    cfg = r.cfg
+    _sync(r.device)
+    t0 = time.perf_counter()
+
+    x0 = r.batches.batch(step).to(r.device, non_blocking=True)
+    noisy, mask = mask_tokens(x0, cfg.mask_ratio, r.mask_id, r.generator, sampling=cfg.mask_sampling,
+                              protect=r.family.protected_positions(x0))
+    if r.is_nara:
+        nara.set_noise_level(r.model, cfg.mask_ratio)  # lambda = the batch's (nominal) mask ratio
+    logits = r.family.logits(r.model, noisy)
+    loss = masked_diffusion_loss(logits, x0, mask, normalisation=cfg.normalisation, mask_ratio=cfg.mask_ratio)
+    r.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if _after_backward_hook is not None:
+        _after_backward_hook(step, r.model)
+
+    _sync(r.device)
+    t_mon = time.perf_counter()
+    top1_source = r.family.top1_source
+    mon = step_monitors(r, logits, mask, top1_from_masked=top1_source == "masked")
+    scalars = torch.stack([
+        loss.detach().float(), mon["grad_norm"].to(loss.device),
+        mon.get("top1_freq", torch.tensor(float("nan"))).to(loss.device).float(),
+        mask.sum().float(), mask.float().mean(),
+    ])
+    loss_v, grad_v, top1_v, n_masked, rho = scalars.tolist()  # sync point: the one per step
+    mat = mon["matrix_grad_norms"].cpu().tolist()
+    monitor_ms = (time.perf_counter() - t_mon) * 1e3
+
+    top1_forward_ms = 0.0
+    if top1_source == "clean" and step % cfg.top1_every == 0:
+        t_top1 = time.perf_counter()
+        top1_v = float(clean_top1(r, x0))  # sync point
+        top1_forward_ms = (time.perf_counter() - t_top1) * 1e3
+
+    return {
+        "step": step, "loss": loss_v, "grad_norm": grad_v, "max_grad_norm": math.nan, "top1_freq": top1_v,
+        "mask_ratio": rho, "n_masked": int(n_masked), "lr": r.optimizer.param_groups[0]["lr"],
+        "clipped": bool(grad_v > cfg.clip_grad_norm), "step_time_ms": math.nan, "monitor_time_ms": monitor_ms,
+        "top1_forward_ms": top1_forward_ms, "matrix_grad_norms": mat, "_t0": t0,
+    }
+
+
+def clip_and_update(r: _Run, grad_norm: float) -> None:
+    """Clip at cfg.clip_grad_norm reusing the pre-clip norm already computed (no second norm pass), then step."""
+    torch.nn.utils.clip_grads_with_norm_(r.params, r.cfg.clip_grad_norm, torch.tensor(grad_norm))
+    r.optimizer.step()
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+def _reusable(run_dir: Path, cfg: RunConfig) -> runlog.RunRecord | None:
+    try:
+        rec = runlog.read_run(run_dir)
+    except runlog.RunLogError:
+        return None
+    if rec.manifest["config_hash"] != cfg.config_hash or rec.manifest["status"] not in REUSABLE_STATUSES:
+        return None
+    return rec
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _result_from_manifest(run_dir: Path, man: dict[str, Any], reused: bool) -> RunResult:
+    return RunResult(
+        run_id=man["run_id"], run_dir=run_dir, status=man["status"], final_loss=man["final_loss"],
+        max_grad_norm=man["max_grad_norm"], routed_for_inspection=bool(man["routed_for_inspection"]),
+        wall_time_s=float(man["wall_time_s"] or 0.0), reused=reused,
+    )
+
+
+def train_run(
+    cfg: RunConfig,
+    runs_dir: Path,
+    *,
+    threshold: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    resume: bool = True,
+) -> RunResult:
+    """Fine-tune `cfg` into `runs_dir/cfg.run_id` (steps.parquet, manifest.json, adapter/) and return its result.
+
+    `threshold`: the family's max-grad threshold for the live early warning at step cfg.early_warning_step (a
+    float, a store.ThresholdRecord, or None: warning off, said once). `progress(step, cfg.steps)` after every
+    logged step. `resume`: reuse a complete run directory with the same config hash (status completed,
+    diverged or stopped_early; note a stopped run stays stopped even if the threshold changed since).
+    """
+    run_dir = Path(runs_dir) / cfg.run_id
+    if resume and (rec := _reusable(run_dir, cfg)) is not None:
+        log.info("%s: reusing the complete run in %s", cfg.run_id, run_dir)
+        return _result_from_manifest(run_dir, rec.manifest, reused=True)
+
+    started_at = datetime.now(timezone.utc)
+    t_start = time.perf_counter()
+    warning = EarlyWarning(threshold, k=cfg.early_warning_step, action=cfg.early_warning_action, group=cfg.family)
+    rows: list[dict[str, Any]] = []
+    status, reason, routing = "completed", None, None
+    r: _Run | None = None
+    running_max = -math.inf
+    try:
+        r = _setup(cfg)
+        for step in range(cfg.steps + 1):
+            row = train_step(r, step)
+            running_max = max(running_max, row["grad_norm"] if math.isfinite(row["grad_norm"]) else math.inf)
+            row["max_grad_norm"] = running_max
+
+            bad = monitors.finite_or_diverged(row["loss"], row["grad_norm"])
+            decision = warning.observe(step, row["grad_norm"])
+            if decision is not None:
+                routing = {**decision.to_dict(), "event_emitted": emit_routed_event(cfg.run_id, decision)}
+                log.warning("%s routed for inspection at step %d: max grad %.4g >= %.4g", cfg.run_id,
+                            decision.step, decision.value, decision.threshold)
+            if bad is not None:
+                status, reason = "diverged", f"non-finite at step {step}: {bad}"
+            elif decision is not None and decision.action == "stop":
+                status, reason = "stopped_early", f"early warning at step {step} (action 'stop')"
+            elif step < cfg.steps:
+                clip_and_update(r, row["grad_norm"])
+
+            _sync(r.device)
+            row["step_time_ms"] = (time.perf_counter() - row.pop("_t0")) * 1e3
+            rows.append(row)
+            if progress is not None:
+                progress(step, cfg.steps)
+            if status != "completed":
+                log.warning("%s: %s (%s)", cfg.run_id, status, reason)
+                break
+    except Exception as e:
+        status, reason = "failed", f"{type(e).__name__}: {e}"
+        if rows and r is not None:
+            _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=False)
+        raise
+    man = _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=cfg.save_adapter)
+    return _result_from_manifest(run_dir, man, reused=False)
+
+
+def _finish(cfg: RunConfig, r: _Run, run_dir: Path, rows: list[dict[str, Any]], status: str,
+            reason: str | None, routing: dict | None, started_at: datetime, t_start: float,
+            *, save: bool) -> dict[str, Any]:
+    """Save the adapter, then write the step log and the manifest (last, atomically)."""
+    adapter_path = None
+    if save:
+        adapter_path = Path(cfg.adapter_dir) if cfg.adapter_dir else run_dir / ADAPTER_DIRNAME
+        save_adapter(r.model, adapter_path, cfg)
+    steps = pl.DataFrame(rows, schema=runlog.steps_schema())
+    manifest = build_manifest(cfg, r, steps, status, reason, routing, started_at, t_start, adapter_path)
+    return runlog.write_run_atomic(run_dir, steps, manifest)
+
+
+def build_manifest(cfg: RunConfig, r: _Run, steps: pl.DataFrame, status: str, reason: str | None,
+                   routing: dict | None, started_at: datetime, t_start: float,
+                   adapter_path: Path | None) -> dict[str, Any]:
+    """Every key of schema.MANIFEST_KEYS (null where not applicable; runlog fills the step-log keys)."""
+    loss = steps["loss"].to_numpy()
+    grad = steps["grad_norm"].to_numpy()
+    top1 = steps["top1_freq"].to_numpy()
+    finite_grad = grad[np.isfinite(grad)]
+    detected, fire_step = monitors.legacy_warning(top1)
+    mat = np.array(steps["matrix_grad_norms"].to_list(), dtype=np.float64).reshape(steps.height, len(r.matrices))
+    window = mat[monitors.last_fraction_start(steps.height):]
+    window = window[np.all(np.isfinite(window), axis=1)]
+    mass = (window**2).sum(axis=0)  # per-matrix gradient mass over the last 10% of the logged steps
+    prov = provenance.collect(str(r.device))
+    step_ms, mon_ms = steps["step_time_ms"].to_numpy(), steps["monitor_time_ms"].to_numpy()
+    top1_ms = steps["top1_forward_ms"].to_numpy()
+    top1_evaluated = top1_ms[top1_ms > 0]
+    man = {
+        "run_id": cfg.run_id, "config": cfg.to_dict(), "config_hash": cfg.config_hash,
+        "status": status, "status_reason": reason,
+        "code_version": prov["code_version"], "packages": prov["packages"], "seed": cfg.seed,
+        "device": str(r.device), "dtype": str(r.dtype).removeprefix("torch."), "hostname": prov["hostname"],
+        "started_at": started_at.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
+        "wall_time_s": time.perf_counter() - t_start,
+        "final_loss": _finite_or_none(float(loss[-1])),
+        "max_grad_norm": _finite_or_none(float(finite_grad.max())) if finite_grad.size else None,
+        "top1_step0": _finite_or_none(float(top1[0])),
+        "top1_warning_detected": detected, "top1_fire_step": fire_step,
+        **{f"top1_cross_{round(level * 100):03d}": monitors.first_crossing(top1, level) for level in TOP1_CROSS_LEVELS},
+        "top1_source": r.family.top1_source,
+        "collapsed": monitors.is_collapsed(top1, loss), "collapse_definition": COLLAPSE_DEFINITION,
+        "diverged_at_step": int(steps.height - 1) if status == "diverged" else None,
+        "routed_for_inspection": routing is not None, "routing": routing,
+        "matrix_names": [name for name, _ in r.matrices],
+        "grad_gini": monitors.gini(mass) if mass.size else None,
+        "grad_top1_share": monitors.top_share(mass) if mass.size else None,
+        "adapter_path": str(adapter_path) if adapter_path is not None else None,
+        "monitor_overhead": {
+            "monitor_ms_mean": float(mon_ms.mean()),
+            "step_ms_mean": float(step_ms.mean()),
+            "ratio": float(mon_ms.mean() / step_ms.mean()) if step_ms.mean() > 0 else None,
+            "top1_forward_ms_mean": float(top1_evaluated.mean()) if top1_evaluated.size else 0.0,
+            "top1_every": cfg.top1_every,
+            "top1_source": r.family.top1_source,
+        },
+    }
+    missing = [k for k in MANIFEST_KEYS if k not in man and k not in ("schema_version", "steplog", "steplog_sha256",
+                                                                       "n_steps_logged")]
+    if missing:  # a programming error, not user input
+        raise RuntimeError(f"manifest misses keys {missing}: fill them in build_manifest")
+    return man
