@@ -1,0 +1,637 @@
+"""Bring your own logs (issue #7): other tools' training logs -> the same `runs`/`steps` tables.
+
+Formats (`import_logs(db_path, fmt, paths, ...)`):
+
+- ``reference-jsonl``: one JSON object per line and step: step, loss, max_grad_norm, top1_token_freq,
+  mask_ratio (null allowed for the last two), optional rank, model_family, collapsed. One file per run.
+  `max_grad_norm` may be the step's norm or a running max: it is stored as the step's grad_norm and the
+  running max is recomputed. Legacy warning/fire step/crossings/collapse use the rules of `monitors`
+  (schema.LEGACY_*); final loss = the last step's loss.
+- ``cells``: CSV, one row per configuration: family,model_name,rank,rho,seed,lr,top1_fired,top1_fire_step,
+  collapsed,max_grad_norm,final_loss. `None`/empty = unknown (rank, seed, ...), `True`/`False` booleans. No
+  step logs: runs only.
+- ``hf-trainer``: a transformers ``trainer_state.json``; `log_history` entries holding `loss` are training
+  steps (step, loss, grad_norm, learning_rate). Run config from the flags, from ``<stem>.config.json`` beside
+  the file, or from ``config=<path>`` (flags win over files).
+- ``wandb-csv``: a W&B run-history CSV export; columns mapped by `step_col` (default ``_step``), `loss_col`
+  (``loss``), `grad_col` (``grad_norm``), optional `top1_col`, `mask_col`, `lr_col`. Rows with neither loss
+  nor grad norm (eval-only rows) are skipped. Run config as for hf-trainer.
+
+Every problem names the file and the line (1-based) and says what to do. A bad file never half-loads: it is
+parsed and validated completely before anything is written, its problems are reported in
+`IngestReport.quarantined` (or raised with `strict=True`), and the good files go in in one transaction.
+Re-importing the same file adds nothing: the run_id derives from the file's sha256 (+ the row for cells) and
+the content hash also covers the config options, so the same file with another config is a conflict.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import polars as pl
+
+from . import store
+from .store import IngestReport, PreparedRun
+
+MAX_PROBLEMS_SHOWN = 20
+
+FORMATS = ("reference-jsonl", "cells", "hf-trainer", "wandb-csv")
+
+# Run-config keys an importer understands (as flags or in a config file); `lr` is an alias of learning_rate.
+CONFIG_KEYS = ("family", "model_id", "method", "rank", "alpha", "mask_ratio", "learning_rate", "seed", "steps",
+               "batch_size", "cohort")
+_CONFIG_FLAGS = frozenset(CONFIG_KEYS) - {"family"} | {"lr", "config"}
+_WANDB_COLS = {"step_col": "_step", "loss_col": "loss", "grad_col": "grad_norm", "top1_col": None,
+               "mask_col": None, "lr_col": None}
+_OPTIONS: dict[str, frozenset[str]] = {
+    "reference-jsonl": _CONFIG_FLAGS - {"config"},
+    "cells": frozenset({"method", "alpha", "steps", "batch_size", "cohort"}),
+    "hf-trainer": _CONFIG_FLAGS,
+    "wandb-csv": _CONFIG_FLAGS | frozenset(_WANDB_COLS),
+}
+
+CELLS_COLUMNS = ("family", "model_name", "rank", "rho", "seed", "lr", "top1_fired", "top1_fire_step",
+                 "collapsed", "max_grad_norm", "final_loss")
+JSONL_REQUIRED = ("step", "loss", "max_grad_norm", "top1_token_freq", "mask_ratio")
+_NULL_TEXT = frozenset({"", "none", "null", "na", "n/a"})
+
+
+class LogFormatError(ValueError):
+    """A log file that cannot be imported. `path` and `problems` [(line or None, reason)] are attributes;
+    the message lists them as 'path:line: reason'."""
+
+    def __init__(self, path: Path | str, problems: Sequence[tuple[int | None, str]]):
+        self.path = Path(path)
+        self.problems = list(problems)
+        shown = [f"{self.path}:{ln}: {why}" if ln is not None else f"{self.path}: {why}"
+                 for ln, why in self.problems[:MAX_PROBLEMS_SHOWN]]
+        more = len(self.problems) - MAX_PROBLEMS_SHOWN
+        if more > 0:
+            shown.append(f"... and {more} more problem(s)")
+        super().__init__("\n".join(shown))
+
+
+# -- value parsing ------------------------------------------------------------------------------------------
+
+class _Bad(Exception):
+    """One bad value; str = the reason (the caller adds file and line)."""
+
+
+def _num(name: str, v: Any, *, required: bool = True) -> float | None:
+    """A finite float from a JSON number or CSV text; None for null-ish when not required."""
+    if v is None or (isinstance(v, str) and v.strip().lower() in _NULL_TEXT):
+        if required:
+            raise _Bad(f"{name} is missing (null/empty): give a finite number")
+        return None
+    if isinstance(v, bool):
+        raise _Bad(f"{name}={v!r} is a boolean, not a number")
+    if isinstance(v, (int, float)):
+        x = float(v)
+    elif isinstance(v, str):
+        try:
+            x = float(v.strip())
+        except ValueError:
+            raise _Bad(f"{name}={v!r} is not numeric") from None
+    else:
+        raise _Bad(f"{name}={v!r} is a {type(v).__name__}, not a number")
+    if not math.isfinite(x):
+        raise _Bad(f"{name}={v!r} is NaN/Inf: only finite values can be imported")
+    return x
+
+
+def _int(name: str, v: Any, *, required: bool = True, minimum: int | None = 0) -> int | None:
+    x = _num(name, v, required=required)
+    if x is None:
+        return None
+    if not x.is_integer():
+        raise _Bad(f"{name}={v!r} is not an integer")
+    if abs(x) > 2**62:
+        raise _Bad(f"{name}={v!r} is out of range")
+    i = int(x)
+    if minimum is not None and i < minimum:
+        raise _Bad(f"{name}={v!r} is below {minimum}")
+    return i
+
+
+def _bool(name: str, v: Any) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        t = v.strip().lower()
+        if t in _NULL_TEXT:
+            return None
+        if t in ("true", "1", "yes"):
+            return True
+        if t in ("false", "0", "no"):
+            return False
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
+    raise _Bad(f"{name}={v!r} is not a boolean: use True/False (or None when unknown)")
+
+
+def _text(name: str, v: Any, *, required: bool = False) -> str | None:
+    if v is None or (isinstance(v, str) and v.strip().lower() in _NULL_TEXT):
+        if required:
+            raise _Bad(f"{name} is missing: give a name")
+        return None
+    if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+        raise _Bad(f"{name}={v!r} is not text")
+    return str(v).strip()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LogFormatError(path, [(None, f"not UTF-8 text ({e.reason} at byte {e.start})")]) from None
+    except OSError as e:
+        raise LogFormatError(path, [(None, f"cannot be read ({e.strerror or e})")]) from None
+
+
+def _sha(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+# -- run config for formats without one in the file ---------------------------------------------------------
+
+def _validate_config(cfg: dict[str, Any]) -> list[str]:
+    """Type checks of the known keys (unknown keys are kept as they are, in config_json)."""
+    problems = []
+    checks: dict[str, Callable[[str, Any], Any]] = {
+        "rank": lambda n, v: _int(n, v, required=False, minimum=1),
+        "seed": lambda n, v: _int(n, v, required=False),
+        "steps": lambda n, v: _int(n, v, required=False),
+        "batch_size": lambda n, v: _int(n, v, required=False, minimum=1),
+        "alpha": lambda n, v: _num(n, v, required=False),
+        "mask_ratio": lambda n, v: _num(n, v, required=False),
+        "learning_rate": lambda n, v: _num(n, v, required=False),
+        "family": lambda n, v: _text(n, v), "model_id": lambda n, v: _text(n, v),
+        "method": lambda n, v: _text(n, v), "cohort": lambda n, v: _text(n, v),
+    }
+    for key, check in checks.items():
+        if key in cfg:
+            try:
+                cfg[key] = check(key, cfg[key])
+            except _Bad as e:
+                problems.append(f"config {e}")
+    mr = cfg.get("mask_ratio")
+    if mr is not None and not 0.0 < mr < 1.0:
+        problems.append(f"config mask_ratio={mr!r} is out of range: use a number strictly between 0 and 1")
+    return problems
+
+
+def _config_from_files_and_flags(path: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Side file <stem>.config.json, then config=<path>, then flags (later wins)."""
+    cfg: dict[str, Any] = {}
+    sources = [path.with_name(path.stem + ".config.json")]
+    if options.get("config") is not None:
+        sources.append(Path(options["config"]))
+    for src in sources:
+        if not src.exists():
+            if src is not sources[0]:
+                raise LogFormatError(src, [(None, "config file does not exist: fix the config= path")])
+            continue
+        try:
+            data = json.loads(_read_text(src))
+        except json.JSONDecodeError as e:
+            raise LogFormatError(src, [(e.lineno, f"config file is not valid JSON ({e.msg})")]) from None
+        if not isinstance(data, dict):
+            raise LogFormatError(src, [(None, "config file must hold a JSON object of run-config keys")])
+        cfg.update(data)
+    if "lr" in cfg:
+        cfg.setdefault("learning_rate", cfg.pop("lr"))
+    for key, value in options.items():
+        if key in ("config",) or key in _WANDB_COLS or value is None:
+            continue
+        cfg["learning_rate" if key == "lr" else key] = value
+    return cfg
+
+
+def _finish_config(path: Path, cfg: dict[str, Any], family: str | None) -> dict[str, Any]:
+    if cfg.get("family") in (None, "") and family is not None:
+        cfg["family"] = family
+    problems = _validate_config(cfg)
+    if not cfg.get("family"):
+        problems.append("no model family: pass family=... (--family) or put it in the file / config file")
+    if problems:
+        raise LogFormatError(path, [(None, p) for p in problems])
+    for key in CONFIG_KEYS:
+        cfg.setdefault(key, None)
+    return cfg
+
+
+# -- monitors summary of a step log -------------------------------------------------------------------------
+
+def _summarise(steps: pl.DataFrame) -> dict[str, Any]:
+    """Run-level monitors from a step log: final loss, max grad, top-1 legacy warning/crossings/collapse."""
+    step = steps["step"].to_numpy().astype(np.int64)
+    loss = steps["loss"].to_numpy()
+    grad = steps["grad_norm"].to_numpy()
+    top1 = steps["top1_freq"].to_numpy()
+    finite_loss = loss[np.isfinite(loss)]
+    out: dict[str, Any] = {
+        "final_loss": float(finite_loss[-1]) if finite_loss.size else None,
+        "max_grad_norm": float(np.nanmax(grad)) if np.isfinite(grad).any() else None,
+        "n_steps": int(steps.height),
+        "top1_step0": None, "top1_warning_detected": None, "top1_fire_step": None,
+        "top1_cross_050": None, "top1_cross_080": None, "top1_cross_095": None, "collapsed": None,
+    }
+    if np.isfinite(top1).any():
+        from . import monitors  # imports torch: only paid when a log has top-1 values
+        from .schema import TOP1_CROSS_LEVELS
+
+        fired, fire_step = monitors.legacy_warning(top1, step)
+        out.update(
+            top1_step0=float(top1[0]) if step[0] == 0 and np.isfinite(top1[0]) else None,
+            top1_warning_detected=fired, top1_fire_step=fire_step,
+            collapsed=monitors.is_collapsed(top1, loss),
+        )
+        for level, key in zip(TOP1_CROSS_LEVELS, ("top1_cross_050", "top1_cross_080", "top1_cross_095")):
+            out[key] = monitors.first_crossing(top1, level, step)
+    return out
+
+
+def _steps_frame(step: list[int], loss: list[float], grad: list[float], top1: list[float],
+                 mask: list[float], lr: list[float]) -> pl.DataFrame:
+    g = np.asarray(grad, dtype=np.float64)
+    # running max over the steps seen so far; NaN (not logged) steps carry the previous max
+    running = np.fmax.accumulate(g) if g.size else g
+    return pl.DataFrame({
+        "step": pl.Series(step, dtype=pl.Int32), "loss": np.asarray(loss, dtype=np.float64),
+        "grad_norm": g, "max_grad_norm": running, "top1_freq": np.asarray(top1, dtype=np.float64),
+        "mask_ratio": np.asarray(mask, dtype=np.float64), "lr": np.asarray(lr, dtype=np.float64),
+    })
+
+
+def _prepared(fmt: str, path: Path, run_id: str, content_sha: str, cfg: dict[str, Any],
+              summary: Mapping[str, Any], steps: pl.DataFrame | None, extra: Mapping[str, Any]) -> PreparedRun:
+    config_json = json.dumps(cfg, sort_keys=True, default=str)
+    manifest = {"source": f"import:{fmt}", "source_path": str(path), **extra, "config": cfg, **summary}
+    row = {
+        "run_id": run_id, "source": f"import:{fmt}", "source_path": str(path.resolve()),
+        "family": cfg["family"], "model_id": cfg["model_id"], "cohort": cfg["cohort"] or "",
+        "method": cfg["method"], "rank": cfg["rank"], "alpha": cfg["alpha"], "mask_ratio": cfg["mask_ratio"],
+        "learning_rate": cfg["learning_rate"], "seed": cfg["seed"], "steps": cfg["steps"],
+        "batch_size": cfg["batch_size"], "config_hash": _sha(config_json), "config_json": config_json,
+        "status": "completed", "diverged_at_step": None, "routed_for_inspection": False, "routing_json": None,
+        "grad_gini": None, "grad_top1_share": None, "device": None, "code_version": None,
+        "manifest_json": json.dumps(manifest, sort_keys=True, default=str), "content_sha256": content_sha,
+        **{k: summary.get(k) for k in ("final_loss", "max_grad_norm", "top1_step0", "top1_warning_detected",
+                                       "top1_fire_step", "top1_cross_050", "top1_cross_080", "top1_cross_095",
+                                       "collapsed", "n_steps")},
+    }
+    return PreparedRun(path=str(path), row=row, steps=steps)
+
+
+def _check_steps_increasing(steps: list[int], lines: list[int], problems: list[tuple[int | None, str]]) -> None:
+    for i in range(1, len(steps)):
+        if steps[i] <= steps[i - 1]:
+            what = "repeats" if steps[i] == steps[i - 1] else "goes back from"
+            problems.append((lines[i], f"step {steps[i]} {what} step {steps[i - 1]} (line {lines[i - 1]}): "
+                                       "steps must strictly increase within one run"))
+
+
+# -- reference-jsonl ----------------------------------------------------------------------------------------
+
+def parse_reference_jsonl(path: Path, *, family: str | None = None, **options: Any) -> list[PreparedRun]:
+    """One run per file; see the module docstring. Raises LogFormatError listing every bad line."""
+    path = Path(path)
+    text = _read_text(path)
+    problems: list[tuple[int | None, str]] = []
+    cols: dict[str, list] = {k: [] for k in ("step", "loss", "grad", "top1", "mask", "line")}
+    constants: dict[str, tuple[Any, int]] = {}
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append((lineno, f"not valid JSON ({e.msg} at column {e.colno})"))
+            continue
+        except RecursionError:
+            problems.append((lineno, "not valid JSON (nested too deeply)"))
+            continue
+        if not isinstance(obj, dict):
+            problems.append((lineno, f"a JSON {type(obj).__name__}, expected an object per step"))
+            continue
+        missing = [k for k in JSONL_REQUIRED if k not in obj]
+        if missing:
+            problems.append((lineno, f"missing key(s) {missing}: each line needs {list(JSONL_REQUIRED)}"))
+            continue
+        try:
+            vals = (
+                _int("step", obj["step"]), _num("loss", obj["loss"]), _num("max_grad_norm", obj["max_grad_norm"]),
+                _num("top1_token_freq", obj["top1_token_freq"], required=False),
+                _num("mask_ratio", obj["mask_ratio"], required=False),
+            )
+            for key, conv in (("rank", lambda v: _int("rank", v, required=False, minimum=1)),
+                              ("model_family", lambda v: _text("model_family", v)),
+                              ("collapsed", lambda v: _bool("collapsed", v))):
+                if key in obj:
+                    v = conv(obj[key])
+                    if v is None:
+                        continue
+                    if key in constants and constants[key][0] != v:
+                        raise _Bad(f"{key}={v!r} differs from {constants[key][0]!r} on line {constants[key][1]}: "
+                                   "one file holds one run")
+                    constants.setdefault(key, (v, lineno))
+        except _Bad as e:
+            problems.append((lineno, str(e)))
+            continue
+        for k, v in zip(("step", "loss", "grad", "top1", "mask"), vals):
+            cols[k].append(np.nan if v is None else v)
+        cols["line"].append(lineno)
+    _check_steps_increasing(cols["step"], cols["line"], problems)
+    if not cols["step"] and not problems:
+        problems.append((None, "the file holds no steps: expected one JSON object per line"))
+    if problems:
+        raise LogFormatError(path, problems)
+    cfg = {k: v for k, v in options.items() if v is not None}
+    if "lr" in cfg:
+        cfg["learning_rate"] = cfg.pop("lr")
+    if "model_family" in constants:
+        cfg["family"] = constants["model_family"][0]
+    if "rank" in constants:
+        cfg["rank"] = constants["rank"][0]
+    cfg = _finish_config(path, cfg, family)
+    steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], cols["top1"], cols["mask"],
+                         [np.nan] * len(cols["step"]))
+    summary = _summarise(steps)
+    if "collapsed" in constants:  # the log's own verdict wins over the recomputed one
+        summary["collapsed"] = constants["collapsed"][0]
+    file_sha = _sha(text)
+    run_id = f"import-jsonl-{file_sha[:16]}"
+    content = _sha(json.dumps({"file": file_sha, "config": cfg}, sort_keys=True, default=str))
+    return [_prepared("reference-jsonl", path, run_id, content, cfg, summary, steps, {"file_sha256": file_sha})]
+
+
+# -- cells ---------------------------------------------------------------------------------------------------
+
+def _csv_records(path: Path, text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (line number, fields) per record; line = the record's first physical line."""
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        rows = []
+        header = next(reader, None)
+        if header is None:
+            raise LogFormatError(path, [(None, "empty file: expected a header row")])
+        prev = reader.line_num
+        for rec in reader:
+            rows.append((prev + 1, rec))
+            prev = reader.line_num
+    except csv.Error as e:
+        raise LogFormatError(path, [(reader.line_num or None, f"not valid CSV ({e})")]) from None
+    return [h.strip() for h in header], rows
+
+
+def _require_columns(path: Path, header: list[str], required: Sequence[str], fix: str) -> None:
+    dup = sorted({h for h in header if header.count(h) > 1})
+    missing = [c for c in required if c not in header]
+    problems = []
+    if missing:
+        problems.append((1, f"missing column(s) {missing}; the header has {header}. Fix: {fix}"))
+    if dup:
+        problems.append((1, f"duplicated column name(s) {dup}: rename them"))
+    if problems:
+        raise LogFormatError(path, problems)
+
+
+def parse_cells(path: Path, *, family: str | None = None, **options: Any) -> list[PreparedRun]:
+    """One run per CSV row (no step logs). Raises LogFormatError listing every bad row."""
+    path = Path(path)
+    text = _read_text(path)
+    header, records = _csv_records(path, text)
+    _require_columns(path, header, CELLS_COLUMNS,
+                     f"add them (write None where unknown) so the header holds {','.join(CELLS_COLUMNS)}")
+    idx = {h: i for i, h in enumerate(header)}
+    file_sha = _sha(text)
+    problems: list[tuple[int | None, str]] = []
+    parsed: list[tuple[int, int, dict[str, Any]]] = []
+    row_index = 0
+    for lineno, rec in records:
+        if not rec or all(not f.strip() for f in rec):
+            continue
+        this_row, row_index = row_index, row_index + 1
+        if len(rec) != len(header):
+            problems.append((lineno, f"{len(rec)} fields but the header has {len(header)}"))
+            continue
+        v = {h: rec[i] for h, i in idx.items()}
+        try:
+            rho = _num("rho", v["rho"], required=False)
+            if rho is not None and not 0.0 < rho < 1.0:
+                raise _Bad(f"rho={v['rho']!r} is out of range: use a number strictly between 0 and 1")
+            rec_vals = {
+                "family": _text("family", v["family"], required=family is None) or family,
+                "model_id": _text("model_name", v["model_name"]),
+                "rank": _int("rank", v["rank"], required=False, minimum=1), "mask_ratio": rho,
+                "seed": _int("seed", v["seed"], required=False),
+                "learning_rate": _num("lr", v["lr"], required=False),
+                "top1_warning_detected": _bool("top1_fired", v["top1_fired"]),
+                "top1_fire_step": _int("top1_fire_step", v["top1_fire_step"], required=False),
+                "collapsed": _bool("collapsed", v["collapsed"]),
+                "max_grad_norm": _num("max_grad_norm", v["max_grad_norm"]),
+                "final_loss": _num("final_loss", v["final_loss"]),
+            }
+        except _Bad as e:
+            problems.append((lineno, str(e)))
+            continue
+        parsed.append((lineno, this_row, rec_vals))
+    if not parsed and not problems:
+        problems.append((None, "the file holds a header but no rows"))
+    if problems:
+        raise LogFormatError(path, problems)
+    out = []
+    flags = {k: v for k, v in options.items() if v is not None}
+    for lineno, row_i, vals in parsed:
+        cfg = dict(flags)
+        cfg.update({k: vals[k] for k in ("family", "model_id", "rank", "mask_ratio", "seed", "learning_rate")})
+        cfg = _finish_config(path, cfg, family)
+        summary = {k: vals[k] for k in ("top1_warning_detected", "top1_fire_step", "collapsed", "max_grad_norm",
+                                        "final_loss")}
+        summary["n_steps"] = None
+        run_id = f"import-cells-{file_sha[:16]}-{row_i}"
+        content = _sha(json.dumps({"file": file_sha, "row": row_i, "config": cfg}, sort_keys=True, default=str))
+        out.append(_prepared("cells", path, run_id, content, cfg, summary, None,
+                             {"file_sha256": file_sha, "row": row_i, "line": lineno}))
+    return out
+
+
+# -- hf-trainer ----------------------------------------------------------------------------------------------
+
+_LOG_HISTORY = re.compile(r'"log_history"\s*:\s*\[')
+
+
+def _entry_lines(text: str, n: int) -> list[int | None]:
+    """Line number of each log_history entry (scanning the raw text); None where it cannot be located."""
+    m = _LOG_HISTORY.search(text)
+    if not m:
+        return [None] * n
+    dec = json.JSONDecoder()
+    pos, lines = m.end(), []
+    try:
+        while len(lines) < n:
+            while pos < len(text) and text[pos] in " \t\r\n,":
+                pos += 1
+            if pos >= len(text) or text[pos] == "]":
+                break
+            lines.append(text.count("\n", 0, pos) + 1)
+            _, pos = dec.raw_decode(text, pos)
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    return lines + [None] * (n - len(lines))
+
+
+def parse_hf_trainer(path: Path, *, family: str | None = None, **options: Any) -> list[PreparedRun]:
+    """A transformers trainer_state.json -> one run. Raises LogFormatError."""
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LogFormatError(path, [(e.lineno, f"not valid JSON ({e.msg} at column {e.colno})")]) from None
+    except RecursionError:
+        raise LogFormatError(path, [(None, "not valid JSON (nested too deeply)")]) from None
+    if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
+        raise LogFormatError(path, [(None, "no 'log_history' list: give a transformers trainer_state.json "
+                                           "(it is written in every checkpoint-*/ directory)")])
+    history = state["log_history"]
+    lines = _entry_lines(text, len(history))
+    problems: list[tuple[int | None, str]] = []
+    cols: dict[str, list] = {k: [] for k in ("step", "loss", "grad", "lr", "line")}
+    for i, entry in enumerate(history):
+        where = lines[i]
+        if not isinstance(entry, dict) or "loss" not in entry:
+            continue  # eval entries (eval_loss) and the final summary (train_loss) are not training steps
+        try:
+            if "step" not in entry:
+                raise _Bad("training entry without 'step'")
+            if "grad_norm" not in entry:
+                raise _Bad("training entry without 'grad_norm': max-grad triage needs it (transformers >= 4.38 "
+                           "logs it at every logging step)")
+            vals = (_int("step", entry["step"]), _num("loss", entry["loss"]), _num("grad_norm", entry["grad_norm"]),
+                    _num("learning_rate", entry.get("learning_rate"), required=False))
+        except _Bad as e:
+            problems.append((where, f"log_history[{i}]: {e}"))
+            continue
+        for k, v in zip(("step", "loss", "grad", "lr"), vals):
+            cols[k].append(np.nan if v is None else v)
+        cols["line"].append(where)
+    _check_steps_increasing(cols["step"], cols["line"], problems)
+    if not cols["step"] and not problems:
+        problems.append((None, "log_history holds no training entries (with 'loss'): was logging enabled?"))
+    if problems:
+        raise LogFormatError(path, problems)
+    cfg = _config_from_files_and_flags(path, options)
+    for key, state_key in (("steps", "max_steps"), ("batch_size", "train_batch_size")):
+        if cfg.get(key) is None and isinstance(state.get(state_key), int) and state[state_key] > 0:
+            cfg[key] = state[state_key]
+    cfg = _finish_config(path, cfg, family)
+    n = len(cols["step"])
+    steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], [np.nan] * n, [np.nan] * n, cols["lr"])
+    return [_timeseries_run("hf-trainer", path, text, cfg, steps)]
+
+
+def _timeseries_run(fmt: str, path: Path, text: str, cfg: dict[str, Any], steps: pl.DataFrame) -> PreparedRun:
+    file_sha = _sha(text)
+    run_id = f"import-{fmt}-{file_sha[:16]}"
+    content = _sha(json.dumps({"file": file_sha, "config": cfg}, sort_keys=True, default=str))
+    return _prepared(fmt, path, run_id, content, cfg, _summarise(steps), steps, {"file_sha256": file_sha})
+
+
+# -- wandb-csv -----------------------------------------------------------------------------------------------
+
+def parse_wandb_csv(path: Path, *, family: str | None = None, **options: Any) -> list[PreparedRun]:
+    """A W&B run-history CSV -> one run; columns mapped by step_col/loss_col/grad_col/top1_col/mask_col/lr_col."""
+    path = Path(path)
+    text = _read_text(path)
+    colmap = {k: options.get(k, d) for k, d in _WANDB_COLS.items()}
+    header, records = _csv_records(path, text)
+    wanted = [c for c in colmap.values() if c is not None]
+    _require_columns(path, header, wanted,
+                     "map your column names with step_col=, loss_col=, grad_col= (and optionally top1_col=, "
+                     "mask_col=, lr_col=)")
+    idx = {h: i for i, h in enumerate(header)}
+    problems: list[tuple[int | None, str]] = []
+    cols: dict[str, list] = {k: [] for k in ("step", "loss", "grad", "top1", "mask", "lr", "line")}
+    for lineno, rec in records:
+        if not rec or all(not f.strip() for f in rec):
+            continue
+        if len(rec) != len(header):
+            problems.append((lineno, f"{len(rec)} fields but the header has {len(header)}"))
+            continue
+        get = lambda key: rec[idx[colmap[key]]] if colmap[key] is not None else None  # noqa: E731
+        try:
+            loss = _num(colmap["loss_col"], get("loss_col"), required=False)
+            grad = _num(colmap["grad_col"], get("grad_col"), required=False)
+            if loss is None and grad is None:
+                continue  # an eval-only / system row
+            vals = (_int(colmap["step_col"], get("step_col")), loss, grad,
+                    _num(str(colmap["top1_col"]), get("top1_col"), required=False),
+                    _num(str(colmap["mask_col"]), get("mask_col"), required=False),
+                    _num(str(colmap["lr_col"]), get("lr_col"), required=False))
+        except _Bad as e:
+            problems.append((lineno, str(e)))
+            continue
+        for k, v in zip(("step", "loss", "grad", "top1", "mask", "lr"), vals):
+            cols[k].append(np.nan if v is None else v)
+        cols["line"].append(lineno)
+    _check_steps_increasing(cols["step"], cols["line"], problems)
+    if not cols["step"] and not problems:
+        problems.append((None, f"no rows with {colmap['loss_col']!r} or {colmap['grad_col']!r} values"))
+    if problems:
+        raise LogFormatError(path, problems)
+    cfg = _finish_config(path, _config_from_files_and_flags(path, options), family)
+    steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], cols["top1"], cols["mask"], cols["lr"])
+    return [_timeseries_run("wandb-csv", path, text, cfg, steps)]
+
+
+PARSERS: dict[str, Callable[..., list[PreparedRun]]] = {
+    "reference-jsonl": parse_reference_jsonl, "cells": parse_cells, "hf-trainer": parse_hf_trainer,
+    "wandb-csv": parse_wandb_csv,
+}
+
+
+def import_logs(
+    db_path: str | Path, fmt: str, paths: Sequence[Path | str] | Path | str, *, family: str | None = None,
+    strict: bool = False, timeout_s: float = 60, **options: Any,
+) -> IngestReport:
+    """Parse and validate every file, then insert all good runs in one transaction (see module docstring).
+
+    Bad files are listed in `report.quarantined` as (path, 'path:line: reason' lines) and recorded in the
+    `quarantine` table (the files themselves are left where they are); `strict=True` raises the first
+    LogFormatError instead, before anything is written. Unknown formats or options raise ValueError.
+    """
+    if fmt not in PARSERS:
+        raise ValueError(f"unknown import format {fmt!r}: use one of {list(FORMATS)}")
+    unknown = sorted(set(options) - _OPTIONS[fmt])
+    if unknown:
+        raise ValueError(f"option(s) {unknown} do not apply to {fmt!r}: use {sorted(_OPTIONS[fmt])}")
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not items:
+        raise ValueError("no files given: pass one or more log files")
+    started = store._now()
+    prepared: list[PreparedRun] = []
+    rejected: list[tuple[str, str, bool]] = []
+    for p in map(Path, items):
+        try:
+            if not p.is_file():
+                raise LogFormatError(p, [(None, "not a file: give the path of a log file")])
+            prepared.extend(PARSERS[fmt](p, family=family, **options))
+        except LogFormatError as e:
+            if strict:
+                raise
+            rejected.append((str(p), str(e), False))
+    return store._write_batch(
+        Path(db_path), prepared, rejected=rejected, incomplete=[], ingest_id=store._new_ingest_id(),
+        started=started, kind=f"import:{fmt}", paths=[str(p) for p in items], quarantine_dir=None,
+        timeout_s=timeout_s,
+    )

@@ -1,0 +1,807 @@
+"""DuckDB storage: schema, idempotent transactional ingestion with quarantine, queries, threshold registry.
+
+One DuckDB file holds every run (``runs``), every logged step (``steps``), every ingestion (``ingests``,
+``quarantine``) and every calibration with its per-group thresholds (``calibrations``, ``thresholds``);
+the tables and their columns are listed in docs/ARCHITECTURE.md.
+
+Concurrency: DuckDB lets one *process* open a file for writing. `connect` retries with backoff while another
+process holds the lock, and `ingest_runs` validates every run directory before it opens the database, so the
+lock is held only for the inserts (one transaction per ingestion).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from . import schema
+from .config import ConfigError, RunConfig
+
+DB_SCHEMA_VERSION = 1
+
+_RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    source VARCHAR NOT NULL,
+    source_path VARCHAR,
+    family VARCHAR,
+    model_id VARCHAR,
+    cohort VARCHAR,
+    method VARCHAR,
+    rank INTEGER,
+    alpha DOUBLE,
+    mask_ratio DOUBLE,
+    learning_rate DOUBLE,
+    seed BIGINT,
+    steps INTEGER,
+    batch_size INTEGER,
+    config_hash VARCHAR,
+    config_json VARCHAR,
+    status VARCHAR,
+    final_loss DOUBLE,
+    max_grad_norm DOUBLE,
+    top1_step0 DOUBLE,
+    top1_warning_detected BOOLEAN,
+    top1_fire_step INTEGER,
+    top1_cross_050 INTEGER,
+    top1_cross_080 INTEGER,
+    top1_cross_095 INTEGER,
+    collapsed BOOLEAN,
+    diverged_at_step INTEGER,
+    routed_for_inspection BOOLEAN,
+    routing_json VARCHAR,
+    grad_gini DOUBLE,
+    grad_top1_share DOUBLE,
+    n_steps INTEGER,
+    device VARCHAR,
+    code_version VARCHAR,
+    manifest_json VARCHAR,
+    content_sha256 VARCHAR NOT NULL,
+    ingested_at TIMESTAMP NOT NULL,
+    ingest_id VARCHAR NOT NULL
+)"""
+
+_DDL = [
+    """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL)""",
+    _RUNS_DDL,
+    """CREATE TABLE IF NOT EXISTS steps (
+        run_id VARCHAR NOT NULL, step INTEGER NOT NULL, loss DOUBLE, grad_norm DOUBLE, max_grad_norm DOUBLE,
+        top1_freq DOUBLE, mask_ratio DOUBLE, lr DOUBLE, PRIMARY KEY (run_id, step))""",
+    """CREATE TABLE IF NOT EXISTS ingests (
+        ingest_id VARCHAR PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP, kind VARCHAR,
+        paths_json VARCHAR, n_added INTEGER, n_already_present INTEGER, n_incomplete INTEGER,
+        n_quarantined INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        path VARCHAR, reason VARCHAR, ingest_id VARCHAR, "at" TIMESTAMP, quarantined_to VARCHAR)""",
+    """CREATE SEQUENCE IF NOT EXISTS calibration_seq""",
+    """CREATE TABLE IF NOT EXISTS calibrations (
+        calibration_id VARCHAR PRIMARY KEY, created_at TIMESTAMP NOT NULL, group_by VARCHAR,
+        params_json VARCHAR, snapshot_json VARCHAR, result_json VARCHAR, status VARCHAR, seq BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS thresholds (
+        calibration_id VARCHAR NOT NULL, group_name VARCHAR NOT NULL, group_by VARCHAR NOT NULL,
+        monitor VARCHAR NOT NULL, k INTEGER, threshold DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER,
+        n_unstable INTEGER, precision DOUBLE, recall DOUBLE, f1 DOUBLE, accepted BOOLEAN NOT NULL,
+        created_at TIMESTAMP NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (calibration_id, group_name))""",
+]
+
+# Column order and polars dtypes of the rows `_write_batch` inserts into `runs` (importers build the same rows).
+RUNS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String, "source": pl.String, "source_path": pl.String, "family": pl.String,
+    "model_id": pl.String, "cohort": pl.String, "method": pl.String, "rank": pl.Int32, "alpha": pl.Float64,
+    "mask_ratio": pl.Float64, "learning_rate": pl.Float64, "seed": pl.Int64, "steps": pl.Int32,
+    "batch_size": pl.Int32, "config_hash": pl.String, "config_json": pl.String, "status": pl.String,
+    "final_loss": pl.Float64, "max_grad_norm": pl.Float64, "top1_step0": pl.Float64,
+    "top1_warning_detected": pl.Boolean, "top1_fire_step": pl.Int32, "top1_cross_050": pl.Int32,
+    "top1_cross_080": pl.Int32, "top1_cross_095": pl.Int32, "collapsed": pl.Boolean,
+    "diverged_at_step": pl.Int32, "routed_for_inspection": pl.Boolean, "routing_json": pl.String,
+    "grad_gini": pl.Float64, "grad_top1_share": pl.Float64, "n_steps": pl.Int32, "device": pl.String,
+    "code_version": pl.String, "manifest_json": pl.String, "content_sha256": pl.String,
+}
+STEPS_COLUMNS = ("step", "loss", "grad_norm", "max_grad_norm", "top1_freq", "mask_ratio", "lr")
+STEPS_SCHEMA: dict[str, pl.DataType] = {
+    "step": pl.Int32, "loss": pl.Float64, "grad_norm": pl.Float64, "max_grad_norm": pl.Float64,
+    "top1_freq": pl.Float64, "mask_ratio": pl.Float64, "lr": pl.Float64,
+}
+
+
+# -- errors and results ----------------------------------------------------------------------------------
+
+class StoreError(RuntimeError):
+    """A database-level problem (schema newer than the code, missing file for read-only use, ...)."""
+
+
+class StoreLockedError(StoreError, TimeoutError):
+    """Another process kept the DuckDB file lock for longer than `timeout_s`."""
+
+    def __init__(self, db_path: Path, holder: str, waited_s: float):
+        self.db_path, self.holder, self.waited_s = Path(db_path), holder, waited_s
+        super().__init__(
+            f"could not open {db_path}: the DuckDB file lock is held by {holder} and was not released within "
+            f"{waited_s:.1f} s. Wait for that process to finish (or stop it), or pass a larger timeout_s."
+        )
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one ingestion did. Counts are ints; `quarantined` lists (path, reason) of every rejected input,
+    conflicts included (reason starts with 'conflict:'); `incomplete_paths` the skipped in-progress runs."""
+
+    ingest_id: str
+    added: int
+    already_present: int
+    incomplete: int
+    quarantined: tuple[tuple[str, str], ...] = ()
+    added_run_ids: tuple[str, ...] = ()
+    incomplete_paths: tuple[str, ...] = ()
+
+    @property
+    def conflicts(self) -> tuple[tuple[str, str], ...]:
+        return tuple(q for q in self.quarantined if q[1].startswith("conflict:"))
+
+    def summary(self) -> str:
+        return (
+            f"ingest {self.ingest_id}: {self.added} added, {self.already_present} already present, "
+            f"{self.incomplete} incomplete (skipped), {len(self.quarantined)} quarantined"
+        )
+
+
+@dataclass(frozen=True)
+class ThresholdRecord:
+    """A registered max-grad threshold: positive iff max-grad-up-to-k >= threshold."""
+
+    group: str
+    group_by: str
+    monitor: str
+    k: int | None
+    threshold: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int | None
+    calibration_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """One validated run ready for insertion: a `runs` row (keys of RUNS_SCHEMA) and its steps (STEPS_SCHEMA)
+    or None (no step log, e.g. imported `cells`). `path` is what quarantine/conflict reports name."""
+
+    path: str
+    row: dict[str, Any]
+    steps: pl.DataFrame | None = None
+    move_on_conflict: bool = field(default=False)
+
+
+# -- connection -------------------------------------------------------------------------------------------
+
+_HOLDER_RE = re.compile(r"Conflicting lock is held in (.*?)(?:\. See also|$)", re.S)
+
+
+def _is_lock_error(e: BaseException) -> bool:
+    return isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
+
+
+def connect(db_path: str | Path, *, read_only: bool = False, timeout_s: float = 60) -> duckdb.DuckDBPyConnection:
+    """Open (and for writers create/upgrade) the database, waiting up to `timeout_s` for another process's lock.
+
+    Backoff starts at 20 ms and grows x1.5 to 1 s, with jitter so two waiting processes do not retry in step.
+    """
+    db_path = Path(db_path)
+    if read_only and not db_path.exists():
+        raise StoreError(f"database {db_path} does not exist: ingest runs first (dlm-triage ingest)")
+    if not read_only:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    delay = 0.02
+    while True:
+        try:
+            con = duckdb.connect(str(db_path), read_only=read_only)
+            break
+        except duckdb.IOException as e:
+            if not _is_lock_error(e):
+                raise
+            waited = time.monotonic() - start
+            if waited >= timeout_s:
+                m = _HOLDER_RE.search(str(e))
+                holder = m.group(1).strip() if m else "another process"
+                raise StoreLockedError(db_path, holder, waited) from e
+            time.sleep(min(delay * (0.5 + random.random()), max(0.0, timeout_s - waited)))
+            delay = min(delay * 1.5, 1.0)
+    try:
+        _ensure_schema(con, read_only=read_only, db_path=db_path)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _ensure_schema(con: duckdb.DuckDBPyConnection, *, read_only: bool, db_path: Path) -> None:
+    has_version = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchall()[0][0]
+    if has_version:
+        found = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+        if found is not None and found > DB_SCHEMA_VERSION:
+            raise StoreError(
+                f"{db_path} has schema version {found}, newer than this dlm-triage understands "
+                f"({DB_SCHEMA_VERSION}): upgrade dlm-triage"
+            )
+        if found == DB_SCHEMA_VERSION:
+            return
+    if read_only:
+        raise StoreError(f"{db_path} is not a dlm-triage database (no schema_version): open it read-write once")
+    con.begin()
+    try:
+        for ddl in _DDL:
+            con.execute(ddl)
+        con.execute("INSERT INTO schema_version VALUES (?, ?)", [DB_SCHEMA_VERSION, _now()])
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+
+
+def _pl(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+    """A query's result as a polars frame (DuckDB 2.0: through a relation; execute() results have no .pl())."""
+    return con.sql(sql, params=params).pl() if params else con.sql(sql).pl()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# -- reading run directories --------------------------------------------------------------------------------
+
+def _read_run(run_dir: Path) -> tuple[dict, pl.DataFrame]:
+    """Validated manifest + step log through runlog.read_run; raises `_Invalid(reason)`."""
+    from .runlog import RunLogError, read_run
+
+    try:
+        rec = read_run(run_dir)
+    except RunLogError as e:
+        raise _Invalid(getattr(e, "reason", None) or str(e)) from e
+    return rec.manifest, rec.steps
+
+
+class _Invalid(Exception):
+    """A run/log that must be quarantined; str = the reason."""
+
+
+def _expand_run_dirs(runs: Path | str | Iterable[Path | str]) -> list[Path]:
+    """A path holding manifest.json or steps.parquet is a run directory; any other directory is a runs root
+    whose sub-directories are run directories (hidden ones and 'quarantine' skipped)."""
+    items = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if not p.exists():
+            raise FileNotFoundError(f"run path {p} does not exist: give a run directory or a runs root")
+        if not p.is_dir():
+            raise NotADirectoryError(f"run path {p} is a file: give a run directory or a runs root")
+        if (p / schema.MANIFEST_FILENAME).exists() or (p / schema.STEPLOG_FILENAME).exists():
+            out.append(p)
+            continue
+        children = sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith((".", "_"))
+                          and c.name != "quarantine")
+        out.extend(children if children else [p])
+    return out
+
+
+def _canonical_json(obj: Any) -> str:
+    """Key-sorted compact JSON: the stored manifest text and the input of content_sha256."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, allow_nan=True)
+
+
+def _opt_float(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    return float(x)
+
+
+def _opt_int(x: Any) -> int | None:
+    if x is None or isinstance(x, bool):
+        return None
+    return int(x)
+
+
+def _opt_bool(x: Any) -> bool | None:
+    return None if x is None else bool(x)
+
+
+def prepare_run_dir(run_dir: Path) -> PreparedRun:
+    """Validate one run directory (runlog.read_run + config + step uniqueness) into a `PreparedRun`."""
+    manifest, steps = _read_run(run_dir)
+    # read_run checked dtypes, nulls, contiguous 0..n-1 steps and finiteness; keep the stored columns only.
+    missing_cols = [c for c in STEPS_COLUMNS if c not in steps.columns]
+    if missing_cols:
+        raise _Invalid(f"step log lacks column(s) {missing_cols}")
+    steps = steps.select(STEPS_COLUMNS)
+    if steps.schema != pl.Schema(STEPS_SCHEMA):
+        raise _Invalid(f"step log dtypes {dict(steps.schema)} differ from {STEPS_SCHEMA}")
+    try:
+        cfg = RunConfig.from_dict(manifest["config"])
+    except (ConfigError, TypeError, KeyError, AttributeError) as e:
+        raise _Invalid(f"manifest config is invalid: {e}") from e
+    m = manifest
+    manifest_json = _canonical_json(m)
+    try:
+        row = {
+            "run_id": str(m["run_id"]), "source": "dlm-triage", "source_path": str(run_dir.resolve()),
+            "family": cfg.family, "model_id": cfg.model_id, "cohort": cfg.cohort, "method": cfg.method,
+            "rank": cfg.rank, "alpha": float(cfg.alpha), "mask_ratio": float(cfg.mask_ratio),
+            "learning_rate": float(cfg.learning_rate), "seed": cfg.seed, "steps": cfg.steps,
+            "batch_size": cfg.batch_size, "config_hash": str(m["config_hash"]), "config_json": cfg.to_json(),
+            "status": str(m["status"]), "final_loss": _opt_float(m["final_loss"]),
+            "max_grad_norm": _opt_float(m["max_grad_norm"]), "top1_step0": _opt_float(m["top1_step0"]),
+            "top1_warning_detected": _opt_bool(m["top1_warning_detected"]),
+            "top1_fire_step": _opt_int(m["top1_fire_step"]), "top1_cross_050": _opt_int(m["top1_cross_050"]),
+            "top1_cross_080": _opt_int(m["top1_cross_080"]), "top1_cross_095": _opt_int(m["top1_cross_095"]),
+            "collapsed": _opt_bool(m["collapsed"]), "diverged_at_step": _opt_int(m["diverged_at_step"]),
+            "routed_for_inspection": bool(m["routed_for_inspection"]),
+            "routing_json": None if m["routing"] is None else json.dumps(m["routing"], sort_keys=True),
+            "grad_gini": _opt_float(m["grad_gini"]), "grad_top1_share": _opt_float(m["grad_top1_share"]),
+            "n_steps": int(m["n_steps_logged"]), "device": None if m["device"] is None else str(m["device"]),
+            "code_version": None if m["code_version"] is None else str(m["code_version"]),
+            "manifest_json": manifest_json, "content_sha256": hashlib.sha256(manifest_json.encode()).hexdigest(),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise _Invalid(f"manifest value missing or of the wrong type: {e!r}") from e
+    if row["status"] not in schema.RUN_STATUSES:
+        raise _Invalid(f"manifest status {row['status']!r} is not one of {list(schema.RUN_STATUSES)}")
+    return PreparedRun(path=str(run_dir), row=row, steps=steps, move_on_conflict=False)
+
+
+# -- ingestion ----------------------------------------------------------------------------------------------
+
+def ingest_runs(
+    db_path: str | Path, runs: Path | str | Iterable[Path | str], *, quarantine_dir: Path | None = None,
+    timeout_s: float = 60,
+) -> IngestReport:
+    """Validate run directories and insert the good ones, all in one transaction.
+
+    - no manifest.json: incomplete (a crashed or running run) -> counted, listed, left alone;
+    - invalid (malformed manifest, sha256/row-count mismatch, truncated Parquet, drifted columns, bad config):
+      reported with path and reason and moved to `quarantine_dir/<ingest_id>/` (default <db dir>/quarantine);
+    - run_id already stored with the same content_sha256: already_present, nothing written;
+    - run_id stored (or earlier in this batch) with different content: a conflict, reported + copied to
+      quarantine, the stored rows untouched.
+    Validation happens before the database is opened; quarantine moves happen after the commit.
+    """
+    db_path = Path(db_path)
+    qdir = Path(quarantine_dir) if quarantine_dir is not None else db_path.parent / "quarantine"
+    ingest_id = _new_ingest_id()
+    started = _now()
+    dirs = _expand_run_dirs(runs)
+    prepared: list[PreparedRun] = []
+    incomplete: list[str] = []
+    rejected: list[tuple[str, str, bool]] = []  # (path, reason, move)
+    for d in dirs:
+        if not (d / schema.MANIFEST_FILENAME).exists():
+            incomplete.append(str(d))
+            continue
+        try:
+            prepared.append(prepare_run_dir(d))
+        except _Invalid as e:
+            rejected.append((str(d), str(e), True))
+    return _write_batch(
+        db_path, prepared, rejected=rejected, incomplete=incomplete, ingest_id=ingest_id, started=started,
+        kind="runs", paths=[str(d) for d in dirs], quarantine_dir=qdir, timeout_s=timeout_s,
+    )
+
+
+def _new_ingest_id() -> str:
+    return f"ing-{_now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def _runs_frame(rows: Sequence[Mapping[str, Any]], ingest_id: str, at: datetime) -> pl.DataFrame:
+    df = pl.DataFrame([dict(r) for r in rows], schema=RUNS_SCHEMA, orient="row") if rows else \
+        pl.DataFrame(schema=RUNS_SCHEMA)
+    return df.with_columns(pl.lit(at).alias("ingested_at"), pl.lit(ingest_id).alias("ingest_id"))
+
+
+def _steps_frame(prepared: Sequence[PreparedRun]) -> pl.DataFrame:
+    """All steps of the batch as one frame, run_id attached with one repeat (no per-run with_columns)."""
+    frames = [p.steps for p in prepared if p.steps is not None and p.steps.height]
+    if not frames:
+        return pl.DataFrame(schema={"run_id": pl.String, **STEPS_SCHEMA})
+    ids = [p.row["run_id"] for p in prepared if p.steps is not None and p.steps.height]
+    lens = [f.height for f in frames]
+    body = pl.concat(frames, how="vertical", rechunk=True)
+    run_id = pl.Series("run_id", ids, dtype=pl.String).gather(np.repeat(np.arange(len(ids)), lens))
+    return body.insert_column(0, run_id)
+
+
+def _insert_runs(con: duckdb.DuckDBPyConnection, runs_df: pl.DataFrame) -> None:
+    con.register("_dlmt_new_runs", runs_df.to_arrow())
+    try:
+        con.execute("INSERT INTO runs BY NAME SELECT * FROM _dlmt_new_runs")
+    finally:
+        con.unregister("_dlmt_new_runs")
+
+
+def _insert_steps(con: duckdb.DuckDBPyConnection, steps_df: pl.DataFrame) -> None:
+    con.register("_dlmt_new_steps", steps_df.to_arrow())
+    try:
+        con.execute("INSERT INTO steps BY NAME SELECT * FROM _dlmt_new_steps")
+    finally:
+        con.unregister("_dlmt_new_steps")
+
+
+def _write_batch(
+    db_path: Path, prepared: Sequence[PreparedRun], *, rejected: list[tuple[str, str, bool]],
+    incomplete: list[str], ingest_id: str, started: datetime, kind: str, paths: list[str],
+    quarantine_dir: Path | None, timeout_s: float,
+) -> IngestReport:
+    """Shared by ingest_runs and importers: dedupe against the DB, insert in one transaction, then quarantine.
+
+    `rejected` entries with move=True are moved into quarantine (run directories); move=False ones are only
+    recorded (a user's import file is never moved).
+    """
+    # Dedupe within the batch first: the first occurrence of a run_id wins.
+    first: dict[str, PreparedRun] = {}
+    already = 0
+    for p in prepared:
+        rid = p.row["run_id"]
+        if rid in first:
+            if first[rid].row["content_sha256"] == p.row["content_sha256"]:
+                already += 1
+            else:
+                rejected.append((p.path, f"conflict: run_id {rid} appears twice in this ingest with different "
+                                          f"content (first at {first[rid].path}); the first was kept", False))
+        else:
+            first[rid] = p
+    con = connect(db_path, timeout_s=timeout_s)
+    try:
+        candidates = list(first.values())
+        if candidates:
+            ids = pl.DataFrame({"run_id": [p.row["run_id"] for p in candidates]})
+            con.register("_dlmt_ids", ids.to_arrow())
+            try:
+                stored = dict(con.execute(
+                    "SELECT r.run_id, r.content_sha256 FROM runs r JOIN _dlmt_ids i USING (run_id)"
+                ).fetchall())
+            finally:
+                con.unregister("_dlmt_ids")
+        else:
+            stored = {}
+        new: list[PreparedRun] = []
+        for p in candidates:
+            sha = stored.get(p.row["run_id"])
+            if sha is None:
+                new.append(p)
+            elif sha == p.row["content_sha256"]:
+                already += 1
+            else:
+                rejected.append((p.path, f"conflict: run_id {p.row['run_id']} is already stored with different "
+                                          f"content (stored sha256 {sha[:12]}, this {p.row['content_sha256'][:12]})"
+                                          "; stored data kept", False))
+        at = _now()
+        quarantine_rows = []
+        plan: list[tuple[str, str, bool, str | None]] = []
+        for path, reason, move in rejected:
+            dest = None
+            if quarantine_dir is not None and Path(path).is_dir():
+                dest = str(quarantine_dir / ingest_id / Path(path).name)
+            plan.append((path, reason, move, dest))
+            quarantine_rows.append((path, reason, ingest_id, at, dest))
+        runs_df = _runs_frame([p.row for p in new], ingest_id, at)
+        steps_df = _steps_frame(new)
+        con.begin()
+        try:
+            if new:
+                _insert_runs(con, runs_df)
+                _insert_steps(con, steps_df)
+            if quarantine_rows:
+                con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)", quarantine_rows)
+            con.execute(
+                "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [ingest_id, started, _now(), kind, json.dumps(paths), len(new), already, len(incomplete),
+                 len(rejected)],
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+    finally:
+        con.close()
+    quarantined: list[tuple[str, str]] = []
+    for path, reason, move, dest in plan:
+        if dest is not None:
+            reason = reason + _quarantine(Path(path), Path(dest), move=move)
+        quarantined.append((path, reason))
+    return IngestReport(
+        ingest_id=ingest_id, added=len(new), already_present=already, incomplete=len(incomplete),
+        quarantined=tuple(quarantined), added_run_ids=tuple(p.row["run_id"] for p in new),
+        incomplete_paths=tuple(incomplete),
+    )
+
+
+def _quarantine(src: Path, dest: Path, *, move: bool) -> str:
+    """Move (or copy) a rejected run directory; returns a suffix for the reason. Never raises: a concurrent
+    ingestion may have moved it already, and a read-only source is copied instead."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            try:
+                shutil.move(str(src), str(dest))
+                return f" [moved to {dest}]"
+            except OSError:
+                pass
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+        return f" [copied to {dest}]"
+    except (OSError, shutil.Error) as e:
+        return f" [not quarantined: {e}]"
+
+
+# -- calibration inputs -------------------------------------------------------------------------------------
+
+def load_calibration_inputs(con: duckdb.DuckDBPyConnection, *, where: str | None = None):
+    """Runs (one row per run, `diverged` = status == 'diverged') and dense step trajectories for calibrate.py.
+
+    `where` is a SQL predicate over `runs` columns (e.g. "family = 'tiny'"). Trajectories are float64
+    [n_runs, max_step + 1] arrays aligned with `runs`' order (run_id), NaN where a run logged no such step;
+    None when none of the selected runs has a step log.
+    """
+    from .calibrate import CalibrationInputs, Trajectories
+
+    pred = f"WHERE ({where})" if where else ""
+    runs = _pl(con, f"SELECT *, status = 'diverged' AS diverged FROM runs {pred} ORDER BY run_id")
+    if runs.height == 0:
+        return CalibrationInputs(runs=runs, traj=None)
+    steps = _pl(
+        con,
+        f"SELECT s.run_id, s.step, s.loss, s.grad_norm, s.top1_freq FROM steps s "
+        f"JOIN (SELECT run_id FROM runs {pred}) r USING (run_id)"
+    )
+    if steps.height == 0:
+        return CalibrationInputs(runs=runs, traj=None)
+    run_ids = runs["run_id"].to_list()
+    index = pl.DataFrame({"run_id": run_ids, "_row": np.arange(len(run_ids), dtype=np.int64)})
+    steps = steps.join(index, on="run_id", how="inner")
+    rows = steps["_row"].to_numpy()
+    cols = steps["step"].to_numpy().astype(np.int64)
+    n_steps = int(cols.max()) + 1
+    out = {}
+    for name in ("loss", "grad_norm", "top1_freq"):
+        arr = np.full((len(run_ids), n_steps), np.nan, dtype=np.float64)
+        arr[rows, cols] = steps[name].fill_null(np.nan).to_numpy().astype(np.float64)
+        out[name] = arr
+    traj = Trajectories(run_ids=run_ids, loss=out["loss"], grad_norm=out["grad_norm"], top1=out["top1_freq"])
+    return CalibrationInputs(runs=runs, traj=traj)
+
+
+# -- threshold registry ---------------------------------------------------------------------------------------
+
+def _finite_or_none(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _snapshot(con: duckdb.DuckDBPyConnection) -> dict:
+    ids = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
+    max_at = con.execute("SELECT max(ingested_at) FROM runs").fetchall()[0][0]
+    return {
+        "n_runs": len(ids),
+        "run_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+        "max_ingested_at": None if max_at is None else max_at.isoformat(),
+    }
+
+
+def _group_degenerate(group: Mapping[str, Any], reg: Mapping[str, Any]) -> bool:
+    return bool(group.get("degenerate") or reg.get("degenerate") or reg.get("accepted") is False)
+
+
+def save_calibration(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any]) -> str:
+    """Store a calibration result (JSON contract of calibrate.py) and its per-group thresholds.
+
+    Thresholds come from result['groups'][g]['registry'] = {monitor, k, threshold, ci_low, ci_high, n,
+    precision, recall, f1}; a group flagged degenerate (group['degenerate'], registry['degenerate'] or
+    registry['accepted'] is False) or with a null/non-finite threshold is stored with accepted=False and is
+    never `latest_threshold`. The calibration is 'accepted' when at least one group is. Saving the same
+    calibration_id twice with the same result is a no-op; with a different result it is an error.
+    Returns the calibration_id (result['calibration_id'] or a new one).
+    """
+    if not isinstance(result, Mapping) or not isinstance(result.get("groups"), Mapping):
+        raise ValueError("result must be a calibration dict with a 'groups' mapping (see calibrate.calibrate)")
+    cal_id = str(result.get("calibration_id") or f"cal-{_now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
+    result_json = json.dumps(result, sort_keys=True, default=str)
+    prior = con.execute("SELECT result_json FROM calibrations WHERE calibration_id = ?", [cal_id]).fetchall()
+    prior = prior[0] if prior else None
+    if prior is not None:
+        if prior[0] == result_json:
+            return cal_id
+        raise StoreError(f"calibration {cal_id} is already stored with a different result: give it a new id")
+    group_by = str(result.get("group_by") or "family")
+    prov = result.get("provenance") or {}
+    params = prov.get("params", result.get("params", {})) if isinstance(prov, Mapping) else {}
+    snapshot = prov.get("snapshot") if isinstance(prov, Mapping) and prov.get("snapshot") else _snapshot(con)
+    now = _now()
+    rows = []
+    for gname, group in result["groups"].items():
+        if not isinstance(group, Mapping) or not isinstance(group.get("registry"), Mapping):
+            continue
+        reg = group["registry"]
+        thr = _finite_or_none(reg.get("threshold"))
+        accepted = thr is not None and not _group_degenerate(group, reg)
+        rows.append([
+            cal_id, str(gname), group_by, str(reg.get("monitor") or "max_grad_norm"), _opt_int(reg.get("k")),
+            thr, _finite_or_none(reg.get("ci_low")), _finite_or_none(reg.get("ci_high")),
+            _opt_int(reg.get("n", group.get("n"))), _opt_int(group.get("n_unstable")),
+            _finite_or_none(reg.get("precision")), _finite_or_none(reg.get("recall")),
+            _finite_or_none(reg.get("f1")), accepted, now,
+        ])
+    status = "accepted" if any(r[13] for r in rows) else "rejected"
+    con.begin()
+    try:
+        seq = con.execute("SELECT nextval('calibration_seq')").fetchall()[0][0]
+        con.execute(
+            "INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [cal_id, now, group_by, json.dumps(params, sort_keys=True, default=str),
+             json.dumps(snapshot, sort_keys=True, default=str), result_json, status, seq],
+        )
+        if rows:
+            con.executemany(
+                "INSERT INTO thresholds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [r + [seq] for r in rows],
+            )
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return cal_id
+
+
+def latest_threshold(
+    con: duckdb.DuckDBPyConnection, group: str, *, group_by: str = "family", monitor: str = "max_grad_norm",
+) -> ThresholdRecord | None:
+    """The most recently saved *accepted* threshold of `group` (None when there is none)."""
+    row = con.execute(
+        "SELECT group_name, group_by, monitor, k, threshold, ci_low, ci_high, n, calibration_id, created_at "
+        "FROM thresholds WHERE group_name = ? AND group_by = ? AND monitor = ? AND accepted "
+        "ORDER BY seq DESC LIMIT 1",
+        [group, group_by, monitor],
+    ).fetchall()
+    row = row[0] if row else None
+    return None if row is None else ThresholdRecord(*row)
+
+
+def threshold_history(con: duckdb.DuckDBPyConnection, group: str | None = None) -> pl.DataFrame:
+    """Every stored threshold (accepted or not), newest first, with the calibration's status."""
+    pred, params = ("WHERE t.group_name = ?", [group]) if group is not None else ("", [])
+    return _pl(
+        con,
+        "SELECT t.*, c.status AS calibration_status FROM thresholds t JOIN calibrations c USING (calibration_id) "
+        f"{pred} ORDER BY t.seq DESC, t.group_name",
+        params,
+    )
+
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | None = None) -> pl.DataFrame:
+    """Runs to inspect: routed live (routed_for_inspection) OR max-grad-up-to-k >= their group's threshold.
+
+    Thresholds: the latest accepted one per (group_by, group, monitor='max_grad_norm'), or the accepted ones
+    of `calibration_id`. max-grad-up-to-k = max grad_norm over logged steps 0..k; runs without a step log
+    (imported cells) fall back to their whole-run max_grad_norm, and the reason says so.
+    One row per run with config, monitor summary, the matched threshold(s) and a `reason`.
+    """
+    if calibration_id is not None:
+        th = _pl(
+        con,
+            "SELECT * FROM thresholds WHERE calibration_id = ? AND accepted AND monitor = 'max_grad_norm'",
+            [calibration_id],
+        )
+    else:
+        th = _pl(
+        con,
+            "SELECT * FROM thresholds WHERE accepted AND monitor = 'max_grad_norm' "
+            "QUALIFY row_number() OVER (PARTITION BY group_by, group_name ORDER BY seq DESC) = 1"
+        )
+    run_cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'").fetchall()}
+    hits = []
+    con.register("_dlmt_th", th.to_arrow())
+    try:
+        for gb in th["group_by"].unique().to_list():
+            if gb not in run_cols or not _IDENT.match(gb):
+                continue
+            hits.append(_pl(con, f"""
+                WITH t AS (SELECT * FROM _dlmt_th WHERE group_by = ?),
+                m AS (
+                    SELECT r.run_id, t.group_by, t.group_name, t.k, t.threshold, t.calibration_id,
+                           (SELECT max(s.grad_norm) FROM steps s WHERE s.run_id = r.run_id AND s.step <= t.k)
+                               AS up_to_k,
+                           r.max_grad_norm AS whole_run
+                    FROM runs r JOIN t ON CAST(r."{gb}" AS VARCHAR) = t.group_name)
+                SELECT run_id, group_by, group_name, k, threshold, calibration_id,
+                       coalesce(up_to_k, whole_run) AS max_grad_up_to_k, up_to_k IS NULL AS from_whole_run
+                FROM m WHERE coalesce(up_to_k, whole_run) >= threshold""", [gb]))
+    finally:
+        con.unregister("_dlmt_th")
+    hit_schema = {"run_id": pl.String, "group_by": pl.String, "group_name": pl.String, "k": pl.Int32,
+                  "threshold": pl.Float64, "calibration_id": pl.String, "max_grad_up_to_k": pl.Float64,
+                  "from_whole_run": pl.Boolean}
+    hit = pl.concat([h.cast(hit_schema) for h in hits]) if hits else pl.DataFrame(schema=hit_schema)
+    hit = hit.with_columns(
+        pl.format("max-grad-up-to-{} = {} >= threshold {} ({}={}, calibration {}){}",
+                  pl.col("k"), pl.col("max_grad_up_to_k").round(4), pl.col("threshold").round(4),
+                  pl.col("group_by"), pl.col("group_name"), pl.col("calibration_id"),
+                  pl.when(pl.col("from_whole_run")).then(pl.lit(" [no step log: whole-run max]"))
+                  .otherwise(pl.lit(""))).alias("_reason")
+    )
+    agg = hit.group_by("run_id").agg(
+        pl.col("_reason").sort().str.join("; ").alias("_th_reason"),
+        pl.col("threshold").first(), pl.col("k").first(), pl.col("calibration_id").first(),
+        pl.col("max_grad_up_to_k").first(),
+    )
+    runs = _pl(
+        con,
+        "SELECT run_id, source, family, cohort, model_id, method, rank, alpha, mask_ratio, learning_rate, seed, "
+        "steps, status, final_loss, max_grad_norm, top1_warning_detected, top1_fire_step, collapsed, "
+        "diverged_at_step, routed_for_inspection, routing_json, grad_gini, grad_top1_share, config_json "
+        "FROM runs ORDER BY run_id"
+    )
+    q = runs.join(agg, on="run_id", how="left").filter(
+        pl.col("routed_for_inspection").fill_null(False) | pl.col("_th_reason").is_not_null()
+    )
+    live = pl.when(pl.col("routed_for_inspection").fill_null(False)).then(
+        pl.lit("routed live during training")
+        + pl.when(pl.col("routing_json").is_not_null()).then(pl.lit(" ") + pl.col("routing_json"))
+        .otherwise(pl.lit(""))
+    )
+    q = q.with_columns(
+        pl.concat_str([live, pl.col("_th_reason")], separator="; ", ignore_nulls=True).alias("reason")
+    ).drop("_th_reason")
+    return q.sort("run_id")
+
+
+# -- small query helpers for the CLI ------------------------------------------------------------------------
+
+def list_runs(con: duckdb.DuckDBPyConnection, *, where: str | None = None, limit: int | None = None) -> pl.DataFrame:
+    """The `runs` table without the bulky JSON columns, ordered by run_id."""
+    pred = f"WHERE ({where})" if where else ""
+    lim = f"LIMIT {int(limit)}" if limit is not None else ""
+    return _pl(
+        con,
+        f"SELECT * EXCLUDE (manifest_json, config_json, routing_json) FROM runs {pred} ORDER BY run_id {lim}"
+    )
+
+
+def summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Counts for `dlm-triage status`: runs by source/status/family, steps, ingests, quarantine, calibrations."""
+    def by(col: str) -> dict[str, int]:
+        return {str(k): int(v) for k, v in
+                con.execute(f"SELECT {col}, count(*) FROM runs GROUP BY ALL ORDER BY 1").fetchall()}
+
+    one = lambda sql: con.execute(sql).fetchall()[0][0]  # noqa: E731
+    return {
+        "runs": one("SELECT count(*) FROM runs"),
+        "steps": one("SELECT count(*) FROM steps"),
+        "by_source": by("source"), "by_status": by("status"), "by_family": by("family"),
+        "routed_for_inspection": one("SELECT count(*) FROM runs WHERE routed_for_inspection"),
+        "ingests": one("SELECT count(*) FROM ingests"),
+        "quarantined": one("SELECT count(*) FROM quarantine"),
+        "calibrations": one("SELECT count(*) FROM calibrations"),
+        "accepted_thresholds": one("SELECT count(*) FROM thresholds WHERE accepted"),
+    }
