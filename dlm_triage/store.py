@@ -606,8 +606,14 @@ def _snapshot(con: duckdb.DuckDBPyConnection) -> dict:
     }
 
 
+DEGENERATE_FLAGS = frozenset({"degenerate", "constant_final_loss"})
+"""Group flags (calibrate.py) under which a group's threshold is stored but never registered as accepted."""
+
+
 def _group_degenerate(group: Mapping[str, Any], reg: Mapping[str, Any]) -> bool:
-    return bool(group.get("degenerate") or reg.get("degenerate") or reg.get("accepted") is False)
+    flags = set(group.get("flags") or ()) | set(reg.get("flags") or ())
+    return bool(group.get("degenerate") or reg.get("degenerate") or reg.get("accepted") is False
+                or flags & DEGENERATE_FLAGS)
 
 
 def save_calibration(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any]) -> str:
@@ -615,7 +621,7 @@ def save_calibration(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any]) 
 
     Thresholds come from result['groups'][g]['registry'] = {monitor, k, threshold, ci_low, ci_high, n,
     precision, recall, f1}; a group flagged degenerate (group['degenerate'], registry['degenerate'] or
-    registry['accepted'] is False) or with a null/non-finite threshold is stored with accepted=False and is
+    registry['accepted'] is False, or a flag in DEGENERATE_FLAGS) or with a null/non-finite threshold is stored with accepted=False and is
     never `latest_threshold`. The calibration is 'accepted' when at least one group is. Saving the same
     calibration_id twice with the same result is a no-op; with a different result it is an error.
     Returns the calibration_id (result['calibration_id'] or a new one).
@@ -631,9 +637,9 @@ def save_calibration(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any]) 
             return cal_id
         raise StoreError(f"calibration {cal_id} is already stored with a different result: give it a new id")
     group_by = str(result.get("group_by") or "family")
-    prov = result.get("provenance") or {}
-    params = prov.get("params", result.get("params", {})) if isinstance(prov, Mapping) else {}
-    snapshot = prov.get("snapshot") if isinstance(prov, Mapping) and prov.get("snapshot") else _snapshot(con)
+    prov = result.get("provenance") if isinstance(result.get("provenance"), Mapping) else {}
+    params = result.get("params") or prov.get("parameters") or prov.get("params") or {}
+    snapshot = result.get("snapshot") or prov.get("snapshot") or _snapshot(con)
     now = _now()
     rows = []
     for gname, group in result["groups"].items():
@@ -645,7 +651,7 @@ def save_calibration(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any]) 
         rows.append([
             cal_id, str(gname), group_by, str(reg.get("monitor") or "max_grad_norm"), _opt_int(reg.get("k")),
             thr, _finite_or_none(reg.get("ci_low")), _finite_or_none(reg.get("ci_high")),
-            _opt_int(reg.get("n", group.get("n"))), _opt_int(group.get("n_unstable")),
+            _opt_int(reg.get("n", group.get("n"))), _opt_int(reg.get("n_unstable", group.get("n_unstable"))),
             _finite_or_none(reg.get("precision")), _finite_or_none(reg.get("recall")),
             _finite_or_none(reg.get("f1")), accepted, now,
         ])
