@@ -1,0 +1,177 @@
+"""train_run end to end on the tiny family: files and columns, determinism, divergence, failure, resume."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from dlm_triage import runlog, train
+from dlm_triage.config import RunConfig
+from dlm_triage.runlog import read_run
+from dlm_triage.schema import MANIFEST_FILENAME, MANIFEST_KEYS, STEP_COLUMNS, STEPLOG_FILENAME
+from dlm_triage.train import train_run
+
+TIMING = ("step_time_ms", "monitor_time_ms", "top1_forward_ms")
+
+
+def small(tiny_model_dir, **kw):
+    base = dict(model_id=str(tiny_model_dir), steps=8, batch_size=2, seq_len=16, device="cpu", save_adapter=False)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_200_step_run_is_fast_and_complete(tiny_model_dir, tmp_path):
+    cfg = RunConfig(model_id=str(tiny_model_dir), steps=200, device="cpu", top1_every=5)
+    calls = []
+    t0 = time.perf_counter()
+    res = train_run(cfg, tmp_path, progress=lambda s, n: calls.append((s, n)))
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 60, f"200 tiny steps took {elapsed:.1f} s"
+    assert res.status == "completed" and not res.reused and not res.routed_for_inspection
+    run_dir = tmp_path / cfg.run_id
+    assert res.run_dir == run_dir
+    assert {p.name for p in run_dir.iterdir()} == {STEPLOG_FILENAME, MANIFEST_FILENAME, "adapter"}
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert calls[0] == (0, 200) and calls[-1] == (200, 200) and len(calls) == 201
+
+    rec = read_run(run_dir)
+    steps, man = rec.steps, rec.manifest
+    assert list(steps.columns) == list(STEP_COLUMNS) and steps.height == 201
+    assert set(man) == set(MANIFEST_KEYS)
+    assert man["config_hash"] == cfg.config_hash and man["config"] == cfg.to_dict()
+    assert man["final_loss"] == pytest.approx(steps["loss"][-1]) == pytest.approx(res.final_loss)
+    assert man["max_grad_norm"] == pytest.approx(steps["grad_norm"].max()) == pytest.approx(res.max_grad_norm)
+    np.testing.assert_allclose(steps["max_grad_norm"].to_numpy(), np.maximum.accumulate(steps["grad_norm"].to_numpy()))
+    # the logged grad norm is the global L2 of the per-matrix norms
+    mat = np.array(steps["matrix_grad_norms"].to_list())
+    np.testing.assert_allclose(np.linalg.norm(mat, axis=1), steps["grad_norm"].to_numpy(), rtol=1e-5)
+    assert mat.shape[1] == len(man["matrix_names"]) == 4 * 4 * 2  # 4 layers x q,k,v,o x (A, B)
+    # top-1 from the clean batch every 5 steps (the tiny family's source), NaN in between
+    top1 = steps["top1_freq"].to_numpy()
+    assert np.isfinite(top1[::5]).all() and np.isnan(np.delete(top1, np.arange(0, 201, 5))).all()
+    assert ((top1[::5] > 0) & (top1[::5] <= 1)).all()
+    assert man["top1_source"] == "clean" and man["top1_step0"] == pytest.approx(top1[0])
+    assert (steps["top1_forward_ms"].to_numpy()[::5] > 0).all()
+    assert steps["n_masked"].min() >= 1 and 0.3 < steps["mask_ratio"].mean() < 0.7
+    assert steps["clipped"].to_list() == (steps["grad_norm"] > cfg.clip_grad_norm).to_list()
+    assert (steps["lr"] == cfg.learning_rate).all()
+    # the run learned something on the shifted task
+    assert steps["loss"][-20:].mean() < steps["loss"][:20].mean()
+    ov = man["monitor_overhead"]
+    assert 0 < ov["ratio"] < 0.5 and ov["top1_forward_ms_mean"] > 0
+    assert 0 <= man["grad_gini"] <= 1 and 0 < man["grad_top1_share"] <= 1
+    assert man["collapsed"] is False and man["diverged_at_step"] is None and man["status_reason"] is None
+    assert isinstance(man["top1_warning_detected"], bool)
+    assert man["code_version"] and man["packages"]["torch"] == torch.__version__
+    assert man["device"] == "cpu" and man["dtype"] == "float32"
+
+    # resume: the same config is reused without training
+    t0 = time.perf_counter()
+    again = train_run(cfg, tmp_path)
+    assert again.reused and again.status == "completed" and again.final_loss == res.final_loss
+    assert time.perf_counter() - t0 < 2
+
+
+def test_same_config_and_seed_give_identical_logs(tiny_model_dir, tmp_path):
+    cfg = small(tiny_model_dir, method="lora", steps=10)
+    a = read_run(train_run(cfg, tmp_path / "a").run_dir).steps.drop(TIMING)
+    b = read_run(train_run(cfg, tmp_path / "b").run_dir).steps.drop(TIMING)
+    assert a.equals(b)
+    c = read_run(train_run(cfg.replace(seed=7), tmp_path / "c").run_dir).steps.drop(TIMING)
+    assert not a.equals(c)
+
+
+def test_nan_gradient_diverges_and_keeps_the_log(tiny_model_dir, tmp_path, monkeypatch):
+    def inject(step, model):
+        if step == 3:
+            p = next(p for p in model.parameters() if p.requires_grad)
+            p.grad.view(-1)[0] = float("nan")
+
+    monkeypatch.setattr(train, "_after_backward_hook", inject)
+    res = train_run(small(tiny_model_dir, save_adapter=True), tmp_path)
+    assert res.status == "diverged"
+    rec = read_run(res.run_dir)  # valid: only the last step of a diverged run may hold NaN
+    assert rec.steps.height == 4 and rec.manifest["diverged_at_step"] == 3
+    assert math.isnan(rec.steps["grad_norm"][-1]) and math.isfinite(rec.steps["loss"][-1])
+    assert "grad_norm=nan" in rec.manifest["status_reason"]
+    assert rec.manifest["max_grad_norm"] == pytest.approx(rec.steps["grad_norm"][:3].max())
+    assert rec.manifest["adapter_path"] is not None
+    # a diverged run is a result: resume reuses it
+    monkeypatch.setattr(train, "_after_backward_hook", None)
+    assert train_run(small(tiny_model_dir, save_adapter=True), tmp_path).reused
+
+
+def test_absurd_learning_rate_is_logged_not_crashed(tiny_model_dir, tmp_path):
+    res = train_run(small(tiny_model_dir, learning_rate=10.0, steps=6), tmp_path)
+    rec = read_run(res.run_dir)
+    assert res.status in ("completed", "diverged")
+    assert rec.steps["loss"][-1] > rec.steps["loss"][0] or res.status == "diverged"
+
+
+def test_exception_writes_a_failed_run_and_resume_reruns_it(tiny_model_dir, tmp_path, monkeypatch):
+    def boom(step, model):
+        if step == 2:
+            raise RuntimeError("simulated CUDA error")
+
+    monkeypatch.setattr(train, "_after_backward_hook", boom)
+    cfg = small(tiny_model_dir)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_run(cfg, tmp_path)
+    rec = read_run(tmp_path / cfg.run_id)
+    assert rec.manifest["status"] == "failed" and "simulated CUDA error" in rec.manifest["status_reason"]
+    assert rec.steps.height == 2
+    monkeypatch.setattr(train, "_after_backward_hook", None)
+    res = train_run(cfg, tmp_path)
+    assert not res.reused and res.status == "completed"
+
+
+def test_kill_before_manifest_rename_leaves_an_incomplete_run(tiny_model_dir, tmp_path, monkeypatch):
+    def killed(tmp):
+        raise KeyboardInterrupt  # like SIGINT/SIGKILL: not an Exception, nothing else gets written
+
+    monkeypatch.setattr(runlog, "_before_manifest_rename", killed)
+    cfg = small(tiny_model_dir, steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path)
+    assert (tmp_path / cfg.run_id / STEPLOG_FILENAME).is_file()
+    assert not (tmp_path / cfg.run_id / MANIFEST_FILENAME).exists()
+    monkeypatch.undo()
+    assert not train_run(cfg, tmp_path).reused  # incomplete: trained again
+
+
+def test_resume_ignores_a_run_with_another_config_hash(tiny_model_dir, tmp_path):
+    cfg = small(tiny_model_dir, steps=3)
+    train_run(cfg, tmp_path)
+    man_path = tmp_path / cfg.run_id / MANIFEST_FILENAME
+    import json
+
+    man = json.loads(man_path.read_text())
+    man["config_hash"] = "0" * 64
+    man_path.write_text(json.dumps(man))
+    assert not train_run(cfg, tmp_path).reused
+    assert train_run(cfg, tmp_path, resume=True).reused
+    assert not train_run(cfg, tmp_path, resume=False).reused
+
+
+@pytest.mark.parametrize("method", ["dora", "nara"])
+def test_other_methods_through_train_run(tiny_model_dir, tmp_path, method):
+    res = train_run(small(tiny_model_dir, method=method, steps=4, rank=4, save_adapter=True), tmp_path)
+    rec = read_run(res.run_dir)
+    assert res.status == "completed" and rec.steps.height == 5
+    assert np.isfinite(rec.steps["grad_norm"].to_numpy()).all()
+    if method == "nara":
+        assert rec.manifest["matrix_names"][-1].startswith("nara_core.F.")
+
+
+def test_target_mismatch_fails_before_training(tiny_model_dir, tmp_path):
+    from dlm_triage.peft_methods import AdapterTargetError
+
+    cfg = small(tiny_model_dir, target_modules=("q_proj", "query_key_value"))
+    with pytest.raises(AdapterTargetError, match="query_key_value"):
+        train_run(cfg, tmp_path)
+    assert not (tmp_path / cfg.run_id / MANIFEST_FILENAME).exists()
