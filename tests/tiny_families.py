@@ -17,7 +17,6 @@ perfectly trained model in miniature, so alignment (logits[:, i] predicts token 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -455,11 +454,3 @@ def build_hf_dir(kind: str, root: Path, *, with_mask: bool = False, seed: int = 
     model.save_pretrained(out)
     save_fast_tokenizer(out, with_mask=with_mask, with_pad=kind != "gpt_neox")
     return out
-
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def uniform_ce(vocab: int) -> float:
-    return math.log(vocab)
