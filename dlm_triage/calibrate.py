@@ -1,0 +1,687 @@
+"""The paper's monitor audit and threshold calibration, per group, as a plain library (no Prefect).
+
+`calibrate(inputs, ...)` turns one `CalibrationInputs` (runs table + optional step trajectories) into the
+calibration dict of the JSON contract (docs/ARCHITECTURE.md); `run_calibration(db, out_dir)` reads the inputs
+from DuckDB, calibrates, saves the result in DuckDB (versioned) and writes ``out_dir/calibration.json``.
+
+Per group (family by default; paper 4.1, 4.5, App. B-D):
+
+- labels (`stats.stability_labels`): unstable iff final loss >= the group's 90th percentile (numpy 'linear'),
+  stable iff < the median, mid-band otherwise (excluded from stable/unstable contrasts); percentiles over
+  non-diverged runs with a finite final loss; diverged runs are unstable by definition; the rest is excluded.
+- top-1 audit: fire and collapse rates of the legacy warning, its precision as a collapse detector and as an
+  unstable-run detector (undefined when it never fires), top-1 at step 0, steps to cross 0.95, Mann-Whitney of
+  the fire step and of the 0.95-saturation step, unstable vs stable.
+- max-grad separation: medians (whole-run max grad norm), their ratio with a percentile bootstrap CI, Mann-Whitney
+  U one-sided (unstable > stable) and two-sided; Bonferroni over the groups tested (>= 3 stable and >= 3
+  unstable runs), applied to the one-sided p (the directional hypothesis), m recorded.
+- held-out threshold: one fixed seeded 80/20 split (n_test = ceil(0.2 n)), F1-optimal threshold on train
+  (candidates = train values, positive iff value >= threshold, lowest threshold among F1 ties), metrics on
+  test, against the always-positive baseline (the top-1 warning fires everywhere: precision = prevalence).
+- split bootstrap (B = n_resamples): resample configurations, redraw the split, reselect on train.
+- step-k sweep (B = stepk_resamples random 80/20 splits, no resampling, paper App. B.1): max-grad-up-to-k,
+  loss-at-k, max-top1-up-to-k ('up to k' includes step 0; a run with no value at k is predicted negative).
+- rank amplification, gradient concentration, power analysis; across groups: threshold transfer and fire-step
+  Kruskal-Wallis with pairwise Mann-Whitney (Bonferroni over the pairs).
+
+Random streams: every (seed, group, part) has its own generator (`group_rng`), so adding a group or a part
+does not move the others, and `benchmarks/reference_calibration.py` draws the very same replicates.
+Undefined numbers are JSON null with a warning (`_jsonable`), never NaN.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import polars as pl
+
+from dlm_triage import stats
+
+__all__ = [
+    "Trajectories", "CalibrationInputs", "CalibrationOutput", "calibrate", "run_calibration", "group_rng",
+    "default_threshold_step", "GROUP_BY_COLUMNS", "REQUIRED_COLUMNS", "PREDICTORS", "write_json_atomic",
+]
+
+GROUP_BY_COLUMNS = {"family": "family", "model": "model_id", "cohort": "cohort"}
+REQUIRED_COLUMNS = (
+    "run_id", "family", "model_id", "cohort", "method", "rank", "mask_ratio", "learning_rate", "seed", "status",
+    "final_loss", "max_grad_norm", "top1_step0", "top1_warning_detected", "top1_fire_step", "top1_cross_095",
+    "collapsed", "diverged", "grad_gini", "grad_top1_share",
+)
+PREDICTORS = ("max_grad", "loss", "max_top1")
+"""Step-k predictors: max grad norm over steps 0..k, loss at step k, max top-1 frequency over steps 0..k."""
+MIN_RUNS = 10
+"""Below this many labelled runs a group's threshold analyses are computed but flagged 'too_few_runs'."""
+MIN_PER_ARM = 3
+"""A group enters the max-grad test family (Bonferroni m) with >= this many stable and unstable runs."""
+REGISTRY_K = 25
+"""The live early warning reads max-grad-so-far at step 25 (paper 4.1 'log max-gradient by step ~25')."""
+CELL_COLUMNS = ("model_id", "method", "rank", "mask_ratio", "learning_rate")
+"""A configuration cell (seeds are its replicates), for the power analysis."""
+_PARTS = {"heldout": 0, "split_bootstrap": 1, "stepk": 2, "maxgrad_ratio": 3, "rank_amplification": 4}
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Trajectories:
+    """Per-step monitors, rows aligned with `run_ids`, column j = step j; NaN where a run logged no such step."""
+
+    run_ids: list[str]
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    top1: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.run_ids)
+        for name in ("loss", "grad_norm", "top1"):
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[0] != n:
+                raise ValueError(f"Trajectories.{name} must be a 2-D array with one row per run id ({n}), "
+                                 f"got {getattr(a, 'shape', type(a))}")
+        if not (self.loss.shape == self.grad_norm.shape == self.top1.shape):
+            raise ValueError("Trajectories.loss, grad_norm and top1 must have the same shape, got "
+                             f"{self.loss.shape}, {self.grad_norm.shape}, {self.top1.shape}")
+        if len(set(self.run_ids)) != n:
+            raise ValueError("Trajectories.run_ids must be unique")
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.loss.shape[1])
+
+
+@dataclass(frozen=True)
+class CalibrationInputs:
+    """What `calibrate` needs: one row per run (`REQUIRED_COLUMNS`) and, when any run has step logs, trajectories."""
+
+    runs: pl.DataFrame
+    traj: Trajectories | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.runs, pl.DataFrame):
+            raise TypeError(f"CalibrationInputs.runs must be a polars.DataFrame, got {type(self.runs).__name__}")
+        missing = [c for c in REQUIRED_COLUMNS if c not in self.runs.columns]
+        if missing:
+            raise ValueError(f"CalibrationInputs.runs lacks column(s) {missing}; "
+                             "store.load_calibration_inputs provides them (docs/ARCHITECTURE.md)")
+        if self.traj is not None and not isinstance(self.traj, Trajectories):
+            raise TypeError("CalibrationInputs.traj must be a Trajectories or None")
+
+
+@dataclass(frozen=True)
+class CalibrationOutput:
+    calibration_id: str
+    json_path: Path
+    result: dict
+
+
+def group_rng(seed: int, group: str, part: str) -> np.random.Generator:
+    """The generator of one analysis part of one group: SeedSequence([seed, crc32(group), part id])."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(group.encode()), _PARTS[part]]))
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _f(x) -> float | None:
+    """A float, or NaN for None (the JSON pass turns NaN back into null + warning)."""
+    if x is None:
+        return math.nan
+    return float(x)
+
+
+def _summary(a: np.ndarray) -> dict:
+    a = np.asarray(a, float)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {"n": 0, "mean": math.nan, "sd": math.nan, "median": math.nan}
+    return {"n": int(a.size), "mean": float(a.mean()), "sd": float(a.std(ddof=1)) if a.size > 1 else math.nan,
+            "median": float(np.median(a))}
+
+
+def _ci_block(a: np.ndarray, name: str, cl: float) -> dict:
+    med, lo, hi, n_ok = stats.percentile_ci(a, confidence_level=cl)
+    return {f"{name}_median": float(med), f"{name}_ci_low": float(lo), f"{name}_ci_high": float(hi),
+            f"{name}_n_defined": int(n_ok)}
+
+
+class _Notes:
+    """Collects a group's warnings (sentences) and flags (short names), prefixed with the analysis part."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.flags: list[str] = []
+
+    def add(self, part: str, flag: str, msg: str) -> None:
+        self.flags.append(f"{part}.{flag}")
+        self.warnings.append(f"{part}: {msg}")
+
+    def take(self, part: str, res) -> None:
+        for fl, msg in zip(res.flags, res.warnings):
+            self.add(part, fl, msg)
+
+
+def _split_block(ev: stats.SplitEvaluation) -> dict:
+    c = ev.test
+    return {"threshold": float(ev.threshold[0]), "train_f1": float(ev.train_f1[0]),
+            "precision": float(c.precision[0]), "recall": float(c.recall[0]), "f1": float(c.f1[0]),
+            "tp": int(c.tp[0]), "fp": int(c.fp[0]), "fn": int(c.fn[0]), "tn": int(c.tn[0]),
+            "baseline_precision": float(ev.baseline_precision[0]),
+            "baseline_recall": 1.0 if ev.n_positive_test[0] > 0 else math.nan,
+            "baseline_f1": (2 * ev.baseline_precision[0] / (1 + ev.baseline_precision[0])
+                            if ev.n_positive_test[0] > 0 else math.nan),
+            "n_train": ev.n_train, "n_test": ev.n_test,
+            "n_positive_train": int(ev.n_positive_train[0]), "n_positive_test": int(ev.n_positive_test[0])}
+
+
+def _replicate_block(ev: stats.SplitEvaluation, cl: float, metrics: Sequence[str]) -> dict:
+    out: dict[str, Any] = {"B": int(ev.threshold.size)}
+    arrays = {"precision": ev.test.precision, "recall": ev.test.recall, "f1": ev.test.f1,
+              "threshold": ev.threshold, "baseline_precision": ev.baseline_precision}
+    for m in metrics:
+        out.update(_ci_block(arrays[m], m, cl))
+    out.update({"n_no_positive_train": ev.n_no_positive_train, "n_no_positive_test": ev.n_no_positive_test,
+                "n_no_predicted_positive": ev.n_no_predicted_positive})
+    return out
+
+
+def _col(df: pl.DataFrame, name: str, dtype=float) -> np.ndarray:
+    s = df.get_column(name)
+    if dtype is bool:
+        return s.cast(pl.Boolean).fill_null(False).to_numpy().astype(bool)
+    return s.cast(pl.Float64).to_numpy().astype(float)  # null -> NaN
+
+
+def stepk_predictors(traj: Trajectories, rows: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """{predictor: (len(ks), len(rows))} values at each k. Rows < 0 (run without a trajectory) are NaN.
+
+    max-grad-up-to-k and max-top1-up-to-k are running maxima over steps 0..k ignoring missing steps
+    (np.fmax.accumulate: one pass gives every k); loss-at-k is the loss logged at step k.
+    """
+    ks = np.asarray(ks, int)
+    has = rows >= 0
+    safe = np.where(has, rows, 0)
+    horizon = int(ks.max()) + 1 if ks.size else 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        g = np.fmax.accumulate(traj.grad_norm[safe, :horizon], axis=1)[:, ks].T
+        t = np.fmax.accumulate(traj.top1[safe, :horizon], axis=1)[:, ks].T
+    lo = traj.loss[safe][:, ks].T.copy()
+    for a in (g, t, lo):
+        a[:, ~has] = np.nan
+    return {"max_grad": g, "loss": lo, "max_top1": t}
+
+
+# ------------------------------------------------------------------------------------------- one group
+
+
+def _top1_audit(d: dict, lab: stats.Labels, notes: _Notes) -> dict:
+    fired, coll = d["fired"], d["collapsed"]
+    n = fired.size
+    n_fire = int(fired.sum())
+    out: dict[str, Any] = {
+        "n_fired": n_fire, "n_collapsed": int(coll.sum()),
+        "fire_rate": n_fire / n if n else math.nan, "collapse_rate": float(coll.sum()) / n if n else math.nan,
+        "precision_collapse": float((fired & coll).sum()) / n_fire if n_fire else math.nan,
+        "precision_unstable": float((fired & lab.unstable).sum()) / n_fire if n_fire else math.nan,
+    }
+    if n_fire == 0:
+        notes.add("top1", "never_fired", "the legacy warning never fired: its precision is undefined")
+    s0 = d["top1_step0"]
+    s0 = s0[np.isfinite(s0)]
+    out["step0"] = {**_summary(s0),
+                    "share_above_050": float((s0 > 0.5).mean()) if s0.size else math.nan,
+                    "share_above_080": float((s0 > 0.8).mean()) if s0.size else math.nan}
+    c95 = d["cross_095"]
+    out["cross_095_median_step"] = float(np.nanmedian(c95)) if np.isfinite(c95).any() else math.nan
+    out["n_never_cross_095"] = int(np.isnan(c95).sum())
+    for key, arr in (("fire_step", d["fire_step"]), ("saturation_step", c95)):
+        mw = stats.mann_whitney(arr[lab.unstable], arr[lab.stable])
+        notes.take(f"top1.{key}", mw)
+        out[f"{key}_mw"] = {"median_unstable": mw.median_x, "median_stable": mw.median_y, "u": mw.u,
+                            "p_two_sided": mw.p_two_sided, "p_greater": mw.p_greater,
+                            "n_unstable": mw.n_x, "n_stable": mw.n_y}
+    return out
+
+
+def _rank_amplification(d: dict, n_resamples: int, cl: float, rng: np.random.Generator, notes: _Notes) -> list:
+    out = []
+    rank, mr, g = d["rank"], d["mask_ratio"], d["max_grad"]
+    ok = np.isfinite(rank) & np.isfinite(mr) & np.isfinite(g)
+    for m in np.unique(mr[ok]):
+        at = ok & (mr == m)
+        rks = np.unique(rank[at])
+        if rks.size < 2:
+            continue
+        lo_r, hi_r = rks[0], rks[-1]
+        hi = g[at & (rank == hi_r)]
+        lo = g[at & (rank == lo_r)]
+        r = stats.ratio_ci(hi, lo, statistic="mean", n_resamples=n_resamples, confidence_level=cl, rng=rng)
+        notes.take(f"rank_amplification[mask_ratio={m:g}]", r)
+        out.append({"mask_ratio": float(m), "rank_low": float(lo_r), "rank_high": float(hi_r),
+                    "n_low": r.n_y, "n_high": r.n_x, "mean_low": r.stat_y, "mean_high": r.stat_x,
+                    "ratio": r.ratio, "ci_low": r.ci_low, "ci_high": r.ci_high, "flags": list(r.flags)})
+    if not out:
+        notes.add("rank_amplification", "no_rank_contrast", "no mask ratio has runs at two ranks")
+    return out
+
+
+def _concentration(df: pl.DataFrame, notes: _Notes) -> dict:
+    out: dict[str, Any] = {}
+    for key, gcol, tcol in (("matrix", "grad_gini", "grad_top1_share"),
+                            ("token_ce", "ce_grad_gini", "ce_grad_top1_share")):
+        if gcol in df.columns and df.get_column(gcol).drop_nulls().len() > 0:
+            out[key] = {"logged": True, "gini": _summary(_col(df, gcol)),
+                        "top1_share": _summary(_col(df, tcol)) if tcol in df.columns else _summary(np.array([]))}
+        else:
+            out[key] = {"logged": False}
+            if key == "matrix":
+                notes.add("concentration", "not_logged", "no per-matrix gradient concentration logged")
+    return out
+
+
+def _power(df: pl.DataFrame, notes: _Notes) -> dict:
+    g = _col(df, "max_grad_norm")
+    ok = np.isfinite(g) & (g > 0)
+    sub = df.filter(pl.Series(ok)).with_columns(pl.col("max_grad_norm").cast(pl.Float64).log().alias("_lg"))
+    cells = sub.group_by([c for c in CELL_COLUMNS if c in sub.columns], maintain_order=True).agg(
+        pl.len().alias("n"), pl.col("_lg").var(ddof=1).alias("v"))
+    rep = cells.filter(pl.col("n") >= 2)
+    dof = int((rep.get_column("n") - 1).sum()) if rep.height else 0
+    if dof > 0:
+        sd = math.sqrt(float((rep.get_column("v") * (rep.get_column("n") - 1)).sum()) / dof)
+        source = f"pooled within-cell sd over {rep.height} replicated cell(s) (cell = {', '.join(CELL_COLUMNS)})"
+    else:
+        lg = sub.get_column("_lg").to_numpy()
+        sd = float(np.std(lg, ddof=1)) if lg.size > 1 else math.nan
+        source = "no replicated cell: sd of ln(max grad) across the whole group (conservative)"
+        notes.add("power", "no_replicated_cells", "no configuration cell has >= 2 seeds: the group-wide sd is used")
+    pw = stats.runs_per_cell(sd, ratio=2.0, alpha=0.05, power=0.8)
+    notes.take("power", pw)
+    return {"runs_per_cell": pw.n_per_cell, "ratio": 2.0, "alpha": 0.05, "power": 0.8, "log_sd": pw.log_sd,
+            "effect_size": pw.effect_size, "achieved_power": pw.achieved_power, "sd_source": source,
+            "method": pw.method}
+
+
+def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndarray | None, *, ks: Sequence[int],
+           n_resamples: int, stepk_resamples: int, cl: float, test_size: float, seed: int) -> tuple[dict, dict]:
+    """One group's block of the JSON and the arrays the cross-group parts need."""
+    notes = _Notes()
+    n_all = df.height
+    lab0 = stats.stability_labels(_col(df, "final_loss"), _col(df, "diverged", bool))
+    notes.take("labels", lab0)
+    keep = ~lab0.excluded
+    if not keep.all():
+        df = df.filter(pl.Series(keep))
+        rows = rows[keep] if rows is not None else None
+    lab = stats.Labels(lab0.unstable[keep], lab0.stable[keep], lab0.mid[keep], lab0.excluded[keep],
+                       lab0.unstable_threshold, lab0.stable_threshold, lab0.n_used, lab0.n_diverged)
+    d = {"max_grad": _col(df, "max_grad_norm"), "fired": _col(df, "top1_warning_detected", bool),
+         "collapsed": _col(df, "collapsed", bool), "fire_step": _col(df, "top1_fire_step"),
+         "cross_095": _col(df, "top1_cross_095"), "top1_step0": _col(df, "top1_step0"),
+         "rank": _col(df, "rank"), "mask_ratio": _col(df, "mask_ratio")}
+    n = df.height
+    y = lab.unstable
+    if n < MIN_RUNS:
+        notes.add("group", "too_few_runs", f"{n} labelled run(s) (< {MIN_RUNS}): thresholds and CIs are unreliable")
+    out: dict[str, Any] = {
+        "n": n, "n_excluded": int(n_all - n), "n_unstable": int(y.sum()), "n_stable": int(lab.stable.sum()),
+        "n_mid": int(lab.mid.sum()), "n_diverged": lab.n_diverged,
+        "unstable_final_loss_threshold": lab.unstable_threshold, "stable_final_loss_threshold": lab.stable_threshold,
+        "label_rule": "unstable iff final_loss >= P90 (linear) of non-diverged finite losses, or diverged; "
+                      "stable iff final_loss < median; else mid-band",
+    }
+    out["top1"] = _top1_audit(d, lab, notes)
+
+    # max-grad separation (paper 4.1): whole-run max grad norm, unstable vs stable
+    g = d["max_grad"]
+    mw = stats.mann_whitney(g[y], g[lab.stable])
+    notes.take("maxgrad", mw)
+    rr = stats.ratio_ci(g[y], g[lab.stable], statistic="median", n_resamples=n_resamples, confidence_level=cl,
+                        rng=group_rng(seed, name, "maxgrad_ratio"))
+    notes.take("maxgrad.ratio", rr)
+    tested = (mw.n_x >= MIN_PER_ARM and mw.n_y >= MIN_PER_ARM and not mw.flags)
+    out["maxgrad"] = {"median_stable": mw.median_y, "median_unstable": mw.median_x, "median_ratio": rr.ratio,
+                      "ratio_ci_low": rr.ci_low, "ratio_ci_high": rr.ci_high, "ratio_B": rr.n_resamples,
+                      "mw_u": mw.u, "mw_p_one_sided": mw.p_greater, "mw_p_two_sided": mw.p_two_sided,
+                      "mw_p_bonferroni": math.nan, "bonferroni_m": None, "tested": tested,
+                      "n_stable": mw.n_y, "n_unstable": mw.n_x}
+    if not tested:
+        notes.add("maxgrad", "not_tested", f"fewer than {MIN_PER_ARM} stable or unstable runs with a max grad: "
+                  "not in the Bonferroni family")
+
+    # held-out threshold on one fixed split, whole-run max grad
+    heldout_perm = None
+    if n >= 2:
+        nt = stats.n_test_of(n, test_size)
+        _, heldout_perm = stats.draw_splits(group_rng(seed, name, "heldout"), n, 1, resample=False)
+        trw, tew = stats.split_weights(None, heldout_perm, nt)
+        ev = stats.split_evaluate(g, y, trw, tew)
+        notes.take("heldout", ev)
+        out["heldout"] = {"monitor": "max_grad_norm", "k": None, **_split_block(ev)}
+        sb_idx, sb_perm = stats.draw_splits(group_rng(seed, name, "split_bootstrap"), n, n_resamples, resample=True)
+        trw, tew = stats.split_weights(sb_idx, sb_perm, nt)
+        sb = stats.split_evaluate(g, y, trw, tew)
+        notes.take("split_bootstrap", sb)
+        out["split_bootstrap"] = _replicate_block(sb, cl, ("precision", "recall", "f1", "threshold",
+                                                           "baseline_precision"))
+    else:
+        notes.add("heldout", "too_few_runs", f"{n} run(s): no train/test split")
+        out["heldout"] = {"monitor": "max_grad_norm", "k": None, "threshold": math.nan, "precision": math.nan,
+                          "recall": math.nan, "f1": math.nan, "baseline_precision": math.nan, "n_train": 0,
+                          "n_test": 0}
+        out["split_bootstrap"] = {"B": n_resamples, "precision_median": math.nan, "precision_ci_low": math.nan,
+                                  "precision_ci_high": math.nan, "f1_ci_low": math.nan, "f1_ci_high": math.nan}
+
+    # step-k sweep
+    out["stepk"] = {}
+    registry = None
+    if traj is not None and rows is not None and n >= 2 and ks:
+        if (rows < 0).any():
+            notes.add("stepk", "missing_trajectories", f"{int((rows < 0).sum())} run(s) have no step log: "
+                      "predicted negative at every k")
+        preds = stepk_predictors(traj, rows, ks)
+        nt = stats.n_test_of(n, test_size)
+        _, perm = stats.draw_splits(group_rng(seed, name, "stepk"), n, stepk_resamples, resample=False)
+        trw, tew = stats.split_weights(None, perm, nt)
+        for i, k in enumerate(ks):
+            block = {}
+            for p in PREDICTORS:
+                ev = stats.split_evaluate(preds[p][i], y, trw, tew)
+                for fl, msg in zip(ev.flags, ev.warnings):
+                    notes.add(f"stepk[k={k}].{p}", fl, msg)
+                block[p] = _replicate_block(ev, cl, ("precision", "recall", "f1", "threshold"))
+            out["stepk"][str(k)] = block
+        if REGISTRY_K in ks:
+            i = list(ks).index(REGISTRY_K)
+            trw, tew = stats.split_weights(None, heldout_perm, nt)
+            ev = stats.split_evaluate(preds["max_grad"][i], y, trw, tew)
+            notes.take(f"registry[k={REGISTRY_K}]", ev)
+            blk = _split_block(ev)
+            sk = out["stepk"][str(REGISTRY_K)]["max_grad"]
+            registry = {"monitor": "max_grad_norm", "k": REGISTRY_K, "threshold": blk["threshold"],
+                        "ci_low": sk["threshold_ci_low"], "ci_high": sk["threshold_ci_high"], "n": n,
+                        "n_unstable": int(y.sum()), "precision": blk["precision"], "recall": blk["recall"],
+                        "f1": blk["f1"], **{c: blk[c] for c in ("tp", "fp", "fn", "tn", "baseline_precision")},
+                        "source": f"held-out split, max-grad-up-to-{REGISTRY_K}; CI over "
+                                                   f"{stepk_resamples} random splits"}
+    if registry is None:
+        ho, sbb = out["heldout"], out["split_bootstrap"]
+        registry = {"monitor": "max_grad_norm", "k": None, "threshold": ho["threshold"],
+                    "ci_low": sbb.get("threshold_ci_low", math.nan), "ci_high": sbb.get("threshold_ci_high", math.nan),
+                    "n": n, "n_unstable": int(y.sum()), "precision": ho["precision"], "recall": ho["recall"],
+                    "f1": ho["f1"], **{c: ho.get(c, math.nan) for c in ("tp", "fp", "fn", "tn", "baseline_precision")},
+                    "source": "held-out split, whole-run max grad norm (no step-25 trajectory); "
+                                              "CI from the split bootstrap"}
+    # degenerate: the threshold is reported but must not be registered as accepted (store.save_calibration)
+    reasons = []
+    if n < MIN_RUNS:
+        reasons.append(f"{n} labelled run(s) < {MIN_RUNS}")
+    if {"constant_final_loss", "too_few_runs"} & set(lab0.flags):
+        reasons.append("final loss constant or too few finite losses: labels are not meaningful")
+    if int(y.sum()) == 0 or int(lab.stable.sum()) == 0:
+        reasons.append("no unstable or no stable run")
+    if np.isfinite(g).sum() >= 1 and np.nanmin(g) == np.nanmax(g):
+        reasons.append("max grad norm is constant: no threshold can separate runs")
+    if not math.isfinite(registry["threshold"]):
+        reasons.append("no threshold could be selected")
+    if out["heldout"].get("n_positive_test", 0) == 0 or out["heldout"].get("n_positive_train", 0) == 0:
+        reasons.append("the fixed split has no unstable run in train or in test: the threshold is not validated")
+    out["degenerate"] = bool(reasons)
+    out["degenerate_reasons"] = reasons
+    for r in reasons:
+        notes.add("group", "degenerate", f"degenerate: {r}")
+    registry["degenerate"] = bool(reasons)
+    out["registry"] = registry
+
+    out["rank_amplification"] = _rank_amplification(d, n_resamples, cl, group_rng(seed, name, "rank_amplification"),
+                                                    notes)
+    out["concentration"] = _concentration(df, notes)
+    out["power"] = _power(df, notes)
+    out["warnings"] = notes.warnings
+    out["flags"] = sorted(set(notes.flags) | ({"degenerate"} if reasons else set()))
+    arrays = {"max_grad": g, "unstable": y, "fire_step": d["fire_step"], "mw_p": mw.p_greater, "tested": tested}
+    return out, arrays
+
+
+# ------------------------------------------------------------------------------------------- protocol
+
+
+def _check_params(group_by, n_resamples, stepk_resamples, ks, confidence_level, test_size) -> tuple[int, ...]:
+    if group_by not in GROUP_BY_COLUMNS:
+        raise ValueError(f"`group_by` must be one of {sorted(GROUP_BY_COLUMNS)}, got {group_by!r}")
+    for nm, v in (("n_resamples", n_resamples), ("stepk_resamples", stepk_resamples)):
+        if int(v) != v or v < 1:
+            raise ValueError(f"`{nm}` must be a positive integer, got {v!r}")
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"`confidence_level` must be in (0, 1), got {confidence_level!r}")
+    if not 0 < test_size < 1:
+        raise ValueError(f"`test_size` must be in (0, 1), got {test_size!r}")
+    ks = tuple(int(k) for k in ks)
+    if any(k < 0 for k in ks) or len(set(ks)) != len(ks):
+        raise ValueError(f"`ks` must be distinct non-negative steps, got {ks!r}")
+    return ks
+
+
+def snapshot_of(runs: pl.DataFrame) -> dict:
+    """n runs, sha256 of the sorted run ids (one per line), latest ingestion time when known."""
+    ids = sorted(str(r) for r in runs.get_column("run_id").to_list())
+    snap = {"n_runs": len(ids), "run_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    if "ingested_at" in runs.columns and runs.height:
+        mx = runs.get_column("ingested_at").max()
+        snap["max_ingested_at"] = None if mx is None else str(mx)
+    return snap
+
+
+def _provenance() -> dict:
+    try:
+        from dlm_triage import provenance
+        prov = provenance.collect()
+    except Exception as e:  # provenance must never block a calibration: record why it is missing
+        prov = {"error": f"provenance.collect failed: {e!r}"}
+    from importlib import metadata
+    pk = dict(prov.get("packages") or {})
+    for p in ("numpy", "scipy", "polars", "duckdb"):
+        if pk.get(p) is None:
+            try:
+                pk[p] = metadata.version(p)
+            except metadata.PackageNotFoundError:
+                pk[p] = None
+    prov["packages"] = pk
+    return prov
+
+
+def calibrate(inputs: CalibrationInputs, *, group_by: str = "family", n_resamples: int = 1000,
+              stepk_resamples: int = 200, ks: Sequence[int] = (5, 10, 11, 25, 50, 100, 200),
+              confidence_level: float = 0.95, test_size: float = 0.2, seed: int = 0) -> dict:
+    """Run the paper's protocol on every group of `inputs.runs` -> the calibration dict (JSON contract).
+
+    The dict is JSON-ready: no NaN/Inf (undefined -> None with a warning naming the field), plain Python types.
+    """
+    if not isinstance(inputs, CalibrationInputs):
+        raise TypeError(f"`inputs` must be a CalibrationInputs, got {type(inputs).__name__}")
+    ks = _check_params(group_by, n_resamples, stepk_resamples, ks, confidence_level, test_size)
+    params = {"group_by": group_by, "n_resamples": int(n_resamples), "stepk_resamples": int(stepk_resamples),
+              "ks": list(ks), "confidence_level": float(confidence_level), "test_size": float(test_size),
+              "seed": int(seed), "label_quantiles": {"unstable": 0.9, "stable": 0.5}, "registry_k": REGISTRY_K}
+    top_warnings: list[str] = []
+    runs = inputs.runs
+    traj = inputs.traj
+    gcol = GROUP_BY_COLUMNS[group_by]
+    ks_used = list(ks)
+    rows_all = None
+    if traj is None:
+        top_warnings.append("no trajectories (cells import or no step logs): step-k sweep skipped; held-out "
+                            "threshold and registry use the whole-run max grad norm")
+        ks_used = []
+    else:
+        horizon = traj.n_steps - 1
+        skipped = [k for k in ks if k > horizon]
+        if skipped:
+            top_warnings.append(f"ks {skipped} exceed the logged horizon (step {horizon}): skipped")
+        ks_used = [k for k in ks if k <= horizon]
+        pos = {r: i for i, r in enumerate(traj.run_ids)}
+        rows_all = np.array([pos.get(r, -1) for r in runs.get_column("run_id").to_list()], np.int64)
+    if runs.get_column("run_id").n_unique() != runs.height:
+        raise ValueError("`inputs.runs.run_id` must be unique")
+
+    keys = runs.get_column(gcol).cast(pl.Utf8).fill_null("<null>")
+    if keys.eq("<null>").any():
+        top_warnings.append(f"{int(keys.eq('<null>').sum())} run(s) have no {gcol}: grouped as '<null>'")
+    names = sorted(set(keys.to_list()))
+    groups: dict[str, dict] = {}
+    arrays: dict[str, dict] = {}
+    with warnings.catch_warnings():
+        # the results carry the warnings; DegenerateDataWarning would only repeat them on stderr
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        kv = keys.to_numpy()
+        for name in names:
+            sel = kv == name
+            sub = runs.filter(pl.Series(sel))
+            rows = rows_all[sel] if rows_all is not None else None
+            groups[name], arrays[name] = _group(
+                name, sub, traj, rows, ks=ks_used, n_resamples=int(n_resamples),
+                stepk_resamples=int(stepk_resamples), cl=float(confidence_level), test_size=float(test_size),
+                seed=int(seed))
+
+        # Bonferroni over the groups tested (one-sided p, H1: unstable > stable)
+        tested = [nm for nm in names if arrays[nm]["tested"]]
+        m = len(tested)
+        for nm in names:
+            mg = groups[nm]["maxgrad"]
+            mg["bonferroni_m"] = m
+            if nm in tested:
+                mg["mw_p_bonferroni"] = stats.bonferroni(arrays[nm]["mw_p"], m)
+
+        # cross-group transfer of the held-out whole-run max-grad threshold
+        transfer: dict[str, dict] = {}
+        for src in names:
+            thr = groups[src]["heldout"]["threshold"]
+            row = {}
+            for dst in names:
+                a = arrays[dst]
+                if not math.isfinite(thr):
+                    row[dst] = {"threshold": math.nan, "precision": math.nan, "recall": math.nan, "f1": math.nan}
+                    continue
+                c = stats.confusion_at(a["max_grad"], a["unstable"], thr)
+                row[dst] = {"threshold": thr, "precision": float(c.precision[0]), "recall": float(c.recall[0]),
+                            "f1": float(c.f1[0]), "n": int(a["max_grad"].size), "n_unstable": int(a["unstable"].sum()),
+                            "n_predicted_positive": int(c.tp[0] + c.fp[0]), "same_group": src == dst,
+                            "tp": int(c.tp[0]), "fp": int(c.fp[0]), "fn": int(c.fn[0]), "tn": int(c.tn[0]),
+                            "baseline_precision": float(a["unstable"].mean()) if a["unstable"].size else math.nan}
+            transfer[src] = row
+
+        # fire step across groups
+        kw = stats.kruskal(*[arrays[nm]["fire_step"] for nm in names])
+        kw_block = {"H": kw.H, "p": kw.p, "n_groups": kw.n_groups, "flags": list(kw.flags)}
+        top_warnings.extend(f"fire_step_kruskal: {w}" for w in kw.warnings)
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+        pairwise = []
+        for a, b in pairs:
+            r = stats.mann_whitney(arrays[a]["fire_step"], arrays[b]["fire_step"])
+            pairwise.append({"group_a": a, "group_b": b, "u": r.u, "p_two_sided": r.p_two_sided,
+                             "p_bonferroni": stats.bonferroni(r.p_two_sided, len(pairs)) if not r.flags else math.nan,
+                             "bonferroni_m": len(pairs), "median_a": r.median_x, "median_b": r.median_y,
+                             "flags": list(r.flags)})
+
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    snapshot = snapshot_of(runs)
+    cal_id = "cal-" + hashlib.sha256(json.dumps({"snapshot": snapshot, "params": params, "created_at": created},
+                                                sort_keys=True).encode()).hexdigest()[:16]
+    prov = _provenance()
+    prov.update({"parameters": params, "seed": int(seed), "snapshot": snapshot,
+                 "trajectories": None if traj is None else {"n_runs": len(traj.run_ids), "n_steps": traj.n_steps}})
+    result = {"calibration_id": cal_id, "created_at": created, "group_by": group_by, "group_column": gcol,
+              "params": params, "snapshot": snapshot, "provenance": prov, "groups": groups,
+              "transfer": transfer, "fire_step_kruskal": kw_block, "fire_step_pairwise": pairwise,
+              "ks_used": ks_used, "warnings": top_warnings}
+    return _jsonable(result)
+
+
+def _jsonable(result: dict) -> dict:
+    """Plain JSON types; NaN/Inf -> None with a warning naming the path (group warnings go to the group)."""
+
+    def walk(x, path: str, sink: list[str]):
+        if isinstance(x, dict):
+            return {str(k): walk(v, f"{path}.{k}" if path else str(k), sink) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{path}[{i}]", sink) for i, v in enumerate(x)]
+        if isinstance(x, (bool, np.bool_)):
+            return bool(x)
+        if isinstance(x, (int, np.integer)):
+            return int(x)
+        if isinstance(x, (float, np.floating)):
+            v = float(x)
+            if not math.isfinite(v):
+                sink.append(f"{path}: {'undefined' if math.isnan(v) else 'infinite'} -> null")
+                return None
+            return v
+        if x is None or isinstance(x, str):
+            return x
+        if isinstance(x, np.ndarray):
+            return walk(x.tolist(), path, sink)
+        return str(x)
+
+    out = dict(result)
+    groups = {}
+    for name, g in result["groups"].items():
+        sink: list[str] = []
+        body = {k: v for k, v in g.items() if k != "warnings"}
+        gg = walk(body, "", sink)
+        gg["warnings"] = list(g["warnings"]) + [f"null value: {s}" for s in sink]
+        groups[name] = gg
+    top_sink: list[str] = []
+    rest = walk({k: v for k, v in result.items() if k not in ("groups", "warnings")}, "", top_sink)
+    out = {**rest, "groups": groups, "warnings": list(result["warnings"]) + [f"null value: {s}" for s in top_sink]}
+    return out
+
+
+def default_threshold_step(result: Mapping) -> dict[str, dict]:
+    """{group: registry record} to register: max-grad-up-to-25 when trajectories exist, else whole-run max grad."""
+    return {name: dict(g["registry"]) for name, g in result["groups"].items()}
+
+
+def write_json_atomic(obj: Any, path: Path) -> Path:
+    """json.dump to a temp file in the same directory, fsync, rename over `path` (readers see old or new)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def run_calibration(db_path, out_dir, *, group_by: str = "family", **params) -> CalibrationOutput:
+    """Load the inputs from DuckDB, calibrate, save the calibration (versioned) in DuckDB, write calibration.json."""
+    from dlm_triage import store
+
+    con = store.connect(db_path)
+    try:
+        inputs = store.load_calibration_inputs(con)
+        result = calibrate(inputs, group_by=group_by, **params)
+        cal_id = store.save_calibration(con, result)
+    finally:
+        con.close()
+    if cal_id and cal_id != result["calibration_id"]:
+        result["calibration_id"] = cal_id
+    path = write_json_atomic(result, Path(out_dir) / "calibration.json")
+    return CalibrationOutput(result["calibration_id"], path, result)

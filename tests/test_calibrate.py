@@ -1,0 +1,274 @@
+"""dlm_triage.calibrate: the fast protocol equals the straightforward reference (benchmarks/), the JSON contract
+holds, degenerate groups give warnings and flags (never a crash, never NaN), and the stated rules hold."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from dlm_triage import stats
+from dlm_triage.calibrate import (CalibrationInputs, Trajectories, calibrate, default_threshold_step, group_rng,
+                                  run_calibration, stepk_predictors, write_json_atomic)
+from dlm_triage.synthetic import paper_corpus, synthetic_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("reference_calibration", ROOT / "benchmarks" / "reference_calibration.py")
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
+
+pytestmark = pytest.mark.filterwarnings("ignore::dlm_triage.stats.DegenerateDataWarning")
+
+SMALL = dict(n_resamples=40, stepk_resamples=20)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return synthetic_inputs({"llada": 120, "dream": 60, "mdlm": 45}, n_steps=40, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fast(corpus):
+    return calibrate(corpus, ks=(5, 25, 50), **SMALL)
+
+
+@pytest.fixture(scope="module")
+def ref(corpus):
+    return reference.reference_calibrate(corpus, ks=(5, 25, 50), keep_replicates=True, **SMALL)
+
+
+def _same(a, b) -> bool:
+    if b is None or (isinstance(b, float) and math.isnan(b)):
+        return a is None
+    return a == b if isinstance(b, (int, np.integer)) and not isinstance(b, bool) else a == pytest.approx(b, rel=1e-12)
+
+
+def _compare(a, b, path=""):
+    """Every number of the reference b must be in a (the fast result) with the same value."""
+    diffs = []
+    if isinstance(b, dict):
+        for k, v in b.items():
+            if k == "replicates":
+                continue
+            assert k in a, f"{path}.{k} missing from the fast result"
+            diffs += _compare(a[k], v, f"{path}.{k}")
+    elif isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            diffs += _compare(x, y, f"{path}[{i}]")
+    elif isinstance(b, (int, float, np.integer, np.floating)) and not isinstance(b, bool):
+        if not _same(a, b):
+            diffs.append(f"{path}: fast {a!r} vs reference {b!r}")
+    return diffs
+
+
+def test_fast_equals_reference(fast, ref):
+    diffs = _compare(fast["groups"], ref["groups"], "groups") + _compare(fast["transfer"], ref["transfer"], "transfer")
+    diffs += _compare(fast["fire_step_kruskal"], ref["fire_step_kruskal"], "fire_step_kruskal")
+    assert not diffs, "\n".join(diffs[:20])
+
+
+def test_first_replicates_identical(corpus, ref):
+    """Split-bootstrap and step-k replicates, one by one, on the same streams: thresholds and counts exact."""
+    name = "llada"
+    runs = corpus.runs.filter(pl.col("family") == name)
+    g = runs.get_column("max_grad_norm").to_numpy()
+    lab = stats.stability_labels(runs.get_column("final_loss").to_numpy(), runs.get_column("diverged").to_numpy())
+    n = runs.height
+    nt = stats.n_test_of(n, 0.2)
+    idx, perm = stats.draw_splits(group_rng(0, name, "split_bootstrap"), n, SMALL["n_resamples"], resample=True)
+    ev = stats.split_evaluate(g, lab.unstable, *stats.split_weights(idx, perm, nt))
+    for b, rep in enumerate(ref["groups"][name]["split_bootstrap"]["replicates"][:20]):
+        assert _same(ev.threshold[b], rep["threshold"])
+        assert (ev.test.tp[b], ev.test.fp[b], ev.test.fn[b], ev.test.tn[b]) == (rep["tp"], rep["fp"], rep["fn"], rep["tn"])
+        for m in ("precision", "recall", "f1"):
+            x, y = getattr(ev.test, m)[b], rep[m]
+            assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-12)
+    rows = np.array([corpus.traj.run_ids.index(r) for r in runs.get_column("run_id")])
+    preds = stepk_predictors(corpus.traj, rows, [25])
+    _, perm = stats.draw_splits(group_rng(0, name, "stepk"), n, SMALL["stepk_resamples"], resample=False)
+    ev = stats.split_evaluate(preds["max_grad"][0], lab.unstable, *stats.split_weights(None, perm, nt))
+    for b, rep in enumerate(ref["groups"][name]["stepk"]["25"]["max_grad"]["replicates"][:20]):
+        assert _same(ev.threshold[b], rep["threshold"]) and ev.test.tp[b] == rep["tp"] and ev.test.fp[b] == rep["fp"]
+
+
+def test_json_contract(fast):
+    for key in ("groups", "group_by", "fire_step_kruskal", "provenance", "calibration_id", "transfer", "warnings"):
+        assert key in fast
+    assert set(fast["fire_step_kruskal"]) >= {"H", "p"}
+    assert set(fast["groups"]) == {"llada", "dream", "mdlm"}
+    contract = {
+        "top1": {"fire_rate", "collapse_rate", "precision_collapse", "precision_unstable"},
+        "maxgrad": {"median_stable", "median_unstable", "median_ratio", "ratio_ci_low", "ratio_ci_high", "mw_u",
+                    "mw_p_one_sided", "mw_p_two_sided", "mw_p_bonferroni", "bonferroni_m"},
+        "heldout": {"threshold", "precision", "recall", "f1", "baseline_precision", "n_train", "n_test"},
+        "split_bootstrap": {"B", "precision_median", "precision_ci_low", "precision_ci_high", "f1_ci_low", "f1_ci_high"},
+        "registry": {"monitor", "k", "threshold", "ci_low", "ci_high", "n", "precision", "recall", "f1"},
+    }
+    for g in fast["groups"].values():
+        assert {"n", "n_unstable", "n_stable", "unstable_final_loss_threshold", "stepk", "warnings"} <= set(g)
+        for part, keys in contract.items():
+            assert keys <= set(g[part]), (part, keys - set(g[part]))
+        for k, block in g["stepk"].items():
+            for p in ("max_grad", "loss", "max_top1"):
+                assert {"precision_median", "precision_ci_low", "precision_ci_high", "f1_median", "f1_ci_low",
+                        "f1_ci_high"} <= set(block[p])
+        assert g["maxgrad"]["bonferroni_m"] == 3
+    json.dumps(fast, allow_nan=False)  # raises on NaN/Inf
+    prov = fast["provenance"]
+    assert prov["seed"] == 0 and prov["snapshot"]["n_runs"] == 225 and len(prov["snapshot"]["run_ids_sha256"]) == 64
+    assert prov["packages"]["numpy"] == np.__version__
+
+
+def test_paper_shaped_facts(fast, corpus):
+    g = fast["groups"]["llada"]
+    assert g["top1"]["fire_rate"] == 1.0 and g["top1"]["collapse_rate"] == 0.0
+    assert g["top1"]["precision_collapse"] == 0.0  # fires everywhere, never collapses: zero precision
+    # the top-1 warning fires everywhere: as an unstable-run detector its precision is the prevalence
+    assert g["top1"]["precision_unstable"] == pytest.approx(g["n_unstable"] / g["n"])
+    ho = g["heldout"]
+    assert ho["baseline_precision"] == pytest.approx((ho["tp"] + ho["fn"]) / ho["n_test"])
+    assert ho["tp"] + ho["fp"] + ho["fn"] + ho["tn"] == ho["n_test"] and ho["n_train"] + ho["n_test"] == g["n"]
+    assert g["maxgrad"]["median_ratio"] > 1 and g["maxgrad"]["mw_p_bonferroni"] < 0.05
+    assert g["registry"]["k"] == 25 and g["degenerate"] is False and g["registry"]["degenerate"] is False
+    assert default_threshold_step(fast)["llada"] == g["registry"]
+    # transfer: a group's own threshold on itself; the diagonal is marked
+    assert fast["transfer"]["llada"]["llada"]["same_group"] is True
+
+
+def test_label_rule_in_groups(fast, corpus):
+    runs = corpus.runs.filter(pl.col("family") == "dream")
+    loss = runs.get_column("final_loss").to_numpy()
+    g = fast["groups"]["dream"]
+    assert g["unstable_final_loss_threshold"] == np.percentile(loss[np.isfinite(loss)], 90)
+    assert g["n_unstable"] == int((loss >= np.percentile(loss, 90)).sum())
+
+
+def test_deterministic_given_seed(corpus):
+    a = calibrate(corpus, ks=(5,), **SMALL)
+    b = calibrate(corpus, ks=(5,), **SMALL)
+    c = calibrate(corpus, ks=(5,), seed=1, **SMALL)
+    assert a["groups"] == b["groups"]
+    assert a["groups"]["llada"]["split_bootstrap"] != c["groups"]["llada"]["split_bootstrap"]
+
+
+def test_no_trajectories_skips_stepk():
+    inp = synthetic_inputs({"llada": 80}, with_traj=False)
+    res = calibrate(inp, **SMALL)
+    g = res["groups"]["llada"]
+    assert g["stepk"] == {} and any("step-k sweep skipped" in w for w in res["warnings"])
+    assert g["registry"]["k"] is None and g["registry"]["threshold"] == g["heldout"]["threshold"]
+
+
+def test_ks_beyond_horizon_are_skipped():
+    inp = synthetic_inputs({"llada": 50}, n_steps=30)
+    res = calibrate(inp, ks=(5, 25, 50, 200), **SMALL)
+    assert set(res["groups"]["llada"]["stepk"]) == {"5", "25"} and res["ks_used"] == [5, 25]
+    assert any("exceed the logged horizon" in w for w in res["warnings"])
+
+
+def _tiny_runs(n, *, family="x", loss=None, grad=None):
+    rng = np.random.default_rng(0)
+    return pl.DataFrame({
+        "run_id": [f"{family}{i}" for i in range(n)], "family": [family] * n, "model_id": ["m"] * n,
+        "cohort": ["c"] * n, "method": ["lora"] * n, "rank": [8] * n, "mask_ratio": [0.5] * n,
+        "learning_rate": [1e-4] * n, "seed": list(range(n)), "status": ["completed"] * n,
+        "final_loss": rng.normal(size=n) if loss is None else loss,
+        "max_grad_norm": rng.lognormal(size=n) if grad is None else grad,
+        "top1_step0": [0.8] * n, "top1_warning_detected": [True] * n, "top1_fire_step": [11] * n,
+        "top1_cross_095": [None] * n, "collapsed": [False] * n, "diverged": [False] * n,
+        "grad_gini": [None] * n, "grad_top1_share": [None] * n,
+    }, schema_overrides={"top1_cross_095": pl.Float64, "grad_gini": pl.Float64, "grad_top1_share": pl.Float64})
+
+
+@pytest.mark.parametrize("case", ["too_few_runs", "one_run", "constant_grad", "constant_loss", "no_positive_split"])
+def test_degenerate_groups_warn_and_flag(case):
+    if case == "too_few_runs":
+        runs = _tiny_runs(4)
+    elif case == "one_run":
+        runs = _tiny_runs(1)
+    elif case == "constant_grad":
+        runs = _tiny_runs(30, grad=np.full(30, 3.0))
+    elif case == "constant_loss":
+        runs = _tiny_runs(30, loss=np.full(30, 1.0))
+    else:  # one unstable run among 10: most splits have no positive on one side
+        runs = _tiny_runs(10, loss=np.r_[np.zeros(9), 1.0])
+    traj = Trajectories([r for r in runs.get_column("run_id")], *(np.ones((runs.height, 12)) for _ in range(3)))
+    res = calibrate(CalibrationInputs(runs, traj), ks=(5, 11, 25), **SMALL)
+    text = json.dumps(res, allow_nan=False)  # no NaN anywhere
+    assert "NaN" not in text
+    g = res["groups"]["x"]
+    assert g["warnings"] and g["flags"]
+    assert g["degenerate"] is True and g["registry"]["degenerate"] is True and "degenerate" in g["flags"]
+    if case in ("too_few_runs", "one_run"):
+        assert "group.too_few_runs" in g["flags"]
+    if case == "constant_grad":
+        assert g["heldout"]["threshold"] == 3.0  # every run positive: the only candidate
+        assert "maxgrad.all_tied" in g["flags"] and g["maxgrad"]["mw_p_two_sided"] == 1.0
+    if case == "constant_loss":
+        assert "labels.constant_final_loss" in g["flags"]
+    if case == "no_positive_split":
+        assert "split_bootstrap.no_positive_train" in g["flags"] or "split_bootstrap.no_positive_test" in g["flags"]
+    assert "fire_step_kruskal.H: undefined -> null" in " ".join(res["warnings"])
+
+
+def test_inputs_validation_names_the_problem():
+    with pytest.raises(ValueError, match="lacks column"):
+        CalibrationInputs(pl.DataFrame({"run_id": ["a"]}))
+    with pytest.raises(ValueError, match="Trajectories.loss"):
+        Trajectories(["a"], np.ones(3), np.ones((1, 3)), np.ones((1, 3)))
+    with pytest.raises(ValueError, match="`group_by`"):
+        calibrate(synthetic_inputs({"tiny": 12}), group_by="colour")
+
+
+def test_group_by_cohort_and_model():
+    inp = synthetic_inputs({"llada": 200}, n_steps=30)
+    res = calibrate(inp, group_by="cohort", ks=(5,), **SMALL)
+    assert set(res["groups"]) == set(inp.runs.get_column("cohort").unique())
+    assert res["group_by"] == "cohort"
+    res = calibrate(inp, group_by="model", ks=(5,), **SMALL)
+    assert set(res["groups"]) == set(inp.runs.get_column("model_id").unique())
+
+
+def test_paper_corpus_shape():
+    inp = paper_corpus(n_steps=21)
+    assert inp.runs.height == 671 and inp.traj.loss.shape == (671, 21)
+    assert inp.runs.get_column("cohort").value_counts().sort("cohort").get_column("count").to_list() == [395, 120, 144, 12]
+    assert inp.runs.get_column("top1_warning_detected").all() and not inp.runs.get_column("collapsed").any()
+
+
+def test_write_json_atomic(tmp_path, fast):
+    p = write_json_atomic(fast, tmp_path / "out" / "calibration.json")
+    assert json.loads(p.read_text())["calibration_id"] == fast["calibration_id"]
+    assert [q.name for q in p.parent.iterdir()] == ["calibration.json"]  # no temp file left
+
+
+def test_run_calibration_end_to_end_with_store(tmp_path):
+    """Real run directories -> real DuckDB (store.ingest_runs) -> run_calibration -> JSON + tables + registry."""
+    from runfactory import make_sweep
+
+    from dlm_triage import store
+
+    make_sweep(tmp_path / "runs", 100, steps=30, unstable_every=5)
+    db = tmp_path / "t.duckdb"
+    store.ingest_runs(db, tmp_path / "runs")
+    out = run_calibration(db, tmp_path / "cal", n_resamples=50, stepk_resamples=20)
+    on_disk = json.loads(out.json_path.read_text())
+    assert out.json_path == tmp_path / "cal" / "calibration.json"
+    assert on_disk["calibration_id"] == out.calibration_id == out.result["calibration_id"]
+    g = on_disk["groups"]["tiny"]
+    assert g["n"] == 100 and g["registry"]["k"] == 25
+    con = store.connect(db, read_only=True)
+    try:
+        rows = con.execute("SELECT calibration_id, group_by FROM calibrations").fetchall()
+        assert rows == [(out.calibration_id, "family")]
+        rec = store.latest_threshold(con, "tiny")
+    finally:
+        con.close()
+    assert not g["degenerate"], g["degenerate_reasons"]
+    assert rec is not None and rec.threshold == g["registry"]["threshold"] and rec.k == 25
