@@ -27,7 +27,8 @@ def training_runner(kind: str, slots: int) -> TaskRunner:
 
 
 @flow(name="train-configs")
-def train_configs_flow(plan: dict[str, Any], thresholds: dict[str, Any], torch_threads: int | None) -> dict[str, Any]:
+def train_configs_flow(plan: dict[str, Any], thresholds: dict[str, Any],
+                       torch_threads: int | None = None) -> list[dict[str, Any]]:
     """Fan out one training task per config; configs without a complete run dir bypass the cache."""
     todo, done, runs_dir = plan["todo"], plan["done"], plan["runs_dir"]
     fresh = train_config.with_options(refresh_cache=True).map(
@@ -40,11 +41,13 @@ def train_configs_flow(plan: dict[str, Any], thresholds: dict[str, Any], torch_t
     )
     futures = list(fresh) + list(known)
     wait(futures)
-    records = [
-        f.result() if f.state.is_completed() else failed_record(cfg, f.state.message)
+    # 'cached': the Prefect cache answered (the trainer did not even start); 'reused': the trainer found the
+    # complete run dir. A failed config becomes a record with status 'task_failed' and the error.
+    return [
+        {**(f.result() if f.state.is_completed() else failed_record(cfg, f.state.message)),
+         "cached": f.state.name == "Cached"}
         for f, cfg in zip(futures, todo + done)
     ]
-    return {"records": records, "cached": [f.state.name == "Cached" for f in futures]}
 
 
 @flow(name="sweep")
@@ -57,11 +60,11 @@ def sweep_flow(params: SweepParams = SweepParams()) -> list[dict[str, Any]]:
         {family: registered_threshold(params.resolved_db(), family) for family in params.families}
         if params.early_warning else {}
     )
-    trained = train_configs_flow.with_options(task_runner=training_runner(params.task_runner, plan["slots"]))(
+    records = train_configs_flow.with_options(task_runner=training_runner(params.task_runner, plan["slots"]))(
         plan, thresholds, plan["torch_threads"]
     )
-    summarise_sweep(trained["records"], trained["cached"])
-    return trained["records"]
+    summarise_sweep(records)
+    return records
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ re-run skip a finished config is a few hundred bytes, not a model (caching a 100
 and 7 s to read back: ENVIRONMENT-NOTES.md).
 
 Two layers skip finished work:
-1. Prefect's cache: key = config hash + code version + runs root (+ the early-warning threshold, which changes
+1. Prefect's cache: key = config hash + training code version (`training_code_version`) + runs root (+ the early-warning threshold, which changes
    routing), result persisted as JSON in the default result storage (PREFECT_LOCAL_STORAGE_PATH or a remote
    block: see deployments/README.md). A hit does not even start the trainer: the task run is 'Cached'.
 2. `train_run(resume=True)`: a run directory with a manifest for the same config hash is reused
@@ -18,7 +18,10 @@ cached record never points at a run directory that is gone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -81,24 +84,53 @@ def _threshold_key(threshold: Any) -> Any:
     return repr(threshold)
 
 
+# Modules whose source decides what a run computes. Their bytes (plus the numeric packages' versions) are the
+# cache's code version: editing the trainer invalidates cached records, editing a flow, a test or the README
+# does not. (`git describe --dirty` would do both wrong: it changes with every unrelated commit and stays the
+# same across uncommitted edits of train.py.)
+TRAINING_MODULES = (
+    "dlm_triage.config", "dlm_triage.schema", "dlm_triage.train", "dlm_triage.families", "dlm_triage.tiny",
+    "dlm_triage.data", "dlm_triage.objective", "dlm_triage.monitors", "dlm_triage.peft_methods",
+    "dlm_triage.nara", "dlm_triage.runlog", "dlm_triage.early_warning",
+)
+TRAINING_PACKAGES = ("torch", "transformers", "peft", "numpy")
+
+
+@functools.lru_cache(maxsize=1)
+def training_code_version() -> str:
+    """sha256 over the source of TRAINING_MODULES and the versions of TRAINING_PACKAGES (once per process)."""
+    h = hashlib.sha256()
+    for name in TRAINING_MODULES:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        h.update(name.encode() + b"\0")
+        h.update(Path(origin).read_bytes() if origin and Path(origin).is_file() else b"<missing>")
+    for pkg in TRAINING_PACKAGES:
+        try:
+            version = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            version = "<none>"
+        h.update(f"{pkg}=={version}\0".encode())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class RunConfigCache(CachePolicy):
-    """Cache key of a training task: sha256 of (config hash, code version, resolved runs root, threshold).
+    """Cache key of a training task: sha256 of (config hash, training code version, resolved runs root,
+    early-warning threshold).
 
     Not the default INPUTS policy: `device` and other placement fields are excluded from the config hash, so a
     run cached on cuda:0 is a hit for cuda:1; and the code version invalidates records made by other code."""
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        from dlm_triage.provenance import code_version
-
         try:
             cfg = RunConfig.from_dict(inputs["cfg_dict"])
         except ConfigError:
             return None  # no key, no caching: the task body raises the ConfigError (not retried)
         payload = {
             "config_hash": cfg.config_hash,
-            "code_version": code_version(),
+            "code_version": training_code_version(),
             "runs_dir": str(Path(inputs["runs_dir"]).expanduser().resolve()),
             "threshold": _threshold_key(inputs.get("threshold")),
         }
@@ -274,11 +306,12 @@ def failed_record(cfg_dict: dict[str, Any], message: str | None) -> dict[str, An
 
 
 @task(name="summarise-sweep", tags=["cpu"])
-def summarise_sweep(records: list[dict[str, Any]], cached: list[bool]) -> dict[str, int]:
+def summarise_sweep(records: list[dict[str, Any]]) -> dict[str, int]:
     """Log and publish (table artifact 'sweep-runs') what the sweep did; failed configs are listed with why."""
     logger = get_run_logger()
     rows = []
-    for rec, hit in zip(records, cached):
+    for rec in records:
+        hit = rec.get("cached")
         rows.append({
             "run_id": rec["run_id"], "status": rec["status"],
             "how": "failed" if rec["status"] == "task_failed" else

@@ -1,0 +1,189 @@
+"""Deployments for real: a Prefect server subprocess, the shipped prefect.yaml deployed with `prefect deploy`,
+a process worker, a deployment run triggered with parameters through the API (as the UI does), its artifacts,
+and the cron schedule materialising scheduled runs. Plus quick checks of the shipped files without a server.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deployments"
+
+
+def _load_entrypoint(entrypoint: str):
+    import importlib
+
+    path, name = entrypoint.split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+
+
+# -- shipped files, no server -------------------------------------------------------------------------------
+
+def test_prefect_yaml_entrypoints_pools_and_parameters_are_valid():
+    spec = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert {"sweep", "pipeline", "ingest", "calibrate-report", "recalibrate"} <= set(deployments)
+    assert deployments["sweep"]["work_pool"]["name"] == "gpu-pool"
+    assert deployments["ingest"]["work_pool"]["name"] == deployments["calibrate-report"]["work_pool"]["name"] == "cpu-pool"
+    assert [s["cron"] for s in deployments["recalibrate"]["schedules"]] == ["0 3 * * *"]
+    assert list(spec["pull"][0]) == ["prefect.deployments.steps.set_working_directory"]
+    for d in deployments.values():
+        fl = _load_entrypoint(d["entrypoint"])
+        sig = inspect.signature(fl.fn)
+        for pname, value in (d.get("parameters") or {}).items():
+            model = sig.parameters[pname].annotation  # a pydantic model: the defaults must validate
+            model = eval(model, fl.fn.__globals__) if isinstance(model, str) else model
+            model.model_validate(value)
+
+
+def test_k8s_template_declares_every_placeholder_and_requests_a_gpu():
+    tpl = json.loads((DEPLOY / "k8s-gpu-job-template.json").read_text())
+    used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(tpl["job_configuration"])))
+    assert used <= set(tpl["variables"]["properties"]), used - set(tpl["variables"]["properties"])
+    container = tpl["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+    assert tpl["variables"]["properties"]["gpu_count"]["default"] == 1
+
+
+def test_setup_script_parses():
+    subprocess.run(["bash", "-n", str(DEPLOY / "setup.sh")], check=True)
+
+
+# -- a real server ------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, predicate, timeout_s: float, every_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise TimeoutError(f"gave up after {timeout_s:.0f} s waiting for {what}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)  # its own process group: the server's/worker's children too
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_deploy_trigger_with_parameters_and_cron_schedule(tmp_path, tiny_model_dir):
+    import prefect.settings as ps
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId, FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
+        "DLM_TRIAGE_REPO": str(REPO),  # resolved by the pull step on the worker at run time
+        "DLM_TRIAGE_OUT": str(tmp_path / "out"),
+    }
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "worker")}
+    cli = [sys.executable, "-m", "prefect"]
+
+    def prefect(*args: str, timeout: float = 120) -> str:
+        r = subprocess.run([*cli, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, f"prefect {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    server = worker = None
+    try:
+        server = subprocess.Popen([*cli, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                                  stdout=logs["server"], stderr=subprocess.STDOUT, start_new_session=True)
+        _wait("the server's /health", lambda: server.poll() is None and _healthy(api), 120)
+
+        for pool in ("gpu-pool", "cpu-pool"):
+            prefect("work-pool", "create", pool, "--type", "process")
+        prefect("concurrency-limit", "create", "gpu", "1")
+        prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=180)
+
+        worker = subprocess.Popen([*cli, "worker", "start", "--pool", "gpu-pool", "--type", "process",
+                                   "--prefetch-seconds", "5"], env=env, cwd=tmp_path,
+                                  stdout=logs["worker"], stderr=subprocess.STDOUT, start_new_session=True)
+
+        runs_dir = tmp_path / "runs"
+        parameters = {"params": {  # what the UI form sends: JSON of SweepParams
+            "families": ["tiny"], "ranks": [4], "mask_ratios": [0.4, 0.6], "seeds": [3], "steps": 4,
+            "batch_size": 2, "model_id": str(tiny_model_dir), "runs_dir": str(runs_dir),
+            "task_runner": "thread", "gpu_slots": 1, "early_warning": False,
+        }}
+        with ps.temporary_settings(updates={ps.PREFECT_API_URL: api}):
+            with get_client(sync_client=True) as client:
+                sweep = client.read_deployment_by_name("sweep/sweep")
+                recal = client.read_deployment_by_name("recalibrate/recalibrate")
+                run = client.create_flow_run_from_deployment(sweep.id, parameters=parameters)
+
+                def finished():
+                    fr = client.read_flow_run(run.id)
+                    return fr if fr.state is not None and fr.state.is_final() else None
+
+                final = _wait("the sweep deployment run", finished, 200, every_s=2)
+                assert final.state.is_completed(), (final.state, (tmp_path / "worker.log").read_text()[-4000:])
+                assert final.parameters["params"]["ranks"] == [4]
+
+                artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+                assert "sweep-runs" in {a.key for a in artifacts}
+                table = next(a for a in artifacts if a.key == "sweep-runs")
+                assert len(json.loads(table.data)) == 2
+
+                def scheduled():
+                    return client.read_flow_runs(
+                        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[recal.id])),
+                        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+                    )
+
+                upcoming = _wait("scheduled runs of the cron deployment", scheduled, 60)
+                assert all(r.expected_start_time.hour == 3 and r.expected_start_time.minute == 0 for r in upcoming)
+        manifests = sorted(runs_dir.glob("*/manifest.json"))
+        assert len(manifests) == 2
+    finally:
+        _stop(worker)
+        _stop(server)
+        for f in logs.values():
+            f.close()

@@ -1,0 +1,228 @@
+"""Prefect flows for real, under one session harness (`prefect_harness`, ~12-20 s once), on the tiny model.
+
+Pure parts first (parameter validation, the retry policy, threshold drift): no Prefect server needed.
+Then: the sweep trains, a re-run is answered by the Prefect cache, a deleted run dir is retrained, a failed
+config is reported while the others complete, a ConfigError is not retried while an OSError is, and the
+pipeline produces a DuckDB with every run and step, a calibration, a report and the artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import duckdb
+import pydantic
+import pytest
+
+from dlm_triage.config import ConfigError, RunConfig
+from dlm_triage.params import CalibrateParams, IngestParams, PipelineParams, ReportParams, SweepParams
+
+STEPS = 12  # steps per tiny run: enough rows for the step-k sweep at k=5, 10; each run takes ~1 s
+
+
+# -- parameters (pure) --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, named", [
+    ("ranks", [0], "ranks [0]"),
+    ("mask_ratios", [0.5, 1.0], "mask_ratios [1.0]"),
+    ("learning_rates", [0.0], "learning_rates [0.0]"),
+    ("seeds", [-1], "seeds [-1]"),
+    ("seeds", [], "seeds is empty"),
+    ("ranks", [4, 4], "ranks repeats 4"),
+    ("families", ["gpt"], "'gpt'"),
+    ("steps", 0, "greater than or equal to 1"),
+    ("extra", {"nope": 1}, "['nope']"),
+    ("extra", {"rank": 3}, "['rank']"),
+    ("extra", {"clip_grad_norm": -1.0}, "clip_grad_norm=-1.0"),  # caught by RunConfig through SweepSpec
+])
+def test_sweep_params_reject_bad_values_naming_them(field, value, named):
+    with pytest.raises(pydantic.ValidationError) as e:
+        SweepParams(**{field: value})
+    assert named in str(e.value)
+
+
+def test_sweep_params_build_the_same_spec_and_configs():
+    p = SweepParams(ranks=[4, 8], mask_ratios=[0.5], seeds=[1, 2], steps=7, extra={"top1_every": 3})
+    configs = p.to_spec().expand()
+    assert len(configs) == 4
+    assert {c.rank for c in configs} == {4, 8} and all(c.steps == 7 and c.top1_every == 3 for c in configs)
+    # the UI sends JSON; the same JSON gives the same object and the same run ids
+    again = SweepParams.model_validate(json.loads(p.model_dump_json()))
+    assert [c.run_id for c in again.to_spec().expand()] == [c.run_id for c in configs]
+
+
+def test_other_params_validate_and_pipeline_chains_paths(tmp_path):
+    with pytest.raises(pydantic.ValidationError, match="'median'"):
+        CalibrateParams(group_by="median")
+    with pytest.raises(pydantic.ValidationError, match="ks \\[-1\\]"):
+        CalibrateParams(ks=[5, -1])
+    with pytest.raises(pydantic.ValidationError, match="without import_format"):
+        IngestParams(import_paths=[tmp_path])
+    p = PipelineParams(sweep={"runs_dir": tmp_path / "runs"}, ingest={"db": tmp_path / "t.duckdb"})
+    assert p.ingest.runs_dir == tmp_path / "runs"
+    assert p.sweep.db == p.calibrate.db == p.report.db == tmp_path / "t.duckdb"
+    schema = PipelineParams.model_json_schema()  # what Prefect renders as the form
+    assert "description" in schema["$defs"]["SweepParams"]["properties"]["gpu_slots"]
+
+
+# -- failure policy and drift (pure) ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("exc, retry", [
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (OSError("Stale file handle"), True),
+    (TimeoutError("database locked"), True),
+    (ConnectionResetError("peer"), True),
+    (ConfigError(["rank=0 is out of range"]), False),
+    (ValueError("bad value"), False),
+    (TypeError("bad type"), False),
+    (FileNotFoundError("no such dataset"), False),
+    (PermissionError("read-only"), False),
+    (RuntimeError("shape mismatch"), False),
+    (None, False),
+])
+def test_is_transient(exc, retry):
+    from tasks.train import is_transient
+
+    assert is_transient(exc) is retry
+
+
+def test_threshold_drift_rules():
+    from tasks.calibrate import threshold_drift
+
+    old = {"a": {"threshold": 1.0, "ci_low": 0.9, "ci_high": 1.1}, "b": {"threshold": 1.0, "ci_low": 0.9,
+           "ci_high": 1.1}, "d": {"threshold": 1.0, "ci_low": None, "ci_high": None},
+           "e": {"threshold": 1.0, "ci_low": 0.9, "ci_high": 1.1}}
+    new = {"a": {"threshold": 1.05, "ci_low": 1.0, "ci_high": 1.2, "accepted": True},
+           "b": {"threshold": 2.0, "ci_low": 1.5, "ci_high": 2.5, "accepted": True},
+           "c": {"threshold": 3.0, "ci_low": 2.0, "ci_high": 4.0, "accepted": True},
+           "d": {"threshold": 1.0, "ci_low": 0.5, "ci_high": 1.5, "accepted": True},
+           "e": {"threshold": None, "ci_low": None, "ci_high": None, "accepted": False}}
+    rows = {r["group"]: r for r in threshold_drift(old, new)}
+    assert rows["a"]["drift"] == "within CI overlap" and rows["a"]["ci_overlap"] is True
+    assert math.isclose(rows["a"]["change"], 0.05)
+    assert rows["b"]["drift"] == "CIs disjoint" and rows["b"]["ci_overlap"] is False
+    assert rows["c"]["drift"] == "new"
+    assert rows["d"]["drift"] == "CI unavailable"
+    assert rows["e"]["drift"] == "rejected (previous kept)"
+
+
+# -- flows (one Prefect harness per session) ----------------------------------------------------------------
+
+def _sweep_params(tiny_model_dir: Path, tmp: Path, **changes) -> SweepParams:
+    base = dict(families=["tiny"], ranks=[4], mask_ratios=[0.3, 0.7], seeds=[1], steps=STEPS, batch_size=2,
+                model_id=str(tiny_model_dir), runs_dir=tmp / "runs", db=tmp / "none.duckdb",
+                early_warning_step=5, gpu_slots=2)
+    base.update(changes)
+    return SweepParams(**base)
+
+
+def _artifact_keys(flow_run_names: list[str] | None = None) -> set[str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {a.key for a in client.read_artifacts() if a.key}
+
+
+@pytest.mark.slow
+def test_sweep_trains_then_cache_skips_and_deleted_runs_retrain(prefect_harness, tiny_model_dir, tmp_path):
+    from flows.sweep import sweep_flow
+
+    params = _sweep_params(tiny_model_dir, tmp_path)
+    first = sweep_flow(params)
+    assert len(first) == 2
+    assert all(r["status"] == "completed" and not r["cached"] and not r["reused"] for r in first), first
+    for r in first:
+        assert (Path(r["run_dir"]) / "manifest.json").is_file()
+        assert r["final_loss"] is not None and math.isfinite(r["final_loss"]) and r["max_grad_norm"] > 0
+
+    second = sweep_flow(params)  # the Prefect cache answers: the trainer is not started
+    assert [r["run_id"] for r in second] == [r["run_id"] for r in first]
+    assert all(r["cached"] for r in second), second
+    assert [r["final_loss"] for r in second] == [r["final_loss"] for r in first]
+
+    shutil.rmtree(first[0]["run_dir"])  # a cached record must not outlive its run dir
+    third = {r["run_id"]: r for r in sweep_flow(params)}
+    gone, kept = third[first[0]["run_id"]], third[first[1]["run_id"]]
+    assert not gone["cached"] and not gone["reused"] and (Path(gone["run_dir"]) / "manifest.json").is_file()
+    assert kept["cached"]
+    assert gone["final_loss"] == pytest.approx(first[0]["final_loss"], rel=1e-6)  # same seed, same numbers
+    assert "sweep-runs" in _artifact_keys()
+
+
+@pytest.mark.slow
+def test_failed_config_is_reported_and_others_complete(prefect_harness, tiny_model_dir, tmp_path):
+    from flows.sweep import train_configs_flow
+
+    good = RunConfig(model_id=str(tiny_model_dir), steps=3, batch_size=2, rank=4, seed=5)
+    bad = good.replace(dataset=str(tmp_path / "missing.jsonl"), seed=6)
+    plan = {"todo": [good.to_dict(), bad.to_dict()], "done": [], "runs_dir": str(tmp_path / "runs")}
+    records = {r["run_id"]: r for r in train_configs_flow(plan, {})}
+    assert records[good.run_id]["status"] == "completed"
+    failed = records[bad.run_id]
+    assert failed["status"] == "task_failed" and "missing.jsonl" in failed["error"], failed
+
+
+@pytest.mark.slow
+def test_config_error_is_not_retried_but_oserror_is(prefect_harness, tiny_model_dir, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    import dlm_triage.train as train_mod
+    from tasks.train import train_config
+
+    fast = train_config.with_options(retry_delay_seconds=0)
+    bad = RunConfig(steps=3).to_dict() | {"rank": 0}  # what a hand-edited deployment parameter could send
+    state = fast(bad, str(tmp_path / "runs"), return_state=True)
+    assert state.is_failed() and "rank=0" in state.message
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(state.state_details.task_run_id).run_count == 1  # no retry
+
+    calls = []
+
+    def flaky(step, model):  # the trainer's own fault-injection hook: one transient I/O error, then fine
+        calls.append(step)
+        if len(calls) == 1:
+            raise OSError("transient: stale NFS handle")
+
+    cfg = RunConfig(model_id=str(tiny_model_dir), steps=3, batch_size=2, rank=4, seed=9)
+    train_mod._after_backward_hook = flaky
+    try:
+        state = fast(cfg.to_dict(), str(tmp_path / "runs"), return_state=True)
+    finally:
+        train_mod._after_backward_hook = None
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(state.state_details.task_run_id).run_count == 2  # retried once
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    db, out = tmp_path / "triage.duckdb", tmp_path / "report"
+    params = PipelineParams(
+        sweep=_sweep_params(tiny_model_dir, tmp_path, seeds=[1, 2]),
+        ingest=IngestParams(db=db),
+        calibrate=CalibrateParams(out=out, n_resamples=20, stepk_resamples=10, ks=[5, 10]),
+        report=ReportParams(),
+    )
+    result = pipeline_flow(params)
+
+    run_ids = sorted(r["run_id"] for r in result["runs"])
+    assert len(run_ids) == 4 and all(r["status"] == "completed" for r in result["runs"])
+    assert result["ingest"]["runs"]["added"] == 4
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert sorted(r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()) == run_ids
+        per_run = dict(con.execute("SELECT run_id, count(*) FROM steps GROUP BY run_id").fetchall())
+        assert per_run == {rid: STEPS + 1 for rid in run_ids}  # steps 0..STEPS, every run
+        cal = con.execute("SELECT calibration_id FROM calibrations").fetchall()
+    finally:
+        con.close()
+    assert [c[0] for c in cal] == [result["calibration"]["calibration_id"]]
+    assert json.loads(Path(result["calibration"]["json_path"]).read_text())["groups"].keys() == {"tiny"}
+    assert Path(result["report"]["html"]).is_file() and Path(result["report"]["html"]).parent == out
+    assert {"sweep-runs", "ingest-summary", "calibration-summary", "calibration-thresholds",
+            "triage-report"} <= _artifact_keys()
