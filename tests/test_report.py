@@ -1,0 +1,199 @@
+"""The calibration report: files, sections, five embedded PNGs, no external resources, verdicts that follow
+the data, and degenerate inputs (one group, no unstable runs, no step logs) that still render."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import re
+import struct
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from dlm_triage import calibrate, report, store, synthetic
+from dlm_triage.report import ReportError, summary_markdown, threshold_table, verdicts, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SECTIONS = ("id='warnings'", "id='verdicts'", "id='thresholds'", "id='inspection'", "id='figures'",
+            "id='provenance'")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the real thing: a synthetic corpus, calibrated, stored in a dlm-triage database
+CAL_PARAMS = dict(n_resamples=300, stepk_resamples=100, ks=(5, 10, 11, 25, 50, 100))
+
+
+def _store_inputs(con, inputs) -> None:
+    """Runs and step logs of a synthetic corpus into `runs`/`steps` (as ingestion would leave them)."""
+    table_cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                            "WHERE table_name = 'runs' ORDER BY ordinal_position").fetchall()]
+    runs = inputs.runs.with_columns(
+        pl.lit("synthetic").alias("source"), pl.col("run_id").alias("content_sha256"),
+        pl.lit(datetime(2026, 1, 1)).alias("ingested_at"), pl.lit("ingest-test").alias("ingest_id"),
+        (pl.col("run_id").str.ends_with("0")).alias("routed_for_inspection"))  # a few flagged live
+    runs_df = runs.select([c for c in table_cols if c in runs.columns])  # noqa: F841 (read by DuckDB)
+    con.execute("INSERT INTO runs BY NAME SELECT * FROM runs_df")
+    tr = inputs.traj
+    if tr is None:
+        return
+    n, t = tr.grad_norm.shape
+    steps_df = pl.DataFrame({  # noqa: F841
+        "run_id": np.repeat(np.asarray(tr.run_ids), t), "step": np.tile(np.arange(t, dtype=np.int32), n),
+        "loss": tr.loss.ravel(), "grad_norm": tr.grad_norm.ravel(),
+        "max_grad_norm": np.fmax.accumulate(tr.grad_norm, axis=1).ravel(), "top1_freq": tr.top1.ravel(),
+    }, nan_to_null=True).filter(pl.col("loss").is_not_null() | pl.col("grad_norm").is_not_null())
+    con.execute("INSERT INTO steps BY NAME SELECT * FROM steps_df")
+
+
+def _make_db(path: Path, families: dict[str, int], *, with_traj: bool = True, n_steps: int = 101,
+             constant_loss: bool = False) -> Path:
+    inputs = synthetic.synthetic_inputs(families, n_steps=n_steps, seed=0, with_traj=with_traj)
+    if constant_loss:  # every run ties: no run is below the median, so there is nothing stable to contrast
+        inputs = dataclasses.replace(inputs, runs=inputs.runs.with_columns(pl.lit(1.5).alias("final_loss"),
+                                                                           pl.lit(False).alias("diverged"),
+                                                                           pl.lit("completed").alias("status")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate corpora warn by design; the report shows the warnings
+        result = calibrate.calibrate(inputs, **CAL_PARAMS)
+    con = store.connect(path)
+    try:
+        _store_inputs(con, inputs)
+        store.save_calibration(con, result)
+    finally:
+        con.close()
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _png_size(blob: bytes) -> tuple[int, int]:
+    assert blob[:8] == PNG_MAGIC
+    return struct.unpack(">II", blob[16:24])
+
+
+def _embedded_pngs(text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    db = _make_db(tmp / "t.duckdb", {"llada": 300, "dream": 60, "mdlm": 60})
+    return db, write_report(db, tmp / "out")
+
+
+def test_files_sections_and_figures(full_report):
+    _db, paths = full_report
+    assert paths.html.is_file() and paths.markdown.is_file()
+    assert set(paths.figures) == {name for name, _ in report.FIGURES} and not paths.missing
+    text = paths.html.read_text()
+    for sec in SECTIONS:
+        assert sec in text, sec
+    for rec in ("Drop top-1 warning", "Use max-grad triage", "Keep loss baseline", "No global cutoff"):
+        assert rec in text
+    pngs = _embedded_pngs(text)
+    assert len(pngs) == 5
+    for blob, path in zip(pngs, paths.figures.values()):
+        w, h = _png_size(blob)
+        assert 300 <= w <= 3000 and 200 <= h <= 3000, (path, w, h)
+        assert len(blob) > 5_000
+        assert path.read_bytes() == blob  # the same figure on disk and embedded
+    md = paths.markdown.read_text()
+    for name in paths.figures:
+        assert f"](figures/{name}.png)" in md
+    assert "## Verdicts" in md and "## Runs routed to inspection" in md
+
+
+def test_self_contained_no_external_urls(full_report):
+    text = full_report[1].html.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", text, re.I)
+    assert "<link" not in text and "<script" not in text
+    assert "url(" not in text  # no CSS-loaded resources
+
+
+def test_inspection_queue_lists_routed_runs_with_reasons(full_report):
+    db, paths = full_report
+    text = paths.html.read_text()
+    con = store.connect(db, read_only=True)
+    try:
+        cal_id = con.execute("SELECT calibration_id FROM calibrations").fetchall()[0][0]
+        queue = store.inspection_queue(con, calibration_id=cal_id)
+    finally:
+        con.close()
+    assert queue.height > 0
+    assert f"Runs routed to inspection ({queue.height})" in text
+    for run_id in queue["run_id"].to_list():
+        assert f"<td>{run_id}</td>" in text
+    assert "routed live during training" in text  # routed_for_inspection set by the live early warning
+    assert "max-grad-up-to-25" in text and "outcome:" in text
+
+
+def test_verdicts_follow_the_data(tmp_path):
+    # llada separates (paper 4.2); mdlm's max-grad is sign-flipped in the synthetic corpus: it does not
+    sep = write_report(_make_db(tmp_path / "a.duckdb", {"llada": 300}), tmp_path / "a")
+    non = write_report(_make_db(tmp_path / "b.duckdb", {"mdlm": 200}), tmp_path / "b")
+    sep_row = _verdict_row(sep.html.read_text(), "Use max-grad triage")
+    non_row = _verdict_row(non.html.read_text(), "Use max-grad triage")
+    assert "<td>supported</td>" in sep_row
+    assert "<td>not supported on this data</td>" in non_row
+    assert "The lower CI bound does not exceed the baseline in mdlm" in non_row
+
+
+def _verdict_row(text: str, recommendation: str) -> str:
+    m = re.search(rf"<tr[^>]*><td>{re.escape(recommendation)}</td>.*?</tr>", text, re.S)
+    assert m, recommendation
+    return m.group(0)
+
+
+DEGENERATE = {
+    "one_group": ({"llada": 60}, {}),
+    "no_stable_runs": ({"llada": 60, "dream": 40}, {"constant_loss": True}),
+    "no_step_logs": ({"llada": 60, "dream": 40}, {"with_traj": False}),  # like an imported 'cells' CSV
+    "tiny_group": ({"llada": 60, "dream": 4}, {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
+def test_degenerate_inputs_render(tmp_path, case):
+    families, kw = DEGENERATE[case]
+    paths = write_report(_make_db(tmp_path / "d.duckdb", families, **kw), tmp_path / "out")
+    text = paths.html.read_text()
+    for sec in SECTIONS:
+        assert sec in text
+    assert len(_embedded_pngs(text)) == len(paths.figures)
+    for name, why in paths.missing.items():
+        assert "Figure missing" in text and html.escape(why) in text, name
+    if case == "no_step_logs":
+        assert {"stepk_precision", "top1_trajectories"} <= set(paths.missing)
+        assert "step logs" in paths.missing["top1_trajectories"]
+    if case == "one_group":
+        assert "not evaluable" in _verdict_row(text, "No global cutoff")
+    if case == "no_stable_runs":
+        assert "no stable runs" in text.lower()
+
+
+def test_summary_markdown_and_threshold_table(full_report):
+    db, _ = full_report
+    con = duckdb.connect(str(db), read_only=True)
+    res = json.loads(con.execute("SELECT result_json FROM calibrations").fetchall()[0][0])
+    con.close()
+    md = summary_markdown(res)
+    assert "| Recommendation |" in md and "Use max-grad triage" in md
+    rows = threshold_table(res)
+    assert {r["group"] for r in rows} == set(res["groups"])
+    json.dumps(rows)  # plain JSON types for a Prefect table artifact
+    assert [v.recommendation for v in verdicts(res)] == ["Drop top-1 warning", "Use max-grad triage",
+                                                          "Keep loss baseline", "No global cutoff"]
+
+
+def test_unknown_calibration_id_names_the_fix(full_report, tmp_path):
+    db, _ = full_report
+    with pytest.raises(ReportError, match="not found"):
+        write_report(db, tmp_path / "x", calibration_id="nope")
