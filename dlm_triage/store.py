@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -325,13 +327,12 @@ def _opt_bool(x: Any) -> bool | None:
 def prepare_run_dir(run_dir: Path) -> PreparedRun:
     """Validate one run directory (runlog.read_run + config + step uniqueness) into a `PreparedRun`."""
     manifest, steps = _read_run(run_dir)
-    # read_run checked dtypes, nulls, contiguous 0..n-1 steps and finiteness; keep the stored columns only.
+    # read_run checked every column's presence and dtype, nulls, contiguous 0..n-1 steps and finiteness;
+    # keep the stored columns only (df[cols]: ~45 us, a select ~130 us with polars 2.1, x5000 runs).
     missing_cols = [c for c in STEPS_COLUMNS if c not in steps.columns]
     if missing_cols:
         raise _Invalid(f"step log lacks column(s) {missing_cols}")
-    steps = steps.select(STEPS_COLUMNS)
-    if steps.schema != pl.Schema(STEPS_SCHEMA):
-        raise _Invalid(f"step log dtypes {dict(steps.schema)} differ from {STEPS_SCHEMA}")
+    steps = steps[list(STEPS_COLUMNS)]
     try:
         cfg = RunConfig.from_dict(manifest["config"])
     except (ConfigError, TypeError, KeyError, AttributeError) as e:
@@ -369,7 +370,7 @@ def prepare_run_dir(run_dir: Path) -> PreparedRun:
 
 def ingest_runs(
     db_path: str | Path, runs: Path | str | Iterable[Path | str], *, quarantine_dir: Path | None = None,
-    timeout_s: float = 60,
+    timeout_s: float = 60, workers: int | None = None,
 ) -> IngestReport:
     """Validate run directories and insert the good ones, all in one transaction.
 
@@ -379,28 +380,74 @@ def ingest_runs(
     - run_id already stored with the same content_sha256: already_present, nothing written;
     - run_id stored (or earlier in this batch) with different content: a conflict, reported + copied to
       quarantine, the stored rows untouched.
-    Validation happens before the database is opened; quarantine moves happen after the commit.
+    Validation happens before the database is opened (in `workers` processes; None: several from
+    PARALLEL_MIN_RUNS directories on); quarantine moves happen after the commit.
     """
     db_path = Path(db_path)
     qdir = Path(quarantine_dir) if quarantine_dir is not None else db_path.parent / "quarantine"
     ingest_id = _new_ingest_id()
     started = _now()
     dirs = _expand_run_dirs(runs)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 4) if len(dirs) >= PARALLEL_MIN_RUNS else 1
     prepared: list[PreparedRun] = []
     incomplete: list[str] = []
     rejected: list[tuple[str, str, bool]] = []  # (path, reason, move)
-    for d in dirs:
-        if not (d / schema.MANIFEST_FILENAME).exists():
-            incomplete.append(str(d))
-            continue
-        try:
-            prepared.append(prepare_run_dir(d))
-        except _Invalid as e:
-            rejected.append((str(d), str(e), True))
+    for kind, path, payload in _prepare_dirs(dirs, workers):
+        if kind == "ok":
+            prepared.append(payload)
+        elif kind == "incomplete":
+            incomplete.append(path)
+        else:
+            rejected.append((path, payload, True))
     return _write_batch(
         db_path, prepared, rejected=rejected, incomplete=incomplete, ingest_id=ingest_id, started=started,
         kind="runs", paths=[str(d) for d in dirs], quarantine_dir=qdir, timeout_s=timeout_s,
     )
+
+
+PARALLEL_MIN_RUNS = 500
+"""From this many run directories on, `ingest_runs` validates in worker processes by default: read_run costs
+~2-4 ms per run (mostly per-column polars checks), so 5000 runs take 10-20 s on one core."""
+
+
+def _prepare_one(d: Path) -> tuple[str, str, Any]:
+    if not (d / schema.MANIFEST_FILENAME).exists():
+        return "incomplete", str(d), None
+    try:
+        return "ok", str(d), prepare_run_dir(d)
+    except _Invalid as e:
+        return "invalid", str(d), str(e)
+
+
+def _prepare_chunk(dirs: list[str]) -> list[tuple[str, str, Any]]:
+    return [_prepare_one(Path(d)) for d in dirs]
+
+
+def _prepare_dirs(dirs: list[Path], workers: int) -> list[tuple[str, str, Any]]:
+    """Validate run directories, in `workers` processes when > 1 (forkserver: workers start from a clean
+    process, not a fork of this one with its DuckDB/polars threads). Results keep the order of `dirs`."""
+    if workers <= 1 or len(dirs) < 2:
+        return [_prepare_one(d) for d in dirs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["dlm_triage.store"])
+    n_chunks = min(len(dirs), workers * 8)
+    chunks = [[str(d) for d in dirs[i::n_chunks]] for i in range(n_chunks)]
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+            parts = list(ex.map(_prepare_chunk, chunks))
+    except (BrokenProcessPool, OSError) as e:  # e.g. a __main__ that workers cannot re-import (stdin)
+        warnings.warn(f"parallel validation unavailable ({e!r}): validating in this process", RuntimeWarning,
+                      stacklevel=3)
+        return [_prepare_one(d) for d in dirs]
+    order = {str(d): i for i, d in enumerate(dirs)}
+    return sorted((r for part in parts for r in part), key=lambda r: order[r[1]])
 
 
 def _new_ingest_id() -> str:

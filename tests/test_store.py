@@ -422,3 +422,17 @@ def test_summary_and_list_runs(db: Path, runs: Path) -> None:
     assert (s["runs"], s["steps"], s["by_family"], s["ingests"]) == (6, 126, {"tiny": 6}, 1)
     assert store.list_runs(con, where="rank = 4", limit=10).height == 2
     con.close()
+
+
+def test_parallel_validation_matches_serial(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_sweep(root, 5)
+    bad = make_run(root, RunConfig(steps=20, seed=500))
+    _malformed_manifest(bad)
+    (root / "incomplete").mkdir()
+    serial_q, par_q = tmp_path / "q1", tmp_path / "q2"
+    shutil.copytree(root, tmp_path / "runs2")
+    r1 = store.ingest_runs(tmp_path / "a.duckdb", root, quarantine_dir=serial_q, workers=1)
+    r2 = store.ingest_runs(tmp_path / "b.duckdb", tmp_path / "runs2", quarantine_dir=par_q, workers=2)
+    assert (r1.added, r1.incomplete, len(r1.quarantined)) == (r2.added, r2.incomplete, len(r2.quarantined)) == (5, 1, 1)
+    assert tables(tmp_path / "a.duckdb")["steps"] == tables(tmp_path / "b.duckdb")["steps"]
