@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import html
 import io
 import json
@@ -432,7 +433,11 @@ WARNINGS_SHOWN = 4
 def _warnings(result: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
     """[(scope, messages)]: the calibration's own warnings ('all groups'), then each group's."""
     out = [("all groups", [str(w) for w in result.get("warnings") or []])]
-    out += [(str(n), [str(w) for w in g.get("warnings") or []]) for n, g in result.get("groups", {}).items()]
+    for n, g in result.get("groups", {}).items():
+        msgs = [str(w) for w in g.get("warnings") or []]
+        # a degenerate group (threshold not validated) matters more than per-split counts: show it first
+        msgs.sort(key=lambda m: not ("degenerate" in m or m.startswith("group:")))
+        out.append((str(n), msgs))
     return [(scope, ws) for scope, ws in out if ws]
 
 
@@ -563,9 +568,11 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
     runs = _pl(con, sql + " ORDER BY run_id", params)
     groups = _group_names(result)
     runs = runs.filter(pl.col("group").is_in(groups)) if groups else runs
-    if snap.get("n_runs") is not None and snap["n_runs"] != runs.height:
-        notes.append(f"The calibration saw {snap['n_runs']} runs; {runs.height} of them are in the database now "
-                     "(runs were removed or the snapshot filter differs): figures use the runs found.")
+    ids_sha = hashlib.sha256("\n".join(sorted(runs["run_id"].to_list())).encode()).hexdigest()
+    if snap.get("run_ids_sha256") and snap["run_ids_sha256"] != ids_sha:
+        notes.append(f"The calibration saw {snap.get('n_runs')} runs; the database now holds {runs.height} "
+                     "runs of its groups (runs were added or removed since): figures and the inspection queue use "
+                     "the runs found now, the verdicts and thresholds the calibration's numbers.")
     diverged = (pl.col("status") == "diverged") if "status" in runs.columns else pl.lit(False)
     if "diverged_at_step" in runs.columns:
         diverged = diverged | pl.col("diverged_at_step").is_not_null()
@@ -796,6 +803,7 @@ def _fig_heatmap(data: _Data, notes: list[str]) -> bytes:
             grid[ranks.index(r), rhos.index(m)] = med
             nn[ranks.index(r), rhos.index(m)] = n
         im = ax.imshow(np.ma.masked_invalid(grid), norm=norm, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_facecolor("#d9d9d9")  # cells without runs
         # cell labels only while they fit: value + n up to 8 columns, the value alone up to 14
         if len(rhos) <= 14 and len(ranks) <= 12:
             for (i, j), v in np.ndenumerate(grid):
@@ -940,6 +948,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 CSS = """
+html{background:#f6f7f9}
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;background:#f6f7f9;color:#1d2330;
  font-size:14px;line-height:1.45}
 main{max-width:1200px;margin:0 auto;padding:24px 28px 60px;background:#fff;min-height:100vh}
@@ -1107,7 +1116,8 @@ _CAPTIONS = {
                        "replicates; ribbon = CI). Dotted: the always-positive baseline (flag every run). Shaded: "
                        f"the inspection window k={INSPECTION_WINDOW[0]}..{INSPECTION_WINDOW[1]}. The last k's "
                        "loss is the label itself.",
-    "rank_mask_heatmap": "Median max-grad per (LoRA rank, mask ratio) cell, log colour scale; n = runs per cell.",
+    "rank_mask_heatmap": "Median max-grad per (LoRA rank, mask ratio) cell, log colour scale; n = runs per cell; "
+                         "grey = no runs in that cell.",
     "top1_trajectories": "Top-1 frequency from step 0: median and IQR over runs, plus the three runs with the "
                          "highest (red) and lowest (blue) final loss. Dashed: the legacy 0.5 threshold; dotted: "
                          "the end of the legacy window. Curves already above 0.5 at step 0 show pre-equilibrium "

@@ -197,3 +197,24 @@ def test_unknown_calibration_id_names_the_fix(full_report, tmp_path):
     db, _ = full_report
     with pytest.raises(ReportError, match="not found"):
         write_report(db, tmp_path / "x", calibration_id="nope")
+
+
+def test_latest_calibration_by_default_and_snapshot_drift_noted(tmp_path):
+    db = _make_db(tmp_path / "t.duckdb", {"llada": 120, "dream": 40})
+    con = store.connect(db)
+    try:
+        first = con.execute("SELECT calibration_id FROM calibrations").fetchall()[0][0]
+        inputs = store.load_calibration_inputs(con, where="family = 'llada'")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            second = store.save_calibration(con, calibrate.calibrate(inputs, **CAL_PARAMS))
+        # a run ingested after both calibrations
+        con.execute("INSERT INTO runs SELECT * REPLACE (run_id || '-late' AS run_id, "
+                    "content_sha256 || '-late' AS content_sha256) FROM runs WHERE family = 'llada' LIMIT 1")
+    finally:
+        con.close()
+    latest = write_report(db, tmp_path / "latest").html.read_text()
+    assert second in latest and first not in latest
+    older = write_report(db, tmp_path / "older", calibration_id=first).html.read_text()
+    assert first in older
+    assert "runs were added or removed since" in older
