@@ -154,9 +154,11 @@ def clean_top1(r: _Run, x0: torch.Tensor) -> torch.Tensor:
 def step_monitors(r: _Run, logits: torch.Tensor, mask: torch.Tensor, top1_from_masked: bool) -> dict[str, torch.Tensor]:
     """Gradient monitors (+ top-1 on the training logits at masked positions when that is the family's
     source: free). Tensors only: no host sync here."""
+    matrix_norms = monitors.matrix_grad_norms(r.matrices)  # one fused foreach kernel over the adapter grads
     out = {
-        "grad_norm": monitors.global_grad_norm(r.params),         # one fused foreach kernel
-        "matrix_grad_norms": monitors.matrix_grad_norms(r.matrices),
+        # == monitors.global_grad_norm(r.params) (tested), without a second pass over the gradients
+        "grad_norm": torch.linalg.vector_norm(matrix_norms),
+        "matrix_grad_norms": matrix_norms,
     }
     if top1_from_masked:
         out["top1_freq"] = monitors.top1_frequency(logits.detach(), mask)
