@@ -249,9 +249,11 @@ class LLaDA2Adapter(FamilyAdapter):
     """LLaDA2.0-mini (MoE): AutoModelForCausalLM + trust_remote_code; mask 156895; fused attention
     `attention.query_key_value` + `attention.dense`; router and experts stay frozen (not targeted).
 
-    Attention mask: an explicit all-ones 4D [B,1,L,L] in the model dtype. The modeling file sends None and 2D
-    masks through `_prepare_4d_causal_attention_mask*`, which makes them causal; a 4D mask is used as given
-    (converted to additive with 1 - mask)."""
+    Attention mask: an explicit all-ones 4D [B,1,L,L] in the model dtype. The modeling file sends every mask
+    through transformers' `_prepare_4d_causal_attention_mask*` helpers: under eager attention None and 2D masks
+    come back causal; a 4D mask is kept. Eager turns the 4D mask into (1 - mask) * min = 0 everywhere; sdpa
+    receives it as is, a constant +1 on every score, which softmax ignores. Either way: full attention. A bool
+    4D mask would fail under eager (1.0 - bool)."""
 
     name = "llada2"
     default_model_id = "inclusionAI/LLaDA2.0-mini"
@@ -369,7 +371,7 @@ class GenericMLMAdapter(FamilyAdapter):
     top-1 read at masked positions (an MLM copies clean tokens)."""
 
     name = "generic_mlm"
-    default_model_id = "answerdotai/ModernBERT-base"
+    default_model_id = "FacebookAI/roberta-base"
     top1_source = "masked"
     auto_class = "AutoModelForMaskedLM"
     trust_remote_code = False
