@@ -161,9 +161,11 @@ def select_threshold(values, positives, weights=None, *, warn: bool = True) -> T
     multiplicity of each configuration in each replicate's training set (None: one replicate, every weight 1).
 
     Cost O(R n) after one sort of the n values: configurations are sorted once (descending), grouped by equal
-    value, and the counts above each distinct value come from cumulative sums of the per-group weighted counts,
-    so TP(t) and K(t) = #(value >= t) are known for every candidate t at once and F1(t) = 2 TP / (K + P).
-    Only distinct values carried by the training set are candidates; the lowest among the F1 maxima wins.
+    value, and K(t) = #(train value >= t) and TP(t) come from cumulative sums along the sorted order, for every
+    candidate t and every replicate at once; F1(t) = 2 TP / (K + P). Only value groups holding a training
+    positive can maximise F1 (a group of training negatives adds to K, not to TP: its F1 is strictly below the
+    previous candidate's), so F1 is evaluated on those groups only (~prevalence x n columns), which gives the
+    same argmax and the same tie rule as scanning every distinct training value.
     """
     v = _as_1d(values, "values")
     y = _as_1d(positives, "positives", dtype=bool)
@@ -179,28 +181,36 @@ def select_threshold(values, positives, weights=None, *, warn: bool = True) -> T
     R = w.shape[0]
     flags: list[str] = []
     msgs: list[str] = []
-    n_pos = (w * y).sum(axis=1)  # NaN-valued positives still count: they are false negatives
+    n_pos = w[:, y].sum(axis=1)  # NaN-valued positives still count: they are false negatives
     order = np.flatnonzero(~np.isnan(v))
     order = order[np.argsort(-v[order], kind="stable")]
     thr = np.full(R, np.nan)
     f1_best = np.full(R, np.nan)
-    if order.size:
+    ys = y[order]
+    if ys.any():
         vs = v[order]
-        starts = np.flatnonzero(np.r_[True, vs[1:] != vs[:-1]])
-        gvals = vs[starts]
+        last = np.r_[vs[1:] != vs[:-1], True]  # last position of each value group
+        gid = np.cumsum(np.r_[True, last[:-1]]) - 1  # group of each position
+        ends = np.flatnonzero(last)
+        pos_at = np.flatnonzero(ys)  # positions of positive configurations
+        pg = np.unique(gid[pos_at])  # groups holding a positive configuration
+        # last positive position within each such group: the TP count there includes the whole group
+        last_pos_in_group = pos_at[np.r_[gid[pos_at][1:] != gid[pos_at][:-1], True]]
         wo = w[:, order]
-        k_g = np.add.reduceat(wo, starts, axis=1)
-        tp_g = np.add.reduceat(wo * y[order], starts, axis=1)
-        K = np.cumsum(k_g, axis=1)
-        TP = np.cumsum(tp_g, axis=1)
+        K = np.cumsum(wo, axis=1)[:, ends[pg]]  # (R, Gp): train items with value >= group value
+        wp = wo[:, pos_at]
+        TPc = np.cumsum(wp, axis=1)
+        TP = TPc[:, np.searchsorted(pos_at, last_pos_in_group)]  # (R, Gp)
+        gained = np.diff(np.c_[np.zeros((R, 1), TP.dtype), TP], axis=1) > 0  # a training positive in the group
         with np.errstate(invalid="ignore", divide="ignore"):
             f1 = (2 * TP) / (K + n_pos[:, None])
-        f1 = np.where(k_g > 0, f1, -1.0)  # a value absent from this training set is no candidate
-        G = gvals.size
-        j = G - 1 - np.argmax(f1[:, ::-1], axis=1)  # last maximum in descending order = lowest threshold
-        ok = (n_pos > 0) & (f1[np.arange(R), j] >= 0)
-        thr[ok] = gvals[j[ok]]
-        f1_best[ok] = f1[np.arange(R), j][ok]
+        f1 = np.where(gained, f1, -1.0)
+        Gp = pg.size
+        j = Gp - 1 - np.argmax(f1[:, ::-1], axis=1)  # last maximum in descending order = lowest threshold
+        fj = f1[np.arange(R), j]
+        ok = (n_pos > 0) & (fj >= 0)
+        thr[ok] = vs[ends[pg[j[ok]]]]
+        f1_best[ok] = fj[ok]
     bad = int((n_pos == 0).sum())
     if bad and warn:
         _warn(msgs, flags, "no_positive_train", f"{bad} of {R} training set(s) hold no positive: no threshold")
@@ -243,10 +253,10 @@ def confusion_at(values, positives, threshold, weights=None) -> Confusion:
         raise ValueError(f"`weights` must have shape ({t.size}, {v.size}), got {w.shape}")
     with np.errstate(invalid="ignore"):
         pred = v[None, :] >= t[:, None]  # NaN on either side compares False
-    wy = w * y
-    tp = (wy * pred).sum(1)
+    wpos = w[:, y]  # positives are ~10% of the columns: count TP/FN on those only
+    tp = (wpos * pred[:, y]).sum(1)
     fp = (w * pred).sum(1) - tp
-    fn = wy.sum(1) - tp
+    fn = wpos.sum(1) - tp
     tn = w.sum(1) - tp - fp - fn
     return _metrics(tp, fp, fn, tn)
 
@@ -274,13 +284,19 @@ def draw_splits(rng: np.random.Generator, n: int, n_resamples: int, *, resample:
 
 
 def split_weights(idx: np.ndarray | None, perm: np.ndarray, n_test: int) -> tuple[np.ndarray, np.ndarray]:
-    """Multiplicity of each configuration in each replicate's train and test sets: two (B, n) int arrays."""
+    """Multiplicity of each configuration in each replicate's train and test sets: two (B, n) int arrays.
+
+    Train = all drawn - test, so only the test positions (n_test per replicate) are gathered and counted.
+    """
     B, n = perm.shape
-    members = perm if idx is None else np.take_along_axis(idx, perm, axis=1)
     offs = (np.arange(B) * n)[:, None]
-    test = np.bincount((members[:, :n_test] + offs).ravel(), minlength=B * n).reshape(B, n)
-    train = np.bincount((members[:, n_test:] + offs).ravel(), minlength=B * n).reshape(B, n)
-    return train, test
+    test_members = perm[:, :n_test] if idx is None else np.take_along_axis(idx, perm[:, :n_test], axis=1)
+    test = np.bincount((test_members + offs).ravel(), minlength=B * n).reshape(B, n)
+    if idx is None:
+        total = np.ones((B, n), np.int64)
+    else:
+        total = np.bincount((idx + offs).ravel(), minlength=B * n).reshape(B, n)
+    return total - test, test
 
 
 @dataclass(frozen=True)
