@@ -17,6 +17,9 @@ Formats (`import_logs(db_path, fmt, paths, ...)`):
   (``loss``), `grad_col` (``grad_norm``), optional `top1_col`, `mask_col`, `lr_col`. Rows with neither loss
   nor grad norm (eval-only rows) are skipped. Run config as for hf-trainer.
 
+Run config precedence: for hf-trainer and wandb-csv, flags (family= included) override the config files;
+for reference-jsonl and cells, values in the log itself win and flags fill what it leaves unknown.
+
 Every problem names the file and the line (1-based) and says what to do. A bad file never half-loads: it is
 parsed and validated completely before anything is written, its problems are reported in
 `IngestReport.quarantined` (or raised with `strict=True`), and the good files go in in one transaction.
@@ -188,8 +191,8 @@ def _validate_config(cfg: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _config_from_files_and_flags(path: Path, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Side file <stem>.config.json, then config=<path>, then flags (later wins)."""
+def _config_from_files_and_flags(path: Path, options: Mapping[str, Any], family: str | None) -> dict[str, Any]:
+    """Side file <stem>.config.json, then config=<path>, then flags, family= included (later wins)."""
     cfg: dict[str, Any] = {}
     sources = [path.with_name(path.stem + ".config.json")]
     if options.get("config") is not None:
@@ -212,6 +215,8 @@ def _config_from_files_and_flags(path: Path, options: Mapping[str, Any]) -> dict
         if key in ("config",) or key in _WANDB_COLS or value is None:
             continue
         cfg["learning_rate" if key == "lr" else key] = value
+    if family is not None:
+        cfg["family"] = family
     return cfg
 
 
@@ -530,7 +535,7 @@ def parse_hf_trainer(path: Path, *, family: str | None = None, **options: Any) -
         problems.append((None, "log_history holds no training entries (with 'loss'): was logging enabled?"))
     if problems:
         raise LogFormatError(path, problems)
-    cfg = _config_from_files_and_flags(path, options)
+    cfg = _config_from_files_and_flags(path, options, family)
     for key, state_key in (("steps", "max_steps"), ("batch_size", "train_batch_size")):
         if cfg.get(key) is None and isinstance(state.get(state_key), int) and state[state_key] > 0:
             cfg[key] = state[state_key]
@@ -589,7 +594,7 @@ def parse_wandb_csv(path: Path, *, family: str | None = None, **options: Any) ->
         problems.append((None, f"no rows with {colmap['loss_col']!r} or {colmap['grad_col']!r} values"))
     if problems:
         raise LogFormatError(path, problems)
-    cfg = _finish_config(path, _config_from_files_and_flags(path, options), family)
+    cfg = _finish_config(path, _config_from_files_and_flags(path, options, family), family)
     steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], cols["top1"], cols["mask"], cols["lr"])
     return [_timeseries_run("wandb-csv", path, text, cfg, steps)]
 

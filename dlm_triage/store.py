@@ -390,10 +390,20 @@ def ingest_runs(
     dirs = _expand_run_dirs(runs)
     if workers is None:
         workers = min(os.cpu_count() or 1, 4) if len(dirs) >= PARALLEL_MIN_RUNS else 1
+    # Runs stored earlier with the same manifest (hence the same step-log sha256) need no re-validation:
+    # re-ingesting a growing runs directory costs a JSON parse per old run, not a Parquet read.
+    stored = _stored_shas(db_path, timeout_s) if db_path.exists() else {}
+    to_check, pre_present = [], 0
+    for d in dirs:
+        known = _manifest_sha(d) if stored else None
+        if known is not None and stored.get(known[0]) == known[1]:
+            pre_present += 1
+        else:
+            to_check.append(d)
     prepared: list[PreparedRun] = []
     incomplete: list[str] = []
     rejected: list[tuple[str, str, bool]] = []  # (path, reason, move)
-    for kind, path, payload in _prepare_dirs(dirs, workers):
+    for kind, path, payload in _prepare_dirs(to_check, workers):
         if kind == "ok":
             prepared.append(payload)
         elif kind == "incomplete":
@@ -403,7 +413,28 @@ def ingest_runs(
     return _write_batch(
         db_path, prepared, rejected=rejected, incomplete=incomplete, ingest_id=ingest_id, started=started,
         kind="runs", paths=[str(d) for d in dirs], quarantine_dir=qdir, timeout_s=timeout_s,
+        already_present=pre_present,
     )
+
+
+def _stored_shas(db_path: Path, timeout_s: float) -> dict[str, str]:
+    con = connect(db_path, timeout_s=timeout_s)
+    try:
+        return dict(con.execute("SELECT run_id, content_sha256 FROM runs").fetchall())
+    finally:
+        con.close()
+
+
+def _manifest_sha(d: Path) -> tuple[str, str] | None:
+    """(run_id, content sha256) from a run directory's manifest alone; None when it is absent or unreadable
+    (full validation then reports why)."""
+    try:
+        m = json.loads((d / schema.MANIFEST_FILENAME).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or not isinstance(m.get("run_id"), str):
+        return None
+    return m["run_id"], hashlib.sha256(_canonical_json(m).encode()).hexdigest()
 
 
 PARALLEL_MIN_RUNS = 500
@@ -491,7 +522,7 @@ def _insert_steps(con: duckdb.DuckDBPyConnection, steps_df: pl.DataFrame) -> Non
 def _write_batch(
     db_path: Path, prepared: Sequence[PreparedRun], *, rejected: list[tuple[str, str, bool]],
     incomplete: list[str], ingest_id: str, started: datetime, kind: str, paths: list[str],
-    quarantine_dir: Path | None, timeout_s: float,
+    quarantine_dir: Path | None, timeout_s: float, already_present: int = 0,
 ) -> IngestReport:
     """Shared by ingest_runs and importers: dedupe against the DB, insert in one transaction, then quarantine.
 
@@ -500,7 +531,8 @@ def _write_batch(
     """
     # Dedupe within the batch first: the first occurrence of a run_id wins.
     first: dict[str, PreparedRun] = {}
-    already = 0
+    already = already_present
+    rejected = list(rejected)
     for p in prepared:
         rid = p.row["run_id"]
         if rid in first:
@@ -667,10 +699,11 @@ def save_calibration(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any]) 
     """Store a calibration result (JSON contract of calibrate.py) and its per-group thresholds.
 
     Thresholds come from result['groups'][g]['registry'] = {monitor, k, threshold, ci_low, ci_high, n,
-    precision, recall, f1}; a group flagged degenerate (group['degenerate'], registry['degenerate'] or
-    registry['accepted'] is False, or a flag in DEGENERATE_FLAGS) or with a null/non-finite threshold is stored with accepted=False and is
-    never `latest_threshold`. The calibration is 'accepted' when at least one group is. Saving the same
-    calibration_id twice with the same result is a no-op; with a different result it is an error.
+    precision, recall, f1}. A group flagged degenerate (group['degenerate'], registry['degenerate'],
+    registry['accepted'] is False, or a flag in DEGENERATE_FLAGS) or with a null/non-finite threshold is
+    stored with accepted=False and is never `latest_threshold`. The calibration is 'accepted' when at least
+    one group is. Saving the same calibration_id twice with the same result is a no-op; with a different
+    result it is an error.
     Returns the calibration_id (result['calibration_id'] or a new one).
     """
     if not isinstance(result, Mapping) or not isinstance(result.get("groups"), Mapping):

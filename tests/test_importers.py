@@ -346,7 +346,8 @@ def test_jsonl_parser_property(text: str) -> None:
     out = _check_parse(importers.parse_reference_jsonl, text, ".jsonl")
     for run in out:
         steps = run.steps
-        assert steps.height == run.row["n_steps"] and steps["step"].is_sorted() and steps["step"].n_unique() == steps.height
+        assert steps.height == run.row["n_steps"]
+        assert steps["step"].is_sorted() and steps["step"].n_unique() == steps.height
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
