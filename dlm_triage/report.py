@@ -567,7 +567,7 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
         params.append(str(snap["max_ingested_at"]))
     runs = _pl(con, sql + " ORDER BY run_id", params)
     groups = _group_names(result)
-    runs = runs.filter(pl.col("group").is_in(groups)) if groups else runs
+    runs = runs.filter(pl.col("group").is_in(groups))
     ids_sha = hashlib.sha256("\n".join(sorted(runs["run_id"].to_list())).encode()).hexdigest()
     if snap.get("run_ids_sha256") and snap["run_ids_sha256"] != ids_sha:
         notes.append(f"The calibration saw {snap.get('n_runs')} runs; the database now holds {runs.height} "
@@ -668,6 +668,8 @@ def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
     if runs.height == 0:
         raise _Missing("no run has a positive max-grad value")
     names = [g for g in _group_names(data.result) if g in set(runs["group"].to_list())]
+    if not names:
+        raise _Missing("none of the calibration's groups has runs with these values in the database")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6.5, 1.8 * len(names) + 3), 4.2), layout="constrained")
     rng = np.random.default_rng(0)  # jitter only
@@ -775,6 +777,8 @@ def _fig_heatmap(data: _Data, notes: list[str]) -> bytes:
     if runs.height == 0:
         raise _Missing("no run has a rank, a mask ratio and a positive max-grad value")
     names = [g for g in _group_names(data.result) if g in set(runs["group"].to_list())]
+    if not names:
+        raise _Missing("none of the calibration's groups has runs with these values in the database")
     names = _largest(data, names, notes, "Heatmap")
     cells = (runs.filter(pl.col("group").is_in(names))
              .group_by("group", "rank", "mask_ratio").agg(pl.col("monitor").median().alias("med"),
@@ -842,6 +846,8 @@ def _fig_top1_traj(data: _Data, notes: list[str]) -> bytes:
     lab = data.runs.select("run_id", "group", "label", "final_loss")
     st = st.join(lab, on="run_id", how="inner")
     names = [g for g in _group_names(data.result) if g in set(st["group"].to_list())]
+    if not names:
+        raise _Missing("none of the calibration's groups has runs with these values in the database")
     names = _largest(data, names, notes, "Top-1 trajectories")
     plt = _plt()
     ncol = min(2, len(names))

@@ -218,3 +218,19 @@ def test_latest_calibration_by_default_and_snapshot_drift_noted(tmp_path):
     older = write_report(db, tmp_path / "older", calibration_id=first).html.read_text()
     assert first in older
     assert "runs were added or removed since" in older
+
+
+def test_calibration_without_groups_renders_every_figure_missing(tmp_path):
+    db = _make_db(tmp_path / "t.duckdb", {"llada": 40})
+    con = store.connect(db)
+    try:
+        store.save_calibration(con, {"calibration_id": "cal-empty", "groups": {}, "group_by": "family",
+                                     "transfer": {}, "warnings": ["no run had a finite final loss"]})
+    finally:
+        con.close()
+    paths = write_report(db, tmp_path / "out", calibration_id="cal-empty")
+    text = paths.html.read_text()
+    assert not paths.figures and set(paths.missing) == {name for name, _ in report.FIGURES}
+    assert text.count("Figure missing") == 5 and "no run had a finite final loss" in text
+    assert "Runs routed to inspection (0)" in text
+    assert all(v.verdict == "not evaluable" for v in verdicts({"groups": {}}))
