@@ -208,9 +208,9 @@ def test_a_target_that_matches_nothing_raises_with_the_fix(loaded):
 def test_targets_wrap_with_peft(loaded):
     from peft import LoraConfig, get_peft_model
 
-    for key in ("llada", "llada2", "mdlm", "dream"):
+    for key in ("llada", "llada2", "llada_moe", "mdlm", "dream", "gpt_neox", "bert"):
         base = loaded[key].model
-        targets = get_family(key).attention_targets(base)
+        targets = get_family(HF_KINDS.get(key, key)).attention_targets(base)
         model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, lora_alpha=4, target_modules=list(targets)))
         wrapped = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
         assert wrapped == {t.rsplit(".", 1)[-1] for t in targets}, key
@@ -294,6 +294,17 @@ def test_tiny_rejects_a_causal_checkpoint(tmp_path, tiny_model_dir):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="is_causal"):
         get_family("tiny").load(RunConfig(model_id=str(bad)), CPU, torch.float32)
+
+
+def test_tiny_in_bf16_on_cpu_gives_a_float32_loss(tiny_model_dir):
+    adapter = get_family("tiny")
+    lm = adapter.load(RunConfig(model_id=str(tiny_model_dir), dtype="bfloat16"), CPU, resolve_dtype("bfloat16", CPU))
+    ids = torch.tensor([lm.tokenizer.encode("12-3=9. is the cat red? yes.")])
+    noisy, mask = mask_tokens(ids, 0.5, lm.mask_token_id, torch.Generator().manual_seed(0))
+    logits = adapter.logits(lm.model, noisy)
+    assert logits.dtype == torch.bfloat16
+    loss = masked_diffusion_loss(logits, ids, mask)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
 # -- load errors, devices, dtypes -----------------------------------------------------------------------------
