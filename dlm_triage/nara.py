@@ -111,7 +111,7 @@ class NaRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        C = self._core.current()  # [r, r], shared
+        C = self._core.current().to(self.nara_A.device)  # [r, r], shared (no-op unless layers span devices)
         z = x.to(self.nara_A.dtype) @ self.nara_A.T  # [..., r]
         z = z @ C.T                                   # C A x
         return out + (self.scale * (z @ self.nara_B.T)).to(out.dtype)
