@@ -418,7 +418,3 @@ def get_family(name: str) -> FamilyAdapter:
         return _REGISTRY[name]
     except KeyError:
         raise FamilyError(f"family={name!r} is not known: use one of {sorted(_REGISTRY)}") from None
-
-
-def family_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)

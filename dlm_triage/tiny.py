@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import torch
 
@@ -391,11 +391,3 @@ def load_tiny(model_dir: Path, device: torch.device | str = "cpu", dtype: torch.
 
 def read_recipe(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / RECIPE_FILENAME).read_text(encoding="utf-8"))
-
-
-def encode_batch(tok: CharTokenizer, texts: Sequence[str]) -> torch.Tensor:
-    """Equal-length texts -> LongTensor [n, len]."""
-    lengths = {len(t) for t in texts}
-    if len(lengths) != 1:
-        raise ValueError(f"texts have lengths {sorted(lengths)}: give equal-length texts (or use dlm_triage.data)")
-    return torch.tensor([tok.encode(t) for t in texts], dtype=torch.long)
