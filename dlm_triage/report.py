@@ -928,6 +928,16 @@ def _inspection_rows(con: duckdb.DuckDBPyConnection, data: _Data) -> pl.DataFram
                                                                              nulls_last=True)
 
 
+def _queue_outcomes(q: pl.DataFrame) -> list[str]:
+    """'llada: 176 routed - 70 unstable, 86 mid-band, 20 stable (false alarms)' per group."""
+    parts = []
+    for g in sorted(set(q["group"].to_list())) if q.height else []:
+        lab = q.filter(pl.col("group") == g)["label"].to_list()
+        n_u, n_m, n_s = lab.count("unstable"), lab.count("mid"), lab.count("stable")
+        parts.append(f"{g}: {len(lab)} routed - {n_u} unstable, {n_m} mid-band, {n_s} stable (false alarms)")
+    return parts
+
+
 QUEUE_HEADERS = ("run_id",) + CONFIG_COLUMNS + ("final_loss", "max-grad", "threshold", "why")
 
 
@@ -1061,9 +1071,11 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
              + _html_table(group_headers, per_group)
              + (f"<p class='meta'>Legacy fire-step across groups: Kruskal-Wallis H = {_fmt(_num(kw, 'H'))}, "
                 f"p = {_fmt(_num(kw, 'p'))}.</p>" if kw else "") + "</section>")
+    outcome = _queue_outcomes(queue)
     h.append(f"<section id='inspection'><h2>Runs routed to inspection ({queue.height})</h2>"
              "<p>Runs whose max-grad is at or above their group's threshold (and runs the live early warning "
              "flagged), highest max-grad first.</p>"
+             + (f"<p class='note'>{'<br>'.join(html.escape(o) for o in outcome)}</p>" if outcome else "")
              + (_html_table(QUEUE_HEADERS, _queue_rows(queue), cls="queue", scroll=True) if queue.height
                 else "<p class='missing'>No run is at or above its group's threshold.</p>")
              + "</section>")
@@ -1096,7 +1108,7 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                                                           v.detail) for v in vs]), "",
            "## Per-group max-grad thresholds", "", _md_table(THRESHOLD_HEADERS, _threshold_rows(result)), "",
            "### Group statistics", "", _md_table(group_headers, per_group), "",
-           f"## Runs routed to inspection ({queue.height})", "",
+           f"## Runs routed to inspection ({queue.height})", "", *[f"- {o}" for o in outcome], "",
            _md_table(QUEUE_HEADERS, _queue_rows(queue)) if queue.height else "No run is at or above its "
            "group's threshold.", "", "## Figures", ""]
     for i, (name, ftitle) in enumerate(FIGURES, 1):
