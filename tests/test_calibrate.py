@@ -217,6 +217,17 @@ def test_degenerate_groups_warn_and_flag(case):
     assert "fire_step_kruskal.H: undefined -> null" in " ".join(res["warnings"])
 
 
+def test_empty_and_all_diverged_inputs():
+    inp = synthetic_inputs({"tiny": 20}, n_steps=30)
+    res = calibrate(CalibrationInputs(inp.runs.head(0), None), **SMALL)
+    assert res["groups"] == {} and res["fire_step_kruskal"]["H"] is None
+    runs = inp.runs.with_columns(pl.lit(True).alias("diverged"), pl.lit(None, pl.Float64).alias("final_loss"))
+    res = calibrate(CalibrationInputs(runs, inp.traj), **SMALL)
+    g = res["groups"]["tiny"]
+    assert g["n_unstable"] == 20 and g["n_stable"] == 0 and g["degenerate"]  # diverged: unstable by definition
+    json.dumps(res, allow_nan=False)
+
+
 def test_inputs_validation_names_the_problem():
     with pytest.raises(ValueError, match="lacks column"):
         CalibrationInputs(pl.DataFrame({"run_id": ["a"]}))
