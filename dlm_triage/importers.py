@@ -88,6 +88,12 @@ class _Bad(Exception):
     """One bad value; str = the reason (the caller adds file and line)."""
 
 
+def _show(v: Any, limit: int = 40) -> str:
+    """repr of a value for a message, cut to `limit` characters (a 400-digit number is not helpful)."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def _num(name: str, v: Any, *, required: bool = True) -> float | None:
     """A finite float from a JSON number or CSV text; None for null-ish when not required."""
     if v is None or (isinstance(v, str) and v.strip().lower() in _NULL_TEXT):
@@ -95,18 +101,21 @@ def _num(name: str, v: Any, *, required: bool = True) -> float | None:
             raise _Bad(f"{name} is missing (null/empty): give a finite number")
         return None
     if isinstance(v, bool):
-        raise _Bad(f"{name}={v!r} is a boolean, not a number")
+        raise _Bad(f"{name}={_show(v)} is a boolean, not a number")
     if isinstance(v, (int, float)):
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:
+            raise _Bad(f"{name}={_show(v)} is out of range") from None
     elif isinstance(v, str):
         try:
             x = float(v.strip())
         except ValueError:
-            raise _Bad(f"{name}={v!r} is not numeric") from None
+            raise _Bad(f"{name}={_show(v)} is not numeric") from None
     else:
-        raise _Bad(f"{name}={v!r} is a {type(v).__name__}, not a number")
+        raise _Bad(f"{name}={_show(v)} is a {type(v).__name__}, not a number")
     if not math.isfinite(x):
-        raise _Bad(f"{name}={v!r} is NaN/Inf: only finite values can be imported")
+        raise _Bad(f"{name}={_show(v)} is NaN/Inf: only finite values can be imported")
     return x
 
 
@@ -115,12 +124,12 @@ def _int(name: str, v: Any, *, required: bool = True, minimum: int | None = 0) -
     if x is None:
         return None
     if not x.is_integer():
-        raise _Bad(f"{name}={v!r} is not an integer")
+        raise _Bad(f"{name}={_show(v)} is not an integer")
     if abs(x) > 2**62:
-        raise _Bad(f"{name}={v!r} is out of range")
+        raise _Bad(f"{name}={_show(v)} is out of range")
     i = int(x)
     if minimum is not None and i < minimum:
-        raise _Bad(f"{name}={v!r} is below {minimum}")
+        raise _Bad(f"{name}={_show(v)} is below {minimum}")
     return i
 
 
@@ -137,7 +146,7 @@ def _bool(name: str, v: Any) -> bool | None:
             return False
     if isinstance(v, (int, float)) and v in (0, 1):
         return bool(v)
-    raise _Bad(f"{name}={v!r} is not a boolean: use True/False (or None when unknown)")
+    raise _Bad(f"{name}={_show(v)} is not a boolean: use True/False (or None when unknown)")
 
 
 def _text(name: str, v: Any, *, required: bool = False) -> str | None:
@@ -146,7 +155,7 @@ def _text(name: str, v: Any, *, required: bool = False) -> str | None:
             raise _Bad(f"{name} is missing: give a name")
         return None
     if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-        raise _Bad(f"{name}={v!r} is not text")
+        raise _Bad(f"{name}={_show(v)} is not text")
     return str(v).strip()
 
 
@@ -206,6 +215,8 @@ def _config_from_files_and_flags(path: Path, options: Mapping[str, Any], family:
             data = json.loads(_read_text(src))
         except json.JSONDecodeError as e:
             raise LogFormatError(src, [(e.lineno, f"config file is not valid JSON ({e.msg})")]) from None
+        except (ValueError, RecursionError) as e:
+            raise LogFormatError(src, [(None, f"config file is not valid JSON ({e})")]) from None
         if not isinstance(data, dict):
             raise LogFormatError(src, [(None, "config file must hold a JSON object of run-config keys")])
         cfg.update(data)
@@ -322,6 +333,9 @@ def parse_reference_jsonl(path: Path, *, family: str | None = None, **options: A
         except json.JSONDecodeError as e:
             problems.append((lineno, f"not valid JSON ({e.msg} at column {e.colno})"))
             continue
+        except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
+            problems.append((lineno, f"not valid JSON ({e})"))
+            continue
         except RecursionError:
             problems.append((lineno, "not valid JSON (nested too deeply)"))
             continue
@@ -433,7 +447,7 @@ def parse_cells(path: Path, *, family: str | None = None, **options: Any) -> lis
         try:
             rho = _num("rho", v["rho"], required=False)
             if rho is not None and not 0.0 < rho < 1.0:
-                raise _Bad(f"rho={v['rho']!r} is out of range: use a number strictly between 0 and 1")
+                raise _Bad(f"rho={_show(v['rho'])} is out of range: use a number strictly between 0 and 1")
             rec_vals = {
                 "family": _text("family", v["family"], required=family is None) or family,
                 "model_id": _text("model_name", v["model_name"]),
@@ -490,7 +504,7 @@ def _entry_lines(text: str, n: int) -> list[int | None]:
                 break
             lines.append(text.count("\n", 0, pos) + 1)
             _, pos = dec.raw_decode(text, pos)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         pass
     return lines + [None] * (n - len(lines))
 
@@ -503,6 +517,8 @@ def parse_hf_trainer(path: Path, *, family: str | None = None, **options: Any) -
         state = json.loads(text)
     except json.JSONDecodeError as e:
         raise LogFormatError(path, [(e.lineno, f"not valid JSON ({e.msg} at column {e.colno})")]) from None
+    except ValueError as e:
+        raise LogFormatError(path, [(None, f"not valid JSON ({e})")]) from None
     except RecursionError:
         raise LogFormatError(path, [(None, "not valid JSON (nested too deeply)")]) from None
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):

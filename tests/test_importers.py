@@ -270,7 +270,7 @@ def test_wandb_csv_with_column_mapping(db: Path, tmp_path: Path) -> None:
 
 CELL_VALUES = st.one_of(
     st.sampled_from(["None", "", "True", "False", "nan", "inf", "-1", "0", "0.5", "1e-4", "16", "abc", "1.5",
-                     "llada", '"q,uoted"', "1e400", " 3 "]),
+                     "llada", '"q,uoted"', "1e400", " 3 ", "9" * 400, "\x00"]),
     st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6),
 )
 
@@ -293,7 +293,8 @@ def cells_files(draw) -> str:
     return text
 
 
-JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(allow_nan=True),
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.integers(10**300, 10**320),
+                        st.floats(allow_nan=True),
                         st.text(max_size=4), st.lists(st.integers(), max_size=2))
 
 
