@@ -66,7 +66,14 @@ MIN_RUNS = 10
 MIN_PER_ARM = 3
 """A group enters the max-grad test family (Bonferroni m) with >= this many stable and unstable runs."""
 REGISTRY_K = 25
-"""The live early warning reads max-grad-so-far at step 25 (paper 4.1 'log max-gradient by step ~25')."""
+"""The live early warning reads max-grad-so-far at step 25 (paper 4.1 'log max-gradient by step ~25'): each
+group's `registry` holds the held-out threshold of max-grad-up-to-25 when its logs reach step 25 (whether or not
+25 is among the swept ks), else of the whole-run max grad norm (k = None).
+
+A group is `degenerate` (its threshold is reported, never registered as accepted by store.save_calibration)
+when it has fewer than MIN_RUNS labelled runs, meaningless labels (constant or too few final losses), no
+unstable or no stable run, a constant max grad, or no threshold. A fixed split without an unstable test run is
+only flagged ('heldout.unvalidated'): the threshold is still the best training estimate."""
 CELL_COLUMNS = ("model_id", "method", "rank", "mask_ratio", "learning_rate")
 """A configuration cell (seeds are its replicates), for the power analysis."""
 _PARTS = {"heldout": 0, "split_bootstrap": 1, "stepk": 2, "maxgrad_ratio": 3, "rank_amplification": 4}
@@ -385,14 +392,17 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
         out["split_bootstrap"] = {"B": n_resamples, "precision_median": math.nan, "precision_ci_low": math.nan,
                                   "precision_ci_high": math.nan, "f1_ci_low": math.nan, "f1_ci_high": math.nan}
 
-    # step-k sweep
+    # step-k sweep (random splits from the group's 'stepk' stream, shared by every k and predictor)
     out["stepk"] = {}
     registry = None
-    if traj is not None and rows is not None and n >= 2 and ks:
+    horizon = traj.n_steps - 1 if traj is not None else -1
+    k_reg = REGISTRY_K if horizon >= REGISTRY_K else None
+    if traj is not None and rows is not None and n >= 2 and (ks or k_reg is not None):
         if (rows < 0).any():
             notes.add("stepk", "missing_trajectories", f"{int((rows < 0).sum())} run(s) have no step log: "
                       "predicted negative at every k")
-        preds = stepk_predictors(traj, rows, ks)
+        ks_all = list(ks) + ([k_reg] if k_reg is not None and k_reg not in ks else [])
+        preds = stepk_predictors(traj, rows, ks_all)
         nt = stats.n_test_of(n, test_size)
         _, perm = stats.draw_splits(group_rng(seed, name, "stepk"), n, stepk_resamples, resample=False)
         trw, tew = stats.split_weights(None, perm, nt)
@@ -404,27 +414,32 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
                     notes.add(f"stepk[k={k}].{p}", fl, msg)
                 block[p] = _replicate_block(ev, cl, ("precision", "recall", "f1", "threshold"))
             out["stepk"][str(k)] = block
-        if REGISTRY_K in ks:
-            i = list(ks).index(REGISTRY_K)
+        if k_reg is not None:
+            # the live early warning's threshold: max-grad-up-to-25 on the fixed held-out split; its CI over the
+            # step-k random splits (computed here when 25 is not among the swept ks)
+            i = ks_all.index(k_reg)
+            if str(k_reg) in out["stepk"]:
+                sk = out["stepk"][str(k_reg)]["max_grad"]
+            else:
+                sk = _replicate_block(stats.split_evaluate(preds["max_grad"][i], y, trw, tew), cl, ("threshold",))
             trw, tew = stats.split_weights(None, heldout_perm, nt)
             ev = stats.split_evaluate(preds["max_grad"][i], y, trw, tew)
-            notes.take(f"registry[k={REGISTRY_K}]", ev)
+            notes.take(f"registry[k={k_reg}]", ev)
             blk = _split_block(ev)
-            sk = out["stepk"][str(REGISTRY_K)]["max_grad"]
-            registry = {"monitor": "max_grad_norm", "k": REGISTRY_K, "threshold": blk["threshold"],
+            registry = {"monitor": "max_grad_norm", "k": k_reg, "threshold": blk["threshold"],
                         "ci_low": sk["threshold_ci_low"], "ci_high": sk["threshold_ci_high"], "n": n,
                         "n_unstable": int(y.sum()), "precision": blk["precision"], "recall": blk["recall"],
                         "f1": blk["f1"], **{c: blk[c] for c in ("tp", "fp", "fn", "tn", "baseline_precision")},
-                        "source": f"held-out split, max-grad-up-to-{REGISTRY_K}; CI over "
-                                                   f"{stepk_resamples} random splits"}
+                        "source": f"held-out split, max-grad-up-to-{k_reg}; threshold CI over "
+                                  f"{stepk_resamples} random splits"}
     if registry is None:
         ho, sbb = out["heldout"], out["split_bootstrap"]
         registry = {"monitor": "max_grad_norm", "k": None, "threshold": ho["threshold"],
                     "ci_low": sbb.get("threshold_ci_low", math.nan), "ci_high": sbb.get("threshold_ci_high", math.nan),
                     "n": n, "n_unstable": int(y.sum()), "precision": ho["precision"], "recall": ho["recall"],
                     "f1": ho["f1"], **{c: ho.get(c, math.nan) for c in ("tp", "fp", "fn", "tn", "baseline_precision")},
-                    "source": "held-out split, whole-run max grad norm (no step-25 trajectory); "
-                                              "CI from the split bootstrap"}
+                    "source": f"held-out split, whole-run max grad norm (no trajectory reaching step {REGISTRY_K}); "
+                              "threshold CI from the split bootstrap"}
     # degenerate: the threshold is reported but must not be registered as accepted (store.save_calibration)
     reasons = []
     if n < MIN_RUNS:
@@ -437,8 +452,10 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
         reasons.append("max grad norm is constant: no threshold can separate runs")
     if not math.isfinite(registry["threshold"]):
         reasons.append("no threshold could be selected")
-    if out["heldout"].get("n_positive_test", 0) == 0 or out["heldout"].get("n_positive_train", 0) == 0:
-        reasons.append("the fixed split has no unstable run in train or in test: the threshold is not validated")
+    if n >= 2 and (out["heldout"].get("n_positive_test", 0) == 0 or registry.get("tp") is None):
+        # not degenerate (the threshold is the best training estimate), but say that it is not validated
+        notes.add("heldout", "unvalidated", "the fixed split has no unstable run in test: the threshold's "
+                  "held-out precision/recall are not measured")
     out["degenerate"] = bool(reasons)
     out["degenerate_reasons"] = reasons
     for r in reasons:

@@ -170,6 +170,12 @@ def test_ks_beyond_horizon_are_skipped():
     res = calibrate(inp, ks=(5, 25, 50, 200), **SMALL)
     assert set(res["groups"]["llada"]["stepk"]) == {"5", "25"} and res["ks_used"] == [5, 25]
     assert any("exceed the logged horizon" in w for w in res["warnings"])
+    # the registry reads max-grad-up-to-25 whenever the logs reach step 25, swept or not
+    res = calibrate(inp, ks=(5,), **SMALL)
+    reg, ref = res["groups"]["llada"]["registry"], calibrate(inp, ks=(5, 25), **SMALL)["groups"]["llada"]["registry"]
+    assert reg["k"] == 25 and reg == ref
+    res = calibrate(synthetic_inputs({"llada": 50}, n_steps=20), ks=(5,), **SMALL)
+    assert res["groups"]["llada"]["registry"]["k"] is None  # horizon 19 < 25: whole-run max grad
 
 
 def _tiny_runs(n, *, family="x", loss=None, grad=None):
