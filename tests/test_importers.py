@@ -335,13 +335,13 @@ def _check_parse(parse, text: str, suffix: str) -> list:
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cells_files())
 def test_cells_parser_property(text: str) -> None:
     _check_parse(importers.parse_cells, text, ".csv")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(jsonl_files())
 def test_jsonl_parser_property(text: str) -> None:
     out = _check_parse(importers.parse_reference_jsonl, text, ".jsonl")
