@@ -31,7 +31,9 @@ Undefined numbers are JSON null with a warning (`_jsonable`), never NaN.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
+import functools
 import hashlib
 import json
 import math
@@ -378,12 +380,11 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
         ev = stats.split_evaluate(g, y, trw, tew)
         notes.take("heldout", ev)
         out["heldout"] = {"monitor": "max_grad_norm", "k": None, **_split_block(ev)}
-        sb_idx, sb_perm = stats.draw_splits(group_rng(seed, name, "split_bootstrap"), n, n_resamples, resample=True)
-        trw, tew = stats.split_weights(sb_idx, sb_perm, nt)
-        sb = stats.split_evaluate(g, y, trw, tew)
+        sb = stats.split_bootstrap(g, y, n_resamples=n_resamples, test_size=test_size, confidence_level=cl,
+                                   rng=group_rng(seed, name, "split_bootstrap"), resample=True)
         notes.take("split_bootstrap", sb)
-        out["split_bootstrap"] = _replicate_block(sb, cl, ("precision", "recall", "f1", "threshold",
-                                                           "baseline_precision"))
+        out["split_bootstrap"] = _replicate_block(sb.evaluation, cl, ("precision", "recall", "f1", "threshold",
+                                                                      "baseline_precision"))
     else:
         notes.add("heldout", "too_few_runs", f"{n} run(s): no train/test split")
         out["heldout"] = {"monitor": "max_grad_norm", "k": None, "threshold": math.nan, "precision": math.nan,
@@ -503,6 +504,12 @@ def snapshot_of(runs: pl.DataFrame) -> dict:
 
 
 def _provenance() -> dict:
+    return copy.deepcopy(_provenance_cached())
+
+
+@functools.lru_cache(maxsize=1)
+def _provenance_cached() -> dict:
+    # package metadata lookups cost ~30 ms, a tenth of a calibration: once per process is enough
     try:
         from dlm_triage import provenance
         prov = provenance.collect()

@@ -40,9 +40,10 @@ from scipy import stats as _sps
 __all__ = [
     "DegenerateDataWarning", "Labels", "stability_labels", "ThresholdSelection", "select_threshold",
     "Confusion", "confusion_at", "draw_splits", "split_weights", "SplitEvaluation", "split_evaluate",
+    "SplitBootstrapResult", "split_bootstrap",
     "percentile_ci", "MannWhitneyResult", "mann_whitney", "KruskalResult", "kruskal", "bonferroni",
     "draw_resamples", "RatioCIResult", "ratio_ci", "ConcentrationResult", "concentration", "PowerResult",
-    "runs_per_cell",
+    "runs_per_cell", "n_test_of", "t_test_power",
 ]
 
 
@@ -349,6 +350,39 @@ def split_evaluate(values, positives, train_w: np.ndarray, test_w: np.ndarray) -
     return SplitEvaluation(sel.threshold, sel.f1, conf, base, sel.n_positive, pos_test,
                            int(train_w[0].sum()), int(test_w[0].sum()), n_np_train, n_np_test, n_np_pred,
                            tuple(flags), tuple(msgs))
+
+
+@dataclass(frozen=True)
+class SplitBootstrapResult:
+    """Split bootstrap: the per-replicate evaluation and percentile CIs {metric: (median, low, high, n_defined)}."""
+
+    evaluation: SplitEvaluation
+    ci: dict
+    confidence_level: float
+    n_resamples: int
+    flags: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def split_bootstrap(values, positives, *, n_resamples: int = 1000, test_size: float = 0.2,
+                    confidence_level: float = 0.95, rng: np.random.Generator, resample: bool = True) -> SplitBootstrapResult:
+    """Paper 4.1: each replicate resamples configurations (resample=True), redraws the split, reselects the
+    threshold on train and evaluates on test; percentile CIs of precision, recall, F1, threshold and of the
+    always-positive baseline's precision over the replicates where each is defined.
+
+    Draws: `draw_splits(rng, n, n_resamples, resample=resample)`; n_test = `n_test_of(n, test_size)`.
+    """
+    v = _as_1d(values, "values")
+    B = _check_resamples(n_resamples)
+    cl = _check_level(confidence_level)
+    if v.size < 2:
+        raise ValueError(f"`values` needs at least 2 configurations for a train/test split, got {v.size}")
+    idx, perm = draw_splits(_check_rng(rng), v.size, B, resample=resample)
+    ev = split_evaluate(v, positives, *split_weights(idx, perm, n_test_of(v.size, test_size)))
+    arrays = {"precision": ev.test.precision, "recall": ev.test.recall, "f1": ev.test.f1,
+              "threshold": ev.threshold, "baseline_precision": ev.baseline_precision}
+    ci = {m: percentile_ci(a, confidence_level=cl) for m, a in arrays.items()}
+    return SplitBootstrapResult(ev, ci, cl, B, ev.flags, ev.warnings)
 
 
 def percentile_ci(samples, *, confidence_level: float = 0.95) -> tuple[float, float, float, int]:

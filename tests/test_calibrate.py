@@ -97,6 +97,20 @@ def test_first_replicates_identical(corpus, ref):
         assert _same(ev.threshold[b], rep["threshold"]) and ev.test.tp[b] == rep["tp"] and ev.test.fp[b] == rep["fp"]
 
 
+def test_stepk_predictors_rules():
+    """'Up to step k' includes step 0; missing steps are skipped by the running max; loss-at-k is the step-k value;
+    a run without a trajectory (row -1) has no value."""
+    g = np.array([[5.0, 1.0, np.nan, 2.0], [1.0, 2.0, 3.0, 4.0]])
+    loss = np.array([[9.0, 8.0, 7.0, 6.0], [4.0, 3.0, np.nan, 1.0]])
+    traj = Trajectories(["a", "b"], loss, g, g / 10)
+    p = stepk_predictors(traj, np.array([0, 1, -1]), [0, 1, 2, 3])
+    np.testing.assert_array_equal(p["max_grad"][:, 0], [5.0, 5.0, 5.0, 5.0])  # the step-0 spike counts at every k
+    np.testing.assert_array_equal(p["max_grad"][:, 1], [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(p["loss"][:, 1], [4.0, 3.0, np.nan, 1.0])
+    assert np.isnan(p["max_grad"][:, 2]).all() and np.isnan(p["max_top1"][:, 2]).all()
+    np.testing.assert_allclose(p["max_top1"][:, 0], [0.5] * 4)
+
+
 def test_json_contract(fast):
     for key in ("groups", "group_by", "fire_step_kruskal", "provenance", "calibration_id", "transfer", "warnings"):
         assert key in fast

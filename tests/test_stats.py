@@ -185,6 +185,21 @@ def test_split_bootstrap_matches_loop_on_same_stream(resample):
     assert ev.n_train == n - nt and ev.n_test == nt == 12
 
 
+def test_split_bootstrap_scipy_shape():
+    rng_data = np.random.default_rng(2)
+    x = rng_data.lognormal(size=80)
+    y = x + rng_data.normal(0, 1, 80) > np.quantile(x, 0.85)
+    r = stats.split_bootstrap(x, y, n_resamples=200, confidence_level=0.9, rng=np.random.default_rng(7))
+    idx, perm = stats.draw_splits(np.random.default_rng(7), 80, 200, resample=True)
+    ev = stats.split_evaluate(x, y, *stats.split_weights(idx, perm, 16))
+    np.testing.assert_array_equal(r.evaluation.threshold, ev.threshold)
+    assert r.ci["precision"] == stats.percentile_ci(ev.test.precision, confidence_level=0.9)
+    lo, hi = np.nanpercentile(ev.baseline_precision, [5, 95])
+    assert r.ci["baseline_precision"][1:3] == (lo, hi)
+    with pytest.raises(ValueError, match="`values`"):
+        stats.split_bootstrap([1.0], [True], rng=np.random.default_rng(0))
+
+
 def test_split_bootstrap_counts_degenerate_replicates():
     x = np.arange(10.0)
     y = np.zeros(10, bool)
