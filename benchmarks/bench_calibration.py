@@ -16,7 +16,6 @@ calibration.md (machine, versions, command, times, ratio, check).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
