@@ -10,10 +10,12 @@ manifest, so a half-rewritten directory never looks complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,19 @@ class RunLogError(Exception):
         self.reason = reason
         self.fix = fix
         super().__init__(f"{self.path}: {reason}; fix: {fix}")
+
+
+def write_error(run_dir: Path, what: str | None, exc: BaseException) -> OSError:
+    """An OSError (same errno, hence the same subclass: PermissionError, NotADirectoryError, ...) naming the run
+    directory and the fix. polars/safetensors report I/O failures as their own errors with "os error N" inside."""
+    code = getattr(exc, "errno", None)
+    if code is None:
+        m = re.search(r"os error (\d+)", str(exc))
+        code = int(m.group(1)) if m else errno.EIO
+    where = f"the run directory {run_dir}" if what is None else f"{what} in {run_dir}"
+    return OSError(code, f"could not write {where}: {exc}. Free disk space or choose a writable output "
+                         "directory (the run has no manifest, so it counts as incomplete and a re-run starts it "
+                         "again)")
 
 
 @dataclass(frozen=True)
@@ -116,7 +131,10 @@ def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any
     become null). `_before_manifest_rename` exists for the crash test only.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(run_dir, None, e) from e
     missing = [k for k in MANIFEST_KEYS if k not in manifest and k not in ("schema_version", "steplog", "steplog_sha256", "n_steps_logged")]
     if missing:
         raise ValueError(f"write_run_atomic: manifest lacks keys {missing}: fill every key of schema.MANIFEST_KEYS (null where n/a)")
@@ -128,8 +146,12 @@ def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any
 
     steplog = run_dir / STEPLOG_FILENAME
     tmp = run_dir / f".{STEPLOG_FILENAME}.{os.getpid()}.tmp"
-    steps.write_parquet(tmp)
-    _replace_durably(tmp, steplog)
+    try:
+        steps.write_parquet(tmp)
+        _replace_durably(tmp, steplog)
+    except Exception as e:  # disk full, file size limit, read-only: no tmp file left behind
+        tmp.unlink(missing_ok=True)
+        raise write_error(run_dir, STEPLOG_FILENAME, e) from e
 
     out = dict(manifest)
     out["schema_version"] = MANIFEST_SCHEMA_VERSION
@@ -138,9 +160,17 @@ def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any
     out["n_steps_logged"] = steps.height
     out = _json_safe(out)
     tmp = run_dir / f".{MANIFEST_FILENAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(out, indent=2, sort_keys=True, allow_nan=False))
-    _before_manifest_rename(tmp)
-    _replace_durably(tmp, manifest_path)
+    try:
+        tmp.write_text(json.dumps(out, indent=2, sort_keys=True, allow_nan=False))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(run_dir, MANIFEST_FILENAME, e) from e
+    _before_manifest_rename(tmp)  # outside the cleanup: a kill here leaves the tmp file, as a real one would
+    try:
+        _replace_durably(tmp, manifest_path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(run_dir, MANIFEST_FILENAME, e) from e
     return out
 
 
@@ -172,6 +202,17 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         )
     if manifest["status"] not in RUN_STATUSES:
         raise RunLogError(path, f"status {manifest['status']!r} is not one of {list(RUN_STATUSES)}")
+    # Types of the keys read_run relies on (a hand-edited or damaged manifest must fail here, not crash later).
+    steplog = manifest["steplog"]
+    if steplog is not None and (not isinstance(steplog, str) or steplog in ("", ".", "..")
+                                or Path(steplog).name != steplog):
+        raise RunLogError(path, f"steplog {steplog!r} is not a file name inside the run directory")
+    expected_types = {"config": dict, "n_steps_logged": int, "steplog_sha256": str, "matrix_names": (list, type(None))}
+    for key, typ in expected_types.items():
+        if not isinstance(manifest[key], typ) or isinstance(manifest[key], bool):
+            raise RunLogError(path, f"{key} is a JSON {type(manifest[key]).__name__}, not the expected type")
+    if not all(isinstance(n, str) for n in manifest["matrix_names"] or []):
+        raise RunLogError(path, "matrix_names must be a list of strings")
     return manifest
 
 
@@ -188,7 +229,9 @@ def read_run(run_dir: Path) -> RunRecord:
                                    f"{str(manifest['steplog_sha256'])[:12]}... (truncated or replaced log)")
     try:
         steps = pl.read_parquet(steplog)
-    except Exception as e:  # polars raises several error types for corrupt files
+    except BaseException as e:  # polars raises several error types for corrupt files, and Rust panics
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit
         raise RunLogError(steplog, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
     _validate_steps(steplog, steps, manifest)
     return RunRecord(manifest=manifest, steps=steps)
