@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,7 +38,9 @@ from dlm_triage.peft_methods import adapter_matrices, apply_adapter, save_adapte
 from dlm_triage.schema import (
     ADAPTER_DIRNAME,
     COLLAPSE_DEFINITION,
+    MANIFEST_FILENAME,
     MANIFEST_KEYS,
+    STEPLOG_FILENAME,
     TOP1_CROSS_LEVELS,
 )
 
@@ -262,6 +265,10 @@ def train_run(
         log.info("%s: reusing the complete run in %s", cfg.run_id, run_dir)
         return _result_from_manifest(run_dir, rec.manifest, reused=True)
 
+    try:  # an unusable output location (a file in the path, read-only mount) fails here, before any work
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise runlog.write_error(run_dir, None, e) from e
     started_at = datetime.now(timezone.utc)
     t_start = time.perf_counter()
     warning = EarlyWarning(threshold, k=cfg.early_warning_step, action=cfg.early_warning_action, group=cfg.family)
@@ -301,9 +308,29 @@ def train_run(
         status, reason = "failed", f"{type(e).__name__}: {e}"
         if rows and r is not None:
             _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=False)
+        else:
+            _discard_partial_run(run_dir)  # failed before step 0 (e.g. a target that matches nothing)
         raise
-    man = _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=cfg.save_adapter)
+    try:
+        man = _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=cfg.save_adapter)
+    except OSError:  # disk full / unwritable: no partial adapter or orphan step log left to look like a result
+        _discard_partial_run(run_dir)
+        raise
     return _result_from_manifest(run_dir, man, reused=False)
+
+
+def _discard_partial_run(run_dir: Path) -> None:
+    """Remove what a run that wrote no manifest left in its directory (adapter/, a step log), then the directory
+    if it is empty. A directory with a manifest (e.g. an earlier failed attempt) is left as it is. Best effort:
+    without a manifest the directory is incomplete whatever remains."""
+    if (run_dir / MANIFEST_FILENAME).exists():
+        return
+    shutil.rmtree(run_dir / ADAPTER_DIRNAME, ignore_errors=True)
+    try:
+        (run_dir / STEPLOG_FILENAME).unlink(missing_ok=True)
+        run_dir.rmdir()
+    except OSError:
+        pass
 
 
 def _finish(cfg: RunConfig, r: _Run, run_dir: Path, rows: list[dict[str, Any]], status: str,
@@ -313,7 +340,12 @@ def _finish(cfg: RunConfig, r: _Run, run_dir: Path, rows: list[dict[str, Any]], 
     adapter_path = None
     if save:
         adapter_path = Path(cfg.adapter_dir) if cfg.adapter_dir else run_dir / ADAPTER_DIRNAME
-        save_adapter(r.model, adapter_path, cfg)
+        try:
+            save_adapter(r.model, adapter_path, cfg)
+        except Exception as e:  # safetensors reports a full disk as SafetensorError("... os error 28")
+            if isinstance(e, OSError) or "os error" in str(e):
+                raise runlog.write_error(run_dir, f"the adapter ({adapter_path})", e) from e
+            raise
     steps = pl.DataFrame(rows, schema=runlog.steps_schema())
     manifest = build_manifest(cfg, r, steps, status, reason, routing, started_at, t_start, adapter_path)
     return runlog.write_run_atomic(run_dir, steps, manifest)
