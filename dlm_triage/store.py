@@ -375,7 +375,8 @@ def ingest_runs(
 ) -> IngestReport:
     """Validate run directories and insert the good ones, all in one transaction.
 
-    - no manifest.json: incomplete (a crashed or running run) -> counted, listed, left alone;
+    - no manifest.json, or status 'failed': incomplete (a crashed, running or failed run) -> counted, listed,
+      left alone, never stored (the sweep re-runs it);
     - invalid (malformed manifest, sha256/row-count mismatch, truncated Parquet, drifted columns, bad config):
       reported with path and reason and moved to `quarantine_dir/<ingest_id>/` (default <db dir>/quarantine);
     - run_id already stored with the same content_sha256: already_present, nothing written;
@@ -447,9 +448,14 @@ def _prepare_one(d: Path) -> tuple[str, str, Any]:
     if not (d / schema.MANIFEST_FILENAME).exists():
         return "incomplete", str(d), None
     try:
-        return "ok", str(d), prepare_run_dir(d)
+        prepared = prepare_run_dir(d)
     except _Invalid as e:
         return "invalid", str(d), str(e)
+    if prepared.row["status"] == "failed":
+        # An attempt that raised: not a result (the sweep re-runs it, under the same run_id). Stored, it would
+        # enter calibration with an early-step "final" loss and turn the completed re-run into a conflict.
+        return "incomplete", str(d), None
+    return "ok", str(d), prepared
 
 
 def _prepare_chunk(dirs: list[str]) -> list[tuple[str, str, Any]]:
