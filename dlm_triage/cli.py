@@ -99,7 +99,9 @@ def _sweep_params(args: argparse.Namespace, defaults: dict[str, Any] | None = No
 
 def _print_ingest(report: Any) -> None:
     print(f"ingest {report.ingest_id}: {report.added} added, {report.already_present} already present, "
-          f"{len(report.incomplete)} incomplete, {len(report.quarantined)} quarantined")
+          f"{report.incomplete} incomplete, {len(report.quarantined)} quarantined")
+    for path in report.incomplete_paths:
+        print(f"  incomplete (no manifest, or a failed attempt: a sweep re-runs it) {path}")
     for path, reason in report.quarantined:
         print(f"  quarantined {path}: {reason}")
 
@@ -161,10 +163,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from dlm_triage.train import train_run
-
     data: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
     for kv in args.set or []:
         key, _, raw = kv.partition("=")
@@ -172,7 +170,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             data[key] = json.loads(raw)
         except json.JSONDecodeError:
             data[key] = raw
-    cfg = RunConfig.from_dict(data)
+    cfg = RunConfig.from_dict(data)  # validated before torch is imported: a bad value answers at once
+
+    from tqdm import tqdm
+
+    from dlm_triage.train import train_run
+
     threshold = None
     if args.db and Path(args.db).exists():
         from dlm_triage import store
@@ -403,7 +406,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the boundary: one clear line, not a traceback, for known errors
         from pydantic import ValidationError
 
-        if isinstance(e, (ValidationError, ValueError, FileNotFoundError)) or type(e).__name__.endswith("Error") \
+        if isinstance(e, ValidationError):  # one line per bad field, without pydantic's URL footer
+            problems = "\n".join(
+                f"  - {'.'.join(map(str, err['loc'])) or 'params'}: {err['msg'].removeprefix('Value error, ')}"
+                + ("" if err["type"] == "value_error" else f" (got {err.get('input')!r})")
+                for err in e.errors())
+            print(f"dlm-triage {args.cmd}: invalid arguments ({e.error_count()} problem(s)):\n{problems}",
+                  file=sys.stderr)
+            return 2
+        if isinstance(e, (ValueError, OSError)) or type(e).__name__.endswith("Error") \
                 and type(e).__module__.startswith("dlm_triage"):
             print(f"dlm-triage {args.cmd}: {e}", file=sys.stderr)
             return 2
