@@ -1,0 +1,350 @@
+"""Run every benchmark (issue #9), each in its own process with its own results file, then one summary table.
+
+    python benchmarks/run_all.py                      # the full suite into benchmarks/results/
+    python -m benchmarks.run_all --quick              # smaller sizes: a smoke run (targets not meaningful)
+    python benchmarks/run_all.py --only calibration,ingest --out /tmp/bench
+
+Benchmarks (see benchmarks/README.md for what each measures against which baseline):
+    monitors       bench_monitors.py       monitors on vs off per training step (tiny family)
+    calibration    bench_calibration.py    calibrate() vs the sklearn/scipy loop reference, 671 x 201
+    ingest         bench_ingest.py         store.ingest_runs vs DuckDB read_parquet, 1,005,000 step rows
+    orchestration  bench_orchestration.py  Prefect sweep vs plain process pool, cache-hit re-run, throughput
+
+Writes <out>/summary.json and <out>/SUMMARY.md: benchmark, figure, measured value, target, pass/fail, plus the
+machine, versions and every command. A benchmark that fails is reported as failed (its log tail in the
+summary) and the others still run; the exit status is 1 when any failed. Timing targets are reported, never
+enforced by the exit status: a missed target is a finding, not a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+VERSION_PACKAGES = ("torch", "transformers", "peft", "prefect", "duckdb", "polars", "pyarrow", "numpy", "scipy",
+                    "scikit-learn", "dlm-triage")
+
+
+# -- one row of the summary table ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Figure:
+    benchmark: str
+    figure: str
+    value: float | None
+    unit: str  # 'ratio' (shown as x), 'fraction' (shown as %), 's', 'count', '1/h', '1/s', 'rows/s'
+    target: str
+    passed: bool | None  # None: no target for this figure (reported for context)
+
+    def shown(self) -> str:
+        v = self.value
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "n/a"
+        if self.unit == "fraction":
+            return f"{100 * v:+.2f} %"
+        if self.unit == "ratio":
+            return f"{v:.2f}x" if v < 10 else f"{v:.0f}x"
+        if self.unit == "s":
+            return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+        if self.unit == "count":
+            return f"{v:.0f}"
+        return f"{v:,.1f} {self.unit}" if v < 100 else f"{v:,.0f} {self.unit}"
+
+
+def _verdict(passed: bool | None) -> str:
+    return "n/a" if passed is None else ("pass" if passed else "**FAIL**")
+
+
+# -- extractors: a benchmark's JSON -> figures --------------------------------------------------------------------
+
+def monitors_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
+    i, a = r["in_run"], r["ab"]
+    return [
+        Figure("monitors", "monitor overhead per step, in-run timers (monitor time / step without monitors)",
+               i["monitor_ratio"], "fraction", "< 2 %", i["monitor_ratio"] < 0.02),
+        Figure("monitors", f"monitor overhead per step, A/B wall (median on / off - 1, {a['steps_per_arm']} "
+               "interleaved steps per arm)", a["overhead_ratio"], "fraction", "< 2 %", a["overhead_ratio"] < 0.02),
+        Figure("monitors", f"clean-batch top-1 forward, when run ({i['top1_source']} source) / step",
+               i["top1_forward_ratio_when_run"], "fraction", "reported separately", None),
+        Figure("monitors", f"clean-batch top-1 forward amortised at top1_every={i['top1_every']} / step",
+               i["top1_forward_ratio_amortised"], "fraction", "reported separately", None),
+    ]
+
+
+def calibration_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
+    c = r["corpus"]
+    fast, ratio = r["fast_s"]["median"], r["ratio_reference_over_fast"]
+    size = f"{c['configurations']} x {c['steps']}"
+    return [
+        Figure("calibration", f"calibrate() median time, {size} corpus", fast, "s", "< 1 s", fast < 1.0),
+        Figure("calibration", f"speed-up: sklearn/scipy loop reference / calibrate(), {size}", ratio, "ratio",
+               ">= 50x", ratio >= 50.0),
+        Figure("calibration", "numbers differing from the reference (of "
+               f"{r['check']['numbers_compared']} compared)", r["check"]["n_differences"], "count", "0",
+               r["check"]["n_differences"] == 0),
+    ]
+
+
+def ingest_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
+    ratio = r["ratio_ingest_over_baseline"]
+    rows = f"{r['n_step_rows']:,} step rows"
+    out = [
+        Figure("ingest", f"ingest_runs / DuckDB read_parquet, wall time, {rows}", ratio, "ratio", "<= 2x",
+               ratio <= 2.0),
+    ]
+    if "ratio_cpu" in r:
+        out.append(Figure("ingest", f"ingest_runs / DuckDB read_parquet, CPU time, {rows}", r["ratio_cpu"],
+                          "ratio", "reported (wall is the target)", None))
+    out += [
+        Figure("ingest", "ingest_runs rows/s", r["ingest_rows_per_s"], "rows/s", "-", None),
+        Figure("ingest", "DuckDB read_parquet rows/s (baseline)", r["baseline_rows_per_s"], "rows/s", "-", None),
+    ]
+    return out
+
+
+def orchestration_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
+    s, o = r["summary"], r["one_time_s"]
+    size = f"{s['n_runs']} runs x {s['steps']} steps" + (" (default grid size)" if s["default_size"] else "")
+    applies = s["target_applies"]
+    out = [
+        Figure("orchestration", f"Prefect sweep / plain process pool - 1, {size}, {s['rounds']} round(s)",
+               s["overhead_ratio"], "fraction", "< 5 %" if applies else "< 5 % at default size only",
+               (s["overhead_ratio"] < s["target_overhead_ratio"]) if applies else None),
+        Figure("orchestration", "Prefect overhead per task ((prefect - plain) wall / runs)",
+               s["overhead_per_task_s"], "s", "-", None),
+        Figure("orchestration", "cache-hit re-run / first Prefect run (all tasks Cached: "
+               f"{s['cache_rerun_all_cached']})", s["cache_rerun_ratio_median"], "ratio", "-", None),
+        Figure("orchestration", "one-time Prefect server start-up (excluded from the ratio)", o["server_start"], "s",
+               "-", None),
+    ]
+    t = r.get("throughput")
+    if t:
+        out += [
+            Figure("throughput", f"default grid runs/hour through Prefect ({t['steps']} steps; EXTRAPOLATED from "
+                   f"{t['subset_runs']} of {t['grid_runs']} runs)", t["runs_per_hour_prefect_est"], "1/h", "-", None),
+            Figure("throughput", "default grid runs/hour, plain pool (EXTRAPOLATED)", t["runs_per_hour_plain"], "1/h",
+                   "-", None),
+            Figure("throughput", "steps/s per run, training loop (median)", t["loop_steps_per_s_median"], "1/s",
+                   "-", None),
+            Figure("throughput", "steps/s per run, end to end incl. setup (median)",
+                   t["end_to_end_steps_per_s_median"], "1/s", "-", None),
+        ]
+    return out
+
+
+@dataclass(frozen=True)
+class Bench:
+    script: str
+    result: str  # JSON file the script writes into --out
+    full: tuple[str, ...]
+    quick: tuple[str, ...]
+    figures: Callable[[dict[str, Any], bool], list[Figure]]
+
+
+# Quick sizes: a smoke run in well under a minute each (orchestration and monitors still pay process start-up).
+# {work} is replaced by a scratch folder.
+BENCHMARKS: dict[str, Bench] = {
+    "monitors": Bench("bench_monitors.py", "monitors.json", (),
+                      ("--steps", "20", "--ab-steps", "20", "--pretrain-steps", "40"), monitors_figures),
+    "calibration": Bench("bench_calibration.py", "calibration.json", (),
+                         ("--n", "150", "--repeat", "2", "--n-resamples", "100", "--stepk-resamples", "20"),
+                         calibration_figures),
+    # Full ingest: 5000 x 201 = 1,005,000 rows, generated in our own scratch folder (bench_ingest's default folder
+    # in /tmp is shared with whoever else runs it, and it deletes its databases there).
+    "ingest": Bench("bench_ingest.py", "ingest.json", ("--repeat", "2", "--workdir", "{work}/ingest"),
+                    ("--runs", "200", "--steps", "50", "--repeat", "1", "--workdir", "{work}/ingest"),
+                    ingest_figures),
+    "orchestration": Bench("bench_orchestration.py", "orchestration.json", ("--default-size",),
+                           ("--n", "2", "--steps", "3", "--repeat", "1", "--throughput-runs", "2",
+                            "--throughput-steps", "10"), orchestration_figures),
+}
+
+
+# -- machine and versions ------------------------------------------------------------------------------------------
+
+def machine_info() -> dict[str, Any]:
+    cpu_model, ram_gib = platform.processor() or platform.machine(), None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gib = round(int(line.split()[1]) / 2**20, 1)
+                break
+    except OSError:
+        pass
+    return {"cpu_model": cpu_model, "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(), "ram_gib": ram_gib, "platform": platform.platform(),
+            "python": platform.python_version(), "hostname": platform.node()}
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        out["git"] = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                                    text=True, timeout=10, check=False).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["git"] = None
+    return out
+
+
+def _loadavg() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+# -- running --------------------------------------------------------------------------------------------------------
+
+def run_one(name: str, bench: Bench, out: Path, work: Path, quick: bool, timeout: float | None) -> dict[str, Any]:
+    extra = [a.replace("{work}", str(work)) for a in (bench.quick if quick else bench.full)]
+    cmd = [sys.executable, str(HERE / bench.script), *extra, "--out", str(out)]
+    log = work / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    shown = "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{bench.script}", *extra, "--out", str(out)])
+    print(f"[run_all] {name}: {shown}  (log: {log})", flush=True)
+    result_file = out / bench.result
+    before = result_file.stat().st_mtime_ns if result_file.exists() else None
+    t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    with log.open("w") as fh:
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, env=env)
+            rc: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    elapsed = time.perf_counter() - t0
+    entry: dict[str, Any] = {"name": name, "command": shown, "returncode": rc, "elapsed_s": round(elapsed, 1),
+                             "result_file": bench.result, "log": str(log)}
+    fresh = result_file.exists() and result_file.stat().st_mtime_ns != before
+    if rc != 0 or not fresh:
+        why = "timed out" if rc is None else (f"exit status {rc}" if rc != 0 else "wrote no new results file")
+        entry.update(status="failed", error=why, log_tail=log.read_text(errors="replace")[-3000:])
+        if fresh:  # e.g. calibration exits 1 when the two implementations differ, after writing its results
+            entry["figures"] = _figures(bench, result_file, quick, entry)
+        print(f"[run_all] {name}: FAILED ({why}) after {elapsed:.0f} s", flush=True)
+        return entry
+    entry["status"] = "ok"
+    entry["figures"] = _figures(bench, result_file, quick, entry)
+    print(f"[run_all] {name}: done in {elapsed:.0f} s", flush=True)
+    return entry
+
+
+def _figures(bench: Bench, result_file: Path, quick: bool, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    blob = result_file.read_bytes()
+    entry["result_sha256"] = hashlib.sha256(blob).hexdigest()  # which results file this summary read
+    try:
+        r = json.loads(blob)
+        entry["benchmark_command"] = r.get("command")
+        return [f.__dict__ | {"shown": f.shown()} for f in bench.figures(r, quick)]
+    except (ValueError, KeyError, TypeError) as exc:  # a results file of another shape: say so, keep the rest
+        entry.update(status="failed", error=f"could not read figures from {result_file.name}: {exc!r}")
+        return []
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    m, v = s["machine"], s["versions"]
+    lines = [
+        "# Benchmark summary (issue #9)" + (" -- QUICK SMOKE RUN: reduced sizes, targets not meaningful" if s["quick"]
+                                            else ""),
+        "",
+        f"Command: `{s['command']}`  ",
+        f"Measured {s['started_at']} to {s['finished_at']} on {m['cpu_model']}, nproc {m['nproc']}, "
+        f"{m['ram_gib']} GiB RAM, {m['platform']}, Python {m['python']}. The machine is shared with other jobs "
+        f"(load average {s['load_average_start'][0]:.1f} at start, {s['load_average_end'][0]:.1f} at end, on "
+        f"{m['nproc']} CPUs): every figure is a ratio of two arms measured in the same run, never across runs.  ",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
+        "",
+        "| benchmark | figure | measured | target | pass/fail |",
+        "|---|---|---|---|---|",
+    ]
+    for b in s["benchmarks"]:
+        if not b.get("figures"):
+            lines.append(f"| {b['name']} | (benchmark failed: {b.get('error')}) | n/a | | **FAIL** |")
+            continue
+        for f in b["figures"]:
+            lines.append(f"| {f['benchmark']} | {f['figure']} | {f['shown']} | {f['target']} | "
+                         f"{_verdict(f['passed'])} |")
+    missed = [f for b in s["benchmarks"] for f in b.get("figures", []) if f["passed"] is False]
+    lines += ["", ("## Targets missed" + (" (quick sizes: not meaningful)" if s["quick"] else "")) if missed
+              else "## Targets", ""]
+    if missed:
+        for f in missed:
+            lines.append(f"- {f['benchmark']}: {f['figure']}: measured {f['shown']}, target {f['target']}.")
+    else:
+        lines.append("Every figure with a target met it in this run.")
+    failed = [b for b in s["benchmarks"] if b["status"] != "ok"]
+    if failed:
+        lines += ["", "## Benchmarks that failed", ""]
+        for b in failed:
+            lines.append(f"- {b['name']}: {b.get('error')} (log: `{b['log']}`)")
+    lines += ["", "## Commands (each benchmark's own results file has the details)", ""]
+    for b in s["benchmarks"]:
+        md = Path(b["result_file"]).with_suffix(".md").name
+        lines.append(f"- {b['name']} ({b['elapsed_s']:.0f} s): `{b['command']}` -> [{b['result_file']}]"
+                     f"({b['result_file']}), [{md}]({md})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(BENCHMARKS),
+                    help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)")
+    ap.add_argument("--quick", action="store_true", help="reduced sizes: a smoke run, targets not meaningful")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="scratch folder for logs and quick-mode data (default: a new temp dir, kept for the logs)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (default: none)")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown or not names:
+        ap.error(f"--only {args.only!r}: unknown {unknown}; choose from {','.join(BENCHMARKS)}")
+    command = "python benchmarks/run_all.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="dlm-triage-bench-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+
+    started, load0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), _loadavg()
+    entries = [run_one(n, BENCHMARKS[n], out, work, args.quick, args.timeout) for n in BENCHMARKS if n in names]
+    summary = {
+        "command": command.strip(), "quick": args.quick, "started_at": started,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_start": load0, "load_average_end": _loadavg(),
+        "machine": machine_info(), "versions": versions(), "benchmarks": entries,
+        "targets_missed": [f"{f['benchmark']}: {f['figure']}: {f['shown']} (target {f['target']})"
+                           for e in entries for f in e.get("figures", []) if f["passed"] is False],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    md = summary_markdown(summary)
+    (out / "SUMMARY.md").write_text(md)
+    print(md)
+    return 0 if all(e["status"] == "ok" for e in entries) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

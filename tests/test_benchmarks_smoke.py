@@ -1,0 +1,52 @@
+"""Smoke test of the benchmark runner: `benchmarks/run_all.py --quick` on the cheapest benchmarks (calibration,
+ingest) into a temp folder. Asserts the files and that every figure is a number; never a timing target (speed
+targets belong in benchmarks/results, not in tests). ~15-30 s on a loaded 2-core machine."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_run_all_quick_writes_summary_with_numeric_figures(tmp_path):
+    out, work = tmp_path / "results", tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--only", "calibration,ingest",
+         "--out", str(out), "--workdir", str(work), "--timeout", "240"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("summary.json", "SUMMARY.md", "calibration.json", "calibration.md", "ingest.json", "ingest.md"):
+        assert (out / name).is_file(), name
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["quick"] is True
+    assert [b["name"] for b in summary["benchmarks"]] == ["calibration", "ingest"]
+    assert summary["machine"]["nproc"] >= 1 and summary["versions"]["duckdb"]
+    for b in summary["benchmarks"]:
+        assert b["status"] == "ok" and b["returncode"] == 0, b
+        assert b["command"].startswith("python benchmarks/bench_") and "--out" in b["command"]
+        assert b["figures"], b["name"]
+        for f in b["figures"]:
+            assert isinstance(f["value"], (int, float)) and math.isfinite(f["value"]), f
+            assert f["passed"] in (True, False, None) and f["target"], f
+
+    figures = {(f["benchmark"], f["unit"]) for b in summary["benchmarks"] for f in b["figures"]}
+    assert ("calibration", "ratio") in figures and ("ingest", "ratio") in figures  # the two headline ratios
+    md = (out / "SUMMARY.md").read_text()
+    assert "QUICK SMOKE RUN" in md and "| benchmark | figure | measured | target | pass/fail |" in md
+
+
+def test_run_all_rejects_unknown_benchmark(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--only", "nope",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown ['nope']" in proc.stderr
+    assert not (tmp_path / "summary.json").exists()
