@@ -115,8 +115,10 @@ class SweepParams(_Params):
     )
     task_runner: Literal["process", "thread"] = Field(
         "process",
-        description="'process': one process per training slot (true parallelism on CPU; spawn costs ~5 s once per "
-        "process); 'thread': threads in the flow process (no spawn cost, but Python-bound tiny runs share one GIL).",
+        description="'process': a pool of gpu_slots processes (true parallelism; each process pays a one-off "
+        "spawn + import cost). 'thread': one run at a time inside the flow process (no spawn cost: quickest for a "
+        "handful of short runs, cached re-runs, debugging). Threads cannot train in parallel: model loading in "
+        "transformers is not thread-safe.",
     )
     early_warning: bool = Field(
         True, description="Pass each family's registered max-grad threshold (from db) to training: runs at or "
@@ -186,6 +188,17 @@ class SweepParams(_Params):
         if clash:
             raise ValueError(f"extra sets {clash}, which have their own parameter: set them there")
         return v
+
+    @model_validator(mode="after")
+    def _thread_runner_is_serial(self) -> "SweepParams":
+        # Measured: two threads loading a model at once fail with "Cannot copy out of meta tensor" (transformers
+        # initialises weights on the meta device through process-global state).
+        if self.task_runner == "thread" and self.gpu_slots is not None and self.gpu_slots > 1:
+            raise ValueError(
+                f"gpu_slots={self.gpu_slots} with task_runner='thread': concurrent model loading in threads is not "
+                "safe; use task_runner='process' for parallel runs, or gpu_slots=1"
+            )
+        return self
 
     @model_validator(mode="after")
     def _whole_grid(self) -> "SweepParams":

@@ -21,8 +21,14 @@ from tasks.train import failed_record, plan_runs, prepare_tiny_model, registered
 
 
 def training_runner(kind: str, slots: int) -> TaskRunner:
-    """Where training tasks execute. Processes by default: a tiny model's step is Python-bound, so threads share
-    one GIL (measured in tests/test_flows.py::test_process_vs_thread_runner_timing); GPUs are fine either way."""
+    """Where training tasks execute: a pool of `slots` processes, or (kind 'thread') the flow process itself.
+
+    Measured on the shared 2-core CPU box (load ~7 from other jobs), 4 tiny runs, harness API:
+    12 steps: thread 6-11 s, process 35-54 s; 200 steps: thread 40 s, process 90 s. The pool pays a spawn plus
+    torch/transformers/peft/prefect imports per process (~25-30 s here) and a busy 2-core box has no idle core to
+    win it back. With idle cores or several GPUs and long runs the pool is the one that scales, hence the default.
+    Spawned workers re-import the caller's __main__: scripts that call the flow need `if __name__ == "__main__":`.
+    """
     return ProcessPoolTaskRunner(max_workers=slots) if kind == "process" else ThreadPoolTaskRunner(max_workers=slots)
 
 

@@ -169,7 +169,8 @@ def plan_runs(params: SweepParams) -> dict[str, Any]:
     for i, cfg in enumerate(configs):
         d = cfg.replace(device=devices[i % len(devices)]).to_dict()
         (done if (runs_dir / cfg.run_id / MANIFEST_FILENAME).exists() else todo).append(d)
-    slots = params.gpu_slots or (n_gpus or os.cpu_count() or 1)
+    # A thread runner trains one run at a time (SweepParams explains why); a process pool one per slot.
+    slots = 1 if params.task_runner == "thread" else params.gpu_slots or (n_gpus or os.cpu_count() or 1)
     # torch threads per training process: cores / processes, so n processes x threads <= cores.
     threads = params.torch_threads or (
         max(1, (os.cpu_count() or 1) // slots) if params.task_runner == "process" else None

@@ -37,6 +37,7 @@ STEPS = 12  # steps per tiny run: enough rows for the step-k sweep at k=5, 10; e
     ("extra", {"nope": 1}, "['nope']"),
     ("extra", {"rank": 3}, "['rank']"),
     ("extra", {"clip_grad_norm": -1.0}, "clip_grad_norm=-1.0"),  # caught by RunConfig through SweepSpec
+    ("gpu_slots", 0, "greater than or equal to 1"),
 ])
 def test_sweep_params_reject_bad_values_naming_them(field, value, named):
     with pytest.raises(pydantic.ValidationError) as e:
@@ -52,6 +53,12 @@ def test_sweep_params_build_the_same_spec_and_configs():
     # the UI sends JSON; the same JSON gives the same object and the same run ids
     again = SweepParams.model_validate(json.loads(p.model_dump_json()))
     assert [c.run_id for c in again.to_spec().expand()] == [c.run_id for c in configs]
+
+
+def test_thread_runner_refuses_parallel_slots():
+    with pytest.raises(pydantic.ValidationError, match="gpu_slots=2 with task_runner='thread'"):
+        SweepParams(task_runner="thread", gpu_slots=2)
+    assert SweepParams(task_runner="thread").gpu_slots is None  # resolved to one slot by plan_runs
 
 
 def test_other_params_validate_and_pipeline_chains_paths(tmp_path):
@@ -130,7 +137,7 @@ def _artifact_keys(flow_run_names: list[str] | None = None) -> set[str]:
 def test_sweep_trains_then_cache_skips_and_deleted_runs_retrain(prefect_harness, tiny_model_dir, tmp_path):
     from flows.sweep import sweep_flow
 
-    params = _sweep_params(tiny_model_dir, tmp_path)
+    params = _sweep_params(tiny_model_dir, tmp_path)  # the default process pool: spawn, pickling, log forwarding
     first = sweep_flow(params)
     assert len(first) == 2
     assert all(r["status"] == "completed" and not r["cached"] and not r["reused"] for r in first), first
@@ -138,6 +145,7 @@ def test_sweep_trains_then_cache_skips_and_deleted_runs_retrain(prefect_harness,
         assert (Path(r["run_dir"]) / "manifest.json").is_file()
         assert r["final_loss"] is not None and math.isfinite(r["final_loss"]) and r["max_grad_norm"] > 0
 
+    params = params.model_copy(update={"task_runner": "thread", "gpu_slots": 1})  # same keys, no spawn cost
     second = sweep_flow(params)  # the Prefect cache answers: the trainer is not started
     assert [r["run_id"] for r in second] == [r["run_id"] for r in first]
     assert all(r["cached"] for r in second), second
@@ -203,7 +211,7 @@ def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
 
     db, out = tmp_path / "triage.duckdb", tmp_path / "report"
     params = PipelineParams(
-        sweep=_sweep_params(tiny_model_dir, tmp_path, seeds=[1, 2]),
+        sweep=_sweep_params(tiny_model_dir, tmp_path, seeds=[1, 2], task_runner="thread", gpu_slots=1),
         ingest=IngestParams(db=db),
         calibrate=CalibrateParams(out=out, n_resamples=20, stepk_resamples=10, ks=[5, 10]),
         report=ReportParams(),
@@ -226,3 +234,41 @@ def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
     assert Path(result["report"]["html"]).is_file() and Path(result["report"]["html"]).parent == out
     assert {"sweep-runs", "ingest-summary", "calibration-summary", "calibration-thresholds",
             "triage-report"} <= _artifact_keys()
+
+
+def test_recalibrate_only_groups_with_enough_new_runs(prefect_harness, tmp_path):
+    from runfactory import make_sweep  # synthetic run dirs through the real run-log writer: no training
+
+    from dlm_triage.params import RecalibrateParams
+    from flows.recalibrate import recalibrate_flow
+
+    runs = tmp_path / "runs"
+    make_sweep(runs, 24, steps=30)
+    make_sweep(runs, 12, steps=30, family="mdlm")
+    params = RecalibrateParams(runs_dir=runs, min_new_runs=10, write_report=False, calibrate=CalibrateParams(
+        db=tmp_path / "t.duckdb", out=tmp_path / "cal", n_resamples=20, stepk_resamples=10, ks=[5, 10]))
+
+    first = recalibrate_flow(params)  # never calibrated: every group counts all its runs
+    assert first["ingest"]["added"] == 36 and first["due"]["due"] == ["mdlm", "tiny"]
+    assert {r["group"]: r["drift"] for r in first["drift"]}["tiny"] == "new"
+
+    idle = recalibrate_flow(params)  # nothing new: nothing recalibrated
+    assert idle["due"]["due"] == [] and idle["calibration"] is None
+
+    make_sweep(runs, 12, steps=30, cohort="later")  # 12 new tiny runs (new configs), no new mdlm runs
+    third = recalibrate_flow(params.model_copy(update={"write_report": True}))
+    assert third["due"]["groups"]["tiny"]["new"] == 12 and third["due"]["due"] == ["tiny"]
+    (row,) = third["drift"]
+    assert row["group"] == "tiny" and row["old_threshold"] is not None and row["new_n"] == 36
+    assert row["drift"] in ("within CI overlap", "CIs disjoint", "CI unavailable", "rejected (previous kept)")
+    assert Path(third["report"]["html"]).is_file()
+    con = duckdb.connect(str(tmp_path / "t.duckdb"), read_only=True)
+    try:
+        n_cal = con.execute("SELECT count(*) FROM calibrations").fetchone()[0]
+        groups_of_last = con.execute(
+            "SELECT group_name FROM thresholds WHERE calibration_id = ?", [third["calibration"]["calibration_id"]]
+        ).fetchall()
+    finally:
+        con.close()
+    assert n_cal == 2 and groups_of_last == [("tiny",)]
+    assert "what-changed" in _artifact_keys()
