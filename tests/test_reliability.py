@@ -171,6 +171,39 @@ def test_sigkill_then_the_sweep_flow_retrains_only_the_killed_config(prefect_har
     assert all((runs / c.run_id / MANIFEST_FILENAME).is_file() for c in cfgs)
 
 
+_KILLED_INGEST = textwrap.dedent("""
+    import os, signal, sys
+    from dlm_triage import store
+
+    insert_steps = store._insert_steps
+
+    def insert_then_die(con, steps_df):  # runs and steps are inserted, the transaction is still open
+        insert_steps(con, steps_df)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    store._insert_steps = insert_then_die
+    store.ingest_runs(sys.argv[1], sys.argv[2])
+""")
+
+
+def test_sigkill_inside_the_ingest_transaction_loses_nothing_and_stores_nothing_half(tmp_path):
+    db = tmp_path / "triage.duckdb"
+    make_sweep(tmp_path / "old", 3)
+    store.ingest_runs(db, tmp_path / "old")
+    snapshot = lambda: {t: db_rows(db, f"SELECT * FROM {t} ORDER BY ALL") for t in ("runs", "steps", "ingests")}  # noqa: E731
+    before = snapshot()
+    new = tmp_path / "new"
+    make_sweep(new, 4, steps=15)
+    p = subprocess.run([sys.executable, "-c", _KILLED_INGEST, str(db), str(new)], capture_output=True, text=True,
+                       env=ENV, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    assert snapshot() == before  # the file opens, and holds exactly what the last commit left
+    rep = store.ingest_runs(db, new)
+    assert (rep.added, rep.already_present, rep.quarantined) == (4, 0, ())
+    assert db_rows(db, "SELECT count(*), count(DISTINCT run_id) FROM runs") == [(7, 7)]
+    assert db_rows(db, "SELECT count(*) FROM steps") == [(3 * 21 + 4 * 16,)]
+
+
 # -- divergence end to end -----------------------------------------------------------------------------------
 
 def test_divergence_is_kept_ingested_labelled_unstable_and_reported(tiny_model_dir, tmp_path, monkeypatch):
