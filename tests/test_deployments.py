@@ -131,16 +131,30 @@ def test_deploy_trigger_with_parameters_and_cron_schedule(tmp_path, tiny_model_d
         assert r.returncode == 0, f"prefect {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
         return r.stdout
 
+    t0 = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        phases[name] = round(time.monotonic() - t0, 1)
+
     server = worker = None
     try:
         server = subprocess.Popen([*cli, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                                   stdout=logs["server"], stderr=subprocess.STDOUT, start_new_session=True)
         _wait("the server's /health", lambda: server.poll() is None and _healthy(api), 120)
+        mark("server healthy")
 
-        for pool in ("gpu-pool", "cpu-pool"):
-            prefect("work-pool", "create", pool, "--type", "process")
-        prefect("concurrency-limit", "create", "gpu", "1")
+        # independent CLI calls at once: each pays the prefect import (~5-8 s on a busy 2-core box)
+        setup = [["work-pool", "create", pool, "--type", "process"] for pool in ("gpu-pool", "cpu-pool")]
+        setup.append(["concurrency-limit", "create", "gpu", "1"])
+        procs = [subprocess.Popen([*cli, *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for args in setup]
+        for args, proc in zip(setup, procs):
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{out}"
+        mark("pools + gpu limit")
         prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=180)
+        mark("deployed")
 
         worker = subprocess.Popen([*cli, "worker", "start", "--pool", "gpu-pool", "--type", "process",
                                    "--prefetch-seconds", "5"], env=env, cwd=tmp_path,
@@ -163,6 +177,7 @@ def test_deploy_trigger_with_parameters_and_cron_schedule(tmp_path, tiny_model_d
                     return fr if fr.state is not None and fr.state.is_final() else None
 
                 final = _wait("the sweep deployment run", finished, 200, every_s=2)
+                mark("deployment run final")
                 assert final.state.is_completed(), (final.state, (tmp_path / "worker.log").read_text()[-4000:])
                 assert final.parameters["params"]["ranks"] == [4]
 
@@ -179,6 +194,7 @@ def test_deploy_trigger_with_parameters_and_cron_schedule(tmp_path, tiny_model_d
                     )
 
                 upcoming = _wait("scheduled runs of the cron deployment", scheduled, 60)
+                mark("cron runs scheduled")
                 assert all(r.expected_start_time.hour == 3 and r.expected_start_time.minute == 0 for r in upcoming)
         manifests = sorted(runs_dir.glob("*/manifest.json"))
         assert len(manifests) == 2
@@ -187,3 +203,5 @@ def test_deploy_trigger_with_parameters_and_cron_schedule(tmp_path, tiny_model_d
         _stop(server)
         for f in logs.values():
             f.close()
+        mark("stopped")
+        print("phases (s since start):", phases)
