@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"runs:        {len(runs)} ({sum(1 for r in runs if r.get('status') == 'completed')} completed, "
           f"{sum(1 for r in runs if r.get('status') == 'diverged')} diverged, {len(failed)} failed)")
     print(f"database:    {(out / 'triage.duckdb').resolve()}")
-    print(f"calibration: {result['calibration'].get('json_path')}")
+    print(f"calibration: {Path(result['calibration'].get('json_path')).resolve()}")
     print(f"report:      {report.get('html')}")
     for r in failed:
         print(f"  failed {r.get('run_id')}: {r.get('error')}", file=sys.stderr)

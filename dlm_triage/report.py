@@ -764,7 +764,8 @@ def _fig_stepk(data: _Data, notes: list[str]) -> bytes:
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     h, lab = axes.flat[0].get_legend_handles_labels()
-    fig.legend(h, lab, loc="outside lower center", ncols=min(5, len(lab)), fontsize=8, frameon=False)
+    # three columns: five entries in one row are wider than a one-group figure and get clipped
+    fig.legend(h, lab, loc="outside lower center", ncols=min(3, len(lab)), fontsize=8, frameon=False)
     fig.suptitle("Step-k precision: median over split-bootstrap replicates, ribbon = CI", fontsize=11)
     return _png(fig)
 
