@@ -269,6 +269,8 @@ def train_run(
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise runlog.write_error(run_dir, None, e) from e
+    for stale in run_dir.glob(".*.tmp"):  # left by a writer killed mid-write (runlog: .<file>.<pid>.tmp)
+        stale.unlink(missing_ok=True)
     started_at = datetime.now(timezone.utc)
     t_start = time.perf_counter()
     warning = EarlyWarning(threshold, k=cfg.early_warning_step, action=cfg.early_warning_action, group=cfg.family)
