@@ -116,7 +116,10 @@ def test_sigkill_mid_run_leaves_an_incomplete_run_and_resume_retrains_only_it(ti
     assert db_rows(db, f"SELECT count(*) FROM steps WHERE run_id = '{victim.run_id}'") == [(0,)]
 
     # Re-running the whole set trains the killed config only; the finished ones are reused from their run dirs.
+    stale = vdir / f".{STEPLOG_FILENAME}.999999.tmp"  # what a kill inside the final write leaves (test_runlog)
+    stale.write_bytes(b"half a parquet file")
     results = [train_run(cfg, runs, resume=True) for cfg in cfgs]
+    assert not stale.exists()
     assert [r.reused for r in results] == [True, True, False]
     assert all(r.status == "completed" for r in results)
     rep = store.ingest_runs(db, runs)
