@@ -32,7 +32,8 @@ def training_runner(kind: str, slots: int) -> TaskRunner:
     return ProcessPoolTaskRunner(max_workers=slots) if kind == "process" else ThreadPoolTaskRunner(max_workers=slots)
 
 
-@flow(name="train-configs")
+# Called directly (tests, notebooks) it trains one config at a time in-process; sweep_flow gives it the runner.
+@flow(name="train-configs", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def train_configs_flow(plan: dict[str, Any], thresholds: dict[str, Any],
                        torch_threads: int | None = None) -> list[dict[str, Any]]:
     """Fan out one training task per config; configs without a complete run dir bypass the cache."""

@@ -126,6 +126,13 @@ def _sweep_params(tiny_model_dir: Path, tmp: Path, **changes) -> SweepParams:
     return SweepParams(**base)
 
 
+def manifest_max_grad_up_to(run_dir: str, k: int) -> list[float]:
+    import polars as pl
+
+    steps = pl.read_parquet(Path(run_dir) / "steps.parquet")
+    return steps.filter(pl.col("step") <= k)["grad_norm"].to_list()
+
+
 def _artifact_keys(flow_run_names: list[str] | None = None) -> set[str]:
     from prefect.client.orchestration import get_client
 
@@ -236,7 +243,7 @@ def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
             "triage-report"} <= _artifact_keys()
 
 
-def test_recalibrate_only_groups_with_enough_new_runs(prefect_harness, tmp_path):
+def test_recalibrate_only_groups_with_enough_new_runs(prefect_harness, tiny_model_dir, tmp_path):
     from runfactory import make_sweep  # synthetic run dirs through the real run-log writer: no training
 
     from dlm_triage.params import RecalibrateParams
@@ -251,6 +258,23 @@ def test_recalibrate_only_groups_with_enough_new_runs(prefect_harness, tmp_path)
     first = recalibrate_flow(params)  # never calibrated: every group counts all its runs
     assert first["ingest"]["added"] == 36 and first["due"]["due"] == ["mdlm", "tiny"]
     assert {r["group"]: r["drift"] for r in first["drift"]}["tiny"] == "new"
+
+    # the registered threshold reaches live training (ThresholdRecord through the subflow and the cache key)
+    from dlm_triage import store
+    from flows.sweep import sweep_flow
+
+    con = store.connect(tmp_path / "t.duckdb", read_only=True)
+    try:
+        registered = store.latest_threshold(con, "tiny")
+    finally:
+        con.close()
+    assert registered is not None
+    (rec,) = sweep_flow(_sweep_params(tiny_model_dir, tmp_path, mask_ratios=[0.5], steps=6, task_runner="thread",
+                                      gpu_slots=1, db=tmp_path / "t.duckdb", early_warning_step=3,
+                                      runs_dir=tmp_path / "live-runs"))
+    manifest = json.loads((Path(rec["run_dir"]) / "manifest.json").read_text())
+    assert rec["status"] == "completed" and rec["routed"] == manifest["routed_for_inspection"]
+    assert rec["routed"] == (max(manifest_max_grad_up_to(rec["run_dir"], 3)) >= registered.threshold)
 
     idle = recalibrate_flow(params)  # nothing new: nothing recalibrated
     assert idle["due"]["due"] == [] and idle["calibration"] is None
