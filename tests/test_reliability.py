@@ -1,9 +1,11 @@
 """Reliability (issue #8): the pipeline keeps working and loses nothing when things go wrong.
 
-End to end, with real processes, files and databases: a training process SIGKILLed mid-run, a diverging run
-carried through ingest, calibration and report, invalid arguments at the CLI, an output path that cannot be a
-directory, a file-size limit that makes writes fail like a full disk (RLIMIT_FSIZE: the kernel's EFBIG), and
-property tests of the run-log reader on damaged run directories and of the statistics on random inputs.
+End to end, with real processes, files and databases: a training process SIGKILLed mid-run (then resumed by
+train_run and by the Prefect sweep flow), a failed attempt, an ingesting process SIGKILLed inside its transaction,
+a diverging run carried through ingest, calibration and report, damaged import files, invalid arguments at the
+CLI, an output path that cannot be a directory, a file-size limit that makes writes fail like a full disk
+(RLIMIT_FSIZE: the kernel's EFBIG), and property tests of the run-log reader on damaged run directories and of
+the statistics on random inputs.
 What these tests back is listed, claim by claim, in docs/GUARANTEES.md.
 
 Already covered elsewhere (not repeated here): the kill between the fsync'd tmp manifest and its rename
@@ -22,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dlm_triage import cli, runlog, stats, store, train
+from dlm_triage import cli, stats, store, train
 from dlm_triage.config import RunConfig
 from dlm_triage.runlog import RunLogError, read_run
 from dlm_triage.schema import MANIFEST_FILENAME, MANIFEST_KEYS, STEPLOG_FILENAME
