@@ -26,7 +26,7 @@ def tiny_model_dir(tmp_path_factory):
 def prefect_harness(tmp_path_factory):
     """One temporary Prefect API (SQLite + ephemeral server) for every test that needs Prefect. Not autouse.
 
-    Costs ~17-20 s once per session (ENVIRONMENT-NOTES.md), so pure logic is tested without it. The startup
+    Costs ~12-34 s once per session (measured here, by load), so pure logic is tested without it. The startup
     timeout is raised to 90 s (the first start on a fresh home can exceed the default under load), analytics
     are off (offline), and persisted task results (the training cache) go to a session temp dir instead of
     ~/.prefect/storage, so no test sees another session's cache. Yields that result-storage path.
@@ -39,6 +39,7 @@ def prefect_harness(tmp_path_factory):
         ps.PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90,
         ps.PREFECT_SERVER_ANALYTICS_ENABLED: False,
         ps.PREFECT_LOCAL_STORAGE_PATH: storage,
+        ps.PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore",  # tasks called outside a flow (retry tests)
     }):
         with prefect_test_harness(server_startup_timeout=90):
             yield storage
