@@ -21,6 +21,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 import torch
+from transformers.utils import logging as hf_logging
 
 from dlm_triage import monitors, nara, provenance, runlog
 from dlm_triage.config import RunConfig
@@ -106,6 +108,8 @@ def _setup(cfg: RunConfig) -> _Run:
     from dlm_triage.data import make_batches
     from dlm_triage.families import get_family, resolve_device, resolve_dtype
 
+    # A sweep loads one model per run: transformers' per-load weight bar would flood the sweep's log.
+    hf_logging.disable_progress_bar()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -114,7 +118,10 @@ def _setup(cfg: RunConfig) -> _Run:
     model = loaded.model
     targets = cfg.target_modules or family.attention_targets(model)
     torch.manual_seed(cfg.seed)  # adapter init depends on the seed only, not on what loading consumed
-    model = apply_adapter(model, cfg, targets)  # freezes the base; raises on a target that matches nothing
+    with warnings.catch_warnings():
+        # peft 0.21 calls transformers' deprecated is_gradient_checkpointing once per wrap: not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = apply_adapter(model, cfg, targets)  # freezes the base; raises on a target that matches nothing
     model.train()
     matrices = adapter_matrices(model)
     if not matrices:
