@@ -133,6 +133,22 @@ def manifest_max_grad_up_to(run_dir: str, k: int) -> list[float]:
     return steps.filter(pl.col("step") <= k)["grad_norm"].to_list()
 
 
+def _recorded_task_run(state, timeout_s: float = 60):
+    """The task run as the server recorded it. Task states reach the server as events, recorded asynchronously:
+    wait (bounded) until the record shows the same final state before reading run_count."""
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            tr = client.read_task_run(state.state_details.task_run_id)
+            if tr.state is not None and tr.state.type == state.type or time.monotonic() > deadline:
+                return tr
+            time.sleep(0.5)
+
+
 def _artifact_keys(flow_run_names: list[str] | None = None) -> set[str]:
     from prefect.client.orchestration import get_client
 
@@ -182,8 +198,6 @@ def test_failed_config_is_reported_and_others_complete(prefect_harness, tiny_mod
 
 @pytest.mark.slow
 def test_config_error_is_not_retried_but_oserror_is(prefect_harness, tiny_model_dir, tmp_path):
-    from prefect.client.orchestration import get_client
-
     import dlm_triage.train as train_mod
     from tasks.train import train_config
 
@@ -191,8 +205,7 @@ def test_config_error_is_not_retried_but_oserror_is(prefect_harness, tiny_model_
     bad = RunConfig(steps=3).to_dict() | {"rank": 0}  # what a hand-edited deployment parameter could send
     state = fast(bad, str(tmp_path / "runs"), return_state=True)
     assert state.is_failed() and "rank=0" in state.message
-    with get_client(sync_client=True) as client:
-        assert client.read_task_run(state.state_details.task_run_id).run_count == 1  # no retry
+    assert _recorded_task_run(state).run_count == 1  # no retry
 
     calls = []
 
@@ -208,8 +221,7 @@ def test_config_error_is_not_retried_but_oserror_is(prefect_harness, tiny_model_
     finally:
         train_mod._after_backward_hook = None
     assert state.is_completed(), state.message
-    with get_client(sync_client=True) as client:
-        assert client.read_task_run(state.state_details.task_run_id).run_count == 2  # retried once
+    assert _recorded_task_run(state).run_count == 2  # retried once
 
 
 @pytest.mark.slow
