@@ -561,7 +561,9 @@ def calibrate(inputs: CalibrationInputs, *, group_by: str = "family", n_resample
     if runs.get_column("run_id").n_unique() != runs.height:
         raise ValueError("`inputs.runs.run_id` must be unique")
 
-    keys = runs.get_column(gcol).cast(pl.Utf8).fill_null("<null>")
+    # An empty label (e.g. cohort never set) is as good as none: name the group so reports and the registry can
+    # show it ('' printed as a blank group name reads as a bug).
+    keys = runs.get_column(gcol).cast(pl.Utf8).replace("", None).fill_null("<null>")
     if keys.eq("<null>").any():
         top_warnings.append(f"{int(keys.eq('<null>').sum())} run(s) have no {gcol}: grouped as '<null>'")
     names = sorted(set(keys.to_list()))

@@ -49,6 +49,12 @@ EMBEDDED_DEFAULT_SWEEP: dict[str, Any] = {
 }
 
 
+QUEUE_COLUMNS = ("run_id", "family", "method", "rank", "mask_ratio", "learning_rate", "seed", "status",
+                 "final_loss", "max_grad_up_to_k", "threshold", "k")
+THRESHOLD_COLUMNS = ("created_at", "calibration_id", "group_by", "group_name", "k", "threshold", "ci_low", "ci_high",
+                     "n", "n_unstable", "precision", "recall", "f1", "accepted")
+
+
 def _progress_watcher(runs_dir: Path, run_ids: Sequence[str], desc: str) -> tuple[threading.Event, threading.Thread]:
     """A progress bar that counts run directories whose manifest exists (a run is complete when its manifest is
     written, see schema.py). Polling the file system keeps it independent of where the tasks execute."""
@@ -252,9 +258,18 @@ def cmd_queue(args: argparse.Namespace) -> int:
         con.close()
     if args.json:
         print(q.write_json())
-    else:
-        with pl.Config(tbl_rows=200, tbl_cols=12, fmt_str_lengths=60):
-            print(q)
+        return 0
+    if q.is_empty():
+        print("no run is routed to inspection (no calibration yet, or every run is below its group's threshold)")
+        return 0
+    # The terminal gets what decides a look; --json has every column (config, monitors, routing).
+    shown = [c for c in QUEUE_COLUMNS if c in q.columns]
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=250, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True, float_precision=4):
+        print(q.select(shown))
+    print(f"{q.height} run(s) routed to inspection; reasons:")
+    for rid, reason in q.select("run_id", "reason").iter_rows():
+        print(f"  {rid}: {reason}")
     return 0
 
 
@@ -268,8 +283,13 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
         h = store.threshold_history(con, args.group)
     finally:
         con.close()
-    with pl.Config(tbl_rows=200, tbl_cols=14):
-        print(h)
+    if h.is_empty():
+        print("no threshold registered yet: run `dlm-triage calibrate`")
+        return 0
+    shown = [c for c in THRESHOLD_COLUMNS if c in h.columns]
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True, float_precision=4):
+        print(h.select(shown))
     return 0
 
 
