@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import threading
@@ -346,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cohort", help="label for --group-by cohort")
         p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
 
-    p = sub.add_parser("run", help="the whole pipeline on the embedded default (tiny family, 72 runs)")
+    n_default = math.prod(len(EMBEDDED_DEFAULT_SWEEP[a]) for a in
+                          ("families", "methods", "ranks", "mask_ratios", "learning_rates", "seeds"))
+    p = sub.add_parser("run", help=f"the whole pipeline on the embedded default (tiny family, {n_default} runs)")
     axes(p)
     p.add_argument("--seed", type=int, default=0, help="calibration resampling seed")
     p.set_defaults(fn=cmd_run)
