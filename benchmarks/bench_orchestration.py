@@ -324,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     plain = sum(r["plain_wall_s"] for r in rounds)
     pref = sum(r["prefect_wall_s"] for r in rounds)
     n_total = args.n_runs * len(rounds)
+    cached = [r for r in rounds if r["cache_rerun_all_cached"]]
     summary = {
         "n_runs": args.n_runs, "rounds": len(rounds), "steps": args.steps, "default_size": args.default_size,
         "plain_wall_s_total": plain, "prefect_wall_s_total": pref,
@@ -334,8 +335,13 @@ def main(argv: list[str] | None = None) -> int:
         "target_overhead_ratio": TARGET_OVERHEAD,
         "target_applies": bool(args.default_size),
         "within_target": (pref / plain - 1.0) < TARGET_OVERHEAD,
-        "cache_rerun_s_median": statistics.median(r["cache_rerun_s"] for r in rounds),
-        "cache_rerun_ratio_median": statistics.median(r["cache_rerun_ratio"] for r in rounds),
+        # Cache-hit figures only from rounds whose re-run was answered by the cache for every task (a round where
+        # a training module changed mid-round re-ran through train_run's reuse instead: shown, not counted).
+        "cache_rerun_rounds": [r["round"] for r in cached],
+        "cache_rerun_s_median": statistics.median(r["cache_rerun_s"] for r in cached) if cached else None,
+        "cache_rerun_ratio_median": statistics.median(r["cache_rerun_ratio"] for r in cached) if cached else None,
+        "cache_rerun_over_plain_rerun_median": statistics.median(r["cache_rerun_s"] / r["plain_rerun_s"]
+                                                                 for r in cached) if cached else None,
         "cache_rerun_all_cached": all(r["cache_rerun_all_cached"] for r in rounds),
         "training_code_changed": any(r["training_code_changed_during_round"] for r in rounds),
         "plain_rerun_s_median": statistics.median(r["plain_rerun_s"] for r in rounds),
@@ -373,8 +379,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(r: dict[str, Any]) -> str:
     s, m, v, o = r["summary"], r["machine"], r["versions"], r["one_time_s"]
+    per_round = s["overhead_ratio_per_round"]
+    spread = max(per_round) - min(per_round)
+    noisy = len(per_round) > 1 and spread > s["target_overhead_ratio"]
     target = (f"target < {100 * s['target_overhead_ratio']:.0f}%: "
-              + ("met" if s["within_target"] else "**MISSED**")) if s["target_applies"] else \
+              + ("met" if s["within_target"] else "**MISSED**")
+              + (" by the total, but **inconclusive**" if noisy else "")) if s["target_applies"] else \
         "target (< 5%) applies at the default sweep size only (--default-size)"
     lines = [
         "# Orchestration benchmark: Prefect sweep flow vs plain process pool",
@@ -397,17 +407,24 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {x['round']} | {' then '.join(x['order'])} | {x['plain_wall_s']:.1f} | {x['prefect_wall_s']:.1f} | "
             f"{x['overhead_per_task_s']:+.3f} | {100 * x['overhead_ratio']:+.1f}% | {x['cache_rerun_s']:.1f} | "
-            f"{x['cache_rerun_ratio']:.2f} | {x['plain_rerun_s']:.1f} |")
+            f"{x['cache_rerun_ratio']:.2f}{'' if x['cache_rerun_all_cached'] else ' (not all Cached)'} | "
+            f"{x['plain_rerun_s']:.1f} |")
     lines += [
         "",
         f"**Overhead (all rounds): {100 * s['overhead_ratio']:+.1f}%** ({s['prefect_wall_s_total']:.1f} s vs "
         f"{s['plain_wall_s_total']:.1f} s), **{s['overhead_per_task_s']:+.3f} s per task** on "
         f"{s['plain_wall_per_run_s']:.2f} s of plain sweep wall per run; {target}.  ",
-        f"Cache-hit re-run: median {s['cache_rerun_s_median']:.1f} s = **{s['cache_rerun_ratio_median']:.2f}x** "
-        f"the first run (every task Cached: {s['cache_rerun_all_cached']}); the plain pool's re-run (train_run "
-        f"finds each complete run dir) takes {s['plain_rerun_s_median']:.1f} s.  ",
+        (f"Per-round ratios range from {100 * min(per_round):+.1f}% to {100 * max(per_round):+.1f}%: the machine's "
+         "load (other jobs) changed between the arms by more than the effect measured, so this run does not resolve "
+         "the orchestration overhead to within the target.  " if noisy else ""),
+        (f"Cache-hit re-run (rounds {s['cache_rerun_rounds']}, every task Cached): median "
+         f"{s['cache_rerun_s_median']:.1f} s = **{s['cache_rerun_ratio_median']:.2f}x** the first Prefect run and "
+         f"{s['cache_rerun_over_plain_rerun_median']:.2f}x the plain pool's re-run (train_run finds each complete "
+         f"run dir: {s['plain_rerun_s_median']:.1f} s median).  " if s["cache_rerun_rounds"]
+         else "Cache-hit re-run: no round had every task Cached (see below).  "),
         ("A training module was edited in the shared working tree during a round: that round's re-run "
-         "computed a new cache key, so its tasks were not all Cached.  " if s["training_code_changed"] else "")
+         "computed a new cache key, so its tasks were not all Cached (its re-run time is in the table, not in the "
+         "cache-hit figure).  " if s["training_code_changed"] else "")
         + f"Check: {s['same_final_loss']} of {s['compared_runs']} runs have the same final loss in both arms.  ",
         f"Excluded one-time costs: imports {o['imports']:.1f} s, tiny model ready {o['tiny_model_ready']:.1f} s, "
         f"Prefect server start {o['server_start']:.1f} s, first (no-op) flow run {o['first_flow_run']:.1f} s.",

@@ -51,6 +51,7 @@ class Figure:
     unit: str  # 'ratio' (shown as x), 'fraction' (shown as %), 's', 'count', '1/h', '1/s', 'rows/s'
     target: str
     passed: bool | None  # None: no target for this figure (reported for context)
+    inconclusive: str = ""  # why the verdict cannot be trusted in this run (e.g. noise larger than the target)
 
     def shown(self) -> str:
         v = self.value
@@ -67,7 +68,9 @@ class Figure:
         return f"{v:,.1f} {self.unit}" if v < 100 else f"{v:,.0f} {self.unit}"
 
 
-def _verdict(passed: bool | None) -> str:
+def _verdict(passed: bool | None, inconclusive: str = "") -> str:
+    if inconclusive:
+        return f"**inconclusive** ({'pass' if passed else 'fail'} by the number; {inconclusive})"
     return "n/a" if passed is None else ("pass" if passed else "**FAIL**")
 
 
@@ -122,14 +125,23 @@ def orchestration_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
     s, o = r["summary"], r["one_time_s"]
     size = f"{s['n_runs']} runs x {s['steps']} steps" + (" (default grid size)" if s["default_size"] else "")
     applies = s["target_applies"]
+    per_round = s["overhead_ratio_per_round"]
+    spread = max(per_round) - min(per_round)
+    noisy = applies and len(per_round) > 1 and spread > s["target_overhead_ratio"]
+    rounds_shown = ", ".join(f"{100 * x:+.1f} %" for x in per_round)
     out = [
-        Figure("orchestration", f"Prefect sweep / plain process pool - 1, {size}, {s['rounds']} round(s)",
-               s["overhead_ratio"], "fraction", "< 5 %" if applies else "< 5 % at default size only",
-               (s["overhead_ratio"] < s["target_overhead_ratio"]) if applies else None),
+        Figure("orchestration", f"Prefect sweep / plain process pool - 1, {size}, {s['rounds']} round(s) "
+               f"(per round: {rounds_shown})", s["overhead_ratio"], "fraction",
+               "< 5 %" if applies else "< 5 % at default size only",
+               (s["overhead_ratio"] < s["target_overhead_ratio"]) if applies else None,
+               f"per-round spread {100 * spread:.0f} points > the 5 % target: load noise exceeds the effect"
+               if noisy else ""),
         Figure("orchestration", "Prefect overhead per task ((prefect - plain) wall / runs)",
                s["overhead_per_task_s"], "s", "-", None),
-        Figure("orchestration", "cache-hit re-run / first Prefect run (all tasks Cached: "
-               f"{s['cache_rerun_all_cached']})", s["cache_rerun_ratio_median"], "ratio", "-", None),
+        Figure("orchestration", "cache-hit re-run / first Prefect run (rounds with every task Cached: "
+               f"{s.get('cache_rerun_rounds')})", s["cache_rerun_ratio_median"], "ratio", "-", None),
+        Figure("orchestration", "cache-hit re-run / plain pool re-run (train_run reuses complete run dirs)",
+               s.get("cache_rerun_over_plain_rerun_median"), "ratio", "-", None),
         Figure("orchestration", "one-time Prefect server start-up (excluded from the ratio)", o["server_start"], "s",
                "-", None),
     ]
@@ -220,9 +232,10 @@ def _loadavg() -> list[float] | None:
 def run_one(name: str, bench: Bench, out: Path, work: Path, quick: bool, timeout: float | None) -> dict[str, Any]:
     extra = [a.replace("{work}", str(work)) for a in (bench.quick if quick else bench.full)]
     cmd = [sys.executable, str(HERE / bench.script), *extra, "--out", str(out)]
+    out_shown = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
     log = work / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    shown = "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{bench.script}", *extra, "--out", str(out)])
+    shown = "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{bench.script}", *extra, "--out", out_shown])
     print(f"[run_all] {name}: {shown}  (log: {log})", flush=True)
     result_file = out / bench.result
     before = result_file.stat().st_mtime_ns if result_file.exists() else None
@@ -251,6 +264,23 @@ def run_one(name: str, bench: Bench, out: Path, work: Path, quick: bool, timeout
     return entry
 
 
+def kept(name: str, bench: Bench, out: Path, quick: bool) -> dict[str, Any]:
+    """A benchmark not re-run now (--keep-others): its figures from the results file already in `out`."""
+    result_file = out / bench.result
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result_file.stat().st_mtime))
+    entry: dict[str, Any] = {"name": name, "status": "ok", "returncode": 0, "elapsed_s": None,
+                             "result_file": bench.result, "log": None, "kept_from": at}
+    entry["figures"] = _figures(bench, result_file, quick, entry)
+    entry["command"] = entry.get("benchmark_command") or f"python benchmarks/{bench.script}"
+    try:  # the run_all invocation that wrote this very file (same sha256) knows its command line and duration
+        old = {b["name"]: b for b in json.loads((out / "summary.json").read_text())["benchmarks"]}.get(name, {})
+    except (OSError, ValueError, KeyError, TypeError):
+        old = {}
+    if old.get("result_sha256") == entry.get("result_sha256") and old.get("elapsed_s") is not None:
+        entry.update(command=old["command"], elapsed_s=old["elapsed_s"], log=old.get("log"))
+    return entry
+
+
 def _figures(bench: Bench, result_file: Path, quick: bool, entry: dict[str, Any]) -> list[dict[str, Any]]:
     blob = result_file.read_bytes()
     entry["result_sha256"] = hashlib.sha256(blob).hexdigest()  # which results file this summary read
@@ -270,11 +300,22 @@ def summary_markdown(s: dict[str, Any]) -> str:
                                             else ""),
         "",
         f"Command: `{s['command']}`  ",
-        f"Measured {s['started_at']} to {s['finished_at']} on {m['cpu_model']}, nproc {m['nproc']}, "
-        f"{m['ram_gib']} GiB RAM, {m['platform']}, Python {m['python']}. The machine is shared with other jobs "
-        f"(load average {s['load_average_start'][0]:.1f} at start, {s['load_average_end'][0]:.1f} at end, on "
-        f"{m['nproc']} CPUs): every figure is a ratio of two arms measured in the same run, never across runs.  ",
+        ("Summary rebuilt from the results files below (each states when it was measured)" if all(
+            b.get("kept_from") for b in s["benchmarks"]) else f"Measured {s['started_at']} to {s['finished_at']}")
+        + f" on {m['cpu_model']}, nproc {m['nproc']}, "
+        f"{m['ram_gib']} GiB RAM, {m['platform']}, Python {m['python']}. The machine is shared with other jobs"
+        + ("" if all(b.get("kept_from") for b in s["benchmarks"]) else
+           f" (load average {s['load_average_start'][0]:.1f} at start, {s['load_average_end'][0]:.1f} at end, on "
+           f"{m['nproc']} CPUs)")
+        + ": every figure is a ratio of two arms measured in the same run, never across runs.  ",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
+    ]
+    kept_now = [f"{b['name']} (results file of {b['kept_from']})" for b in s["benchmarks"] if b.get("kept_from")]
+    if kept_now:
+        lines[-1] += "  "
+        lines.append("Not re-run by this command, read from their results files (--keep-others): "
+                     + ", ".join(kept_now) + ".")
+    lines += [
         "",
         "| benchmark | figure | measured | target | pass/fail |",
         "|---|---|---|---|---|",
@@ -285,13 +326,15 @@ def summary_markdown(s: dict[str, Any]) -> str:
             continue
         for f in b["figures"]:
             lines.append(f"| {f['benchmark']} | {f['figure']} | {f['shown']} | {f['target']} | "
-                         f"{_verdict(f['passed'])} |")
-    missed = [f for b in s["benchmarks"] for f in b.get("figures", []) if f["passed"] is False]
-    lines += ["", ("## Targets missed" + (" (quick sizes: not meaningful)" if s["quick"] else "")) if missed
-              else "## Targets", ""]
+                         f"{_verdict(f['passed'], f.get('inconclusive', ''))} |")
+    missed = [f for b in s["benchmarks"] for f in b.get("figures", [])
+              if f["passed"] is False or f.get("inconclusive")]
+    lines += ["", ("## Targets missed or inconclusive" + (" (quick sizes: not meaningful)" if s["quick"] else ""))
+              if missed else "## Targets", ""]
     if missed:
         for f in missed:
-            lines.append(f"- {f['benchmark']}: {f['figure']}: measured {f['shown']}, target {f['target']}.")
+            lines.append(f"- {f['benchmark']}: {f['figure']}: measured {f['shown']}, target {f['target']}"
+                         + (f": inconclusive, {f['inconclusive']}." if f.get("inconclusive") else "."))
     else:
         lines.append("Every figure with a target met it in this run.")
     failed = [b for b in s["benchmarks"] if b["status"] != "ok"]
@@ -302,7 +345,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
     lines += ["", "## Commands (each benchmark's own results file has the details)", ""]
     for b in s["benchmarks"]:
         md = Path(b["result_file"]).with_suffix(".md").name
-        lines.append(f"- {b['name']} ({b['elapsed_s']:.0f} s): `{b['command']}` -> [{b['result_file']}]"
+        took = f"{b['elapsed_s']:.0f} s" if b["elapsed_s"] is not None else f"kept from {b['kept_from']}"
+        lines.append(f"- {b['name']} ({took}): `{b['command']}` -> [{b['result_file']}]"
                      f"({b['result_file']}), [{md}]({md})")
     lines.append("")
     return "\n".join(lines)
@@ -317,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None,
                     help="scratch folder for logs and quick-mode data (default: a new temp dir, kept for the logs)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (default: none)")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="run nothing: rebuild summary.json and SUMMARY.md from the results files in --out")
+    ap.add_argument("--keep-others", action="store_true",
+                    help="also list the benchmarks not in --only, read from their existing results files in --out "
+                    "(marked as not re-run): re-run one benchmark without losing the others' rows")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(BENCHMARKS))
@@ -330,7 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     started, load0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), _loadavg()
-    entries = [run_one(n, BENCHMARKS[n], out, work, args.quick, args.timeout) for n in BENCHMARKS if n in names]
+    if args.summary_only:
+        names, args.keep_others = [], True
+    entries = [run_one(n, BENCHMARKS[n], out, work, args.quick, args.timeout) if n in names
+               else kept(n, BENCHMARKS[n], out, args.quick)
+               for n in BENCHMARKS if n in names or (args.keep_others and (out / BENCHMARKS[n].result).exists())]
     summary = {
         "command": command.strip(), "quick": args.quick, "started_at": started,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -338,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(), "versions": versions(), "benchmarks": entries,
         "targets_missed": [f"{f['benchmark']}: {f['figure']}: {f['shown']} (target {f['target']})"
                            for e in entries for f in e.get("figures", []) if f["passed"] is False],
+        "targets_inconclusive": [f"{f['benchmark']}: {f['figure']}: {f['shown']} ({f['inconclusive']})"
+                                 for e in entries for f in e.get("figures", []) if f.get("inconclusive")],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = summary_markdown(summary)
