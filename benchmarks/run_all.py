@@ -79,8 +79,12 @@ def _verdict(passed: bool | None, inconclusive: str = "") -> str:
 def monitors_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
     i, a = r["in_run"], r["ab"]
     return [
-        Figure("monitors", "monitor overhead per step, in-run timers (monitor time / step without monitors)",
-               i["monitor_ratio"], "fraction", "< 2 %", i["monitor_ratio"] < 0.02),
+        # The target is monitors on vs off: the A/B row. The in-run timer is an upper bound: it also
+        # times the step's one host sync (loss + monitors .tolist()), which a loop without monitors pays for
+        # loss.item() as well, so it is reported, not judged.
+        Figure("monitors", "monitor overhead per step, in-run timers, upper bound incl. the step's host sync "
+               "(monitor time / step without monitors)",
+               i["monitor_ratio"], "fraction", "reported (upper bound; the A/B row is the on/off target)", None),
         Figure("monitors", f"monitor overhead per step, A/B wall (median on / off - 1, {a['steps_per_arm']} "
                "interleaved steps per arm)", a["overhead_ratio"], "fraction", "< 2 %", a["overhead_ratio"] < 0.02),
         Figure("monitors", f"clean-batch top-1 forward, when run ({i['top1_source']} source) / step",
