@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -50,26 +49,10 @@ TARGET_OVERHEAD = 0.05  # issue #9: Prefect sweep within 5% of the plain loop at
 # -- machine ---------------------------------------------------------------------------------------------------
 
 def machine_info() -> dict[str, Any]:
-    """nproc, CPU model, RAM, platform, python, load average (this machine is shared: say how loaded it was)."""
-    cpu_model = platform.processor() or platform.machine()
-    ram_gib = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram_gib = round(int(line.split()[1]) / 2**20, 1)
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu_model,
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_count": os.cpu_count(), "ram_gib": ram_gib,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
+    """This machine (shared: the load average says how busy it was)."""
+    from dlm_triage.provenance import machine
+
+    return machine()
 
 
 # -- the plain arm: worker functions (module level: spawn pickles them by name) -------------------------------

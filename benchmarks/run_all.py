@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -195,21 +194,10 @@ BENCHMARKS: dict[str, Bench] = {
 # -- machine and versions ------------------------------------------------------------------------------------------
 
 def machine_info() -> dict[str, Any]:
-    cpu_model, ram_gib = platform.processor() or platform.machine(), None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram_gib = round(int(line.split()[1]) / 2**20, 1)
-                break
-    except OSError:
-        pass
-    return {"cpu_model": cpu_model, "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(), "ram_gib": ram_gib, "platform": platform.platform(),
-            "python": platform.python_version(), "hostname": platform.node()}
+    """This machine (shared: the load average says how busy it was)."""
+    from dlm_triage.provenance import machine
+
+    return machine()
 
 
 def versions() -> dict[str, str | None]:

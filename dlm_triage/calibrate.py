@@ -37,8 +37,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ import numpy as np
 import polars as pl
 
 from dlm_triage import stats
+from dlm_triage.fsutil import write_json_atomic
 
 __all__ = [
     "Trajectories", "CalibrationInputs", "CalibrationOutput", "calibrate", "run_calibration", "group_rng",
@@ -677,23 +676,6 @@ def _jsonable(result: dict) -> dict:
 def default_threshold_step(result: Mapping) -> dict[str, dict]:
     """{group: registry record} to register: max-grad-up-to-25 when trajectories exist, else whole-run max grad."""
     return {name: dict(g["registry"]) for name, g in result["groups"].items()}
-
-
-def write_json_atomic(obj: Any, path: Path) -> Path:
-    """json.dump to a temp file in the same directory, fsync, rename over `path` (readers see old or new)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def run_calibration(db_path, out_dir, *, group_by: str = "family", **params) -> CalibrationOutput:

@@ -27,7 +27,6 @@ import math
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Sequence
 

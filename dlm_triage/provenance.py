@@ -66,3 +66,28 @@ def collect(device: str | None = None) -> dict:
         if torch.cuda.is_available():
             info["device_name"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+def machine() -> dict:
+    """CPU model, cores usable by this process, RAM, platform, load average: the machine line of a benchmark."""
+    import os
+
+    cpu_model, ram_gib = platform.processor() or platform.machine(), None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gib = round(int(line.split()[1]) / 2**20, 1)
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu_model,
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": os.cpu_count(), "ram_gib": ram_gib, "platform": platform.platform(),
+        "python": platform.python_version(), "hostname": platform.node(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }

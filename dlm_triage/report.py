@@ -38,7 +38,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -48,6 +47,7 @@ import numpy as np
 import polars as pl
 
 from dlm_triage import store
+from dlm_triage.fsutil import write_bytes_atomic
 from dlm_triage.schema import LEGACY_TOP1_THRESHOLD, LEGACY_WINDOW_END_STEP
 
 FIGURE_DPI = 110
@@ -950,20 +950,6 @@ def _queue_rows(q: pl.DataFrame) -> list[list[Any]]:
 
 # ----------------------------------------------------------------------------------------------------------
 # writing
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 CSS = """
 html{background:#f6f7f9}
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;background:#f6f7f9;color:#1d2330;
@@ -1033,7 +1019,7 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     fig_paths = {}
     for name, blob in pngs.items():
         fig_paths[name] = fig_dir / f"{name}.png"
-        _atomic_write(fig_paths[name], blob)
+        write_bytes_atomic(fig_paths[name], blob)
     # a figure missing now must not leave a stale PNG from an earlier report next to the new one
     for name in missing:
         (fig_dir / f"{name}.png").unlink(missing_ok=True)
@@ -1099,10 +1085,10 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                   "provenance": result.get("provenance")}, indent=2, default=str)) + "</pre></details></section>")
     h.append("</main></body></html>")
     html_path = out / "report.html"
-    _atomic_write(html_path, "\n".join(h).encode("utf-8"))
+    write_bytes_atomic(html_path, "\n".join(h).encode("utf-8"))
 
     # ---- Markdown (same tables, relative figure links)
-    md = [f"# dlm-triage calibration report", "", meta.replace("<code>", "`").replace("</code>", "`")
+    md = ["# dlm-triage calibration report", "", meta.replace("<code>", "`").replace("</code>", "`")
           .replace("<b>", "**").replace("</b>", "**"), ""]
     md += _md_warnings(result, limit=None)
     md += ["## Verdicts", "", _md_table(VERDICT_HEADERS, [(v.recommendation, f"**{v.verdict}**", v.evidence,
@@ -1119,7 +1105,7 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     md_path = out / "report.md"
-    _atomic_write(md_path, "\n".join(md).encode("utf-8"))
+    write_bytes_atomic(md_path, "\n".join(md).encode("utf-8"))
     return ReportPaths(html=html_path, markdown=md_path, figures=fig_paths, missing=missing)
 
 
