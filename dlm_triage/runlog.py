@@ -6,20 +6,25 @@ manifest whose recorded sha256/row count match the Parquet file beside it. A re-
 manifest, so a half-rewritten directory never looks complete.
 
 `read_run` trusts nothing: every failure is a `RunLogError` naming the path, the reason and the fix.
+`read_runs` / `read_runs_batch` apply the same rules (one definition, below) to many run directories at once and
+give the same errors; ingestion uses them.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
+import io
 import json
 import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import polars as pl
 
 from dlm_triage.schema import (
@@ -220,66 +225,424 @@ def read_run(run_dir: Path) -> RunRecord:
     """Read and validate a run directory (see module docstring). Raises RunLogError."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    steplog = run_dir / (manifest.get("steplog") or STEPLOG_FILENAME)
-    if not steplog.is_file():
-        raise RunLogError(steplog, "the manifest is present but the step log is missing")
-    digest = sha256_file(steplog)
-    if digest != manifest["steplog_sha256"]:
-        raise RunLogError(steplog, f"sha256 {digest[:12]}... does not match the manifest's "
-                                   f"{str(manifest['steplog_sha256'])[:12]}... (truncated or replaced log)")
-    try:
-        steps = pl.read_parquet(steplog)
-    except BaseException as e:  # polars raises several error types for corrupt files, and Rust panics
-        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
-            raise  # KeyboardInterrupt, SystemExit
-        raise RunLogError(steplog, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
+    steplog, data = _read_steplog(run_dir, manifest)
+    steps = _parse_steplog(steplog, data)
     _validate_steps(steplog, steps, manifest)
     return RunRecord(manifest=manifest, steps=steps)
 
 
-def _validate_steps(path: Path, steps: pl.DataFrame, manifest: dict[str, Any]) -> None:
-    n = steps.height
+def _read_steplog(run_dir: Path, manifest: dict[str, Any]) -> tuple[Path, bytes]:
+    """The step log's path and bytes, read once: the sha256 is checked on the very bytes that are parsed."""
+    steplog = run_dir / (manifest.get("steplog") or STEPLOG_FILENAME)
+    if not steplog.is_file():
+        raise RunLogError(steplog, "the manifest is present but the step log is missing")
+    data = steplog.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest["steplog_sha256"]:
+        raise RunLogError(steplog, f"sha256 {digest[:12]}... does not match the manifest's "
+                                   f"{str(manifest['steplog_sha256'])[:12]}... (truncated or replaced log)")
+    return steplog, data
+
+
+def _parse_steplog(steplog: Path, data: bytes) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(io.BytesIO(data))
+    except BaseException as e:  # polars raises several error types for corrupt files, and Rust panics
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit
+        raise RunLogError(steplog, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
+
+
+# -- the step-log rules ---------------------------------------------------------------------------------
+# Defined once, used by read_run (one file) and read_runs (many files in one vectorised pass):
+#   1. `_check_shape`: row count against the manifest, non-empty, columns present with the schema's dtypes;
+#   2. `_ROW_RULES`: per-row violation counts (polars expressions over the step columns plus the per-row
+#      context columns of `_context`), summed per file;
+#   3. `_first_violation`: turns one file's summed counts into read_run's error (the first failing rule, in
+#      the order below), or None.
+
+_FLOAT_KINDS = ("Float64", "List(Float64)")
+_CTX_POS, _CTX_LAST, _CTX_DIV, _CTX_NMAT = "_rl_pos", "_rl_last", "_rl_div", "_rl_nmat"
+
+
+def _check_shape(path: Path, n: int, schema: dict[str, pl.DataType] | None, manifest: dict[str, Any]) -> None:
+    """Row count and columns. `schema` None: already known to be exactly steps_schema() (batched path)."""
     if n != manifest["n_steps_logged"]:
         raise RunLogError(path, f"{n} rows but the manifest records n_steps_logged={manifest['n_steps_logged']}")
     if n == 0:
         raise RunLogError(path, "the step log is empty (step 0 is always logged)")
-    schema = steps_schema()
-    missing = [c for c in schema if c not in steps.columns]
+    if schema is None:
+        return
+    expected = steps_schema()
+    missing = [c for c in expected if c not in schema]
     if missing:
         raise RunLogError(path, f"missing columns {missing}")
-    wrong = [f"{c}: {steps.schema[c]} (expected {t})" for c, t in schema.items() if steps.schema[c] != t]
+    wrong = [f"{c}: {schema[c]} (expected {t})" for c, t in expected.items() if schema[c] != t]
     if wrong:
         raise RunLogError(path, f"wrong column dtypes: {wrong}")
-    nulls = [c for c in schema if steps[c].null_count() > 0]
+
+
+def _nonfinite(col: str, dtype: str) -> pl.Expr:
+    """Per row: how many non-null values of `col` are NaN/Inf (list columns: elements; nulls count 0)."""
+    if dtype.startswith("List"):
+        return pl.col(col).list.eval(pl.element().is_finite().not_()).list.sum().fill_null(0)
+    return pl.col(col).is_finite().not_().fill_null(False).cast(pl.UInt32)
+
+
+def _row_rules() -> list[tuple[str, pl.Expr]]:
+    """(name, per-row count expression), in the order read_run reports them."""
+    rules: list[tuple[str, pl.Expr]] = []
+    for col in STEP_COLUMNS:
+        rules.append((f"null:{col}", pl.col(col).is_null().cast(pl.UInt32)))
+    rules.append(("order", (pl.col("step").cast(pl.Int64) != pl.col(_CTX_POS)).fill_null(True).cast(pl.UInt32)))
+    rules.append(("matrix_len", (pl.col("matrix_grad_norms").list.len() != pl.col(_CTX_NMAT))
+                  .fill_null(False).cast(pl.UInt32)))
+    body = ~(pl.col(_CTX_LAST) & pl.col(_CTX_DIV))  # the last row of a diverged run is checked separately
+    for col, (dtype, _) in STEP_COLUMNS.items():
+        if col in NAN_ALLOWED_COLUMNS or dtype not in _FLOAT_KINDS:
+            continue
+        rules.append((f"finite:{col}", pl.when(body).then(_nonfinite(col, dtype)).otherwise(0).cast(pl.UInt32)))
+    last = pl.col(_CTX_LAST) & pl.col(_CTX_DIV)
+    for col, (dtype, _) in STEP_COLUMNS.items():
+        if col in DIVERGENCE_COLUMNS or dtype not in _FLOAT_KINDS:
+            continue
+        rules.append((f"last_finite:{col}", pl.when(last).then(_nonfinite(col, dtype)).otherwise(0)
+                      .cast(pl.UInt32)))
+    return rules
+
+
+_ROW_RULES = _row_rules()
+
+
+def _context(n_rows: Sequence[int] | np.ndarray, manifests: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per-row context of files laid end to end: position in its file, last row?, diverged run?, matrix count."""
+    lens = np.asarray(n_rows, dtype=np.int64)
+    starts = np.cumsum(lens) - lens
+    pos = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens)
+    div = np.array([m["status"] == "diverged" for m in manifests], dtype=bool)
+    nmat = np.array([len(m["matrix_names"] or []) for m in manifests], dtype=np.int64)
+    return {_CTX_POS: pos, _CTX_LAST: pos == np.repeat(lens - 1, lens), _CTX_DIV: np.repeat(div, lens),
+            _CTX_NMAT: np.repeat(nmat, lens)}
+
+
+def _rule_counts(frame: pl.DataFrame, n_rows: Sequence[int] | np.ndarray,
+                 manifests: Sequence[dict[str, Any]]) -> np.ndarray:
+    """[n_files, n_rules] violation counts of files whose rows lie end to end in `frame` (same column order
+    as _ROW_RULES)."""
+    ctx = _context(n_rows, manifests)
+    rows = frame.select(list(STEP_COLUMNS)).with_columns([pl.Series(k, v) for k, v in ctx.items()])
+    if len(n_rows) == 1:  # read_run: plain sums (the running-sum form below has a fixed cost of ~15 ms a call)
+        return rows.select([e.cast(pl.Int64).sum().alias(name) for name, e in _ROW_RULES]).to_numpy()
+    ends = pl.Series(np.cumsum(np.asarray(n_rows, dtype=np.int64)) - 1)  # every file has >= 1 row (_check_shape)
+    # per-file sums = differences of the running sums at each file's last row (no group-by, no [rows, rules]
+    # matrix leaves polars)
+    at_ends = rows.select([e.cast(pl.Int64).cum_sum().gather(ends).alias(name) for name, e in _ROW_RULES])
+    return np.diff(at_ends.to_numpy(), axis=0, prepend=0)
+
+
+def _first_violation(path: Path, n: int, manifest: dict[str, Any], counts: Sequence[int]) -> RunLogError | None:
+    """read_run's error for one file from its summed rule counts (order = read_run's order), or None."""
+    c = dict(zip((name for name, _ in _ROW_RULES), (int(x) for x in counts)))
+    nulls = [col for col in STEP_COLUMNS if c[f"null:{col}"] > 0]
     if nulls:
-        raise RunLogError(path, f"null values in columns {nulls}")
-    if steps["step"].to_list() != list(range(n)):
-        raise RunLogError(path, "steps are not 0..n-1 contiguous and ordered")
+        return RunLogError(path, f"null values in columns {nulls}")
+    if c["order"]:
+        return RunLogError(path, "steps are not 0..n-1 contiguous and ordered")
     status = manifest["status"]
     config = manifest.get("config") or {}
     if status == "completed" and isinstance(config.get("steps"), int) and n != config["steps"] + 1:
-        raise RunLogError(path, f"status 'completed' but {n} rows logged for config.steps={config['steps']} "
-                                f"(expected {config['steps'] + 1})")
-    n_matrices = len(manifest["matrix_names"] or [])
-    lengths = steps["matrix_grad_norms"].list.len()
-    if not bool((lengths == n_matrices).all()):
-        raise RunLogError(path, f"matrix_grad_norms rows do not all hold {n_matrices} values (manifest.matrix_names)")
-    # Finite checks: the last row of a diverged run may hold NaN/Inf in the divergence columns.
-    body = steps if status != "diverged" else steps.head(n - 1)
-    for col, (dtype, _) in STEP_COLUMNS.items():
-        if col in NAN_ALLOWED_COLUMNS or dtype not in ("Float64", "List(Float64)"):
-            continue
-        values = body[col].explode() if dtype.startswith("List") else body[col]
-        bad = values.drop_nulls().is_finite().not_().sum()
+        return RunLogError(path, f"status 'completed' but {n} rows logged for config.steps={config['steps']} "
+                                 f"(expected {config['steps'] + 1})")
+    if c["matrix_len"]:
+        n_matrices = len(manifest["matrix_names"] or [])
+        return RunLogError(path, f"matrix_grad_norms rows do not all hold {n_matrices} values (manifest.matrix_names)")
+    for col in STEP_COLUMNS:
+        bad = c.get(f"finite:{col}", 0)
         if bad:
-            raise RunLogError(path, f"column {col!r} holds {bad} NaN/Inf value(s) (only the last step of a "
-                                    "diverged run may)")
-    if status == "diverged":
-        last = steps.tail(1)
-        for col, (dtype, _) in STEP_COLUMNS.items():
-            if col in DIVERGENCE_COLUMNS or dtype not in ("Float64", "List(Float64)"):
-                continue
-            values = last[col].explode() if dtype.startswith("List") else last[col]
-            if values.drop_nulls().is_finite().not_().sum():
-                raise RunLogError(path, f"column {col!r} holds NaN/Inf on the last step (only "
-                                        f"{list(DIVERGENCE_COLUMNS)} may, on a diverged run)")
+            return RunLogError(path, f"column {col!r} holds {bad} NaN/Inf value(s) (only the last step of a "
+                                     "diverged run may)")
+    for col in STEP_COLUMNS:
+        if c.get(f"last_finite:{col}", 0):
+            return RunLogError(path, f"column {col!r} holds NaN/Inf on the last step (only "
+                                     f"{list(DIVERGENCE_COLUMNS)} may, on a diverged run)")
+    return None
+
+
+def _validate_steps(path: Path, steps: pl.DataFrame, manifest: dict[str, Any]) -> None:
+    """All step-log rules on one file (read_run)."""
+    _check_shape(path, steps.height, dict(steps.schema), manifest)
+    err = _first_violation(path, steps.height, manifest, _rule_counts(steps, [steps.height], [manifest])[0])
+    if err is not None:
+        raise err
+
+
+# -- batched reading --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunBatch:
+    """`read_runs_batch`'s result. `results[i]` is run_dirs[i]'s manifest (valid run) or its RunLogError.
+    A valid run's rows are `steps[start:start + n]` for `spans[i] == (start, n)`, or `separate[i]` when its
+    step log was read on its own (a Parquet schema other than this writer's, e.g. extra columns)."""
+
+    run_dirs: tuple[Path, ...]
+    results: tuple[dict[str, Any] | RunLogError, ...]
+    steps: pl.DataFrame
+    spans: tuple[tuple[int, int] | None, ...]
+    separate: dict[int, pl.DataFrame]
+    extras: tuple[Any, ...] = ()
+    """per_manifest's value for each run whose manifest and sha256 were fine (None otherwise)."""
+
+    def steps_of(self, i: int) -> pl.DataFrame | None:
+        if i in self.separate:
+            return self.separate[i]
+        span = self.spans[i]
+        return None if span is None else self.steps.slice(span[0], span[1])
+
+    def records(self) -> list[RunRecord | RunLogError]:
+        return [r if isinstance(r, RunLogError) else RunRecord(manifest=r, steps=self.steps_of(i))
+                for i, r in enumerate(self.results)]
+
+
+def read_runs(run_dirs: Iterable[Path | str]) -> list[RunRecord | RunLogError]:
+    """read_run over many run directories: the same rules and the same errors (returned, not raised), one
+    vectorised pass over all step logs instead of per-file column checks."""
+    return read_runs_batch(run_dirs).records()
+
+
+BULK_CHUNK_FILES = 1024
+"""read_runs_batch parses and checks step logs in chunks of this many files, in a worker thread while this
+thread reads the next chunk's manifests and bytes (polars releases the GIL)."""
+BULK_THREADS = max(1, min(2, os.cpu_count() or 1))
+"""Worker threads for those chunks: two chunks can be parsed at once while this thread reads the next."""
+
+
+def read_runs_batch(run_dirs: Iterable[Path | str], *,
+                    per_manifest: Callable[[Path, dict[str, Any]], Any] | None = None) -> RunBatch:
+    """Validate many run directories; see RunBatch. Per file: manifest (read_manifest), the step log's bytes
+    read once and their sha256, and the row count and schema from the Parquet footer. Step logs written with
+    this writer's schema are then parsed together (one polars read per chunk of BULK_CHUNK_FILES buffers) and
+    checked by the shared row rules in one pass, with per-file sums; any other step log, and every file of a
+    chunk polars cannot read as a whole, goes through read_run's one-file path.
+
+    `per_manifest(run_dir, manifest)`, if given, is called for each run whose manifest and step-log sha256 are
+    fine, before its rows are checked (in the reading loop, so manifest-only work overlaps the Parquet parsing);
+    its return values are RunBatch.extras. It must not raise."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dirs = tuple(Path(d) for d in run_dirs)
+    results: list[dict[str, Any] | RunLogError] = [None] * len(dirs)  # type: ignore[list-item]
+    extras: list[Any] = [None] * len(dirs)
+    separate: dict[int, pl.DataFrame] = {}
+    slow: list[tuple[int, Path, bytes]] = []
+    chunks: list[tuple[list[tuple[int, Path, bytes, int]], Any]] = []  # (files, future of _bulk_check)
+    ref = _reference_footer()
+    with ThreadPoolExecutor(max_workers=BULK_THREADS) as pool:
+        fast: list[tuple[int, Path, bytes, int]] = []  # (index, steplog, bytes, rows)
+        for i, d in enumerate(dirs):
+            try:
+                manifest = read_manifest(d)
+                steplog, data = _read_steplog(d, manifest)
+                n = _footer_rows(data, ref)
+                if n is None:
+                    slow.append((i, steplog, data))
+                else:
+                    _check_shape(steplog, n, None, manifest)
+                    fast.append((i, steplog, data, n))
+                results[i] = manifest
+            except RunLogError as e:
+                results[i] = e
+            else:
+                if per_manifest is not None:
+                    extras[i] = per_manifest(d, manifest)
+            if len(fast) >= BULK_CHUNK_FILES or (fast and i == len(dirs) - 1):
+                chunks.append((fast, pool.submit(_bulk_check, [(data, n, results[j]) for j, _, data, n in fast])))
+                fast = []
+        done = [(files, fut.result()) for files, fut in chunks]
+
+    frames: list[pl.DataFrame] = []
+    spans: list[tuple[int, int] | None] = [None] * len(dirs)
+    start = 0
+    for files, checked in done:
+        if checked is None:  # a file polars cannot read in bulk: each file on its own, with its own error
+            slow.extend((i, p, data) for i, p, data, _ in files)
+            continue
+        bulk, counts = checked
+        keep = np.ones(len(files), dtype=bool)
+        for k, (i, steplog, _, n) in enumerate(files):
+            if counts[k].any() or results[i]["status"] == "completed":  # only then can a rule fail
+                err = _first_violation(steplog, n, results[i], counts[k])
+                if err is not None:
+                    results[i] = err
+                    keep[k] = False
+        if not keep.all():
+            bulk = bulk.filter(pl.Series(np.repeat(keep, [n for *_, n in files])))
+        frames.append(bulk)
+        for k, (i, *_, n) in enumerate(files):
+            if keep[k]:
+                spans[i] = (start, n)
+                start += n
+    steps = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=steps_schema())
+    for i, steplog, data in sorted(slow):
+        try:
+            frame = _parse_steplog(steplog, data)
+            _validate_steps(steplog, frame, results[i])
+        except RunLogError as e:
+            results[i] = e
+        else:
+            separate[i] = frame
+    return RunBatch(run_dirs=dirs, results=tuple(results), steps=steps, spans=tuple(spans), separate=separate,
+                    extras=tuple(extras))
+
+
+def _bulk_check(files: list[tuple[bytes, int, dict[str, Any]]]) -> tuple[pl.DataFrame, np.ndarray] | None:
+    """One polars read of step logs with the writer's footer (data, rows, manifest), and their rule counts;
+    None when polars cannot read them as a whole or they do not come out as the footers said."""
+    try:
+        bulk = pl.read_parquet([data for data, _, _ in files])
+    except BaseException as e:  # as in _parse_steplog: polars' error types for corrupt files and Rust panics
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise
+        return None
+    if dict(bulk.schema) != steps_schema() or bulk.height != sum(n for _, n, _ in files):
+        return None
+    bulk = bulk.rechunk()
+    return bulk, _rule_counts(bulk, [n for _, n, _ in files], [m for _, _, m in files])
+
+
+# -- Parquet footer: row count and schema identity without parsing the file -----------------------------------
+# A step log written by this writer (polars, steps_schema()) has a footer (Thrift compact FileMetaData) that
+# starts with exactly the same bytes as a reference file's: field 1 (version), field 2 (the Parquet schema),
+# then field 3 (num_rows). Its stored Arrow schema (key ARROW:schema) is the reference's too. Such files are
+# parsed in bulk; any other file is read on its own and checked against the schema like read_run does.
+
+@dataclass(frozen=True)
+class _Footer:
+    prefix: bytes        # footer bytes up to and including field 3's header
+    arrow_kv: bytes | None  # the KeyValue struct bytes of ARROW:schema (None: the writer stores none)
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _thrift_skip(buf: bytes, pos: int, t: int, in_collection: bool = False) -> int:
+    """Skip one Thrift compact value of type `t` starting at `pos`."""
+    if t in (1, 2):
+        return pos + 1 if in_collection else pos
+    if t == 3:
+        return pos + 1
+    if t in (4, 5, 6):
+        return _varint(buf, pos)[1]
+    if t == 7:
+        return pos + 8
+    if t == 8:
+        n, pos = _varint(buf, pos)
+        return pos + n
+    if t in (9, 10):
+        h = buf[pos]
+        pos += 1
+        size, et = h >> 4, h & 0x0F
+        if size == 15:
+            size, pos = _varint(buf, pos)
+        for _ in range(size):
+            pos = _thrift_skip(buf, pos, et, True)
+        return pos
+    if t == 11:
+        size, pos = _varint(buf, pos)
+        if size:
+            kv = buf[pos]
+            pos += 1
+            for _ in range(size):
+                pos = _thrift_skip(buf, pos, kv >> 4, True)
+                pos = _thrift_skip(buf, pos, kv & 0x0F, True)
+        return pos
+    if t == 12:
+        while True:
+            h = buf[pos]
+            pos += 1
+            if h == 0:
+                return pos
+            if h >> 4 == 0:
+                pos = _varint(buf, pos)[1]
+            pos = _thrift_skip(buf, pos, h & 0x0F)
+    raise ValueError(f"unknown Thrift compact type {t}")
+
+
+def _footer_bytes(data: bytes) -> bytes | None:
+    if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+        return None
+    size = int.from_bytes(data[-8:-4], "little")
+    if size > len(data) - 12:
+        return None
+    return data[-8 - size:-8]
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_footer() -> _Footer | None:
+    """The footer prefix of a step log this writer produces (None if it cannot be derived: no bulk path)."""
+    try:
+        buf = io.BytesIO()
+        pl.DataFrame(schema=steps_schema()).write_parquet(buf)
+        footer = _footer_bytes(buf.getvalue())
+        if footer is None:
+            return None
+        pos = 0
+        field = 0
+        while True:
+            h = footer[pos]
+            if h == 0:
+                return None
+            delta, t = h >> 4, h & 0x0F
+            pos += 1
+            if delta:
+                field += delta
+            else:
+                z, pos = _varint(footer, pos)
+                field = (z >> 1) ^ -(z & 1)
+            if field == 3:
+                if t != 6 or footer.count(b"ARROW:schema") > 1:
+                    return None
+                prefix = footer[:pos]
+                break
+            pos = _thrift_skip(footer, pos, t)
+        arrow_kv = None
+        at = footer.find(b"ARROW:schema")
+        if at >= 0:
+            # KeyValue struct: 0x18 <len 12> "ARROW:schema" 0x18 <varint len> value 0x00
+            if at < 2 or footer[at - 2:at] != b"\x18\x0c" or footer[at + 12] != 0x18:
+                return None
+            n, vpos = _varint(footer, at + 13)
+            end = vpos + n
+            if footer[end] != 0:
+                return None
+            arrow_kv = footer[at - 2:end + 1]
+        return _Footer(prefix=prefix, arrow_kv=arrow_kv)
+    except Exception:
+        return None
+
+
+def _footer_rows(data: bytes, ref: _Footer | None) -> int | None:
+    """The row count of a step log written with exactly the reference schema, or None (read it on its own)."""
+    if ref is None:
+        return None
+    footer = _footer_bytes(data)
+    if footer is None or not footer.startswith(ref.prefix):
+        return None
+    if ref.arrow_kv is None:
+        if b"ARROW:schema" in footer:
+            return None
+    elif footer.count(b"ARROW:schema") != 1 or ref.arrow_kv not in footer:
+        return None
+    try:
+        z, _ = _varint(footer, len(ref.prefix))
+    except IndexError:
+        return None
+    n = (z >> 1) ^ -(z & 1)
+    return n if n >= 0 else None

@@ -14,13 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import re
 import shutil
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -186,6 +184,9 @@ class PreparedRun:
     row: dict[str, Any]
     steps: pl.DataFrame | None = None
     move_on_conflict: bool = field(default=False)
+    span: tuple[int, int] | None = None
+    """(start, n): the steps are rows start..start+n-1 of the batch frame `_write_batch` gets as steps_source
+    (runlog.read_runs_batch), not a frame of their own."""
 
 
 # -- connection -------------------------------------------------------------------------------------------
@@ -327,12 +328,35 @@ def _opt_bool(x: Any) -> bool | None:
 def prepare_run_dir(run_dir: Path) -> PreparedRun:
     """Validate one run directory (runlog.read_run, then the manifest config via RunConfig) into a `PreparedRun`."""
     manifest, steps = _read_run(run_dir)
+    return _prepare_validated(Path(run_dir), manifest, steps)
+
+
+def _stored_columns(steps: pl.DataFrame) -> pl.DataFrame:
     # read_run checked every column's presence and dtype, nulls, contiguous 0..n-1 steps and finiteness;
-    # keep the stored columns only (df[cols]: ~45 us, a select ~130 us with polars 2.1, x5000 runs).
+    # keep the stored columns only (df[cols]: ~45 us, a select ~130 us with polars 2.1).
     missing_cols = [c for c in STEPS_COLUMNS if c not in steps.columns]
     if missing_cols:
         raise _Invalid(f"step log lacks column(s) {missing_cols}")
-    steps = steps[list(STEPS_COLUMNS)]
+    return steps[list(STEPS_COLUMNS)]
+
+
+def _prepare_validated(run_dir: Path, manifest: dict, steps: pl.DataFrame | None,
+                       span: tuple[int, int] | None = None, row: dict | _Invalid | None = None) -> PreparedRun:
+    """A PreparedRun from a manifest + step log runlog has validated (the manifest config is checked here).
+    `steps` None with a `span`: the rows are in the batch frame (runlog.read_runs_batch). `row`: the result of
+    `_manifest_row` when already computed (an _Invalid is raised here, after the step-log check)."""
+    if steps is not None:
+        steps = _stored_columns(steps)
+    if row is None:
+        row = _manifest_row(run_dir, manifest)
+    elif isinstance(row, _Invalid):
+        raise row
+    return PreparedRun(path=str(run_dir), row=row, steps=steps, move_on_conflict=False, span=span)
+
+
+def _manifest_row(run_dir: Path, manifest: dict, source_path: str | None = None) -> dict:
+    """The `runs` row of a run from its manifest alone (the config validated through RunConfig); raises
+    _Invalid. `source_path`: run_dir resolved, when the caller has it."""
     try:
         cfg = RunConfig.from_dict(manifest["config"])
     except (ConfigError, TypeError, KeyError, AttributeError) as e:
@@ -341,7 +365,8 @@ def prepare_run_dir(run_dir: Path) -> PreparedRun:
     manifest_json = _canonical_json(m)
     try:
         row = {
-            "run_id": str(m["run_id"]), "source": "dlm-triage", "source_path": str(run_dir.resolve()),
+            "run_id": str(m["run_id"]), "source": "dlm-triage",
+            "source_path": str(run_dir.resolve()) if source_path is None else source_path,
             "family": cfg.family, "model_id": cfg.model_id, "cohort": cfg.cohort, "method": cfg.method,
             "rank": cfg.rank, "alpha": float(cfg.alpha), "mask_ratio": float(cfg.mask_ratio),
             "learning_rate": float(cfg.learning_rate), "seed": cfg.seed, "steps": cfg.steps,
@@ -364,7 +389,7 @@ def prepare_run_dir(run_dir: Path) -> PreparedRun:
         raise _Invalid(f"manifest value missing or of the wrong type: {e!r}") from e
     if row["status"] not in schema.RUN_STATUSES:
         raise _Invalid(f"manifest status {row['status']!r} is not one of {list(schema.RUN_STATUSES)}")
-    return PreparedRun(path=str(run_dir), row=row, steps=steps, move_on_conflict=False)
+    return row
 
 
 # -- ingestion ----------------------------------------------------------------------------------------------
@@ -382,16 +407,16 @@ def ingest_runs(
     - run_id already stored with the same content_sha256: already_present, nothing written;
     - run_id stored (or earlier in this batch) with different content: a conflict, reported + copied to
       quarantine, the stored rows untouched.
-    Validation happens before the database is opened (in `workers` processes; None: several from
-    PARALLEL_MIN_RUNS directories on); quarantine moves happen after the commit.
+    Validation happens before the database is opened, in this process, in one batch (runlog.read_runs_batch:
+    read_run's rules in one vectorised pass over all step logs); quarantine moves happen after the commit.
+    `workers` is accepted for compatibility and ignored: the batched validation is faster in one process than
+    the former per-directory validation was in several (benchmarks/results/ingest.md).
     """
     db_path = Path(db_path)
     qdir = Path(quarantine_dir) if quarantine_dir is not None else db_path.parent / "quarantine"
     ingest_id = _new_ingest_id()
     started = _now()
     dirs = _expand_run_dirs(runs)
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 4) if len(dirs) >= PARALLEL_MIN_RUNS else 1
     # Runs stored earlier with the same manifest (hence the same step-log sha256) need no re-validation:
     # re-ingesting a growing runs directory costs a JSON parse per old run, not a Parquet read.
     stored = _stored_shas(db_path, timeout_s) if db_path.exists() else {}
@@ -405,7 +430,8 @@ def ingest_runs(
     prepared: list[PreparedRun] = []
     incomplete: list[str] = []
     rejected: list[tuple[str, str, bool]] = []  # (path, reason, move)
-    for kind, path, payload in _prepare_dirs(to_check, workers):
+    batch, outcomes = _prepare_dirs(to_check)
+    for kind, path, payload in outcomes:
         if kind == "ok":
             prepared.append(payload)
         elif kind == "incomplete":
@@ -415,7 +441,7 @@ def ingest_runs(
     return _write_batch(
         db_path, prepared, rejected=rejected, incomplete=incomplete, ingest_id=ingest_id, started=started,
         kind="runs", paths=[str(d) for d in dirs], quarantine_dir=qdir, timeout_s=timeout_s,
-        already_present=pre_present,
+        already_present=pre_present, steps_source=None if batch is None else batch.steps,
     )
 
 
@@ -439,18 +465,7 @@ def _manifest_sha(d: Path) -> tuple[str, str] | None:
     return m["run_id"], hashlib.sha256(_canonical_json(m).encode()).hexdigest()
 
 
-PARALLEL_MIN_RUNS = 500
-"""From this many run directories on, `ingest_runs` validates in worker processes by default: read_run costs
-~2-4 ms per run (mostly per-column polars checks), so 5000 runs take 10-20 s on one core."""
-
-
-def _prepare_one(d: Path) -> tuple[str, str, Any]:
-    if not (d / schema.MANIFEST_FILENAME).exists():
-        return "incomplete", str(d), None
-    try:
-        prepared = prepare_run_dir(d)
-    except _Invalid as e:
-        return "invalid", str(d), str(e)
+def _classify(d: Path, prepared: PreparedRun) -> tuple[str, str, Any]:
     if prepared.row["status"] == "failed":
         # An attempt that raised: not a result (the sweep re-runs it, under the same run_id). Stored, it would
         # enter calibration with an early-step "final" loss and turn the completed re-run into a conflict.
@@ -458,34 +473,51 @@ def _prepare_one(d: Path) -> tuple[str, str, Any]:
     return "ok", str(d), prepared
 
 
-def _prepare_chunk(dirs: list[str]) -> list[tuple[str, str, Any]]:
-    return [_prepare_one(Path(d)) for d in dirs]
+def _prepare_dirs(dirs: list[Path]):
+    """Validate run directories in one batch (runlog.read_runs_batch: the same rules and reasons as read_run).
+    Returns (batch or None, [(kind, path, payload)] in the order of `dirs`); the PreparedRuns' `span`s point
+    into batch.steps."""
+    from .runlog import RunLogError, read_runs_batch
 
+    has_manifest = [(d / schema.MANIFEST_FILENAME).exists() for d in dirs]
+    checked = [d for d, m in zip(dirs, has_manifest) if m]
+    resolved_parents: dict[Path, Path] = {}
 
-def _prepare_dirs(dirs: list[Path], workers: int) -> list[tuple[str, str, Any]]:
-    """Validate run directories, in `workers` processes when > 1 (forkserver: workers start from a clean
-    process, not a fork of this one with its DuckDB/polars threads). Results keep the order of `dirs`."""
-    if workers <= 1 or len(dirs) < 2:
-        return [_prepare_one(d) for d in dirs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+    def source_path(d: Path) -> str:
+        # = str(d.resolve()), one resolve per parent: d's last component is no symlink (checked) and no '..'
+        if d.name in ("", ".", "..") or d.is_symlink():
+            return str(d.resolve())
+        parent = resolved_parents.get(d.parent)
+        if parent is None:
+            parent = resolved_parents[d.parent] = d.parent.resolve()
+        return str(parent / d.name)
 
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(["dlm_triage.store"])
-    n_chunks = min(len(dirs), workers * 8)
-    chunks = [[str(d) for d in dirs[i::n_chunks]] for i in range(n_chunks)]
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-            parts = list(ex.map(_prepare_chunk, chunks))
-    except (BrokenProcessPool, OSError) as e:  # e.g. a __main__ that workers cannot re-import (stdin)
-        warnings.warn(f"parallel validation unavailable ({e!r}): validating in this process", RuntimeWarning,
-                      stacklevel=3)
-        return [_prepare_one(d) for d in dirs]
-    order = {str(d): i for i, d in enumerate(dirs)}
-    return sorted((r for part in parts for r in part), key=lambda r: order[r[1]])
+    def row_of(d: Path, manifest: dict) -> dict | _Invalid:
+        # runs in read_runs_batch's reading loop, while earlier step logs are parsed in its worker thread
+        try:
+            return _manifest_row(d, manifest, source_path(d))
+        except _Invalid as e:
+            return e
+
+    batch = read_runs_batch(checked, per_manifest=row_of) if checked else None
+    results = iter(range(len(checked)))
+    out: list[tuple[str, str, Any]] = []
+    for d, m in zip(dirs, has_manifest):
+        if not m:
+            out.append(("incomplete", str(d), None))
+            continue
+        i = next(results)
+        res = batch.results[i]
+        if isinstance(res, RunLogError):
+            out.append(("invalid", str(d), getattr(res, "reason", None) or str(res)))
+            continue
+        try:
+            prepared = _prepare_validated(d, res, batch.separate.get(i), batch.spans[i], batch.extras[i])
+        except _Invalid as e:
+            out.append(("invalid", str(d), str(e)))
+            continue
+        out.append(_classify(d, prepared))
+    return batch, out
 
 
 def _new_ingest_id() -> str:
@@ -498,16 +530,34 @@ def _runs_frame(rows: Sequence[Mapping[str, Any]], ingest_id: str, at: datetime)
     return df.with_columns(pl.lit(at).alias("ingested_at"), pl.lit(ingest_id).alias("ingest_id"))
 
 
-def _steps_frame(prepared: Sequence[PreparedRun]) -> pl.DataFrame:
-    """All steps of the batch as one frame, run_id attached with one repeat (no per-run with_columns)."""
-    frames = [p.steps for p in prepared if p.steps is not None and p.steps.height]
-    if not frames:
+def _steps_frame(prepared: Sequence[PreparedRun], source: pl.DataFrame | None = None) -> pl.DataFrame:
+    """All steps of the batch as one frame, run_id attached with one repeat (no per-run with_columns).
+    Runs with a `span` take their rows from `source` (one gather, none when they cover it in order)."""
+    parts = []
+    spanned = [p for p in prepared if p.span is not None and p.steps is None and p.span[1]]
+    if spanned:
+        if source is None:
+            raise ValueError("_steps_frame: PreparedRun.span without a steps source")
+        starts = np.array([p.span[0] for p in spanned], dtype=np.int64)
+        lens = np.array([p.span[1] for p in spanned], dtype=np.int64)
+        offsets = np.cumsum(lens) - lens
+        body = source[list(STEPS_COLUMNS)]
+        if not (int(lens.sum()) == source.height and np.array_equal(starts, offsets)):
+            body = body[np.repeat(starts - offsets, lens) + np.arange(int(lens.sum()), dtype=np.int64)]
+        ids = [p.row["run_id"] for p in spanned]
+        run_id = pl.Series("run_id", ids, dtype=pl.String).gather(np.repeat(np.arange(len(ids)), lens))
+        parts.append(body.insert_column(0, run_id))
+    own = [p for p in prepared if p.steps is not None and p.steps.height]
+    if own:
+        frames = [p.steps for p in own]
+        lens2 = [f.height for f in frames]
+        body = pl.concat(frames, how="vertical", rechunk=True)
+        run_id = pl.Series("run_id", [p.row["run_id"] for p in own], dtype=pl.String).gather(
+            np.repeat(np.arange(len(own)), lens2))
+        parts.append(body.insert_column(0, run_id))
+    if not parts:
         return pl.DataFrame(schema={"run_id": pl.String, **STEPS_SCHEMA})
-    ids = [p.row["run_id"] for p in prepared if p.steps is not None and p.steps.height]
-    lens = [f.height for f in frames]
-    body = pl.concat(frames, how="vertical", rechunk=True)
-    run_id = pl.Series("run_id", ids, dtype=pl.String).gather(np.repeat(np.arange(len(ids)), lens))
-    return body.insert_column(0, run_id)
+    return parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
 
 
 def _insert_runs(con: duckdb.DuckDBPyConnection, runs_df: pl.DataFrame) -> None:
@@ -530,6 +580,7 @@ def _write_batch(
     db_path: Path, prepared: Sequence[PreparedRun], *, rejected: list[tuple[str, str, bool]],
     incomplete: list[str], ingest_id: str, started: datetime, kind: str, paths: list[str],
     quarantine_dir: Path | None, timeout_s: float, already_present: int = 0,
+    steps_source: pl.DataFrame | None = None,
 ) -> IngestReport:
     """Shared by ingest_runs and importers: dedupe against the DB, insert in one transaction, then quarantine.
 
@@ -585,7 +636,7 @@ def _write_batch(
             plan.append((path, reason, move, dest))
             quarantine_rows.append((path, reason, ingest_id, at, dest))
         runs_df = _runs_frame([p.row for p in new], ingest_id, at)
-        steps_df = _steps_frame(new)
+        steps_df = _steps_frame(new, steps_source)
         con.begin()
         try:
             if new:
