@@ -78,12 +78,10 @@ def _verdict(passed: bool | None, inconclusive: str = "") -> str:
 def monitors_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
     i, a = r["in_run"], r["ab"]
     return [
-        # The target is monitors on vs off: the A/B row. The in-run timer is an upper bound: it also
-        # times the step's one host sync (loss + monitors .tolist()), which a loop without monitors pays for
-        # loss.item() as well, so it is reported, not judged.
-        Figure("monitors", "monitor overhead per step, in-run timers, upper bound incl. the step's host sync "
-               "(monitor time / step without monitors)",
-               i["monitor_ratio"], "fraction", "reported (upper bound; the A/B row is the on/off target)", None),
+        # Both rows are judged. The in-run timer is the steadier figure on a shared machine; the A/B difference
+        # of medians is dominated by load noise (it can come out negative).
+        Figure("monitors", "monitor overhead per step, in-run timers (monitor time / step without monitors)",
+               i["monitor_ratio"], "fraction", "< 2 %", i["monitor_ratio"] < 0.02),
         Figure("monitors", f"monitor overhead per step, A/B wall (median on / off - 1, {a['steps_per_arm']} "
                "interleaved steps per arm)", a["overhead_ratio"], "fraction", "< 2 %", a["overhead_ratio"] < 0.02),
         Figure("monitors", f"clean-batch top-1 forward, when run ({i['top1_source']} source) / step",
@@ -130,7 +128,11 @@ def orchestration_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
     applies = s["target_applies"]
     per_round = s["overhead_ratio_per_round"]
     spread = max(per_round) - min(per_round)
-    noisy = applies and len(per_round) > 1 and spread > s["target_overhead_ratio"]
+    target = s["target_overhead_ratio"]
+    # Inconclusive only when the rounds disagree about the verdict (some pass, some fail) AND the spread exceeds
+    # the target; rounds that all land on the same side of the target decide, however far apart they are.
+    straddles = min(per_round) < target <= max(per_round)
+    noisy = applies and len(per_round) > 1 and spread > target and straddles
     rounds_shown = ", ".join(f"{100 * x:+.1f} %" for x in per_round)
     out = [
         Figure("orchestration", f"Prefect sweep / plain process pool - 1, {size}, {s['rounds']} round(s) "
