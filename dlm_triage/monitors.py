@@ -48,7 +48,9 @@ def matrix_grad_norms(named_params: Sequence[tuple[str, torch.Tensor]]) -> torch
         return torch.zeros(0, dtype=torch.float32)
     device = named_params[0][1].device
     grads = [p.grad for _, p in named_params]
-    if all(g is not None for g in grads):  # the training case: one fused kernel, one stack
+    if all(g is not None and g.device == device for g in grads):  # the training case: one kernel, one stack
+        return torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+    if all(g is not None for g in grads):  # adapters spread over devices (device_map): gather on the first
         return torch.stack([n.to(device) for n in torch._foreach_norm(grads, 2, dtype=torch.float32)])
     out = torch.zeros(len(grads), dtype=torch.float32, device=device)
     idx = [i for i, g in enumerate(grads) if g is not None]

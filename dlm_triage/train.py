@@ -199,13 +199,14 @@ def train_step(r: _Run, step: int) -> dict[str, Any]:
     t_mon = time.perf_counter()
     top1_source = r.family.top1_source
     mon = step_monitors(r, logits, mask, top1_from_masked=top1_source == "masked")
-    scalars = torch.stack([
-        loss.detach().float(), mon["grad_norm"].to(loss.device),
-        mon.get("top1_freq", torch.tensor(float("nan"))).to(loss.device).float(),
-        mask.sum().float(), mask.float().mean(),
-    ])
-    loss_v, grad_v, top1_v, n_masked, rho = scalars.tolist()  # sync point: the one per step
-    mat = mon["matrix_grad_norms"].cpu().tolist()
+    dev = loss.device
+    top1 = mon["top1_freq"].to(dev).float() if "top1_freq" in mon else loss.new_full((), math.nan, dtype=torch.float32)
+    packed = torch.cat([  # everything the step-log row needs, in one tensor: one device->host copy per step
+        torch.stack([loss.detach().float(), mon["grad_norm"].to(dev), top1, mask.sum().float(), mask.float().mean()]),
+        mon["matrix_grad_norms"].to(dev),
+    ]).tolist()  # sync point: the one per step
+    loss_v, grad_v, top1_v, n_masked, rho = packed[:5]
+    mat = packed[5:]
     monitor_ms = (time.perf_counter() - t_mon) * 1e3
 
     top1_forward_ms = 0.0
