@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -203,18 +202,9 @@ def machine_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in VERSION_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    try:
-        out["git"] = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                                    text=True, timeout=10, check=False).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        out["git"] = None
-    return out
+    from dlm_triage.provenance import _git_describe, package_versions
+
+    return {**package_versions(VERSION_PACKAGES), "git": _git_describe()}
 
 
 def _loadavg() -> list[float] | None:

@@ -39,10 +39,10 @@ def code_version() -> str:
     return f"git:{described}" if described else f"dlm-triage=={dlm_triage.__version__}"
 
 
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages that change what a run computes (None when not installed)."""
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of `names` (default: the packages that change what a run computes); None when absent."""
     out: dict[str, str | None] = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
