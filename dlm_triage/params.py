@@ -111,7 +111,8 @@ class SweepParams(_Params):
         ge=1,
         le=1024,
         description="Training tasks run at once by this flow run (its process-pool size). Empty: the number "
-        "of GPUs, or of CPU cores without GPU. A server-side tag concurrency limit 'gpu' caps all flow runs.",
+        "of GPUs, or of CPU cores without GPU. A server-side tag concurrency limit 'gpu', when one exists, "
+        "caps all flow runs.",
     )
     task_runner: Literal["process", "thread"] = Field(
         "process",

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.futures import wait
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
 from dlm_triage.params import SweepParams
-from tasks.train import failed_record, plan_runs, prepare_tiny_model, registered_threshold, summarise_sweep, train_config
+from tasks.train import (
+    GPU_TAG, failed_record, plan_runs, prepare_tiny_model, registered_threshold, summarise_sweep, tag_limit_exists,
+    train_config,
+)
 
 
 def training_runner(kind: str, slots: int) -> TaskRunner:
@@ -32,21 +35,31 @@ def training_runner(kind: str, slots: int) -> TaskRunner:
     return ProcessPoolTaskRunner(max_workers=slots) if kind == "process" else ThreadPoolTaskRunner(max_workers=slots)
 
 
-# Called directly (tests, notebooks) it trains one config at a time in-process; sweep_flow gives it the runner.
-@flow(name="train-configs", task_runner=ThreadPoolTaskRunner(max_workers=1))
-def train_configs_flow(plan: dict[str, Any], thresholds: dict[str, Any],
-                       torch_threads: int | None = None) -> list[dict[str, Any]]:
-    """Fan out one training task per config; configs without a complete run dir bypass the cache."""
+def train_configs(plan: dict[str, Any], thresholds: dict[str, Any], torch_threads: int | None = None,
+                  runner: TaskRunner | None = None) -> list[dict[str, Any]]:
+    """Fan out one training task per config, on `runner` (or the current flow's own runner); configs without a
+    complete run dir bypass the cache. Call it inside a flow run.
+
+    Why not a subflow: a nested flow run costs its own API round trips (flow run, parent task run, states) and a
+    heartbeat-thread join, on the ephemeral SQLite server each a chance of 'database is locked' and a 2 s client
+    retry; measured 3-5 s per sweep (benchmarks/results/orchestration.md). The training task runs sit directly
+    under the sweep's flow run instead.
+    """
     todo, done, runs_dir = plan["todo"], plan["done"], plan["runs_dir"]
-    fresh = train_config.with_options(refresh_cache=True).map(
-        todo, runs_dir=unmapped(runs_dir), threshold=[thresholds.get(c["family"]) for c in todo],
-        torch_threads=unmapped(torch_threads),
-    )
-    known = train_config.map(
-        done, runs_dir=unmapped(runs_dir), threshold=[thresholds.get(c["family"]) for c in done],
-        torch_threads=unmapped(torch_threads),
-    )
-    futures = list(fresh) + list(known)
+    limited = tag_limit_exists(GPU_TAG)
+    get_run_logger().info("tag concurrency limit %r: %s", GPU_TAG, "found, training task runs carry the tag"
+                          if limited else "none, training task runs are untagged (no slot requests)")
+    task = train_config.with_options(tags=[GPU_TAG]) if limited else train_config
+
+    def fan_out(t: Any, configs: list[dict[str, Any]]) -> list[Any]:
+        if not configs:
+            return []
+        parameters = {"cfg_dict": configs, "runs_dir": unmapped(runs_dir),
+                      "threshold": [thresholds.get(c["family"]) for c in configs],
+                      "torch_threads": unmapped(torch_threads)}
+        return list(runner.map(t, parameters) if runner is not None else t.map(**parameters))
+
+    futures = fan_out(task.with_options(refresh_cache=True), todo) + fan_out(task, done)
     wait(futures)
     # 'cached': the Prefect cache answered (the trainer did not even start); 'reused': the trainer found the
     # complete run dir. A failed config becomes a record with status 'task_failed' and the error.
@@ -55,6 +68,15 @@ def train_configs_flow(plan: dict[str, Any], thresholds: dict[str, Any],
          "cached": f.state.name == "Cached"}
         for f, cfg in zip(futures, todo + done)
     ]
+
+
+# Called directly (tests, notebooks) it trains one config at a time in-process; sweep_flow runs the same fan-out
+# on its own process pool, without this flow.
+@flow(name="train-configs", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def train_configs_flow(plan: dict[str, Any], thresholds: dict[str, Any],
+                       torch_threads: int | None = None) -> list[dict[str, Any]]:
+    """`train_configs` as a flow of its own, one config at a time."""
+    return train_configs(plan, thresholds, torch_threads)
 
 
 @flow(name="sweep")
@@ -67,9 +89,8 @@ def sweep_flow(params: SweepParams = SweepParams()) -> list[dict[str, Any]]:
         {family: registered_threshold(params.resolved_db(), family) for family in params.families}
         if params.early_warning else {}
     )
-    records = train_configs_flow.with_options(task_runner=training_runner(params.task_runner, plan["slots"]))(
-        plan, thresholds, plan["torch_threads"]
-    )
+    with training_runner(params.task_runner, plan["slots"]) as runner:  # workers start, then stop at the end
+        records = train_configs(plan, thresholds, plan["torch_threads"], runner=runner)
     summarise_sweep(records)
     return records
 

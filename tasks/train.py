@@ -24,6 +24,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from prefect.cache_policies import CachePolicy
 from dlm_triage.config import ConfigError, RunConfig
 from dlm_triage.params import SweepParams
 from dlm_triage.schema import MANIFEST_FILENAME
+
+PROGRESS_LOG_EVERY_S = 15.0
+"""A training task logs 'step i/n' at most this often (plus one line with the result at the end)."""
 
 RECORD_KEYS = (
     "run_id", "status", "run_dir", "final_loss", "max_grad_norm", "routed", "reused", "wall_time_s",
@@ -140,6 +144,35 @@ class RunConfigCache(CachePolicy):
 
 # -- tasks -----------------------------------------------------------------------------------------
 
+GPU_TAG = "gpu"
+"""Tag of training task runs when the API has a tag concurrency limit on it (`prefect concurrency-limit create gpu
+N`, deployments/setup.sh): the limit then caps training task runs across all flow runs and machines."""
+
+
+def tag_limit_exists(tag: str) -> bool:
+    """Whether the Prefect API has a tag concurrency limit on `tag` (one API call).
+
+    Why ask instead of always tagging: every task run with a tag asks the API for a slot of each of its tags
+    before it starts, limit or no limit. On a SQLite-backed server (the ephemeral one of `dlm-triage run`, the
+    test harness) those requests collide with the run-state writes of the other training processes, get
+    'database is locked' (HTTP 503), and the client retries after 2 s: measured 2 s lost on some tasks of every
+    sweep (benchmarks/results/orchestration.md). Without a limit the request buys nothing, so the sweep tags
+    its training runs only when a limit exists. A limit created while a sweep runs applies from the next sweep.
+    An API error other than 'not found' counts as 'exists': the cap is kept rather than silently dropped.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_concurrency_limit_by_tag(tag)
+    except ObjectNotFound:
+        return False
+    except Exception:  # noqa: BLE001 - unknown: keep the tag (and its cap) rather than drop it
+        return True
+    return True
+
+
 def _gpu_count() -> int:
     try:
         import torch
@@ -148,7 +181,7 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-@task(name="plan-runs", tags=["cpu"])
+@task(name="plan-runs")
 def plan_runs(params: SweepParams) -> dict[str, Any]:
     """Expand the grid, place each run on a device, and split by whether a complete run dir already exists.
 
@@ -183,7 +216,7 @@ def plan_runs(params: SweepParams) -> dict[str, Any]:
             "torch_threads": threads}
 
 
-@task(name="prepare-tiny-model", tags=["cpu"], retries=1, retry_condition_fn=retry_transient)
+@task(name="prepare-tiny-model", retries=1, retry_condition_fn=retry_transient)
 def prepare_tiny_model() -> str:
     """Build (once; later a no-op) the tiny family's default model before training fans out, so parallel
     training processes find it instead of waiting on its lock."""
@@ -201,7 +234,7 @@ def prepare_tiny_model() -> str:
     return str(path)
 
 
-@task(name="registered-threshold", tags=["cpu"], retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
+@task(name="registered-threshold", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def registered_threshold(db: Path, family: str) -> Any:
     """The family's latest accepted max-grad threshold (for the live early warning), or None."""
     db = Path(db)
@@ -230,7 +263,7 @@ def _train_run_name() -> str:
 
 @task(
     name="train-config",
-    tags=["gpu"],  # `prefect concurrency-limit create gpu <N GPUs>` caps training across all flow runs
+    # No tags here: `flows.sweep.train_configs` adds GPU_TAG when the API has a limit on it (see `tag_limit_exists`).
     cache_policy=RunConfigCache(),
     persist_result=True,
     result_serializer="json",
@@ -250,10 +283,16 @@ def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
         import torch
 
         torch.set_num_threads(torch_threads)  # n processes x n threads <= cores: no oversubscription
-    every = max(1, cfg.steps // 5)
+    last = time.monotonic()
 
     def progress(step: int, total: int) -> None:
-        if step % every == 0 or step == total:
+        # By time, not by step: a long run says where it is every PROGRESS_LOG_EVERY_S, a short one (the
+        # 7 s tiny runs) only logs its result below. Each log line is an API write; on a machine that also
+        # hosts the server, those writes take CPU from training (benchmarks/results/orchestration.md).
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= PROGRESS_LOG_EVERY_S and step < total:
+            last = now
             logger.info("%s: step %d/%d", cfg.run_id, step, total)
 
     res = train_run(cfg, Path(runs_dir), threshold=threshold, progress=progress, resume=True)
@@ -306,7 +345,7 @@ def failed_record(cfg_dict: dict[str, Any], message: str | None) -> dict[str, An
     return rec
 
 
-@task(name="summarise-sweep", tags=["cpu"])
+@task(name="summarise-sweep")
 def summarise_sweep(records: list[dict[str, Any]]) -> dict[str, int]:
     """Log and publish (table artifact 'sweep-runs') what the sweep did; failed configs are listed with why."""
     logger = get_run_logger()

@@ -183,6 +183,58 @@ def test_sweep_trains_then_cache_skips_and_deleted_runs_retrain(prefect_harness,
     assert "sweep-runs" in _artifact_keys()
 
 
+def _train_task_runs(run_ids: list[str], timeout_s: float = 60) -> dict[str, object]:
+    """The server's records of the training task runs of `run_ids`, once each shows a final state with an end
+    time (states reach the server as events, recorded asynchronously)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    names = [f"train-{r}" for r in run_ids]
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=names)))
+            done = {tr.name: tr for tr in runs if tr.state is not None and tr.state.is_final() and tr.end_time}
+            if len(done) == len(names) or time.monotonic() > deadline:
+                return done
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_gpu_tag_and_its_cap_apply_only_when_the_limit_exists(prefect_harness, tiny_model_dir, tmp_path):
+    """Untagged training task runs cost no slot requests; with `prefect concurrency-limit create gpu 1` the
+    same sweep tags them and the server lets one train at a time, although the pool has two processes."""
+    from prefect.client.orchestration import get_client
+
+    from flows.sweep import sweep_flow
+    from tasks.train import GPU_TAG, tag_limit_exists
+
+    assert not tag_limit_exists(GPU_TAG)
+    free = sweep_flow(_sweep_params(tiny_model_dir, tmp_path / "free", steps=3, task_runner="thread",
+                                    gpu_slots=1, seeds=[11]))
+    runs = _train_task_runs([r["run_id"] for r in free])
+    assert len(runs) == 2 and all(GPU_TAG not in tr.tags for tr in runs.values()), runs
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=1)
+    try:
+        assert tag_limit_exists(GPU_TAG)
+        capped = sweep_flow(_sweep_params(tiny_model_dir, tmp_path / "capped", steps=STEPS, seeds=[12]))
+        assert all(r["status"] == "completed" for r in capped), capped
+        runs = _train_task_runs([r["run_id"] for r in capped])
+        assert len(runs) == 2 and all(GPU_TAG in tr.tags for tr in runs.values()), runs
+        (a, b) = sorted(runs.values(), key=lambda tr: tr.start_time)
+        assert b.start_time >= a.end_time, (
+            f"training runs overlapped under a limit of 1: {a.name} {a.start_time}-{a.end_time}, "
+            f"{b.name} {b.start_time}-{b.end_time}")
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag(GPU_TAG)
+    assert not tag_limit_exists(GPU_TAG)
+
+
 @pytest.mark.slow
 def test_failed_config_is_reported_and_others_complete(prefect_harness, tiny_model_dir, tmp_path):
     from flows.sweep import train_configs_flow
@@ -271,7 +323,7 @@ def test_recalibrate_only_groups_with_enough_new_runs(prefect_harness, tiny_mode
     assert first["ingest"]["added"] == 36 and first["due"]["due"] == ["mdlm", "tiny"]
     assert {r["group"]: r["drift"] for r in first["drift"]}["tiny"] == "new"
 
-    # the registered threshold reaches live training (ThresholdRecord through the subflow and the cache key)
+    # the registered threshold reaches live training (ThresholdRecord through the process pool and the cache key)
     from dlm_triage import store
     from flows.sweep import sweep_flow
 
