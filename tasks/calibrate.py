@@ -51,7 +51,7 @@ def _output(out: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "thresholds": rows}
 
 
-@task(name="calibrate", tags=["cpu"], **_RETRY)
+@task(name="calibrate", **_RETRY)
 def calibrate_db(db: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]:
     """Calibrate every group in the database (`calibrate.run_calibration`); artifacts: summary + thresholds."""
     from dlm_triage.calibrate import run_calibration
@@ -66,7 +66,7 @@ def calibrate_db(db: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]
     return _output(res, rows)
 
 
-@task(name="groups-due", tags=["cpu"], **_RETRY)
+@task(name="groups-due", **_RETRY)
 def groups_due(db: Path, group_by: str, min_new_runs: int) -> dict[str, Any]:
     """Per group: runs ingested since the group's last calibration (any status); due iff >= min_new_runs.
 
@@ -111,7 +111,7 @@ def _threshold_dict(rec: Any) -> dict[str, Any] | None:
     return d
 
 
-@task(name="registered-thresholds", tags=["cpu"], **_RETRY)
+@task(name="registered-thresholds", **_RETRY)
 def registered_thresholds(db: Path, group_by: str, groups: Sequence[str]) -> dict[str, dict[str, Any] | None]:
     """{group: its latest accepted threshold (store.ThresholdRecord as a dict) or None}."""
     from dlm_triage import store
@@ -123,7 +123,7 @@ def registered_thresholds(db: Path, group_by: str, groups: Sequence[str]) -> dic
         con.close()
 
 
-@task(name="calibration-thresholds", tags=["cpu"], **_RETRY)
+@task(name="calibration-thresholds", **_RETRY)
 def calibration_thresholds(db: Path, calibration_id: str) -> dict[str, dict[str, Any]]:
     """{group: threshold row of this calibration (accepted or not)}, from the registry."""
     from dlm_triage import store
@@ -141,7 +141,7 @@ def calibration_thresholds(db: Path, calibration_id: str) -> dict[str, dict[str,
     return out
 
 
-@task(name="calibrate-groups", tags=["cpu"], **_RETRY)
+@task(name="calibrate-groups", **_RETRY)
 def calibrate_groups(db: Path, out: Path, groups: Sequence[str], options: dict[str, Any]) -> dict[str, Any]:
     """Calibrate only `groups` (one new calibration over their runs) and register their thresholds.
 
@@ -206,7 +206,7 @@ def threshold_drift(previous: Mapping[str, Mapping[str, Any] | None],
     return rows
 
 
-@task(name="publish-drift", tags=["cpu"])
+@task(name="publish-drift")
 def publish_drift(previous: Mapping[str, Any], current: Mapping[str, Any], due: dict[str, Any]) -> list[dict]:
     """Artifact 'what-changed': per group, new runs, old vs new threshold and CI, drift verdict."""
     rows = threshold_drift(previous, current)

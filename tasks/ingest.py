@@ -37,7 +37,7 @@ def _markdown(title: str, report: Any, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@task(name="ingest-runs", tags=["cpu"], **_RETRY)
+@task(name="ingest-runs", **_RETRY)
 def ingest_runs(db: Path, runs_dir: Path, quarantine_dir: Path | None = None) -> dict[str, Any]:
     """Validate and insert every complete run directory under `runs_dir`; returns the IngestReport as a dict."""
     from dlm_triage import store
@@ -54,7 +54,7 @@ def ingest_runs(db: Path, runs_dir: Path, quarantine_dir: Path | None = None) ->
     return _report_dict(report)
 
 
-@task(name="import-logs", tags=["cpu"], **_RETRY)
+@task(name="import-logs", **_RETRY)
 def import_logs(db: Path, fmt: str, paths: Sequence[Path], family: str | None = None) -> dict[str, Any]:
     """Bring-your-own-logs: import files in `fmt` (reference-jsonl, cells, hf-trainer, wandb-csv)."""
     from dlm_triage import importers

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 
-@task(name="write-report", tags=["cpu"])
+@task(name="write-report")
 def write_report(db: Path, out: Path, calibration_id: str | None = None) -> dict[str, Any]:
     """Write report.html, report.md and figures/ into `out`; artifacts: a link to the HTML, a figure list."""
     from dlm_triage import report
