@@ -1,17 +1,21 @@
 """Orchestration cost: the Prefect sweep flow vs the same runs in a plain process pool, cache-hit re-run, throughput.
 
-    python benchmarks/bench_orchestration.py [--n 8] [--steps 30] [--default-size] [--slots 2] [--repeat 2]
+    python benchmarks/bench_orchestration.py [--n 8] [--steps S] [--default-size] [--slots 2] [--repeat 2]
                                              [--throughput-runs 6] [--throughput-steps 200] [--no-throughput]
+                                             [--name orchestration]
 
 (a) Overhead. The same N short tiny-family configs, each arm into a FRESH runs directory, in one process:
-    - prefect: `flows.sweep.sweep_flow` (plan, threshold lookup, `train-configs` subflow with the process task
+    - prefect: `flows.sweep.sweep_flow` (plan, threshold lookup, training tasks on the process task
       runner of `--slots` workers, summary artifact), against a Prefect test harness (SQLite + local server);
     - plain:   `concurrent.futures.ProcessPoolExecutor` (spawn, as Prefect's runner) with the same `--slots`
       workers and torch threads, calling `dlm_triage.train.train_run` directly.
     Both arms pay their worker processes' spawn and imports; neither pays the one-time Prefect import and server
     start-up, which are reported apart. With `--repeat` R the arms alternate order per round (plain first, then
     prefect first, ...) so drifting machine load hits both alike. Per-task overhead = (prefect - plain) / N;
-    ratio = prefect / plain - 1. `--default-size`: the grid of `dlm-triage run` (72 configs) with `--steps`.
+    ratio = prefect / plain - 1. `--default-size`: the default sweep of `dlm-triage run` (72 configs, at its own
+    200 steps unless `--steps` says otherwise). The < 5 % target is judged on the default sweep only; with fewer
+    steps per run (e.g. `--steps 30 --name orchestration_short`) the same fixed and per-task costs weigh more:
+    a stress figure, reported, not judged.
 (b) Cache-hit re-run: right after each prefect arm, the same sweep again (every training task answered by the
     Prefect cache, checked: all 'Cached'); ratio to that round's first prefect run. For comparison the plain
     arm re-runs too (train_run finds each complete run dir: 'reused').
@@ -19,7 +23,7 @@
     (steps 200, batch 4, top1_every 1), through the plain pool with `--slots` workers; runs/hour for the grid and
     steps/s per run are EXTRAPOLATED from that subset (and, through Prefect, with the per-task overhead of (a)).
 
-Writes benchmarks/results/orchestration.json and orchestration.md (machine, versions, exact command).
+Writes <out>/<name>.json and <name>.md (default name 'orchestration'; machine, versions, exact command).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ if str(ROOT) not in sys.path:
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_OVERHEAD = 0.05  # issue #9: Prefect sweep within 5% of the plain loop at the default sweep size
+SHORT_STEPS = 30  # steps per run of the N-config variant (without --default-size)
 
 
 # -- machine ---------------------------------------------------------------------------------------------------
@@ -177,13 +182,31 @@ def overhead_rounds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
             1 for x in recs["prefect"]
             if x["run_id"] in by_id and x["final_loss"] == by_id[x["run_id"]]["final_loss"]
         )
-        out["statuses"] = {s: sum(x["status"] == s for x in recs["plain"]) for s in {x["status"] for x in recs["plain"]}}
+        out["statuses"] = {s: sum(x["status"] == s for x in recs["plain"])
+                           for s in {x["status"] for x in recs["plain"]}}
+        out.update(steps_per_s(recs["plain"]))
         out["overhead_per_task_s"] = (out["prefect_wall_s"] - out["plain_wall_s"]) / n
         out["overhead_ratio"] = out["prefect_wall_s"] / out["plain_wall_s"] - 1.0
         out["cache_rerun_ratio"] = out["cache_rerun_s"] / out["prefect_wall_s"]
         rounds.append(out)
         shutil.rmtree(rdir, ignore_errors=True)
     return rounds
+
+
+def steps_per_s(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Median steps/s per run of one arm: the training loop alone (step log's step_time_ms) and end to end
+    (logged steps / train_run wall, model load and writing included)."""
+    import polars as pl
+
+    from dlm_triage.schema import STEPLOG_FILENAME
+
+    loop, e2e = [], []
+    for rec in records:
+        s = pl.read_parquet(Path(rec["run_dir"]) / STEPLOG_FILENAME, columns=["step_time_ms"])
+        loop.append(s.height / (float(s["step_time_ms"].sum()) / 1e3))
+        e2e.append(s.height / rec["wall_time_s"])
+    return {"loop_steps_per_s_median": statistics.median(loop),
+            "end_to_end_steps_per_s_median": statistics.median(e2e)}
 
 
 # -- (c) -------------------------------------------------------------------------------------------------------
@@ -245,7 +268,9 @@ def throughput(args: argparse.Namespace, work: Path, overhead_per_task_s: float)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8, help="runs per arm (ignored with --default-size)")
-    ap.add_argument("--steps", type=int, default=30, help="steps per run in the overhead arms (short runs)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"steps per run in the overhead arms (default: the default sweep's with --default-size, "
+                    f"else {SHORT_STEPS})")
     ap.add_argument("--default-size", action="store_true",
                     help="use the default grid of `dlm-triage run` (72 configs) with --steps, instead of --n")
     ap.add_argument("--slots", type=int, default=os.cpu_count() or 1,
@@ -256,7 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-throughput", action="store_true", help="skip (c)")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir, removed)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="orchestration", help="results file stem: <out>/<name>.json and .md")
     args = ap.parse_args(argv)
+    from dlm_triage.cli import EMBEDDED_DEFAULT_SWEEP
+
+    default_steps = EMBEDDED_DEFAULT_SWEEP["steps"]
+    if args.steps is None:
+        args.steps = default_steps if args.default_size else SHORT_STEPS
+    if not args.name.replace("_", "").replace("-", "").isalnum():
+        ap.error(f"--name {args.name!r}: use letters, digits, '_' or '-'")
     if args.n < 1 or args.steps < 1 or args.slots < 1 or args.repeat < 1 or args.throughput_runs < 1:
         ap.error("--n, --steps, --slots, --repeat and --throughput-runs must be >= 1")
     command = "python benchmarks/bench_orchestration.py " + " ".join(
@@ -316,7 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_ratio": pref / plain - 1.0,
         "overhead_ratio_per_round": [r["overhead_ratio"] for r in rounds],
         "target_overhead_ratio": TARGET_OVERHEAD,
-        "target_applies": bool(args.default_size),
+        # The target is about the default sweep: its 72 configs at its own steps per run.
+        "target_applies": bool(args.default_size) and args.steps == default_steps,
+        "runs_per_hour_plain_measured": 3600 * n_total / plain,
+        "runs_per_hour_prefect_measured": 3600 * n_total / pref,
+        "loop_steps_per_s_median": statistics.median(r["loop_steps_per_s_median"] for r in rounds),
+        "end_to_end_steps_per_s_median": statistics.median(r["end_to_end_steps_per_s_median"] for r in rounds),
         "within_target": (pref / plain - 1.0) < TARGET_OVERHEAD,
         # Cache-hit figures only from rounds whose re-run was answered by the cache for every task (a round where
         # a training module changed mid-round re-ran through train_run's reuse instead: shown, not counted).
@@ -353,9 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": tput,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "orchestration.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
-    (args.out / "orchestration.md").write_text(md)
+    (args.out / f"{args.name}.md").write_text(md)
     print(md)
     return 0
 
@@ -364,11 +402,15 @@ def markdown(r: dict[str, Any]) -> str:
     s, m, v, o = r["summary"], r["machine"], r["versions"], r["one_time_s"]
     per_round = s["overhead_ratio_per_round"]
     spread = max(per_round) - min(per_round)
-    noisy = len(per_round) > 1 and spread > s["target_overhead_ratio"]
-    target = (f"target < {100 * s['target_overhead_ratio']:.0f}%: "
-              + ("met" if s["within_target"] else "**MISSED**")
-              + (" by the total, but **inconclusive**" if noisy else "")) if s["target_applies"] else \
-        "target (< 5%) applies at the default sweep size only (--default-size)"
+    goal = s["target_overhead_ratio"]
+    # As run_all: inconclusive only when the rounds land on both sides of the target by more than the target.
+    noisy = len(per_round) > 1 and spread > goal and min(per_round) < goal <= max(per_round)
+    if s["target_applies"]:
+        target = (f"target < {100 * goal:.0f}%: " + ("met" if s["within_target"] else "**MISSED**")
+                  + (" by the total, but **inconclusive**" if noisy else ""))
+    else:
+        target = ("target (< 5%) applies to the default sweep only (--default-size at its own steps per run): "
+                  "this is a stress figure")
     lines = [
         "# Orchestration benchmark: Prefect sweep flow vs plain process pool",
         "",
@@ -397,6 +439,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"**Overhead (all rounds): {100 * s['overhead_ratio']:+.1f}%** ({s['prefect_wall_s_total']:.1f} s vs "
         f"{s['plain_wall_s_total']:.1f} s), **{s['overhead_per_task_s']:+.3f} s per task** on "
         f"{s['plain_wall_per_run_s']:.2f} s of plain sweep wall per run; {target}.  ",
+        f"Measured throughput of these arms: {s['runs_per_hour_plain_measured']:.0f} runs/h plain, "
+        f"{s['runs_per_hour_prefect_measured']:.0f} runs/h through Prefect; steps/s per run (plain arm, median) "
+        f"{s['loop_steps_per_s_median']:.1f} in the training loop, {s['end_to_end_steps_per_s_median']:.1f} end to "
+        "end.  ",
         (f"Per-round ratios range from {100 * min(per_round):+.1f}% to {100 * max(per_round):+.1f}%: the machine's "
          "load (other jobs) changed between the arms by more than the effect measured, so this run does not resolve "
          "the orchestration overhead to within the target.  " if noisy else ""),

@@ -8,7 +8,9 @@ Benchmarks (see benchmarks/README.md for what each measures against which baseli
     monitors       bench_monitors.py       monitors on vs off per training step (tiny family)
     calibration    bench_calibration.py    calibrate() vs the sklearn/scipy loop reference, 671 x 201
     ingest         bench_ingest.py         store.ingest_runs vs DuckDB read_parquet, 1,005,000 step rows
-    orchestration  bench_orchestration.py  Prefect sweep vs plain process pool, cache-hit re-run, throughput
+    orchestration  bench_orchestration.py  Prefect sweep vs plain process pool (the default sweep), cache-hit re-run,
+                                           throughput
+    orchestration_short  (same script)     the default grid at 30 steps per run: a stress figure, no target
 
 Writes <out>/summary.json and <out>/SUMMARY.md: benchmark, figure, measured value, target, pass/fail, plus the
 machine, versions and every command. A benchmark that fails is reported as failed (its log tail in the
@@ -123,8 +125,11 @@ def ingest_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
 
 def orchestration_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
     s, o = r["summary"], r["one_time_s"]
-    size = f"{s['n_runs']} runs x {s['steps']} steps" + (" (default grid size)" if s["default_size"] else "")
     applies = s["target_applies"]
+    size = f"{s['n_runs']} runs x {s['steps']} steps" + (
+        " (the default sweep)" if applies else " (default grid, short runs: stress figure)" if s["default_size"]
+        else "")
+    name = "orchestration" if applies or not s["default_size"] else "orchestration, short runs"
     per_round = s["overhead_ratio_per_round"]
     spread = max(per_round) - min(per_round)
     target = s["target_overhead_ratio"]
@@ -134,21 +139,32 @@ def orchestration_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
     noisy = applies and len(per_round) > 1 and spread > target and straddles
     rounds_shown = ", ".join(f"{100 * x:+.1f} %" for x in per_round)
     out = [
-        Figure("orchestration", f"Prefect sweep / plain process pool - 1, {size}, {s['rounds']} round(s) "
+        Figure(name, f"Prefect sweep / plain process pool - 1, {size}, {s['rounds']} round(s) "
                f"(per round: {rounds_shown})", s["overhead_ratio"], "fraction",
-               "< 5 %" if applies else "< 5 % at default size only",
+               "< 5 %" if applies else "reported (the < 5 % target is for the default sweep)",
                (s["overhead_ratio"] < s["target_overhead_ratio"]) if applies else None,
                f"per-round spread {100 * spread:.0f} points > the 5 % target: load noise exceeds the effect"
                if noisy else ""),
-        Figure("orchestration", "Prefect overhead per task ((prefect - plain) wall / runs)",
+        Figure(name, "Prefect overhead per task ((prefect - plain) wall / runs)",
                s["overhead_per_task_s"], "s", "-", None),
-        Figure("orchestration", "cache-hit re-run / first Prefect run (rounds with every task Cached: "
+        Figure(name, "cache-hit re-run / first Prefect run (rounds with every task Cached: "
                f"{s.get('cache_rerun_rounds')})", s["cache_rerun_ratio_median"], "ratio", "-", None),
-        Figure("orchestration", "cache-hit re-run / plain pool re-run (train_run reuses complete run dirs)",
+        Figure(name, "cache-hit re-run / plain pool re-run (train_run reuses complete run dirs)",
                s.get("cache_rerun_over_plain_rerun_median"), "ratio", "-", None),
-        Figure("orchestration", "one-time Prefect server start-up (excluded from the ratio)", o["server_start"], "s",
+        Figure(name, "one-time Prefect server start-up (excluded from the ratio)", o["server_start"], "s",
                "-", None),
     ]
+    if applies:
+        out += [
+            Figure("throughput", f"default sweep runs/hour through Prefect (measured: {s['n_runs']} runs x "
+                   f"{s['rounds']} round(s))", s.get("runs_per_hour_prefect_measured"), "1/h", "-", None),
+            Figure("throughput", "default sweep runs/hour, plain pool (measured)",
+                   s.get("runs_per_hour_plain_measured"), "1/h", "-", None),
+            Figure("throughput", "steps/s per run, training loop (median, plain arm)",
+                   s.get("loop_steps_per_s_median"), "1/s", "-", None),
+            Figure("throughput", "steps/s per run, end to end incl. model load and writes (median, plain arm)",
+                   s.get("end_to_end_steps_per_s_median"), "1/s", "-", None),
+        ]
     t = r.get("throughput")
     if t:
         out += [
@@ -186,9 +202,17 @@ BENCHMARKS: dict[str, Bench] = {
     "ingest": Bench("bench_ingest.py", "ingest.json", ("--repeat", "2", "--workdir", "{work}/ingest"),
                     ("--runs", "200", "--steps", "50", "--repeat", "1", "--workdir", "{work}/ingest"),
                     ingest_figures),
-    "orchestration": Bench("bench_orchestration.py", "orchestration.json", ("--default-size",),
+    # The default sweep itself (72 configs x 200 steps, ~20 min for 2 rounds here): where the < 5 % target applies;
+    # its throughput is measured on those arms (no extrapolation, hence --no-throughput).
+    "orchestration": Bench("bench_orchestration.py", "orchestration.json", ("--default-size", "--no-throughput"),
                            ("--n", "2", "--steps", "3", "--repeat", "1", "--throughput-runs", "2",
                             "--throughput-steps", "10"), orchestration_figures),
+    # The same grid at 30 steps per run: Prefect's fixed and per-task costs against ~1 s runs (stress, no target).
+    "orchestration_short": Bench("bench_orchestration.py", "orchestration_short.json",
+                                 ("--default-size", "--steps", "30", "--no-throughput", "--name",
+                                  "orchestration_short"),
+                                 ("--n", "2", "--steps", "3", "--repeat", "1", "--no-throughput", "--name",
+                                  "orchestration_short"), orchestration_figures),
 }
 
 
