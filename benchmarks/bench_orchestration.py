@@ -141,6 +141,32 @@ def threads_per_slot(slots: int) -> int:
 
 # -- (a) + (b) -------------------------------------------------------------------------------------------------
 
+class AuxCpu:
+    """CPU seconds used outside the training workers: this process (the flow engine, or the plain pool's
+    manager) and the children alive at the start (the Prefect server). On a machine whose cores all train,
+    that CPU is taken from training; the adjusted estimate charges it to the arm."""
+
+    def __init__(self) -> None:
+        import psutil  # a dependency of peft and accelerate
+
+        me = psutil.Process()
+        self._procs = [me, *me.children(recursive=True)]
+        self._start = self._total()
+
+    def _total(self) -> float:
+        total = 0.0
+        for p in self._procs:
+            try:
+                c = p.cpu_times()
+                total += c.user + c.system
+            except Exception:  # noqa: BLE001 - a process that ended counts what it had (psutil.Error)
+                pass
+        return total
+
+    def used(self) -> float:
+        return self._total() - self._start
+
+
 def overhead_rounds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     rounds = []
     threads = threads_per_slot(args.slots)
@@ -153,14 +179,17 @@ def overhead_rounds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
         for arm in order:
             params = grid_params(args, rdir / arm / "runs", rdir / "no-thresholds.duckdb")
             print(f"round {r}: {arm} arm, {args.n_runs} runs ...", flush=True)
+            aux = AuxCpu()
             if arm == "plain":
                 wall, recs[arm] = plain_sweep(params, args.slots, threads)
+                out["plain_aux_cpu_s"] = aux.used()
                 out["plain_wall_s"] = wall
                 rerun, again = plain_sweep(params, args.slots, threads)
                 out["plain_rerun_s"] = rerun
                 out["plain_rerun_all_reused"] = all(x["reused"] for x in again)
             else:
                 wall, recs[arm] = prefect_sweep(params)
+                out["prefect_aux_cpu_s"] = aux.used()
                 out["prefect_wall_s"] = wall
                 rerun, again = prefect_sweep(params)  # (b): the same sweep, every task answered by the cache
                 out["cache_rerun_s"] = rerun
@@ -185,6 +214,16 @@ def overhead_rounds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
         out["statuses"] = {s: sum(x["status"] == s for x in recs["plain"])
                            for s in {x["status"] for x in recs["plain"]}}
         out.update(steps_per_s(recs["plain"]))
+        # Training speed moves with the machine's load by more than the effect measured (the same 12 runs took
+        # 59-73 s of training-loop time from one arm to the next here). The adjusted estimate replaces the Prefect
+        # arm's training time by the plain arm's (sum of train_run wall / slots) and charges it the extra CPU
+        # its flow engine and server used (which, on busy cores, is what slowed its training).
+        for arm in ("plain", "prefect"):
+            out[f"{arm}_train_sum_s"] = sum(x["wall_time_s"] for x in recs[arm])
+        out["prefect_adjusted_wall_s"] = (
+            out["prefect_wall_s"] - (out["prefect_train_sum_s"] - out["plain_train_sum_s"]) / args.slots
+            + max(0.0, out["prefect_aux_cpu_s"] - out["plain_aux_cpu_s"]) / args.slots)
+        out["overhead_adjusted_ratio"] = out["prefect_adjusted_wall_s"] / out["plain_wall_s"] - 1.0
         out["overhead_per_task_s"] = (out["prefect_wall_s"] - out["plain_wall_s"]) / n
         out["overhead_ratio"] = out["prefect_wall_s"] / out["plain_wall_s"] - 1.0
         out["cache_rerun_ratio"] = out["cache_rerun_s"] / out["prefect_wall_s"]
@@ -348,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_per_task_s": (pref - plain) / n_total,
         "overhead_ratio": pref / plain - 1.0,
         "overhead_ratio_per_round": [r["overhead_ratio"] for r in rounds],
+        "overhead_adjusted_ratio": sum(r["prefect_adjusted_wall_s"] for r in rounds) / plain - 1.0,
+        "overhead_adjusted_ratio_per_round": [r["overhead_adjusted_ratio"] for r in rounds],
+        "overhead_adjusted_per_task_s": (sum(r["prefect_adjusted_wall_s"] for r in rounds) - plain) / n_total,
         "target_overhead_ratio": TARGET_OVERHEAD,
         # The target is about the default sweep: its 72 configs at its own steps per run.
         "target_applies": bool(args.default_size) and args.steps == default_steps,
@@ -355,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs_per_hour_prefect_measured": 3600 * n_total / pref,
         "loop_steps_per_s_median": statistics.median(r["loop_steps_per_s_median"] for r in rounds),
         "end_to_end_steps_per_s_median": statistics.median(r["end_to_end_steps_per_s_median"] for r in rounds),
-        "within_target": (pref / plain - 1.0) < TARGET_OVERHEAD,
+        # Met only when both the wall ratio and the training-speed-adjusted one are under the target.
+        "within_target": max(pref / plain, sum(r["prefect_adjusted_wall_s"] for r in rounds) / plain) - 1.0
+        < TARGET_OVERHEAD,
         # Cache-hit figures only from rounds whose re-run was answered by the cache for every task (a round where
         # a training module changed mid-round re-ran through train_run's reuse instead: shown, not counted).
         "cache_rerun_rounds": [r["round"] for r in cached],
@@ -425,20 +469,29 @@ def markdown(r: dict[str, Any]) -> str:
         f"({r['settings']['torch_threads_per_slot']} torch thread(s) each), {s['rounds']} round(s), fresh run dirs",
         "",
         "| round | order | plain pool (s) | Prefect sweep_flow (s) | per-task overhead (s) | ratio - 1 | "
+        "train_run sum plain / Prefect (s) | extra CPU of flow engine + server (s) | adjusted ratio - 1 | "
         "cache-hit re-run (s) | re-run / first | plain re-run, reused (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["rounds"]:
         lines.append(
             f"| {x['round']} | {' then '.join(x['order'])} | {x['plain_wall_s']:.1f} | {x['prefect_wall_s']:.1f} | "
-            f"{x['overhead_per_task_s']:+.3f} | {100 * x['overhead_ratio']:+.1f}% | {x['cache_rerun_s']:.1f} | "
+            f"{x['overhead_per_task_s']:+.3f} | {100 * x['overhead_ratio']:+.1f}% | "
+            f"{x['plain_train_sum_s']:.1f} / {x['prefect_train_sum_s']:.1f} | "
+            f"{x['prefect_aux_cpu_s'] - x['plain_aux_cpu_s']:+.1f} | {100 * x['overhead_adjusted_ratio']:+.1f}% | "
+            f"{x['cache_rerun_s']:.1f} | "
             f"{x['cache_rerun_ratio']:.2f}{'' if x['cache_rerun_all_cached'] else ' (not all Cached)'} | "
             f"{x['plain_rerun_s']:.1f} |")
     lines += [
         "",
         f"**Overhead (all rounds): {100 * s['overhead_ratio']:+.1f}%** ({s['prefect_wall_s_total']:.1f} s vs "
         f"{s['plain_wall_s_total']:.1f} s), **{s['overhead_per_task_s']:+.3f} s per task** on "
-        f"{s['plain_wall_per_run_s']:.2f} s of plain sweep wall per run; {target}.  ",
+        f"{s['plain_wall_per_run_s']:.2f} s of plain sweep wall per run.  ",
+        f"**Adjusted for training speed: {100 * s['overhead_adjusted_ratio']:+.1f}%** "
+        f"({s['overhead_adjusted_per_task_s']:+.3f} s per task): the Prefect arm's training time (sum of train_run "
+        "wall / slots) replaced by the plain arm's, plus the extra CPU its flow engine and server used / slots. "
+        "The machine's load moves training speed between arms by more than the effect measured; this estimate "
+        f"keeps only what orchestration adds. Verdict on both figures: {target}.  ",
         f"Measured throughput of these arms: {s['runs_per_hour_plain_measured']:.0f} runs/h plain, "
         f"{s['runs_per_hour_prefect_measured']:.0f} runs/h through Prefect; steps/s per run (plain arm, median) "
         f"{s['loop_steps_per_s_median']:.1f} in the training loop, {s['end_to_end_steps_per_s_median']:.1f} end to "
