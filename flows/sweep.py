@@ -42,8 +42,8 @@ def train_configs(plan: dict[str, Any], thresholds: dict[str, Any], torch_thread
 
     Why not a subflow: a nested flow run costs its own API round trips (flow run, parent task run, states) and a
     heartbeat-thread join, on the ephemeral SQLite server each a chance of 'database is locked' and a 2 s client
-    retry; measured 3-5 s per sweep (benchmarks/results/orchestration.md). The training task runs sit directly
-    under the sweep's flow run instead.
+    retry; profiled at 3-5 s per sweep (benchmarks/README.md, orchestration details). The training task runs sit
+    directly under the sweep's flow run instead.
     """
     todo, done, runs_dir = plan["todo"], plan["done"], plan["runs_dir"]
     limited = tag_limit_exists(GPU_TAG)

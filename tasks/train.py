@@ -156,8 +156,9 @@ def tag_limit_exists(tag: str) -> bool:
     before it starts, limit or no limit. On a SQLite-backed server (the ephemeral one of `dlm-triage run`, the
     test harness) those requests collide with the run-state writes of the other training processes, get
     'database is locked' (HTTP 503), and the client retries after 2 s: measured 2 s lost on some tasks of every
-    sweep (benchmarks/results/orchestration.md). Without a limit the request buys nothing, so the sweep tags
-    its training runs only when a limit exists. A limit created while a sweep runs applies from the next sweep.
+    sweep (profiled: benchmarks/README.md, orchestration details). Without a limit the request buys nothing, so
+    the sweep tags its training runs only when a limit exists. A limit created while a sweep runs applies from
+    the next sweep.
     An API error other than 'not found' counts as 'exists': the cap is kept rather than silently dropped.
     """
     from prefect.client.orchestration import get_client
@@ -288,7 +289,7 @@ def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
     def progress(step: int, total: int) -> None:
         # By time, not by step: a long run says where it is every PROGRESS_LOG_EVERY_S, a short one (the
         # 7 s tiny runs) only logs its result below. Each log line is an API write; on a machine that also
-        # hosts the server, those writes take CPU from training (benchmarks/results/orchestration.md).
+        # hosts the server, those writes take CPU from training (benchmarks/README.md).
         nonlocal last
         now = time.monotonic()
         if now - last >= PROGRESS_LOG_EVERY_S and step < total:
