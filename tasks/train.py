@@ -7,8 +7,9 @@ and 7 s to read back: ENVIRONMENT-NOTES.md).
 
 Two layers skip finished work:
 1. Prefect's cache: key = config hash + training code version (`training_code_version`) + runs root (+ the
-   early-warning threshold, which changes routing), result persisted as JSON in the default result storage (PREFECT_LOCAL_STORAGE_PATH or a remote
-   block: see deployments/README.md). A hit does not even start the trainer: the task run is 'Cached'.
+   early-warning threshold, which changes routing), result persisted as JSON in the default result storage
+   (PREFECT_LOCAL_STORAGE_PATH or a remote block: see deployments/README.md). A hit does not even start the
+   trainer: the task run is 'Cached'.
 2. `train_run(resume=True)`: a run directory with a manifest for the same config hash is reused
    (record['reused'] is True). This covers a cache miss, e.g. a new code version or a wiped result storage.
 A config whose run directory has no manifest is trained with `refresh_cache=True` (see `plan_runs`), so a
