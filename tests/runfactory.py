@@ -1,4 +1,5 @@
-"""Synthetic run directories for storage tests, written through runlog.write_run_atomic (the one writer).
+"""Synthetic run directories for storage tests, written through runlog.write_run_atomic (the one writer), and
+`db_rows` to read a stored database back.
 
 Values are deterministic in (run config, `unstable`): a stable run's grad norm decays, an unstable one's grows;
 top-1 climbs above 0.5 early when `top1_high` is set.
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from dlm_triage import schema
+from dlm_triage import schema, store
 from dlm_triage.config import RunConfig
 from dlm_triage.runlog import write_run_atomic
 
@@ -82,3 +83,12 @@ def make_sweep(runs_dir: Path, n: int, *, steps: int = 20, family: str = "tiny",
         cfg = RunConfig(family=family, steps=steps, seed=i, rank=(4, 8, 16)[i % 3], **base)
         out.append(make_run(runs_dir, cfg, unstable=(i % unstable_every == 0)))
     return out
+
+
+def db_rows(db: Path, sql: str) -> list[tuple]:
+    """The rows of `sql` on the database at `db`, through a read-only connection closed afterwards."""
+    con = store.connect(db, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dlm_triage import importers, store
+from dlm_triage import importers
 from dlm_triage.importers import CELLS_COLUMNS, LogFormatError
+from runfactory import db_rows as rows
 
 HEADER = ",".join(CELLS_COLUMNS)
 
@@ -22,14 +23,6 @@ HEADER = ",".join(CELLS_COLUMNS)
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "triage.duckdb"
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    con = store.connect(db, read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def jsonl_lines(n: int = 15, **extra) -> list[str]:

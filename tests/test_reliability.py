@@ -38,7 +38,7 @@ from dlm_triage.runlog import RunLogError, read_run
 from dlm_triage.schema import MANIFEST_FILENAME, MANIFEST_KEYS, STEPLOG_FILENAME
 from dlm_triage.train import train_run
 
-from runfactory import make_run, make_sweep
+from runfactory import db_rows, make_run, make_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -49,14 +49,6 @@ def small(tiny_model_dir: Path, **kw) -> RunConfig:
                 save_adapter=False)
     base.update(kw)
     return RunConfig(**base)
-
-
-def db_rows(db: Path, sql: str) -> list[tuple]:
-    con = store.connect(db, read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 # -- SIGKILL mid-run ---------------------------------------------------------------------------------------
