@@ -480,7 +480,7 @@ def test_any_manifest_value_is_validated_or_rejected_never_a_crash(templates, ki
         shutil.copytree(src, run_dir)
         man = json.loads((run_dir / MANIFEST_FILENAME).read_text())
         for key, value in edits:
-            target, k = (man["config"], key[7:]) if key.startswith("config.") else (man, key)
+            target, k = (man.get("config"), key[7:]) if key.startswith("config.") else (man, key)
             if not isinstance(target, dict):
                 continue
             if value == "<delete>":
