@@ -82,11 +82,7 @@ def placed_configs(params: Any) -> list[dict[str, Any]]:
     import torch
 
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if params.device == "auto":
-        devices = [f"cuda:{i}" for i in range(n_gpus)] or ["cpu"]
-    else:
-        devices = [params.device]
-    return [c.replace(device=devices[i % len(devices)]).to_dict() for i, c in enumerate(params.to_spec().expand())]
+    return [c.to_dict() for c in params.placed_configs(n_gpus)]
 
 
 def plain_sweep(params: Any, slots: int, threads: int) -> tuple[float, list[dict[str, Any]]]:

@@ -240,6 +240,18 @@ class SweepParams(_Params):
             base=self.base(),
         )
 
+    def devices(self, n_gpus: int) -> list[str]:
+        """Where runs go: with device 'auto', cuda:0..N-1 over the N visible GPUs (cpu without one); else
+        the device asked for."""
+        if self.device == "auto":
+            return [f"cuda:{i}" for i in range(n_gpus)] or ["cpu"]
+        return [self.device]
+
+    def placed_configs(self, n_gpus: int) -> list[RunConfig]:
+        """The grid's configs, run i on `devices(n_gpus)[i mod len]` (round-robin over the GPUs)."""
+        devices = self.devices(n_gpus)
+        return [c.replace(device=devices[i % len(devices)]) for i, c in enumerate(self.to_spec().expand())]
+
     def resolved_runs_dir(self) -> Path:
         return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
 

@@ -187,23 +187,20 @@ def _gpu_count() -> int:
 def plan_runs(params: SweepParams) -> dict[str, Any]:
     """Expand the grid, place each run on a device, and split by whether a complete run dir already exists.
 
-    Device: with params.device 'auto', round-robin cuda:0..N-1 over the N visible GPUs, cpu without GPU.
+    Device: `SweepParams.placed_configs` (with device 'auto', round-robin cuda:0..N-1 over the N visible GPUs,
+    cpu without GPU).
     Returns {'todo': [cfg dicts without a manifest], 'done': [cfg dicts with one], 'slots', 'devices',
     'runs_dir', 'torch_threads'}.
     """
     logger = get_run_logger()
-    configs = params.to_spec().expand()
     n_gpus = _gpu_count()
-    if params.device == "auto":
-        devices = [f"cuda:{i}" for i in range(n_gpus)] or ["cpu"]
-    else:
-        devices = [params.device]
+    devices = params.devices(n_gpus)
+    configs = params.placed_configs(n_gpus)
     runs_dir = params.resolved_runs_dir()
     todo: list[dict[str, Any]] = []
     done: list[dict[str, Any]] = []
-    for i, cfg in enumerate(configs):
-        d = cfg.replace(device=devices[i % len(devices)]).to_dict()
-        (done if (runs_dir / cfg.run_id / MANIFEST_FILENAME).exists() else todo).append(d)
+    for cfg in configs:
+        (done if (runs_dir / cfg.run_id / MANIFEST_FILENAME).exists() else todo).append(cfg.to_dict())
     # A thread runner trains one run at a time (SweepParams explains why); a process pool one per slot.
     slots = 1 if params.task_runner == "thread" else params.gpu_slots or (n_gpus or os.cpu_count() or 1)
     # torch threads per training process: cores / processes, so n processes x threads <= cores.

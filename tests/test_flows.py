@@ -55,6 +55,16 @@ def test_sweep_params_build_the_same_spec_and_configs():
     assert [c.run_id for c in again.to_spec().expand()] == [c.run_id for c in configs]
 
 
+def test_runs_are_placed_round_robin_over_gpus_or_on_the_device_asked_for():
+    p = SweepParams(ranks=[4], mask_ratios=[0.5], seeds=[1, 2, 3], steps=3)
+    assert [c.device for c in p.placed_configs(2)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert [c.device for c in p.placed_configs(0)] == ["cpu"] * 3
+    pinned = p.model_copy(update={"device": "cuda:3"})
+    assert pinned.devices(2) == ["cuda:3"] and {c.device for c in pinned.placed_configs(2)} == {"cuda:3"}
+    # placement is not part of a run's identity: the same run ids wherever the runs go
+    assert [c.run_id for c in p.placed_configs(2)] == [c.run_id for c in p.to_spec().expand()]
+
+
 def test_thread_runner_refuses_parallel_slots():
     with pytest.raises(pydantic.ValidationError, match="gpu_slots=2 with task_runner='thread'"):
         SweepParams(task_runner="thread", gpu_slots=2)
