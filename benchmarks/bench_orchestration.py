@@ -209,7 +209,7 @@ def overhead_rounds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
         )
         out["statuses"] = {s: sum(x["status"] == s for x in recs["plain"])
                            for s in {x["status"] for x in recs["plain"]}}
-        out.update(steps_per_s(recs["plain"]))
+        out.update(median_speeds(run_speeds(recs["plain"])))
         # Training speed moves with the machine's load by more than the effect measured (the same 12 runs took
         # 59-73 s of training-loop time from one arm to the next here). The adjusted estimate replaces the Prefect
         # arm's training time by the plain arm's (sum of train_run wall / slots) and charges it the extra CPU
@@ -228,31 +228,33 @@ def overhead_rounds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
     return rounds
 
 
-def steps_per_s(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Median steps/s per run of one arm: the training loop alone (step log's step_time_ms) and end to end
-    (logged steps / train_run wall, model load and writing included)."""
+def run_speeds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per trained run: steps/s in the training loop alone (the step log's step_time_ms) and end to end (logged
+    steps / train_run wall, model load and writing included)."""
     import polars as pl
 
     from dlm_triage.schema import STEPLOG_FILENAME
 
-    loop, e2e = [], []
+    out = []
     for rec in records:
         s = pl.read_parquet(Path(rec["run_dir"]) / STEPLOG_FILENAME, columns=["step_time_ms"])
-        loop.append(s.height / (float(s["step_time_ms"].sum()) / 1e3))
-        e2e.append(s.height / rec["wall_time_s"])
-    return {"loop_steps_per_s_median": statistics.median(loop),
-            "end_to_end_steps_per_s_median": statistics.median(e2e)}
+        out.append({"run_id": rec["run_id"], "status": rec["status"], "steps_logged": s.height,
+                    "loop_steps_per_s": s.height / (float(s["step_time_ms"].sum()) / 1e3),
+                    "end_to_end_steps_per_s": s.height / rec["wall_time_s"], "wall_time_s": rec["wall_time_s"]})
+    return out
+
+
+def median_speeds(per_run: list[dict[str, Any]]) -> dict[str, float]:
+    return {"loop_steps_per_s_median": statistics.median(p["loop_steps_per_s"] for p in per_run),
+            "end_to_end_steps_per_s_median": statistics.median(p["end_to_end_steps_per_s"] for p in per_run)}
 
 
 # -- (c) -------------------------------------------------------------------------------------------------------
 
 def throughput(args: argparse.Namespace, work: Path, overhead_per_task_s: float) -> dict[str, Any]:
     """A spread subset of the default grid at its own per-run settings, through the plain pool; extrapolated."""
-    import polars as pl
-
     from dlm_triage.cli import EMBEDDED_DEFAULT_SWEEP
     from dlm_triage.params import SweepParams
-    from dlm_triage.schema import STEPLOG_FILENAME
 
     grid = dict(EMBEDDED_DEFAULT_SWEEP)
     steps = args.throughput_steps
@@ -270,14 +272,7 @@ def throughput(args: argparse.Namespace, work: Path, overhead_per_task_s: float)
                              initargs=(threads_per_slot(args.slots),)) as pool:
         recs = list(pool.map(_plain_train, subset, [str(runs_dir)] * len(subset)))
     wall = time.perf_counter() - t0
-    per_run = []
-    for rec in recs:
-        s = pl.read_parquet(Path(rec["run_dir"]) / STEPLOG_FILENAME)
-        rows = s.height
-        loop_s = float(s["step_time_ms"].sum()) / 1e3
-        per_run.append({"run_id": rec["run_id"], "status": rec["status"], "steps_logged": rows,
-                        "loop_steps_per_s": rows / loop_s, "end_to_end_steps_per_s": rows / rec["wall_time_s"],
-                        "wall_time_s": rec["wall_time_s"]})
+    per_run = run_speeds(recs)
     shutil.rmtree(work / "throughput", ignore_errors=True)
     runs_per_hour = len(subset) / wall * 3600
     per_run_s = wall / len(subset)  # sweep wall per run at this parallelism
@@ -291,8 +286,7 @@ def throughput(args: argparse.Namespace, work: Path, overhead_per_task_s: float)
         "runs_per_hour_prefect_est": runs_per_hour_prefect,
         "grid_hours_plain_est": n_grid / runs_per_hour,
         "grid_hours_prefect_est": n_grid / runs_per_hour_prefect,
-        "loop_steps_per_s_median": statistics.median(p["loop_steps_per_s"] for p in per_run),
-        "end_to_end_steps_per_s_median": statistics.median(p["end_to_end_steps_per_s"] for p in per_run),
+        **median_speeds(per_run),
         "per_run": per_run,
         "statuses": {s: sum(p["status"] == s for p in per_run) for s in {p["status"] for p in per_run}},
     }
