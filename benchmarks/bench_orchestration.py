@@ -132,7 +132,9 @@ def fresh_code_version() -> str:
 
 
 def threads_per_slot(slots: int) -> int:
-    return max(1, (os.cpu_count() or 1) // slots)  # as flows' plan_runs: processes x threads <= cores
+    from dlm_triage.params import torch_threads_per_process
+
+    return torch_threads_per_process(slots)  # what the sweep's plan_runs gives its training processes
 
 
 # -- (a) + (b) -------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ DLM_TRIAGE_OUT): a deployment then resolves them on the machine that runs the fl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +61,12 @@ def _nonempty_unique(name: str, values: list[Any]) -> list[Any]:
     if dupes:
         raise ValueError(f"{name} repeats {', '.join(dupes)}: give each value once")
     return values
+
+
+def torch_threads_per_process(slots: int) -> int:
+    """Torch threads for each of `slots` training processes: cores / processes (at least 1), so that processes
+    x threads never oversubscribe the CPU."""
+    return max(1, (os.cpu_count() or 1) // slots)
 
 
 class SweepParams(_Params):

@@ -35,7 +35,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import CachePolicy
 
 from dlm_triage.config import ConfigError, RunConfig
-from dlm_triage.params import SweepParams
+from dlm_triage.params import SweepParams, torch_threads_per_process
 from dlm_triage.schema import MANIFEST_FILENAME
 
 PROGRESS_LOG_EVERY_S = 15.0
@@ -205,7 +205,7 @@ def plan_runs(params: SweepParams) -> dict[str, Any]:
     slots = 1 if params.task_runner == "thread" else params.gpu_slots or (n_gpus or os.cpu_count() or 1)
     # torch threads per training process: cores / processes, so n processes x threads <= cores.
     threads = params.torch_threads or (
-        max(1, (os.cpu_count() or 1) // slots) if params.task_runner == "process" else None
+        torch_threads_per_process(slots) if params.task_runner == "process" else None
     )
     logger.info(
         "sweep of %d run(s): %d to train, %d with a complete run dir under %s; devices %s; %d at once",
