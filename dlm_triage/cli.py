@@ -246,9 +246,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_queue(args: argparse.Namespace) -> int:
+def _print_table(df: Any, columns: Sequence[str], **fmt: Any) -> None:
+    """`columns` of `df` (those it has), every row, as a plain terminal table: no shape or dtype lines."""
     import polars as pl
 
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True, float_precision=4, **fmt):
+        print(df.select([c for c in columns if c in df.columns]))
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
     from dlm_triage import store
 
     con = store.connect(args.db, read_only=True)
@@ -263,10 +270,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print("no run is routed to inspection (no calibration yet, or every run is below its group's threshold)")
         return 0
     # The terminal gets what decides a look; --json has every column (config, monitors, routing).
-    shown = [c for c in QUEUE_COLUMNS if c in q.columns]
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=250, tbl_hide_dataframe_shape=True,
-                   tbl_hide_column_data_types=True, float_precision=4):
-        print(q.select(shown))
+    _print_table(q, QUEUE_COLUMNS, fmt_str_lengths=80)
     print(f"{q.height} run(s) routed to inspection; reasons:")
     for rid, reason in q.select("run_id", "reason").iter_rows():
         print(f"  {rid}: {reason}")
@@ -274,8 +278,6 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 
 def cmd_thresholds(args: argparse.Namespace) -> int:
-    import polars as pl
-
     from dlm_triage import store
 
     con = store.connect(args.db, read_only=True)
@@ -286,10 +288,7 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
     if h.is_empty():
         print("no threshold registered yet: run `dlm-triage calibrate`")
         return 0
-    shown = [c for c in THRESHOLD_COLUMNS if c in h.columns]
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, tbl_hide_dataframe_shape=True,
-                   tbl_hide_column_data_types=True, float_precision=4):
-        print(h.select(shown))
+    _print_table(h, THRESHOLD_COLUMNS)
     return 0
 
 
