@@ -1,7 +1,10 @@
 """Sweep flow: expand a grid of fine-tunes and train them in parallel, skipping finished ones.
 
     prepare tiny model (family tiny, default model) -> plan (expand, place on devices) -> registered thresholds
-    -> train every config (process pool, `gpu_slots` at once, retries on transient errors) -> summarise
+    -> train every config (`gpu_slots` worker processes at once, retries on transient errors) -> summarise
+
+Training task runs are threads of this flow process (they share its API client); each hands its config to the
+sweep's `TrainingPool`, whose long-lived worker processes do the training (see `training_slots`).
 
 A config whose training fails (after retries) is reported in the records and the 'sweep-runs' artifact; the
 others continue, and the flow completes. Run it alone: `python -m flows.sweep` or the 'sweep' deployment.
@@ -9,30 +12,49 @@ others continue, and the flow completes. Run it alone: `python -m flows.sweep` o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import wait
-from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
 from dlm_triage.params import SweepParams
+from dlm_triage.pool import TrainingPool
 from tasks.train import (
     GPU_TAG, failed_record, plan_runs, prepare_tiny_model, registered_threshold, summarise_sweep, tag_limit_exists,
-    train_config,
+    train_config, training_pool,
 )
 
 
-def training_runner(kind: str, slots: int) -> TaskRunner:
-    """Where training tasks execute: a pool of `slots` processes, or (kind 'thread') the flow process itself.
+@contextmanager
+def training_slots(kind: str, slots: int, torch_threads: int | None) -> Iterator[TaskRunner]:
+    """The task runner for a sweep's training tasks, with (kind 'process') a `TrainingPool` of `slots` workers
+    current for the tasks it runs; kind 'thread': one task at a time, trained in its own thread.
 
-    Measured on the shared 2-core CPU box (load ~7 from other jobs), 4 tiny runs, harness API:
-    12 steps: thread 6-11 s, process 35-54 s; 200 steps: thread 40 s, process 90 s. The pool pays a spawn plus
-    torch/transformers/peft/prefect imports per process (~25-30 s here) and a busy 2-core box has no idle core to
-    win it back. With idle cores or several GPUs and long runs the pool is the one that scales, hence the default.
-    Spawned workers re-import the caller's __main__: scripts that call the flow need `if __name__ == "__main__":`.
+    Why not Prefect's ProcessPoolTaskRunner: it runs the whole task engine in the worker, so each task run
+    rebuilds the flow context and two API clients there, and every worker imports Prefect; profiled at ~0.15 s
+    of CPU per run plus ~2 s per worker on the 2-core box, where that CPU is taken from training
+    (benchmarks/README.md). Here the task engine runs in a thread of the flow process, on the flow's client,
+    and only `train_run` crosses into a worker. Twice as many threads as workers: while one task of a slot
+    trains, the next is already queued in the pool, so a worker never idles while the last one's states and
+    result are written (such a queued task shows as Running in the UI).
+    Measured on the shared 2-core box (earlier layout, load ~7 from other jobs), 4 tiny runs: 12 steps
+    thread 6-11 s, process 35-54 s; 200 steps thread 40 s, process 90 s: the pool's workers start once per
+    sweep (spawn, torch/transformers/peft imports, ~25 s under that load). With idle cores or several GPUs and
+    long runs the pool is the one that scales, hence the default.
     """
-    return ProcessPoolTaskRunner(max_workers=slots) if kind == "process" else ThreadPoolTaskRunner(max_workers=slots)
+    if kind != "process":
+        with ThreadPoolTaskRunner(max_workers=slots) as runner, training_pool(None):
+            yield runner
+        return
+    import tasks.train  # the interval is read at call time (a test shortens it)
+
+    pool = TrainingPool(slots, torch_threads, progress_every_s=tasks.train.PROGRESS_LOG_EVERY_S)
+    with pool, ThreadPoolTaskRunner(max_workers=2 * slots) as runner, training_pool(pool):
+        yield runner
 
 
 def train_configs(plan: dict[str, Any], thresholds: dict[str, Any], torch_threads: int | None = None,
@@ -71,7 +93,7 @@ def train_configs(plan: dict[str, Any], thresholds: dict[str, Any], torch_thread
 
 
 # Called directly (tests, notebooks) it trains one config at a time in-process; sweep_flow runs the same fan-out
-# on its own process pool, without this flow.
+# on its own training pool, without this flow.
 @flow(name="train-configs", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def train_configs_flow(plan: dict[str, Any], thresholds: dict[str, Any],
                        torch_threads: int | None = None) -> list[dict[str, Any]]:
@@ -89,8 +111,8 @@ def sweep_flow(params: SweepParams = SweepParams()) -> list[dict[str, Any]]:
         {family: registered_threshold(params.resolved_db(), family) for family in params.families}
         if params.early_warning else {}
     )
-    with training_runner(params.task_runner, plan["slots"]) as runner:  # workers start, then stop at the end
-        records = train_configs(plan, thresholds, plan["torch_threads"], runner=runner)
+    with training_slots(params.task_runner, plan["slots"], plan["torch_threads"]) as runner:
+        records = train_configs(plan, thresholds, plan["torch_threads"], runner=runner)  # workers stop after
     summarise_sweep(records)
     return records
 

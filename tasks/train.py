@@ -26,6 +26,9 @@ import importlib.util
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from prefect.cache_policies import CachePolicy
 
 from dlm_triage.config import ConfigError, RunConfig
 from dlm_triage.params import SweepParams, torch_threads_per_process
+from dlm_triage.pool import TrainingPool, WorkerDied
 from dlm_triage.schema import MANIFEST_FILENAME
 
 PROGRESS_LOG_EVERY_S = 15.0
@@ -59,6 +63,8 @@ def is_transient(exc: BaseException | None) -> bool:
     those fail the same way again, so retrying only delays the message."""
     if exc is None or isinstance(exc, (ConfigError, ValueError, TypeError, KeyError)):
         return False
+    if isinstance(exc, WorkerDied):  # the process training it was killed or crashed: a fresh one may succeed
+        return True
     if isinstance(exc, _PERMANENT_OS_ERRORS):
         return False
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
@@ -251,6 +257,24 @@ def registered_threshold(db: Path, family: str) -> Any:
     return rec
 
 
+_TRAINING_POOL: ContextVar[TrainingPool | None] = ContextVar("dlm_triage_training_pool", default=None)
+
+
+@contextmanager
+def training_pool(pool: TrainingPool | None) -> Iterator[TrainingPool | None]:
+    """Training tasks submitted inside this block train on `pool` (None: in the task's own thread).
+
+    Why a context variable and not a task parameter: the pool is where a run executes, not what it computes, so
+    it stays out of the task's inputs (and the UI's parameter view); Prefect's thread runner copies the
+    submitting thread's context into each task thread, so a task sees the pool that was current at submit time.
+    """
+    token = _TRAINING_POOL.set(pool)
+    try:
+        yield pool
+    finally:
+        _TRAINING_POOL.reset(token)
+
+
 def _train_run_name() -> str:
     from prefect.runtime import task_run
 
@@ -273,15 +297,14 @@ def _train_run_name() -> str:
 )
 def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
                  torch_threads: int | None = None) -> dict[str, Any]:
-    """Train one config (or reuse its complete run dir) and return a small record (never tensors)."""
-    from dlm_triage.train import train_run
+    """Train one config (or reuse its complete run dir) and return a small record (never tensors).
 
+    Where: on the `training_pool` current when the task was submitted (a worker process of the sweep's pool,
+    whose workers set their torch threads themselves), else in this thread (`torch_threads` then applies here).
+    """
     logger = get_run_logger()
     cfg = RunConfig.from_dict(cfg_dict)
-    if torch_threads:
-        import torch
-
-        torch.set_num_threads(torch_threads)  # n processes x n threads <= cores: no oversubscription
+    pool = _TRAINING_POOL.get()
     last = time.monotonic()
 
     def progress(step: int, total: int) -> None:
@@ -294,7 +317,16 @@ def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
             last = now
             logger.info("%s: step %d/%d", cfg.run_id, step, total)
 
-    res = train_run(cfg, Path(runs_dir), threshold=threshold, progress=progress, resume=True)
+    if pool is not None:
+        res = pool.train(cfg, Path(runs_dir), threshold=threshold, progress=progress, resume=True)
+    else:
+        from dlm_triage.train import train_run
+
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)  # n processes x n threads <= cores: no oversubscription
+        res = train_run(cfg, Path(runs_dir), threshold=threshold, progress=progress, resume=True)
     record = {
         "run_id": res.run_id,
         "status": res.status,

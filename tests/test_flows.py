@@ -370,3 +370,33 @@ def test_recalibrate_only_groups_with_enough_new_runs(prefect_harness, tiny_mode
         con.close()
     assert n_cal == 2 and groups_of_last == [("tiny",)]
     assert "what-changed" in _artifact_keys()
+
+
+@pytest.mark.slow
+def test_progress_of_runs_in_pool_workers_reaches_their_task_runs_logs(prefect_harness, tiny_model_dir, tmp_path,
+                                                                        monkeypatch):
+    """Training runs in a worker process; its 'step i/n' lines must still land in the right task run's log."""
+    import time
+
+    import tasks.train
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    from flows.sweep import sweep_flow
+
+    monkeypatch.setattr(tasks.train, "PROGRESS_LOG_EVERY_S", 0.0)  # every step, forwarded and logged
+    recs = sweep_flow(_sweep_params(tiny_model_dir, tmp_path, steps=5))  # two configs on two pool workers
+    runs = _train_task_runs([r["run_id"] for r in recs])
+    assert len(runs) == 2
+    for rec in recs:
+        task_run = runs[f"train-{rec['run_id']}"]
+        wanted = {f"{rec['run_id']}: step {i}/5" for i in range(1, 5)}
+        deadline = time.monotonic() + 30  # logs reach the server in batches (every 2 s by default)
+        with get_client(sync_client=True) as client:
+            while True:
+                got = {lg.message for lg in client.read_logs(
+                    log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run.id])))}
+                if wanted <= got or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        assert wanted <= got, f"missing progress lines {sorted(wanted - got)}; the task run logged {sorted(got)}"
