@@ -17,7 +17,9 @@ records, logs) stays in the flow process on its one client, and the workers impo
   `progress_every_s`, and at the last step.
 - Errors from `train_run` come back with their own type (ConfigError, OSError, torch's OutOfMemoryError, ...).
   A worker that dies (killed by the OOM killer, a segfault in a kernel) breaks the executor: every run it held
-  or had queued raises `WorkerDied`, and the next `train` starts fresh workers.
+  or had queued raises `WorkerDied`, and the next `train` starts fresh workers. Closing the pool with
+  `cancel=True` (the caller is failing or being cancelled) terminates the running trainings: `PoolClosed`.
+- A worker whose parent dies (a flow-run process killed hard) exits within a second instead of finishing its run.
 Prefect-free: the pool knows runs and processes, nothing about tasks or flows.
 """
 
@@ -25,10 +27,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
@@ -41,6 +44,11 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 _STOP = ("__dlm_triage_pool_stop__", 0, 0)
+
+
+class PoolClosed(RuntimeError):
+    """The pool was closed (its sweep failed or was cancelled) while the run was in it, or before it was given.
+    Not transient: a retry would meet the same closed pool."""
 
 
 class WorkerDied(RuntimeError):
@@ -56,10 +64,21 @@ _worker_queue: Any = None
 _worker_progress_every_s = 0.0
 
 
+def _exit_when_orphaned(parent_pid: int, every_s: float = 1.0) -> None:
+    """Worker thread: end this process once its parent is gone (killed flow run, cancelled deployment run), so a
+    GPU is not held for the rest of an orphaned run. (ProcessPoolExecutor workers notice a dead parent only when
+    they next read their call queue, i.e. after the current run.)"""
+    while os.getppid() == parent_pid:
+        time.sleep(every_s)
+    os._exit(70)
+
+
 def _init_worker(queue: Any, torch_threads: int | None, progress_every_s: float) -> None:
     global _worker_queue, _worker_progress_every_s
     _worker_queue, _worker_progress_every_s = queue, progress_every_s
     queue.cancel_join_thread()  # exiting never waits on an undelivered progress message
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), name="dlm-triage-orphan-watch",
+                     daemon=True).start()
     import torch
 
     if torch_threads:
@@ -130,7 +149,13 @@ class TrainingPool:
             try:
                 future = executor.submit(_train_in_worker, cfg.to_dict(), str(runs_dir), threshold, resume, token)
                 return future.result()
-            except BrokenProcessPool as e:
+            except (BrokenProcessPool, CancelledError) as e:
+                if self._closed:  # close(cancel=True) terminated or dropped it: not a crash
+                    raise PoolClosed(f"{cfg.run_id}: stopped, the training pool was closed while this run was in "
+                                     "it (the sweep failed or was cancelled); its run dir stays incomplete and "
+                                     "trains again on resume") from e
+                if isinstance(e, CancelledError):
+                    raise
                 self._discard(executor)
                 raise WorkerDied(
                     f"{cfg.run_id}: a training worker process died while this run was in the pool (killed, e.g. "
@@ -142,7 +167,9 @@ class TrainingPool:
                 self._listeners.pop(token, None)
 
     def close(self, cancel: bool = False) -> None:
-        """Stop the workers (after their current runs; `cancel` drops the queued ones) and the forwarder."""
+        """Stop the workers and the forwarder: after their current runs, or (`cancel`: the caller is failing or
+        being cancelled) at once, dropping queued runs and terminating running ones, whose run directories stay
+        incomplete (no manifest) and train again on resume."""
         with self._lock:
             self._closed = True
             gen, self._gen = self._gen, None
@@ -154,7 +181,8 @@ class TrainingPool:
     def _running_executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._closed:
-                raise RuntimeError("this TrainingPool is closed: train inside its `with` block")
+                raise PoolClosed("this TrainingPool is closed (its sweep ended, failed or was cancelled): "
+                                 "train inside its `with` block")
             if self._gen is None:
                 self._gen = _Generation(self)
                 self.executors_started += 1
@@ -185,15 +213,25 @@ class _Generation:
         )
 
     def stop(self, *, wait: bool, cancel: bool) -> None:
+        if cancel:
+            # ProcessPoolExecutor has no public way to stop a running call before Python 3.14
+            # (terminate_workers); shutdown alone would wait for the current runs, hours on a GPU.
+            for proc in list((getattr(self.executor, "_processes", None) or {}).values()):
+                proc.terminate()
         self.executor.shutdown(wait=wait, cancel_futures=cancel)
-        self.queue.put(_STOP)
+        self.queue.put(_STOP)  # the forwarder closes the queue when it reads this (closing it here could pull
+        self.queue.cancel_join_thread()  # the pipe from under its read); a stuck queue must not hang the caller
         if wait:
             self.forwarder.join(timeout=10)
-        self.queue.close()
-        self.queue.cancel_join_thread()  # a stuck queue (see the class docstring) must not hang the caller
 
     def _forward(self) -> None:
-        """Parent thread: worker progress messages -> the waiting caller's callback."""
+        """Parent thread: worker progress messages -> the waiting caller's callback, until `stop`."""
+        try:
+            self._forward_until_stop()
+        finally:
+            self.queue.close()
+
+    def _forward_until_stop(self) -> None:
         while True:
             try:
                 token, step, total = self.queue.get()

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from dlm_triage.config import RunConfig
-from dlm_triage.pool import TrainingPool, WorkerDied
+from dlm_triage.pool import PoolClosed, TrainingPool, WorkerDied
 from dlm_triage.train import train_run
 from tasks.train import is_transient
 
@@ -30,7 +30,7 @@ def test_pool_arguments_are_checked_and_an_unused_pool_starts_no_process():
     with TrainingPool(2) as pool:
         pass
     assert pool.executors_started == 0 and set(multiprocessing.active_children()) == before
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(PoolClosed, match="closed"):
         pool.train(RunConfig(), "/nonexistent")
 
 
@@ -100,3 +100,81 @@ def test_a_killed_worker_raises_worker_died_and_the_next_run_gets_fresh_workers(
 
         res = pool.train(small(tiny_model_dir, seed=12), tmp_path)  # a fresh worker takes the next run
         assert res.status == "completed" and pool.executors_started == 2
+
+
+@pytest.mark.slow
+def test_close_on_failure_terminates_running_trainings_and_leaves_them_incomplete(tiny_model_dir, tmp_path):
+    """A failing or cancelled sweep must not wait out its runs (hours on a GPU): close(cancel=True) stops them."""
+    import time
+
+    from dlm_triage.schema import MANIFEST_FILENAME
+
+    started = threading.Event()
+    outcome: list[BaseException | object] = []
+    endless = small(tiny_model_dir, steps=100_000, seed=13)  # ~40 min on this CPU: it must be stopped, not finish
+    pool = TrainingPool(1, torch_threads=1, progress_every_s=0.0)
+
+    def work():
+        try:
+            outcome.append(pool.train(endless, tmp_path, progress=lambda s, n: started.set()))
+        except BaseException as e:  # noqa: BLE001 - inspected below
+            outcome.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    assert started.wait(timeout=300), "the worker never reported progress"
+    t0 = time.monotonic()
+    pool.close(cancel=True)
+    t.join(timeout=60)
+    assert not t.is_alive() and time.monotonic() - t0 < 60
+    (err,) = outcome
+    assert isinstance(err, PoolClosed) and endless.run_id in str(err) and not is_transient(err)
+    run_dir = tmp_path / endless.run_id
+    assert run_dir.is_dir() and not (run_dir / MANIFEST_FILENAME).exists()  # incomplete: resume trains it again
+
+
+ORPHAN_SCRIPT = """
+import sys, threading, multiprocessing
+from dlm_triage.config import RunConfig
+from dlm_triage.pool import TrainingPool
+cfg = RunConfig(model_id=sys.argv[1], steps=100_000, batch_size=2, seq_len=16, device="cpu", save_adapter=False)
+started = threading.Event()
+pool = TrainingPool(1, torch_threads=1, progress_every_s=0.0)
+threading.Thread(target=pool.train, args=(cfg, sys.argv[2]), kwargs={"progress": lambda s, n: started.set()},
+                 daemon=True).start()
+started.wait(300)
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+threading.Event().wait()
+"""
+
+
+@pytest.mark.slow
+def test_workers_exit_when_their_parent_is_killed(tiny_model_dir, tmp_path):
+    """A flow-run process killed hard (cancellation, OOM) must not leave its workers training on (holding a GPU)."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, str(tiny_model_dir), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert pids, "the pool started no worker"
+        workers = [psutil.Process(p) for p in pids]
+        assert all(w.is_running() for w in workers)
+    finally:
+        parent.kill()
+        parent.wait()
+
+    def alive(w):
+        try:
+            return w.is_running() and w.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 30
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(w) for w in workers), f"orphaned workers still running: {[w.pid for w in workers]}"
