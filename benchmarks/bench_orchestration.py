@@ -5,9 +5,10 @@
                                              [--name orchestration]
 
 (a) Overhead. The same N short tiny-family configs, each arm into a FRESH runs directory, in one process:
-    - prefect: `flows.sweep.sweep_flow` (plan, threshold lookup, training tasks on the process task
-      runner of `--slots` workers, summary artifact), against a Prefect test harness (SQLite + local server);
-    - plain:   `concurrent.futures.ProcessPoolExecutor` (spawn, as Prefect's runner) with the same `--slots`
+    - prefect: `flows.sweep.sweep_flow` (plan, threshold lookup, training tasks as flow threads handing their
+      runs to the sweep's TrainingPool of `--slots` workers, summary artifact), against a Prefect test harness
+      (SQLite + local server);
+    - plain:   `concurrent.futures.ProcessPoolExecutor` (spawn, as the training pool) with the same `--slots`
       workers and torch threads, calling `dlm_triage.train.train_run` directly.
     Both arms pay their worker processes' spawn and imports; neither pays the one-time Prefect import and server
     start-up, which are reported apart. With `--repeat` R the arms alternate order per round (plain first, then
@@ -525,8 +526,8 @@ def markdown(r: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "Method: both arms train the same configs into fresh run dirs in one process; Prefect's process runner and "
-        "the plain pool both spawn their workers (start-up and imports counted in both). Wall clock on a shared "
+        "Method: both arms train the same configs into fresh run dirs in one process; the sweep's training pool "
+        "and the plain pool both spawn their workers (start-up and imports counted in both). Wall clock on a shared "
         "2-core machine: compare arms within a round; the rounds alternate order.",
         "",
     ]

@@ -117,14 +117,14 @@ class SweepParams(_Params):
         None,
         ge=1,
         le=1024,
-        description="Training tasks run at once by this flow run (its process-pool size). Empty: the number "
+        description="Training tasks run at once by this flow run (its training pool's size). Empty: the number "
         "of GPUs, or of CPU cores without GPU. A server-side tag concurrency limit 'gpu', when one exists, "
         "caps all flow runs.",
     )
     task_runner: Literal["process", "thread"] = Field(
         "process",
-        description="'process': a pool of gpu_slots processes (true parallelism; each process pays a one-off "
-        "spawn + import cost). 'thread': one run at a time inside the flow process (no spawn cost: quickest for a "
+        description="'process': a training pool of gpu_slots worker processes (true parallelism; each worker "
+        "pays a one-off spawn + import cost, on the first run to train). 'thread': one run at a time inside the flow process (no spawn cost: quickest for a "
         "handful of short runs, cached re-runs, debugging). Threads cannot train in parallel: model loading in "
         "transformers is not thread-safe.",
     )

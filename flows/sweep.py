@@ -38,9 +38,10 @@ def training_slots(kind: str, slots: int, torch_threads: int | None) -> Iterator
     rebuilds the flow context and two API clients there, and every worker imports Prefect; profiled at ~0.15 s
     of CPU per run plus ~2 s per worker on the 2-core box, where that CPU is taken from training
     (benchmarks/README.md). Here the task engine runs in a thread of the flow process, on the flow's client,
-    and only `train_run` crosses into a worker. Twice as many threads as workers: while one task of a slot
-    trains, the next is already queued in the pool, so a worker never idles while the last one's states and
-    result are written (such a queued task shows as Running in the UI).
+    and only `train_run` crosses into a worker. One task thread per worker, so a task shows Running in the UI
+    only while it trains and the `gpu` tag limit counts exactly the runs training. (Twice as many threads, to
+    queue the next run while the last one's states are written, measured no faster here: 124 vs 121 s and
+    121 vs 107 s for 36 runs x 200 steps, against 126 and 130 s for the plain pool, in one run.)
     Measured on the shared 2-core box (earlier layout, load ~7 from other jobs), 4 tiny runs: 12 steps
     thread 6-11 s, process 35-54 s; 200 steps thread 40 s, process 90 s: the pool's workers start once per
     sweep (spawn, torch/transformers/peft imports, ~25 s under that load). With idle cores or several GPUs and
@@ -53,7 +54,9 @@ def training_slots(kind: str, slots: int, torch_threads: int | None) -> Iterator
     import tasks.train  # the interval is read at call time (a test shortens it)
 
     pool = TrainingPool(slots, torch_threads, progress_every_s=tasks.train.PROGRESS_LOG_EVERY_S)
-    with pool, ThreadPoolTaskRunner(max_workers=2 * slots) as runner, training_pool(pool):
+    # The pool closes before the runner: on a failure or cancellation (an exception here) it terminates the
+    # running trainings at once, which frees the task threads the runner then waits for.
+    with ThreadPoolTaskRunner(max_workers=slots) as runner, pool, training_pool(pool):
         yield runner
 
 

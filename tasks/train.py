@@ -207,7 +207,7 @@ def plan_runs(params: SweepParams) -> dict[str, Any]:
     done: list[dict[str, Any]] = []
     for cfg in configs:
         (done if (runs_dir / cfg.run_id / MANIFEST_FILENAME).exists() else todo).append(cfg.to_dict())
-    # A thread runner trains one run at a time (SweepParams explains why); a process pool one per slot.
+    # A thread runner trains one run at a time (SweepParams explains why); the training pool one per slot.
     slots = 1 if params.task_runner == "thread" else params.gpu_slots or (n_gpus or os.cpu_count() or 1)
     # torch threads per training process: cores / processes, so n processes x threads <= cores.
     threads = params.torch_threads or (
