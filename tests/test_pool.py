@@ -21,6 +21,24 @@ def small(tiny_model_dir, **kw):
     return RunConfig(**base)
 
 
+def training_in_background(pool, cfg, runs_dir):
+    """Start `pool.train(cfg)` in a thread and wait until its worker reports progress; returns the thread and
+    the list that receives its result or exception."""
+    started = threading.Event()
+    outcome: list[BaseException | object] = []
+
+    def work():
+        try:
+            outcome.append(pool.train(cfg, runs_dir, progress=lambda s, n: started.set()))
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            outcome.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    assert started.wait(timeout=300), "the worker never reported progress"
+    return t, outcome
+
+
 def test_pool_arguments_are_checked_and_an_unused_pool_starts_no_process():
     with pytest.raises(ValueError, match="slots=0"):
         TrainingPool(0)
@@ -76,20 +94,10 @@ def test_threads_share_the_pool_and_get_the_in_process_numbers_and_errors(tiny_m
 @pytest.mark.slow
 def test_a_killed_worker_raises_worker_died_and_the_next_run_gets_fresh_workers(tiny_model_dir, tmp_path):
     before = set(multiprocessing.active_children())
-    started = threading.Event()
-    outcome: list[BaseException | object] = []
     long_run = small(tiny_model_dir, steps=5000, seed=11)
 
     with TrainingPool(1, torch_threads=1, progress_every_s=0.0) as pool:
-        def work():
-            try:
-                outcome.append(pool.train(long_run, tmp_path, progress=lambda s, n: started.set()))
-            except BaseException as e:  # noqa: BLE001 - inspected below
-                outcome.append(e)
-
-        t = threading.Thread(target=work)
-        t.start()
-        assert started.wait(timeout=300), "the worker never reported progress"
+        t, outcome = training_in_background(pool, long_run, tmp_path)
         workers = set(multiprocessing.active_children()) - before
         assert len(workers) == 1
         os.kill(next(iter(workers)).pid, signal.SIGKILL)  # what the OOM killer does
@@ -109,20 +117,9 @@ def test_close_on_failure_terminates_running_trainings_and_leaves_them_incomplet
 
     from dlm_triage.schema import MANIFEST_FILENAME
 
-    started = threading.Event()
-    outcome: list[BaseException | object] = []
     endless = small(tiny_model_dir, steps=100_000, seed=13)  # ~40 min on this CPU: it must be stopped, not finish
     pool = TrainingPool(1, torch_threads=1, progress_every_s=0.0)
-
-    def work():
-        try:
-            outcome.append(pool.train(endless, tmp_path, progress=lambda s, n: started.set()))
-        except BaseException as e:  # noqa: BLE001 - inspected below
-            outcome.append(e)
-
-    t = threading.Thread(target=work)
-    t.start()
-    assert started.wait(timeout=300), "the worker never reported progress"
+    t, outcome = training_in_background(pool, endless, tmp_path)
     t0 = time.monotonic()
     pool.close(cancel=True)
     t.join(timeout=60)
