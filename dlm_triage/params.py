@@ -124,8 +124,8 @@ class SweepParams(_Params):
     task_runner: Literal["process", "thread"] = Field(
         "process",
         description="'process': a training pool of gpu_slots worker processes (true parallelism; each worker "
-        "pays a one-off spawn + import cost, on the first run to train). 'thread': one run at a time inside the flow process (no spawn cost: quickest for a "
-        "handful of short runs, cached re-runs, debugging). Threads cannot train in parallel: model loading in "
+        "pays a one-off spawn + import cost, on the first run to train). 'thread': one run at a time inside the "
+        "flow process (no spawn cost: quickest for a handful of short runs, debugging). Threads cannot train in parallel: model loading in "
         "transformers is not thread-safe.",
     )
     early_warning: bool = Field(

@@ -46,6 +46,7 @@ def training_slots(kind: str, slots: int, torch_threads: int | None) -> Iterator
     thread 6-11 s, process 35-54 s; 200 steps thread 40 s, process 90 s: the pool's workers start once per
     sweep (spawn, torch/transformers/peft imports, ~25 s under that load). With idle cores or several GPUs and
     long runs the pool is the one that scales, hence the default.
+    Spawned workers re-import the caller's __main__: scripts that call the flow need `if __name__ == "__main__":`.
     """
     if kind != "process":
         with ThreadPoolTaskRunner(max_workers=slots) as runner, training_pool(None):
