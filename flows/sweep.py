@@ -40,8 +40,7 @@ def training_slots(kind: str, slots: int, torch_threads: int | None) -> Iterator
     (benchmarks/README.md). Here the task engine runs in a thread of the flow process, on the flow's client,
     and only `train_run` crosses into a worker. One task thread per worker, so a task shows Running in the UI
     only while it trains and the `gpu` tag limit counts exactly the runs training. (Twice as many threads, to
-    queue the next run while the last one's states are written, measured no faster here: 124 vs 121 s and
-    121 vs 107 s for 36 runs x 200 steps, against 126 and 130 s for the plain pool, in one run.)
+    queue the next run while the last one's states are written, was no faster in a one-off check on this box.)
     Measured on the shared 2-core box (earlier layout, load ~7 from other jobs), 4 tiny runs: 12 steps
     thread 6-11 s, process 35-54 s; 200 steps thread 40 s, process 90 s: the pool's workers start once per
     sweep (spawn, torch/transformers/peft imports, ~25 s under that load). With idle cores or several GPUs and
