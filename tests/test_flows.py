@@ -145,16 +145,25 @@ def manifest_max_grad_up_to(run_dir: str, k: int) -> list[float]:
 
 def _recorded_task_run(state, timeout_s: float = 60):
     """The task run as the server recorded it. Task states reach the server as events, recorded asynchronously:
-    wait (bounded) until the record shows the same final state before reading run_count."""
+    wait (bounded) until the record exists and shows the same final state before reading run_count. A task run
+    called outside a flow can still be unknown to the server (404) when its call returns."""
     import time
 
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
-            tr = client.read_task_run(state.state_details.task_run_id)
-            if tr.state is not None and tr.state.type == state.type or time.monotonic() > deadline:
+            try:
+                tr = client.read_task_run(state.state_details.task_run_id)
+            except ObjectNotFound:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the server never recorded task run {state.state_details.task_run_id} "
+                                         f"within {timeout_s:.0f} s") from None
+                tr = None
+            if tr is not None and (tr.state is not None and tr.state.type == state.type
+                                   or time.monotonic() > deadline):
                 return tr
             time.sleep(0.5)
 
