@@ -166,6 +166,44 @@ class AuxCpu:
         return self._total() - self._start
 
 
+class ArmCpu:
+    """Where an arm's time went, for the training-speed question (training in the Prefect arm measured slower):
+    - the training workers' CPU: both arms' workers are children of this process, reaped when their pool shuts
+      down, so `getrusage(RUSAGE_CHILDREN)` over the arm counts exactly them (with their involuntary context
+      switches: how often something else took their core);
+    - the machine's CPU (/proc/stat): busy, idle, kernel (system + irq + softirq) and steal seconds.
+    Same work, more worker CPU seconds: each instruction ran slower (caches, or a host that takes time the
+    guest does not see as steal). Same CPU, longer train_run wall: the workers waited for a core."""
+
+    FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @classmethod
+    def _sample(cls) -> dict[str, float]:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = {"workers_cpu_s": ru.ru_utime + ru.ru_stime, "workers_invol_switches": float(ru.ru_nivcsw),
+               "workers_vol_switches": float(ru.ru_nvcsw)}
+        try:
+            ticks = os.sysconf("SC_CLK_TCK")
+            first = Path("/proc/stat").read_text().splitlines()[0].split()
+            out.update({f"machine_{k}_s": int(v) / ticks for k, v in zip(cls.FIELDS, first[1:], strict=False)})
+        except (OSError, ValueError, IndexError):  # not Linux: the worker figures still stand
+            pass
+        return out
+
+    def used(self) -> dict[str, float]:
+        end = self._sample()
+        d = {k: end[k] - self._start[k] for k in end if k in self._start}
+        if "machine_idle_s" in d:
+            d["machine_kernel_s"] = d["machine_system_s"] + d["machine_irq_s"] + d["machine_softirq_s"]
+            d["machine_busy_s"] = sum(d[f"machine_{k}_s"] for k in self.FIELDS if k not in ("idle", "iowait"))
+        return d
+
+
 def overhead_rounds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     rounds = []
     threads = threads_per_slot(args.slots)
@@ -178,10 +216,11 @@ def overhead_rounds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
         for arm in order:
             params = grid_params(args, rdir / arm / "runs", rdir / "no-thresholds.duckdb")
             print(f"round {r}: {arm} arm, {args.n_runs} runs ...", flush=True)
-            aux = AuxCpu()
+            aux, cpu = AuxCpu(), ArmCpu()
             if arm == "plain":
                 wall, recs[arm] = plain_sweep(params, args.slots, threads)
                 out["plain_aux_cpu_s"] = aux.used()
+                out["plain_cpu"] = cpu.used()
                 out["plain_wall_s"] = wall
                 rerun, again = plain_sweep(params, args.slots, threads)
                 out["plain_rerun_s"] = rerun
@@ -189,6 +228,7 @@ def overhead_rounds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
             else:
                 wall, recs[arm] = prefect_sweep(params)
                 out["prefect_aux_cpu_s"] = aux.used()
+                out["prefect_cpu"] = cpu.used()
                 out["prefect_wall_s"] = wall
                 rerun, again = prefect_sweep(params)  # (b): the same sweep, every task answered by the cache
                 out["cache_rerun_s"] = rerun
@@ -404,6 +444,16 @@ def main(argv: list[str] | None = None) -> int:
         "training_code_changed": any(r["training_code_changed_during_round"] for r in rounds),
         "plain_rerun_s_median": statistics.median(r["plain_rerun_s"] for r in rounds),
         "same_final_loss": sum(r["same_final_loss"] for r in rounds), "compared_runs": n_total,
+        # Where the Prefect arm's slower training went (ArmCpu): more worker CPU for the same work, or waiting.
+        "train_sum_ratio": sum(r["prefect_train_sum_s"] for r in rounds)
+        / sum(r["plain_train_sum_s"] for r in rounds) - 1.0,
+        "workers_cpu_ratio": sum(r["prefect_cpu"]["workers_cpu_s"] for r in rounds)
+        / sum(r["plain_cpu"]["workers_cpu_s"] for r in rounds) - 1.0,
+        "train_sum_delta_s": sum(r["prefect_train_sum_s"] - r["plain_train_sum_s"] for r in rounds),
+        "workers_cpu_delta_s": sum(r["prefect_cpu"]["workers_cpu_s"] - r["plain_cpu"]["workers_cpu_s"]
+                                   for r in rounds),
+        "workers_invol_switches": {arm: sum(r[f"{arm}_cpu"]["workers_invol_switches"] for r in rounds)
+                                   for arm in ("plain", "prefect")},
     }
     tput = None if args.no_throughput else throughput(args, work, summary["overhead_per_task_s"])
     if args.workdir is None:
@@ -475,6 +525,35 @@ def markdown(r: dict[str, Any]) -> str:
             f"{x['cache_rerun_s']:.1f} | "
             f"{x['cache_rerun_ratio']:.2f}{'' if x['cache_rerun_all_cached'] else ' (not all Cached)'} | "
             f"{x['plain_rerun_s']:.1f} |")
+    lines += [
+        "",
+        "Where each arm's time went (training workers: CPU and involuntary context switches of the pool's "
+        "processes, reaped at the pool's end; machine: /proc/stat over the arm, both cores):",
+        "",
+        "| round | arm | wall (s) | train_run sum (s) | workers CPU (s), imports included | "
+        "involuntary switches | machine busy (s) | idle (s) | kernel incl. irq (s) | steal (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in r["rounds"]:
+        for arm in ("plain", "prefect"):
+            c = x.get(f"{arm}_cpu")
+            if not c:
+                continue
+            mach = (f"{c['machine_busy_s']:.1f} | {c['machine_idle_s']:.1f} | {c['machine_kernel_s']:.1f} | "
+                    f"{c['machine_steal_s']:.1f}" if "machine_busy_s" in c else "- | - | - | -")
+            lines.append(
+                f"| {x['round']} | {arm} | {x[f'{arm}_wall_s']:.1f} | {x[f'{arm}_train_sum_s']:.1f} | "
+                f"{c['workers_cpu_s']:.1f} | {c['workers_invol_switches']:.0f} | {mach} |")
+    if "workers_cpu_ratio" in s:
+        lines += [
+            "",
+            f"Prefect arm minus plain arm, all rounds: train_run wall sum {s['train_sum_delta_s']:+.1f} s "
+            f"({100 * s['train_sum_ratio']:+.1f}%), training workers' CPU {s['workers_cpu_delta_s']:+.1f} s "
+            f"({100 * s['workers_cpu_ratio']:+.1f}%; both arms' workers pay the same imports). With one torch "
+            "thread per worker, train_run wall = its CPU + time waiting for a core: extra train_run time matched by "
+            "extra worker CPU means each step cost more CPU (caches, or time the host takes that the guest does "
+            "not see as steal); extra train_run time without it means the workers waited for a core.",
+        ]
     lines += [
         "",
         f"**Overhead (all rounds): {100 * s['overhead_ratio']:+.1f}%** ({s['prefect_wall_s_total']:.1f} s vs "

@@ -160,6 +160,13 @@ def orchestration_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
         Figure(name, "one-time Prefect server start-up (excluded from the ratio)", o["server_start"], "s",
                "-", None),
     ]
+    if "workers_cpu_ratio" in s:  # results files from before the CPU accounting lack these
+        out += [
+            Figure(name, "train_run wall time summed over runs, Prefect arm / plain arm - 1",
+                   s["train_sum_ratio"], "fraction", "-", None),
+            Figure(name, "training workers' CPU seconds, Prefect arm / plain arm - 1 (same runs, same steps)",
+                   s["workers_cpu_ratio"], "fraction", "-", None),
+        ]
     if applies:
         out += [
             Figure("throughput", f"default sweep runs/hour through Prefect (measured: {s['n_runs']} runs x "
