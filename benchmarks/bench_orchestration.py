@@ -292,6 +292,33 @@ def median_speeds(per_run: list[dict[str, Any]]) -> dict[str, float]:
             "end_to_end_steps_per_s_median": statistics.median(p["end_to_end_steps_per_s"] for p in per_run)}
 
 
+def mean_ci(values: list[float], level: float = 0.95) -> dict[str, float] | None:
+    """Mean of per-round figures with its two-sided Student-t interval: each round is one paired A/B measurement,
+    so the rounds' spread says how far the machine's drift alone moves the figure. None below 2 rounds."""
+    import math
+
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return None
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "n": n, "level": level}
+
+
+def ci_text(ci: dict[str, float] | None) -> str:
+    if ci is None:
+        return "one round: no interval"
+    return (f"per-round mean {100 * ci['mean']:+.1f}%, {100 * ci['level']:.0f}% CI [{100 * ci['lo']:+.1f}%, "
+            f"{100 * ci['hi']:+.1f}%] over {ci['n']} rounds")
+
+
+def straddles(ci: dict[str, float] | None, goal: float) -> bool:
+    """The interval holds values on both sides of the target: this run cannot say which side the effect is on."""
+    return ci is not None and ci["lo"] < goal <= ci["hi"]
+
+
 # -- (c) -------------------------------------------------------------------------------------------------------
 
 def throughput(args: argparse.Namespace, work: Path, overhead_per_task_s: float) -> dict[str, Any]:
@@ -423,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_adjusted_ratio": sum(r["prefect_adjusted_wall_s"] for r in rounds) / plain - 1.0,
         "overhead_adjusted_ratio_per_round": [r["overhead_adjusted_ratio"] for r in rounds],
         "overhead_adjusted_per_task_s": (sum(r["prefect_adjusted_wall_s"] for r in rounds) - plain) / n_total,
+        "overhead_ratio_ci": mean_ci([r["overhead_ratio"] for r in rounds]),
+        "overhead_adjusted_ratio_ci": mean_ci([r["overhead_adjusted_ratio"] for r in rounds]),
+        "train_sum_ratio_ci": mean_ci([r["prefect_train_sum_s"] / r["plain_train_sum_s"] - 1.0 for r in rounds]),
         "target_overhead_ratio": TARGET_OVERHEAD,
         # The target is about the default sweep: its 72 configs at its own steps per run.
         "target_applies": bool(args.default_size) and args.steps == default_steps,
@@ -488,13 +518,12 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(r: dict[str, Any]) -> str:
     s, m, v, o = r["summary"], r["machine"], r["versions"], r["one_time_s"]
     per_round = s["overhead_ratio_per_round"]
-    spread = max(per_round) - min(per_round)
     goal = s["target_overhead_ratio"]
-    # As run_all: inconclusive only when the rounds land on both sides of the target by more than the target.
-    noisy = len(per_round) > 1 and spread > goal and min(per_round) < goal <= max(per_round)
+    # As run_all: inconclusive when the rounds' confidence interval holds values on both sides of the target.
+    noisy = straddles(s.get("overhead_ratio_ci"), goal) or straddles(s.get("overhead_adjusted_ratio_ci"), goal)
     if s["target_applies"]:
         target = (f"target < {100 * goal:.0f}%: " + ("met" if s["within_target"] else "**MISSED**")
-                  + (" by the total, but **inconclusive**" if noisy else ""))
+                  + (" by the totals, but **inconclusive**" if noisy else ""))
     else:
         target = ("target (< 5%) applies to the default sweep only (--default-size at its own steps per run): "
                   "this is a stress figure")
@@ -548,7 +577,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [
             "",
             f"Prefect arm minus plain arm, all rounds: train_run wall sum {s['train_sum_delta_s']:+.1f} s "
-            f"({100 * s['train_sum_ratio']:+.1f}%), training workers' CPU {s['workers_cpu_delta_s']:+.1f} s "
+            f"({100 * s['train_sum_ratio']:+.1f}%; {ci_text(s.get('train_sum_ratio_ci'))}), training workers' CPU {s['workers_cpu_delta_s']:+.1f} s "
             f"({100 * s['workers_cpu_ratio']:+.1f}%; both arms' workers pay the same imports). With one torch "
             "thread per worker, train_run wall = its CPU + time waiting for a core: extra train_run time matched by "
             "extra worker CPU means each step cost more CPU (caches, or time the host takes that the guest does "
@@ -557,10 +586,11 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"**Overhead (all rounds): {100 * s['overhead_ratio']:+.1f}%** ({s['prefect_wall_s_total']:.1f} s vs "
-        f"{s['plain_wall_s_total']:.1f} s), **{s['overhead_per_task_s']:+.3f} s per task** on "
-        f"{s['plain_wall_per_run_s']:.2f} s of plain sweep wall per run.  ",
+        f"{s['plain_wall_s_total']:.1f} s; {ci_text(s.get('overhead_ratio_ci'))}), "
+        f"**{s['overhead_per_task_s']:+.3f} s per task** on {s['plain_wall_per_run_s']:.2f} s of plain sweep wall "
+        "per run.  ",
         f"**Adjusted for training speed: {100 * s['overhead_adjusted_ratio']:+.1f}%** "
-        f"({s['overhead_adjusted_per_task_s']:+.3f} s per task): the Prefect arm's training time (sum of train_run "
+        f"({s['overhead_adjusted_per_task_s']:+.3f} s per task; {ci_text(s.get('overhead_adjusted_ratio_ci'))}): the Prefect arm's training time (sum of train_run "
         "wall / slots) replaced by the plain arm's, plus the extra CPU its flow engine and server used / slots. "
         "The machine's load moves training speed between arms by more than the effect measured; this estimate "
         f"keeps only what orchestration adds. Verdict on both figures: {target}.  ",
@@ -569,8 +599,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{s['loop_steps_per_s_median']:.1f} in the training loop, {s['end_to_end_steps_per_s_median']:.1f} end to "
         "end.  ",
         (f"Per-round ratios range from {100 * min(per_round):+.1f}% to {100 * max(per_round):+.1f}%: the machine's "
-         "load (other jobs) changed between the arms by more than the effect measured, so this run does not resolve "
-         "the orchestration overhead to within the target.  " if noisy else ""),
+         "speed changed between the arms by more than the effect measured, so this run does not resolve the "
+         "orchestration overhead to within the target.  " if noisy else ""),
         (f"Cache-hit re-run (rounds {s['cache_rerun_rounds']}, every task Cached): median "
          f"{s['cache_rerun_s_median']:.1f} s = **{s['cache_rerun_ratio_median']:.2f}x** the first Prefect run and "
          f"{s['cache_rerun_over_plain_rerun_median']:.2f}x the plain pool's re-run (train_run finds each complete "
