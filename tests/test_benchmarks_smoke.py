@@ -50,3 +50,26 @@ def test_run_all_rejects_unknown_benchmark(tmp_path):
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown ['nope']" in proc.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_orchestration_round_interval_is_the_student_t_interval():
+    """Checked against the closed form of the t quantile at 2 degrees of freedom: (2p - 1) / sqrt(2 p (1 - p))."""
+    bench = _bench_module("bench_orchestration")
+    rounds = [0.01, 0.03, 0.08]
+    ci = bench.mean_ci(rounds)
+    mean = sum(rounds) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in rounds) / 2)
+    t = 0.95 / math.sqrt(2 * 0.975 * 0.025)
+    assert ci["mean"] == pytest.approx(mean) and ci["sd"] == pytest.approx(sd)
+    assert (ci["lo"], ci["hi"]) == pytest.approx((mean - t * sd / math.sqrt(3), mean + t * sd / math.sqrt(3)))
+    assert bench.mean_ci([0.02]) is None  # one round: no interval, not a zero-width one
+    assert bench.straddles(ci, 0.05) and not bench.straddles(ci, 0.5) and not bench.straddles(None, 0.05)
