@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -140,34 +141,11 @@ def threads_per_slot(slots: int) -> int:
 
 # -- (a) + (b) -------------------------------------------------------------------------------------------------
 
-class AuxCpu:
-    """CPU seconds used outside the training workers: this process (the flow engine, or the plain pool's
-    manager) and the children alive at the start (the Prefect server). On a machine whose cores all train,
-    that CPU is taken from training; the adjusted estimate charges it to the arm."""
-
-    def __init__(self) -> None:
-        import psutil  # a dependency of peft and accelerate
-
-        me = psutil.Process()
-        self._procs = [me, *me.children(recursive=True)]
-        self._start = self._total()
-
-    def _total(self) -> float:
-        total = 0.0
-        for p in self._procs:
-            try:
-                c = p.cpu_times()
-                total += c.user + c.system
-            except Exception:  # noqa: BLE001 - a process that ended counts what it had (psutil.Error)
-                pass
-        return total
-
-    def used(self) -> float:
-        return self._total() - self._start
-
-
 class ArmCpu:
-    """Where an arm's time went, for the training-speed question (training in the Prefect arm measured slower):
+    """Where an arm's CPU went, sampled at its start and read by `used()` at its end:
+    - `aux_cpu_s`: this process (the flow engine, or the plain pool's manager) and the children alive at the
+      start (the Prefect server). On a machine whose cores all train, that CPU is taken from training; the
+      adjusted estimate charges it to the arm;
     - the training workers' CPU: both arms' workers are children of this process, reaped when their pool shuts
       down, so `getrusage(RUSAGE_CHILDREN)` over the arm counts exactly them (with their involuntary context
       switches: how often something else took their core);
@@ -178,19 +156,29 @@ class ArmCpu:
     FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
     def __init__(self) -> None:
+        import psutil  # a dependency of peft and accelerate
+
+        me = psutil.Process()
+        self._procs = [me, *me.children(recursive=True)]
         self._start = self._sample()
 
-    @classmethod
-    def _sample(cls) -> dict[str, float]:
+    def _sample(self) -> dict[str, float]:
         import resource
 
+        aux = 0.0
+        for p in self._procs:
+            try:
+                c = p.cpu_times()
+                aux += c.user + c.system
+            except Exception:  # noqa: BLE001 - a process that ended counts what it had (psutil.Error)
+                pass
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out = {"workers_cpu_s": ru.ru_utime + ru.ru_stime, "workers_invol_switches": float(ru.ru_nivcsw),
-               "workers_vol_switches": float(ru.ru_nvcsw)}
+        out = {"aux_cpu_s": aux, "workers_cpu_s": ru.ru_utime + ru.ru_stime,
+               "workers_invol_switches": float(ru.ru_nivcsw), "workers_vol_switches": float(ru.ru_nvcsw)}
         try:
             ticks = os.sysconf("SC_CLK_TCK")
             first = Path("/proc/stat").read_text().splitlines()[0].split()
-            out.update({f"machine_{k}_s": int(v) / ticks for k, v in zip(cls.FIELDS, first[1:], strict=False)})
+            out.update({f"machine_{k}_s": int(v) / ticks for k, v in zip(self.FIELDS, first[1:], strict=False)})
         except (OSError, ValueError, IndexError):  # not Linux: the worker figures still stand
             pass
         return out
@@ -216,21 +204,19 @@ def overhead_rounds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
         for arm in order:
             params = grid_params(args, rdir / arm / "runs", rdir / "no-thresholds.duckdb")
             print(f"round {r}: {arm} arm, {args.n_runs} runs ...", flush=True)
-            aux, cpu = AuxCpu(), ArmCpu()
+            sweep = (partial(plain_sweep, params, args.slots, threads) if arm == "plain"
+                     else partial(prefect_sweep, params))
+            cpu = ArmCpu()
+            wall, recs[arm] = sweep()
+            out[f"{arm}_cpu"] = cpu.used()
+            out[f"{arm}_aux_cpu_s"] = out[f"{arm}_cpu"].pop("aux_cpu_s")
+            out[f"{arm}_wall_s"] = wall
+            # (b): the same sweep again; Prefect answers every task from its cache, train_run finds each run dir
+            rerun, again = sweep()
             if arm == "plain":
-                wall, recs[arm] = plain_sweep(params, args.slots, threads)
-                out["plain_aux_cpu_s"] = aux.used()
-                out["plain_cpu"] = cpu.used()
-                out["plain_wall_s"] = wall
-                rerun, again = plain_sweep(params, args.slots, threads)
                 out["plain_rerun_s"] = rerun
                 out["plain_rerun_all_reused"] = all(x["reused"] for x in again)
             else:
-                wall, recs[arm] = prefect_sweep(params)
-                out["prefect_aux_cpu_s"] = aux.used()
-                out["prefect_cpu"] = cpu.used()
-                out["prefect_wall_s"] = wall
-                rerun, again = prefect_sweep(params)  # (b): the same sweep, every task answered by the cache
                 out["cache_rerun_s"] = rerun
                 out["cache_rerun_all_cached"] = all(x.get("cached") for x in again)
                 out["cache_rerun_n_cached"] = sum(bool(x.get("cached")) for x in again)
@@ -519,7 +505,7 @@ def markdown(r: dict[str, Any]) -> str:
     s, m, v, o = r["summary"], r["machine"], r["versions"], r["one_time_s"]
     per_round = s["overhead_ratio_per_round"]
     goal = s["target_overhead_ratio"]
-    # As run_all: inconclusive when the rounds' confidence interval holds values on both sides of the target.
+    # Inconclusive (as in run_all, which calls `straddles` too): an interval holds both sides of the target.
     noisy = straddles(s.get("overhead_ratio_ci"), goal) or straddles(s.get("overhead_adjusted_ratio_ci"), goal)
     if s["target_applies"]:
         target = (f"target < {100 * goal:.0f}%: " + ("met" if s["within_target"] else "**MISSED**")
@@ -577,7 +563,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [
             "",
             f"Prefect arm minus plain arm, all rounds: train_run wall sum {s['train_sum_delta_s']:+.1f} s "
-            f"({100 * s['train_sum_ratio']:+.1f}%; {ci_text(s.get('train_sum_ratio_ci'))}), training workers' CPU {s['workers_cpu_delta_s']:+.1f} s "
+            f"({100 * s['train_sum_ratio']:+.1f}%; {ci_text(s.get('train_sum_ratio_ci'))}), "
+            f"training workers' CPU {s['workers_cpu_delta_s']:+.1f} s "
             f"({100 * s['workers_cpu_ratio']:+.1f}%; both arms' workers pay the same imports). With one torch "
             "thread per worker, train_run wall = its CPU + time waiting for a core: extra train_run time matched by "
             "extra worker CPU means each step cost more CPU (caches, or time the host takes that the guest does "
@@ -590,10 +577,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"**{s['overhead_per_task_s']:+.3f} s per task** on {s['plain_wall_per_run_s']:.2f} s of plain sweep wall "
         "per run.  ",
         f"**Adjusted for training speed: {100 * s['overhead_adjusted_ratio']:+.1f}%** "
-        f"({s['overhead_adjusted_per_task_s']:+.3f} s per task; {ci_text(s.get('overhead_adjusted_ratio_ci'))}): the Prefect arm's training time (sum of train_run "
-        "wall / slots) replaced by the plain arm's, plus the extra CPU its flow engine and server used / slots. "
-        "The machine's load moves training speed between arms by more than the effect measured; this estimate "
-        f"keeps only what orchestration adds. Verdict on both figures: {target}.  ",
+        f"({s['overhead_adjusted_per_task_s']:+.3f} s per task; {ci_text(s.get('overhead_adjusted_ratio_ci'))}): "
+        "the Prefect arm's training time (sum of train_run wall / slots) replaced by the plain arm's, plus the "
+        "extra CPU its flow engine and server used / slots. The machine's load moves training speed between arms "
+        "by more than the effect measured; this estimate keeps only what orchestration adds."
+        f" Verdict on both figures: {target}.  ",
         f"Measured throughput of these arms: {s['runs_per_hour_plain_measured']:.0f} runs/h plain, "
         f"{s['runs_per_hour_prefect_measured']:.0f} runs/h through Prefect; steps/s per run (plain arm, median) "
         f"{s['loop_steps_per_s_median']:.1f} in the training loop, {s['end_to_end_steps_per_s_median']:.1f} end to "

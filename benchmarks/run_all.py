@@ -127,12 +127,14 @@ def _noise(s: dict[str, Any], key: str, per_round: list[float], target: float) -
     """Why a per-round figure's verdict cannot be trusted in this run, or ''. With its rounds' Student-t interval
     (results files that have one): the interval holds values on both sides of the target. Older files: the rounds
     land on both sides of the target and spread more than the target."""
+    from bench_orchestration import straddles  # this folder is on sys.path: run_all runs as a script here
+
     ci = s.get(f"{key}_ci")
     if ci:
-        lo, hi = ci["lo"], ci["hi"]
-        if lo < target <= hi:
-            return (f"{100 * ci['level']:.0f} % CI of the per-round mean [{100 * lo:+.1f} %, {100 * hi:+.1f} %] "
-                    "holds both sides of the target: the machine's drift between arms exceeds the effect")
+        if straddles(ci, target):
+            return (f"{100 * ci['level']:.0f} % CI of the per-round mean [{100 * ci['lo']:+.1f} %, "
+                    f"{100 * ci['hi']:+.1f} %] holds both sides of the target: the machine's drift between arms "
+                    "exceeds the effect")
         return ""
     if len(per_round) > 1 and min(per_round) < target <= max(per_round) and max(per_round) - min(per_round) > target:
         return (f"per-round spread {100 * (max(per_round) - min(per_round)):.0f} points > the 5 % target: load noise "
