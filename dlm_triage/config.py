@@ -27,6 +27,8 @@ EARLY_WARNING_ACTIONS = ("flag", "stop")
 
 # Fields that do not change what a run computes (placement and output location only).
 HASH_EXCLUDED = frozenset({"device", "adapter_dir", "save_adapter"})
+# Fields hashed only when they differ from their default, so adding one keeps every existing run id.
+HASH_ONLY_WHEN_SET = {"legacy_detector_stop": False}
 CONFIG_SCHEMA_VERSION = 1
 
 
@@ -88,6 +90,9 @@ class RunConfig:
     """Step k at which max-grad-so-far is compared with the family's registered threshold."""
     early_warning_action: str = "flag"
     """'flag': mark the run routed_for_inspection and go on; 'stop': also end the run at step k."""
+    legacy_detector_stop: bool = False
+    """End the run when the legacy top-1 detector fires (status 'stopped_by_legacy_detector'), as the paper's
+    runner did ("early-stops all 60 raw traces at step 11"). False: the detector is only logged."""
     nara_eta: float = 0.1
     """NaRA c_scale eta in C(lambda) = I + eta * F(e_lambda)."""
     save_adapter: bool = True
@@ -131,7 +136,8 @@ class RunConfig:
     @property
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of the hashed fields (and the schema version)."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in HASH_EXCLUDED}
+        payload = {k: v for k, v in self.to_dict().items()
+                   if k not in HASH_EXCLUDED and not (k in HASH_ONLY_WHEN_SET and v == HASH_ONLY_WHEN_SET[k])}
         payload["_schema"] = CONFIG_SCHEMA_VERSION
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -210,6 +216,8 @@ def _validate_run(c: RunConfig) -> list[str]:
         dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
     ):
         p.append(f"device={dev!r} is not known: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if not isinstance(c.legacy_detector_stop, bool):
+        p.append(f"legacy_detector_stop={c.legacy_detector_stop!r} is invalid: use true or false")
     if not isinstance(c.cohort, str):
         p.append(f"cohort={c.cohort!r} is invalid: use a string label")
     if c.family == "tiny" and c.model_id is not None and c.model_id.startswith(("GSAI", "Dream", "inclusion")):

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from dlm_triage.schema import LEGACY_TOP1_THRESHOLD, LEGACY_WINDOW_END_STEP
+from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
 
 LAST_FRACTION = 0.1
 """The 'last 10% of the run' used by the collapse definition and by the gradient-mass Gini/top-share."""
@@ -92,16 +92,24 @@ def _series(values: Sequence[float] | np.ndarray, steps: Sequence[int] | np.ndar
 
 
 def legacy_warning(top1_series: Sequence[float] | np.ndarray, steps: Sequence[int] | None = None) -> tuple[bool, int | None]:
-    """The legacy top-1 warning (paper 4.1): fires iff top-1 > LEGACY_TOP1_THRESHOLD (0.5, strict) at some
-    evaluated step <= LEGACY_WINDOW_END_STEP (11). Returns (detected, fire step = the first such step or None).
+    """The legacy top-1 detector (schema.LEGACY_*; paper 4.5 "samples at step 11"): it first samples at step
+    LEGACY_FIRST_STEP (11), then every step until it fires. Returns (detected, fire step), fire step = the first
+    evaluated step t >= 11 with top-1 > LEGACY_TOP1_THRESHOLD (0.5, strict); (False, None) when top-1 never
+    exceeds 0.5 from step 11 on. Steps before 11 are never looked at, whatever their value.
 
     `top1_series` is indexed by step (or by `steps`); NaN marks a step where top-1 was not evaluated.
     """
     v, s = _series(top1_series, steps)
-    hit = (s <= LEGACY_WINDOW_END_STEP) & np.isfinite(v) & (v > LEGACY_TOP1_THRESHOLD)
+    hit = (s >= LEGACY_FIRST_STEP) & np.isfinite(v) & (v > LEGACY_TOP1_THRESHOLD)
     if not hit.any():
         return False, None
     return True, int(s[np.argmax(hit)])
+
+
+def legacy_fires(step: int, top1: float) -> bool:
+    """One sample of the live legacy detector: True iff `step` >= LEGACY_FIRST_STEP and top-1 > 0.5 (finite).
+    The first step where this holds is `legacy_warning`'s fire step."""
+    return step >= LEGACY_FIRST_STEP and math.isfinite(top1) and top1 > LEGACY_TOP1_THRESHOLD
 
 
 def first_crossing(series: Sequence[float] | np.ndarray, level: float, steps: Sequence[int] | None = None) -> int | None:

@@ -48,7 +48,7 @@ import polars as pl
 
 from dlm_triage import store
 from dlm_triage.fsutil import write_bytes_atomic
-from dlm_triage.schema import LEGACY_TOP1_THRESHOLD, LEGACY_WINDOW_END_STEP
+from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
 
 FIGURE_DPI = 110
 INSPECTION_WINDOW = (25, 100)
@@ -874,8 +874,8 @@ def _fig_top1_traj(data: _Data, notes: list[str]) -> bytes:
                     color="#d62728" if lb == "unstable" else "#1f77b4" if lb == "stable" else "#7f7f7f")
         ax.axhline(LEGACY_TOP1_THRESHOLD, color="black", linestyle="--", linewidth=1,
                    label=f"legacy threshold {LEGACY_TOP1_THRESHOLD}")
-        ax.axvline(LEGACY_WINDOW_END_STEP, color="#ff7f0e", linestyle=":", linewidth=1.3,
-                   label=f"legacy window ends (step {LEGACY_WINDOW_END_STEP})")
+        ax.axvline(LEGACY_FIRST_STEP, color="#ff7f0e", linestyle=":", linewidth=1.3,
+                   label=f"legacy detector's first sample (step {LEGACY_FIRST_STEP})")
         s0 = agg.filter(pl.col("step") == agg["step"].min())
         ax.set_title(f"{g}: step-0 median top-1 {_fmt(float(s0['med'][0]))} (n={sub['run_id'].n_unique()})",
                      fontsize=10)
@@ -1111,7 +1111,8 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
 
 _CAPTIONS = {
     "top1_fire_vs_collapse": "Share of runs where the legacy top-1 warning fired (top-1 frequency > "
-                             f"{LEGACY_TOP1_THRESHOLD} by step {LEGACY_WINDOW_END_STEP}) next to the share that "
+                             f"{LEGACY_TOP1_THRESHOLD} at some step >= {LEGACY_FIRST_STEP}: it first samples at "
+                             f"step {LEGACY_FIRST_STEP}, then every step until it fires) next to the share that "
                              "actually collapsed. A warning that fires far more often than collapse happens has "
                              "no precision.",
     "maxgrad_stable_vs_unstable": "Max-grad per run, stable (final loss below the group median) vs unstable "
@@ -1125,6 +1126,7 @@ _CAPTIONS = {
                          "grey = no runs in that cell.",
     "top1_trajectories": "Top-1 frequency from step 0: median and IQR over runs, plus the three runs with the "
                          "highest (red) and lowest (blue) final loss. Dashed: the legacy 0.5 threshold; dotted: "
-                         "the end of the legacy window. Curves already above 0.5 at step 0 show pre-equilibrium "
+                         "the legacy detector's first sample (step 11). Curves already above 0.5 at step 0 show "
+                         "pre-equilibrium "
                          "saturation: the warning fires before training can matter.",
 }

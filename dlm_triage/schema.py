@@ -37,10 +37,12 @@ STEP_COLUMNS: dict[str, tuple[str, str]] = {
     "matrix_grad_norms": ("List(Float64)", "L2 grad norm of each adapter matrix, order = manifest.matrix_names"),
 }
 
-RUN_STATUSES = ("completed", "diverged", "stopped_early", "failed")
+RUN_STATUSES = ("completed", "diverged", "stopped_early", "stopped_by_legacy_detector", "failed")
 """completed: all steps ran. diverged: a NaN/Inf loss or gradient ended the run (log kept up to that step,
-the bad step included). stopped_early: the live early warning stopped it (action 'stop'). failed: an
-exception; only written when the trainer could still write a manifest."""
+the bad step included). stopped_early: the live early warning stopped it (action 'stop').
+stopped_by_legacy_detector: RunConfig.legacy_detector_stop was set and the legacy top-1 detector fired (the
+paper's runner "early-stops all 60 raw traces at step 11"); never a collapse. failed: an exception; only
+written when the trainer could still write a manifest."""
 
 # Manifest keys (all present; null where not applicable).
 MANIFEST_KEYS = (
@@ -57,9 +59,12 @@ MANIFEST_KEYS = (
     "steplog", "steplog_sha256", "adapter_path", "monitor_overhead",
 )
 
-# The legacy warning (paper 4.1): fires when top-1 > 0.5 within the observation window ending at step 11.
+# The legacy top-1 detector (paper 4.1, 4.5, Limitations): "The legacy detector samples at step 11 and fires in
+# every configuration because the threshold (0.5) is below the corpus-wide initialization distribution". It
+# first samples at step 11, then every step until it fires: fire step = the first evaluated step t >= 11 with
+# top-1 frequency > 0.5 (strict: "more than 50%"); never above 0.5 from step 11 on = not fired.
 LEGACY_TOP1_THRESHOLD = 0.5
-LEGACY_WINDOW_END_STEP = 11
+LEGACY_FIRST_STEP = 11
 TOP1_CROSS_LEVELS = (0.5, 0.8, 0.95)
 COLLAPSE_DEFINITION = (
     "collapsed iff top-1 frequency >= 0.95 at every evaluated step of the last 10% of the run "

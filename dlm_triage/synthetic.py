@@ -9,8 +9,9 @@ Per run a latent instability z (U-shaped in mask ratio, amplified by rank at hig
 - trajectories: a per-step gradient level ~35% of the max with one spike reaching the max at an early-ish step
   (exponential, mean 20), loss decaying to the final loss, top-1 frequency starting at ~0.83 +- 0.13 and
   saturating within a few steps (faster for unstable runs, paper 4.5);
-- the legacy top-1 warning fires in every run (fire step 11, the detector's window end, or 1 when it samples
-  every step); no run collapses; a small share diverges (NaN after the divergence step);
+- the legacy top-1 detector (first sample at step 11, then every step) fires in every run: at step 11, or later
+  (12..33, paper App. D: "shifts 11->33") for the share of runs whose top-1 stays below 0.5 until then; no run
+  collapses; a small share diverges (NaN after the divergence step);
 - per-matrix gradient masses with one dominant matrix (Gini ~0.5, top share ~0.6) and, at rank 64 / mask 0.95 only, per-token
   CE-gradient masses (Gini ~0.29), as in App. D.
 
@@ -26,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from dlm_triage.calibrate import CalibrationInputs, Trajectories
+from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
 from dlm_triage.stats import concentration
 
 __all__ = ["FAMILIES", "synthetic_inputs", "paper_corpus"]
@@ -34,19 +36,19 @@ RANKS = (4, 8, 16, 32, 64)
 MASK_RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 METHODS = ("lora", "rslora", "dora", "pissa", "nara")
 
-# family -> (cohorts {name: (model_id, share)}, mu (log max-grad), slope on z, base loss, lr, share firing at 1)
+# family -> (cohorts {name: (model_id, share)}, mu (log max-grad), slope on z, base loss, lr, share firing after 11)
 FAMILIES: dict[str, dict] = {
     "llada": {"cohorts": {"llada2-mini-full": ("inclusionAI/LLaDA2.0-mini", 144),
                           "llada2-mini-crit12": ("inclusionAI/LLaDA2.0-mini", 120),
                           "llada-method-comp": ("GSAI-ML/LLaDA-8B-Instruct", 395),
                           "llada2.1-mini": ("inclusionAI/LLaDA2.1-mini", 12)},
-              "mu": 2.6, "slope": 0.75, "loss": 1.2, "lr": 1e-4, "fire_at_1": 0.15},
+              "mu": 2.6, "slope": 0.75, "loss": 1.2, "lr": 1e-4, "fire_late": 0.05},
     "dream": {"cohorts": {"dream-7b-boundary": ("Dream-org/Dream-v0-Base-7B", 100)},
-              "mu": 0.4, "slope": 0.35, "loss": 1.8, "lr": 2e-6, "fire_at_1": 0.4},
+              "mu": 0.4, "slope": 0.35, "loss": 1.8, "lr": 2e-6, "fire_late": 0.1},
     "mdlm": {"cohorts": {"mdlm-owt-boundary": ("kuleshov-group/mdlm-owt", 45)},
-             "mu": 3.6, "slope": -0.25, "loss": 3.1, "lr": 1e-4, "fire_at_1": 0.9},
+             "mu": 3.6, "slope": -0.25, "loss": 3.1, "lr": 1e-4, "fire_late": 0.3},
     "tiny": {"cohorts": {"tiny-local": ("tiny", 60)}, "mu": 1.0, "slope": 0.8, "loss": 2.0, "lr": 3e-3,
-             "fire_at_1": 0.0},
+             "fire_late": 0.0},
 }
 
 
@@ -106,13 +108,22 @@ def _family_frame(family: str, n: int, n_steps: int, seed: int, diverged_fractio
             top1[r, d + 1:] = np.nan
     max_grad = np.nanmax(grad, axis=1)
     final_loss = np.where(div, np.nan, loss[:, T])
+    # late firing: top-1 dips below 0.5 after step 0 until a step in 12..33 (deterministic in the row: no extra draw)
+    # (only runs that reach that step: the warning fires in every run, paper 4.1 "816/816")
+    late = (rng.random(n) < spec["fire_late"]) & ~div
+    late_step = np.minimum(12 + (i * 7) % 22, T)
+    below = late[:, None] & (t[None, :] >= 1) & (t[None, :] < late_step[:, None])  # step 0 keeps its ~0.83
+    top1 = np.where(below & np.isfinite(top1), np.minimum(top1, 0.3 + 0.15 * top1), top1)
     cross = {}
     for lvl in (0.5, 0.8, 0.95):
         hit = top1 >= lvl
         first = np.argmax(hit, axis=1).astype(float)
         first[~hit.any(1)] = np.nan
         cross[lvl] = first
-    fire_step = np.where(rng.random(n) < spec["fire_at_1"], 1, 11)
+    # the legacy detector (monitors.legacy_warning, vectorised): first step >= 11 with top-1 > 0.5
+    fires = (t[None, :] >= LEGACY_FIRST_STEP) & np.isfinite(top1) & (top1 > LEGACY_TOP1_THRESHOLD)
+    fired = fires.any(axis=1)
+    fire_step = np.where(fired, np.argmax(fires, axis=1), -1)
     # gradient concentration: 8 adapter matrices (q,k,v,o x A,B of one layer), one dominant (~60% of the mass)
     mats = np.exp(rng.normal(0, 0.5, (n, 8)))
     mats[:, 0] *= rng.uniform(6, 18, n)
@@ -130,7 +141,7 @@ def _family_frame(family: str, n: int, n_steps: int, seed: int, diverged_fractio
         "seed": seed_col.astype(np.int64), "steps": np.full(n, T, np.int64),
         "status": np.where(div, "diverged", "completed").tolist(),
         "final_loss": final_loss, "max_grad_norm": max_grad, "top1_step0": s0,
-        "top1_warning_detected": np.ones(n, bool), "top1_fire_step": fire_step.astype(np.int64),
+        "top1_warning_detected": fired, "top1_fire_step": np.where(fired, fire_step, np.nan),
         "top1_cross_050": cross[0.5], "top1_cross_080": cross[0.8], "top1_cross_095": cross[0.95],
         "collapsed": np.zeros(n, bool), "diverged": div,
         "diverged_at_step": np.where(div, div_step, -1).astype(np.int64),

@@ -7,7 +7,8 @@ Step t (schema.py): batch t -> mask at rho -> logits -> masked CE -> backward ->
 the weights after t updates -> NaN/Inf check -> live early warning -> clip -> update t+1 (not after the last
 step). Monitors run every step, whatever the clip setting: the logged grad norm is the pre-clip global L2 norm
 over the adapter parameters. Statuses: completed | diverged (a non-finite loss or grad norm; the bad step is
-logged, no update follows) | stopped_early (early warning with action 'stop') | failed (an exception; the
+logged, no update follows) | stopped_early (early warning with action 'stop') | stopped_by_legacy_detector
+(cfg.legacy_detector_stop and the legacy top-1 detector fired; never a collapse) | failed (an exception; the
 log so far is written with the manifest, then the exception propagates).
 
 Host syncs per step: ONE `.tolist()` of the scalar monitors (needed for the NaN check and the warning), plus,
@@ -40,6 +41,7 @@ from dlm_triage.peft_methods import adapter_matrices, apply_adapter, save_adapte
 from dlm_triage.schema import (
     ADAPTER_DIRNAME,
     COLLAPSE_DEFINITION,
+    LEGACY_FIRST_STEP,
     MANIFEST_FILENAME,
     MANIFEST_KEYS,
     STEPLOG_FILENAME,
@@ -48,7 +50,7 @@ from dlm_triage.schema import (
 
 log = logging.getLogger(__name__)
 
-REUSABLE_STATUSES = ("completed", "diverged", "stopped_early")
+REUSABLE_STATUSES = ("completed", "diverged", "stopped_early", "stopped_by_legacy_detector")
 """A run directory with one of these statuses and the same config hash is reused; a 'failed' one is re-run."""
 
 _after_backward_hook: Callable[[int, torch.nn.Module], None] | None = None
@@ -102,6 +104,8 @@ class _Run:
     batches: Any
     generator: torch.Generator
     is_nara: bool
+    legacy_fired: bool = False
+    """The legacy top-1 detector has fired: from then on top-1 follows cfg.top1_every again."""
 
 
 def _setup(cfg: RunConfig) -> _Run:
@@ -210,7 +214,9 @@ def train_step(r: _Run, step: int) -> dict[str, Any]:
     monitor_ms = (time.perf_counter() - t_mon) * 1e3
 
     top1_forward_ms = 0.0
-    if top1_source == "clean" and step % cfg.top1_every == 0:
+    # the legacy detector samples every step from step 11 until it fires: one extra forward per such step
+    detector_sample = step >= LEGACY_FIRST_STEP and not r.legacy_fired
+    if top1_source == "clean" and (step % cfg.top1_every == 0 or detector_sample):
         t_top1 = time.perf_counter()
         top1_v = float(clean_top1(r, x0))  # sync point
         top1_forward_ms = (time.perf_counter() - t_top1) * 1e3
@@ -294,6 +300,10 @@ def train_run(
             row["max_grad_norm"] = running_max
 
             bad = monitors.finite_or_diverged(row["loss"], row["grad_norm"])
+            legacy_stop = False
+            if not r.legacy_fired and monitors.legacy_fires(step, row["top1_freq"]):
+                r.legacy_fired = True
+                legacy_stop = cfg.legacy_detector_stop
             decision = warning.observe(step, row["grad_norm"])
             if decision is not None:
                 routing = {**decision.to_dict(), "event_emitted": emit_routed_event(cfg.run_id, decision)}
@@ -303,6 +313,9 @@ def train_run(
                 status, reason = "diverged", f"non-finite at step {step}: {bad}"
             elif decision is not None and decision.action == "stop":
                 status, reason = "stopped_early", f"early warning at step {step} (action 'stop')"
+            elif legacy_stop:
+                status, reason = "stopped_by_legacy_detector", (
+                    f"legacy top-1 detector fired at step {step} (top-1 {row['top1_freq']:.3f} > 0.5)")
             elif step < cfg.steps:
                 clip_and_update(r, row["grad_norm"])
 
@@ -391,7 +404,9 @@ def build_manifest(cfg: RunConfig, r: _Run, steps: pl.DataFrame, status: str, re
         "top1_warning_detected": detected, "top1_fire_step": fire_step,
         **{f"top1_cross_{round(level * 100):03d}": monitors.first_crossing(top1, level) for level in TOP1_CROSS_LEVELS},
         "top1_source": r.family.top1_source,
-        "collapsed": monitors.is_collapsed(top1, loss), "collapse_definition": COLLAPSE_DEFINITION,
+        # a detector stop ends the run on top-1 alone: never a collapse
+        "collapsed": status != "stopped_by_legacy_detector" and monitors.is_collapsed(top1, loss),
+        "collapse_definition": COLLAPSE_DEFINITION,
         "diverged_at_step": int(steps.height - 1) if status == "diverged" else None,
         "routed_for_inspection": routing is not None, "routing": routing,
         "matrix_names": [name for name, _ in r.matrices],

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from dlm_triage import schema, store
+from dlm_triage import monitors, schema, store
 from dlm_triage.config import RunConfig
 from dlm_triage.runlog import write_run_atomic
 
@@ -45,8 +45,8 @@ def make_steps(cfg: RunConfig, *, n_rows: int | None = None, unstable: bool = Fa
 def make_manifest(cfg: RunConfig, steps: pl.DataFrame, *, status: str = "completed",
                   routed: bool = False) -> dict:
     top1 = steps["top1_freq"].to_numpy()
-    fired = bool(((steps["step"].to_numpy() <= schema.LEGACY_WINDOW_END_STEP) & (top1 > 0.5)).any())
-    fire_step = int(np.argmax(top1 > 0.5)) if fired else None
+    # the one definition of the legacy detector (first sample at step 11, then every step until it fires)
+    fired, fire_step = monitors.legacy_warning(top1, steps["step"].to_numpy())
     return {
         "schema_version": schema.MANIFEST_SCHEMA_VERSION, "run_id": cfg.run_id, "config": cfg.to_dict(),
         "config_hash": cfg.config_hash, "status": status, "status_reason": None, "code_version": "test",
@@ -55,7 +55,8 @@ def make_manifest(cfg: RunConfig, steps: pl.DataFrame, *, status: str = "complet
         "n_steps_logged": steps.height, "final_loss": float(steps["loss"][-1]),
         "max_grad_norm": float(steps["grad_norm"].max()), "top1_step0": float(top1[0]),
         "top1_warning_detected": fired, "top1_fire_step": fire_step,
-        "top1_cross_050": fire_step, "top1_cross_080": None, "top1_cross_095": None, "top1_source": "clean",
+        "top1_cross_050": monitors.first_crossing(top1, 0.5), "top1_cross_080": monitors.first_crossing(top1, 0.8),
+        "top1_cross_095": monitors.first_crossing(top1, 0.95), "top1_source": "clean",
         "collapsed": False, "collapse_definition": schema.COLLAPSE_DEFINITION,
         "diverged_at_step": steps.height - 1 if status == "diverged" else None,
         "routed_for_inspection": routed,

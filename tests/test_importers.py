@@ -43,8 +43,9 @@ def test_reference_jsonl_imports_steps_and_summary(db: Path, tmp_path: Path) -> 
     assert run[0].startswith("import-jsonl-") and run[1] == "import:reference-jsonl" and run[2] == str(f.resolve())
     assert run[3:5] == ("llada", 8)
     assert run[5] == pytest.approx(3.0 - 0.1 * 14) and run[6] == 2.5 and run[7] == pytest.approx(0.3)
-    # legacy warning: top-1 > 0.5 (strict) at a step <= 11 -> 0.3 + 0.03*7 = 0.51 at step 7
-    assert run[8:12] == (True, 7, 7, None)  # 0.8 is never reached in 15 steps
+    # top-1 = 0.3 + 0.03 t crosses 0.5 at step 7 (0.51), but the legacy detector first samples at step 11:
+    # it fires there; 0.8 is never reached in 15 steps
+    assert run[8:12] == (True, 11, 7, None)
     assert run[12] == 15 and run[13] is False
     steps = rows(db, "SELECT step, grad_norm, max_grad_norm, top1_freq, mask_ratio FROM steps ORDER BY step")
     grad = [1.0 + (i % 4) * 0.5 for i in range(15)]

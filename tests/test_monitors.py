@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dlm_triage import monitors as m
-from dlm_triage.schema import LEGACY_WINDOW_END_STEP
+from dlm_triage.schema import LEGACY_FIRST_STEP
 
 
 def _params_with_grads(seed=0, dtype=torch.float32):
@@ -75,12 +75,17 @@ def test_top1_frequency_hand_made_batch_pooled():
 @pytest.mark.parametrize(
     "series, expected",
     [
+        # LLaDA-like: above 0.5 from step 0 (paper 4.5: "100% of configurations are already above 0.5 at step 0")
+        # -> the detector's first sample, step 11, fires
+        ([0.83] * 40, (True, LEGACY_FIRST_STEP)),
+        # an MDLM-like run that crosses 0.5 at step 27: it fires at 27 (sampled every step from 11 on)
+        ([0.2] * 27 + [0.6] * 13, (True, 27)),
+        # never above 0.5 from step 11 on: not fired, whatever came before (the detector never looked there)
+        ([0.9] * 11 + [0.3] * 29, (False, None)),
         ([0.1] * 20, (False, None)),
-        ([0.1, 0.2, 0.51, 0.9] + [0.1] * 10, (True, 2)),
-        ([0.1] * 11 + [0.6] + [0.9] * 5, (True, 11)),          # step 11 is inside the window
-        ([0.1] * 12 + [0.9] * 5, (False, None)),               # step 12 is outside
+        ([0.1] * 11 + [0.6] + [0.9] * 5, (True, 11)),
         ([0.5] * 20, (False, None)),                            # strict: > 0.5
-        ([float("nan"), 0.7, float("nan")], (True, 1)),       # NaN = not evaluated
+        ([0.9] * 11 + [float("nan"), 0.7], (True, 12)),       # NaN = not evaluated: the next sample fires
     ],
 )
 def test_legacy_warning_fire_step(series, expected):
@@ -88,8 +93,9 @@ def test_legacy_warning_fire_step(series, expected):
 
 
 def test_legacy_warning_with_explicit_steps():
-    assert m.legacy_warning([0.2, 0.9], steps=[0, LEGACY_WINDOW_END_STEP + 1]) == (False, None)
-    assert m.legacy_warning([0.2, 0.9], steps=[0, 10]) == (True, 10)
+    assert m.legacy_warning([0.9, 0.9], steps=[0, LEGACY_FIRST_STEP - 1]) == (False, None)
+    assert m.legacy_warning([0.2, 0.9], steps=[0, 33]) == (True, 33)
+    assert m.legacy_warning([0.9, 0.2, 0.9], steps=[5, 11, 40]) == (True, 40)
     with pytest.raises(ValueError, match="one step per value"):
         m.legacy_warning([0.1, 0.2], steps=[0])
 

@@ -52,9 +52,12 @@ def test_200_step_run_is_fast_and_complete(tiny_model_dir, tmp_path):
     mat = np.array(steps["matrix_grad_norms"].to_list())
     np.testing.assert_allclose(np.linalg.norm(mat, axis=1), steps["grad_norm"].to_numpy(), rtol=1e-5)
     assert mat.shape[1] == len(man["matrix_names"]) == 4 * 4 * 2  # 4 layers x q,k,v,o x (A, B)
-    # top-1 from the clean batch every 5 steps (the tiny family's source), NaN in between
+    # top-1 from the clean batch every 5 steps (the tiny family's source), NaN in between, plus the legacy
+    # detector's own samples: step 11 and every step after it until it fires (tiny: already at 11, top-1 = 1)
     top1 = steps["top1_freq"].to_numpy()
-    assert np.isfinite(top1[::5]).all() and np.isnan(np.delete(top1, np.arange(0, 201, 5))).all()
+    sampled = np.union1d(np.arange(0, 201, 5), [11])
+    assert np.isfinite(top1[sampled]).all() and np.isnan(np.delete(top1, sampled)).all()
+    assert man["top1_warning_detected"] is True and man["top1_fire_step"] == 11
     assert ((top1[::5] > 0) & (top1[::5] <= 1)).all()
     assert man["top1_source"] == "clean" and man["top1_step0"] == pytest.approx(top1[0])
     assert (steps["top1_forward_ms"].to_numpy()[::5] > 0).all()
@@ -179,3 +182,31 @@ def test_target_mismatch_fails_before_training(tiny_model_dir, tmp_path):
     with pytest.raises(AdapterTargetError, match="query_key_value"):
         train_run(cfg, tmp_path)
     assert not (tmp_path / cfg.run_id / MANIFEST_FILENAME).exists()
+
+
+def test_legacy_detector_stop_ends_the_run_at_its_fire_step_and_is_not_a_collapse(tiny_model_dir, tmp_path):
+    # the tiny model's top-1 is saturated from step 0 (as the paper's LLaDA runs: 100% above 0.5 at step 0), so
+    # the detector fires at its first sample, step 11; with top1_every=5 step 11 is sampled for the detector
+    logged = train_run(small(tiny_model_dir, steps=20, top1_every=5), tmp_path / "logged")
+    man = read_run(logged.run_dir).manifest
+    assert logged.status == "completed" and man["top1_fire_step"] == 11
+    cfg = small(tiny_model_dir, steps=20, top1_every=5, legacy_detector_stop=True)
+    assert cfg.run_id != logged.run_id  # a different run: the option is hashed when set
+    res = train_run(cfg, tmp_path / "stopped")
+    rec = read_run(res.run_dir)
+    assert res.status == "stopped_by_legacy_detector" == rec.manifest["status"]
+    assert rec.steps.height == 12 and rec.manifest["top1_fire_step"] == 11
+    assert "step 11" in rec.manifest["status_reason"]
+    assert rec.manifest["collapsed"] is False
+    # the same weights up to the stop: the option changes nothing before the detector fires
+    np.testing.assert_allclose(rec.steps["loss"].to_numpy(), read_run(logged.run_dir).steps["loss"].to_numpy()[:12])
+    # a stopped run is complete: resumed, not re-run
+    assert train_run(cfg, tmp_path / "stopped").reused
+
+
+def test_legacy_detector_option_keeps_existing_run_ids():
+    base = RunConfig()
+    assert base.config_hash == RunConfig(legacy_detector_stop=False).config_hash
+    assert base.config_hash != RunConfig(legacy_detector_stop=True).config_hash
+    with pytest.raises(Exception, match="legacy_detector_stop"):
+        RunConfig(legacy_detector_stop="yes")
