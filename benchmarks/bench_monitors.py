@@ -42,8 +42,8 @@ def bare_step(r, step: int) -> None:
     x0 = r.batches.batch(step).to(r.device)
     noisy, mask = mask_tokens(x0, cfg.mask_ratio, r.mask_id, r.generator, sampling=cfg.mask_sampling,
                               protect=r.family.protected_positions(x0))
-    if r.is_nara:
-        train.nara.set_noise_level(r.model, cfg.mask_ratio)
+    if r.noise_conditioned:
+        train.set_noise_level(r.model, cfg.mask_ratio)
     loss = masked_diffusion_loss(r.family.logits(r.model, noisy), x0, mask, normalisation=cfg.normalisation,
                                  mask_ratio=cfg.mask_ratio)
     r.optimizer.zero_grad(set_to_none=True)

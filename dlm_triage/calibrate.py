@@ -54,7 +54,7 @@ __all__ = [
     "default_threshold_step", "GROUP_BY_COLUMNS", "REQUIRED_COLUMNS", "PREDICTORS", "write_json_atomic",
 ]
 
-GROUP_BY_COLUMNS = {"family": "family", "model": "model_id", "cohort": "cohort"}
+GROUP_BY_COLUMNS = {"family": "family", "model": "model_id", "cohort": "cohort", "method": "method"}
 REQUIRED_COLUMNS = (
     "run_id", "family", "model_id", "cohort", "method", "rank", "mask_ratio", "learning_rate", "seed", "status",
     "final_loss", "max_grad_norm", "top1_step0", "top1_warning_detected", "top1_fire_step", "top1_cross_095",

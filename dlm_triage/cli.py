@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     def axes(p: argparse.ArgumentParser) -> None:
         p.add_argument("--spec", help="JSON file with SweepParams fields (axes and settings)")
         p.add_argument("--families", type=_strs, help="comma list, e.g. tiny")
-        p.add_argument("--methods", type=_strs, help="comma list of lora,rslora,dora,pissa,nara")
+        p.add_argument("--methods", type=_strs, help="comma list of lora,rslora,dora,pissa,nara,lora_diffusion")
         p.add_argument("--ranks", type=_ints, help="comma list, e.g. 4,16")
         p.add_argument("--mask-ratios", dest="mask_ratios", type=_floats, help="comma list in (0,1)")
         p.add_argument("--learning-rates", dest="learning_rates", type=_floats, help="comma list")
@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="calibrate thresholds per group -> calibration.json + DuckDB")
     db_arg(p)
     p.add_argument("--out", dest="out_dir", type=Path, default=None, help="folder for calibration.json")
-    p.add_argument("--group-by", choices=["family", "model", "cohort"], default="family")
+    p.add_argument("--group-by", choices=["family", "model", "cohort", "method"], default="family")
     p.add_argument("--resamples", type=int, default=1000, help="split-bootstrap replicates B")
     p.add_argument("--stepk-resamples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)

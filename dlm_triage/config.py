@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 FAMILIES = ("tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar")
-METHODS = ("lora", "rslora", "dora", "pissa", "nara")
+METHODS = ("lora", "rslora", "dora", "pissa", "nara", "lora_diffusion")
 NORMALISATIONS = ("per_masked_token", "per_token", "per_token_over_p")
 MASK_SAMPLINGS = ("bernoulli", "exact")
 ALPHA_CONVENTIONS = ("fixed", "per_rank")
@@ -29,6 +29,9 @@ EARLY_WARNING_ACTIONS = ("flag", "stop")
 HASH_EXCLUDED = frozenset({"device", "adapter_dir", "save_adapter"})
 # Fields hashed only when they differ from their default, so adding one keeps every existing run id.
 HASH_ONLY_WHEN_SET = {"legacy_detector_stop": False}
+# Method-specific fields hashed only for their method, so adding one leaves every other run's hash (its cache
+# key and run id) as it was.
+METHOD_ONLY_FIELDS = {"lora_diffusion_schedule": "lora_diffusion"}
 CONFIG_SCHEMA_VERSION = 1
 
 
@@ -50,7 +53,8 @@ class RunConfig:
     model_id: str | None = None
     """HF hub id or local path. None: the family default (the tiny family: the locally pretrained model)."""
     method: str = "lora"
-    """PEFT method: lora, rslora, dora, pissa (through peft) or nara (noise-aware LoRA, ours)."""
+    """PEFT method: lora, rslora, dora, pissa (through peft), nara (noise-aware LoRA, ours) or lora_diffusion
+    (noise-scheduled low-rank residuals on hidden states, `dlm_triage.lora_diffusion`)."""
     rank: int = 8
     """Adapter rank r (1..4096)."""
     alpha: float = 16.0
@@ -95,6 +99,11 @@ class RunConfig:
     runner did ("early-stops all 60 raw traces at step 11"). False: the detector is only logged."""
     nara_eta: float = 0.1
     """NaRA c_scale eta in C(lambda) = I + eta * F(e_lambda)."""
+    lora_diffusion_schedule: str = "0.33:0.25,0.67:0.5,1:1"
+    """lora_diffusion's active rank by noise phase: 'u1:f1,u2:f2,...,1:fn' means noise level lambda (the mask
+    ratio) <= u_i (first such i) uses k = ceil(f_i * rank) of the rank; bounds increase to 1, the largest f is 1.
+    Default: low noise (<= 0.33) a quarter of the rank, mid half, high noise all of it. Hashed only for
+    lora_diffusion runs."""
     save_adapter: bool = True
     adapter_dir: str | None = None
     """Where adapter weights go. None: <run dir>/adapter. Not part of the hash."""
@@ -137,7 +146,8 @@ class RunConfig:
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of the hashed fields (and the schema version)."""
         payload = {k: v for k, v in self.to_dict().items()
-                   if k not in HASH_EXCLUDED and not (k in HASH_ONLY_WHEN_SET and v == HASH_ONLY_WHEN_SET[k])}
+                   if k not in HASH_EXCLUDED and not (k in HASH_ONLY_WHEN_SET and v == HASH_ONLY_WHEN_SET[k])
+                   and METHOD_ONLY_FIELDS.get(k, self.method) == self.method}
         payload["_schema"] = CONFIG_SCHEMA_VERSION
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -161,6 +171,28 @@ def _is_real(x: Any) -> bool:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_rank_schedule(spec: Any) -> tuple[tuple[float, float], ...]:
+    """'u1:f1,...,un:fn' -> ((u1, f1), ..., (un, fn)): noise-phase upper bounds 0 < u1 < ... < un = 1 and rank
+    fractions f in (0, 1] with max f = 1 (so `rank` is the largest active rank). Raises ValueError naming the fix."""
+    fix = ("use 'u1:f1,...,1:fn' with increasing noise bounds in (0, 1] ending at 1 and rank fractions in (0, 1], "
+           "the largest 1 (e.g. '0.33:0.25,0.67:0.5,1:1')")
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"lora_diffusion_schedule={spec!r} is invalid: {fix}")
+    pieces = []
+    for part in spec.split(","):
+        try:
+            u, f = (float(x) for x in part.split(":"))
+        except ValueError:
+            raise ValueError(f"lora_diffusion_schedule={spec!r}: piece {part.strip()!r} is not 'bound:fraction'; {fix}") from None
+        pieces.append((u, f))
+    bounds = [u for u, _ in pieces]
+    fracs = [f for _, f in pieces]
+    if (not all(math.isfinite(u) and 0 < u <= 1 for u in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:]))
+            or bounds[-1] != 1.0 or not all(math.isfinite(f) and 0 < f <= 1 for f in fracs) or max(fracs) != 1.0):
+        raise ValueError(f"lora_diffusion_schedule={spec!r} is invalid: {fix}")
+    return tuple(pieces)
 
 
 def _validate_run(c: RunConfig) -> list[str]:
@@ -200,6 +232,10 @@ def _validate_run(c: RunConfig) -> list[str]:
         p.append(f"clip_grad_norm={c.clip_grad_norm!r} is invalid: use a finite number > 0")
     if not _is_real(c.nara_eta) or c.nara_eta < 0:
         p.append(f"nara_eta={c.nara_eta!r} is invalid: use a finite number >= 0")
+    try:
+        parse_rank_schedule(c.lora_diffusion_schedule)
+    except ValueError as e:
+        p.append(str(e))
     if c.model_id is not None and (not isinstance(c.model_id, str) or not c.model_id.strip()):
         p.append(f"model_id={c.model_id!r} is invalid: give a hub id or a local path, or None for the default")
     if c.target_modules is not None:

@@ -30,9 +30,9 @@ from dlm_triage.config import (
 )
 
 Family = Literal["tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar"]
-Method = Literal["lora", "rslora", "dora", "pissa", "nara"]
+Method = Literal["lora", "rslora", "dora", "pissa", "nara", "lora_diffusion"]
 Normalisation = Literal["per_masked_token", "per_token", "per_token_over_p"]
-GroupBy = Literal["family", "model", "cohort"]
+GroupBy = Literal["family", "model", "cohort", "method"]
 AlphaConvention = Literal["fixed", "per_rank"]
 EarlyWarningAction = Literal["flag", "stop"]
 ImportFormat = Literal["reference-jsonl", "cells", "hf-trainer", "wandb-csv"]
@@ -73,7 +73,8 @@ class SweepParams(_Params):
     """A grid of LoRA/PEFT fine-tunes (the product of the axes) and where and how to run it."""
 
     families: list[Family] = Field(["tiny"], description="Model families (axis). 'tiny' needs no download.")
-    methods: list[Method] = Field(["lora"], description="PEFT methods (axis): lora, rslora, dora, pissa, nara.")
+    methods: list[Method] = Field(["lora"], description="PEFT methods (axis): lora, rslora, dora, pissa, nara, "
+                                      "lora_diffusion (its rank schedule: extra.lora_diffusion_schedule).")
     ranks: list[int] = Field([4, 16], description="Adapter ranks r (axis), each in [1, 4096].")
     mask_ratios: list[float] = Field(
         [0.15, 0.5, 0.85], description="Mask ratios rho (axis), each strictly between 0 and 1 (paper Eq. 1)."
@@ -303,7 +304,7 @@ class CalibrateParams(_Params):
 
     db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
     out: Path | None = Field(None, description="Output folder for calibration.json; empty: $DLM_TRIAGE_OUT/reports.")
-    group_by: GroupBy = Field("family", description="Calibrate one threshold per family, model or cohort.")
+    group_by: GroupBy = Field("family", description="Calibrate one threshold per family, model, cohort or PEFT method.")
     n_resamples: int = Field(1000, ge=10, le=1_000_000, description="Split-bootstrap replicates B.")
     stepk_resamples: int = Field(200, ge=10, le=1_000_000, description="Bootstrap replicates per step k.")
     ks: list[int] = Field(list(_DEFAULT_KS), description="Steps k of the max-grad-up-to-k sweep (each >= 0).")

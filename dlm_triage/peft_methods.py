@@ -1,4 +1,5 @@
-"""Adapters through peft (LoRA, rsLoRA, DoRA, PiSSA) with explicit, checked targets; NaRA via `dlm_triage.nara`.
+"""Adapters through peft (LoRA, rsLoRA, DoRA, PiSSA) with explicit, checked targets; NaRA via `dlm_triage.nara`,
+LoRA-Diffusion via `dlm_triage.lora_diffusion`.
 
 Targets are always explicit module-name suffixes ('q_proj' matches 'model.layers.0.self_attn.q_proj'), the
 rule peft uses for a list of names. peft silently skips a name that matches nothing on some paths (FAMILIES.md,
@@ -9,10 +10,14 @@ and after (at least one module under that name must have received an adapter). A
 Scale: lora/dora/pissa use alpha/r, rslora alpha/sqrt(r), with alpha = cfg.effective_alpha.
 PiSSA uses the exact SVD init (`init_lora_weights='pissa'`): deterministic, so `load_adapter` rebuilds the
 same residual base weights before loading the trained factors.
+
+Noise-conditioned methods (nara, lora_diffusion) need the batch's noise level lambda (its mask ratio) before a
+forward: `set_noise_level(model, lam)` / `with noise_level(model, lam):` reach whichever the model carries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -98,6 +103,10 @@ def apply_adapter(model: nn.Module, cfg: RunConfig, targets: Sequence[str]) -> n
         from dlm_triage import nara
 
         return nara.apply_nara(model, cfg, targets)
+    if cfg.method == "lora_diffusion":
+        from dlm_triage import lora_diffusion
+
+        return lora_diffusion.apply_lora_diffusion(model, cfg, targets)
     from peft import get_peft_model
 
     resolve_targets(model, targets)
@@ -110,7 +119,7 @@ def adapter_matrices(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Trainable adapter tensors (name, param) in module registration order (stable across runs).
 
     LoRA: lora_A / lora_B per layer; DoRA adds the magnitude vector; NaRA: A, B per layer then the shared
-    hypernetwork's weights and biases.
+    hypernetwork's weights and biases; lora_diffusion: A, B per wrapped module.
     """
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
@@ -121,14 +130,51 @@ def _is_nara(model: nn.Module) -> bool:
     return nara.is_nara_model(model)
 
 
+def _noise_module(model: nn.Module):
+    """The module (nara or lora_diffusion) that conditions `model` on the noise level, or None."""
+    from dlm_triage import lora_diffusion, nara
+
+    if nara.is_nara_model(model):
+        return nara
+    if lora_diffusion.is_lora_diffusion_model(model):
+        return lora_diffusion
+    return None
+
+
+def is_noise_conditioned(model: nn.Module) -> bool:
+    return _noise_module(model) is not None
+
+
+def set_noise_level(model: nn.Module, lam: float) -> None:
+    """Set the noise level lambda for the following forwards of a noise-conditioned adapter (no-op otherwise)."""
+    mod = _noise_module(model)
+    if mod is not None:
+        mod.set_noise_level(model, lam)
+
+
+@contextlib.contextmanager
+def noise_level(model: nn.Module, lam: float):
+    """`with noise_level(model, lam):` lambda for the block, restored after (no-op for other methods)."""
+    mod = _noise_module(model)
+    if mod is None:
+        yield
+        return
+    with mod.noise_level(model, lam):
+        yield
+
+
 def save_adapter(model: nn.Module, path: Path | str, cfg: RunConfig | None = None) -> Path:
     """Save the adapter weights (safetensors) + config JSON under `path`; returns `path`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    from dlm_triage import lora_diffusion
+
     if _is_nara(model):
         from dlm_triage import nara
 
         nara.save_nara(model, path)
+    elif lora_diffusion.is_lora_diffusion_model(model):
+        lora_diffusion.save_lora_diffusion(model, path)
     else:
         model.save_pretrained(str(path), safe_serialization=True)
     if cfg is not None:
@@ -149,6 +195,10 @@ def load_adapter(base_model: nn.Module, path: Path | str, cfg: RunConfig) -> nn.
         from dlm_triage import nara
 
         return nara.load_nara(base_model, path, cfg)
+    if cfg.method == "lora_diffusion":
+        from dlm_triage import lora_diffusion
+
+        return lora_diffusion.load_lora_diffusion(base_model, path, cfg)
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 

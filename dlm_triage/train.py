@@ -33,11 +33,13 @@ import polars as pl
 import torch
 from transformers.utils import logging as hf_logging
 
-from dlm_triage import monitors, nara, provenance, runlog
+from dlm_triage import monitors, provenance, runlog
 from dlm_triage.config import RunConfig
 from dlm_triage.early_warning import EarlyWarning, emit_routed_event
 from dlm_triage.objective import mask_tokens, masked_diffusion_loss
-from dlm_triage.peft_methods import adapter_matrices, apply_adapter, save_adapter
+from dlm_triage.peft_methods import (
+    adapter_matrices, apply_adapter, is_noise_conditioned, noise_level, save_adapter, set_noise_level,
+)
 from dlm_triage.schema import (
     ADAPTER_DIRNAME,
     COLLAPSE_DEFINITION,
@@ -103,7 +105,8 @@ class _Run:
     optimizer: torch.optim.Optimizer
     batches: Any
     generator: torch.Generator
-    is_nara: bool
+    noise_conditioned: bool
+    """nara / lora_diffusion: the adapter needs the batch's noise level before each forward."""
     legacy_fired: bool = False
     """The legacy top-1 detector has fired: from then on top-1 follows cfg.top1_every again."""
 
@@ -137,7 +140,7 @@ def _setup(cfg: RunConfig) -> _Run:
         mask_id=loaded.mask_token_id, pad_id=getattr(loaded.tokenizer, "pad_token_id", None),
         matrices=matrices, params=params, optimizer=optimizer, batches=make_batches(cfg, loaded.tokenizer),
         generator=torch.Generator().manual_seed(cfg.seed),  # masking draws, on CPU: same on every device
-        is_nara=nara.is_nara_model(model),
+        noise_conditioned=is_noise_conditioned(model),
     )
 
 
@@ -146,7 +149,7 @@ def _setup(cfg: RunConfig) -> _Run:
 def clean_top1(r: _Run, x0: torch.Tensor) -> torch.Tensor:
     """Top-1 frequency on the CLEAN batch: one extra forward without grad over all non-pad positions
     (and not the family's protected positions). Costs ~1 forward (~35% of a step); cadence cfg.top1_every.
-    NaRA: the clean batch is at noise level 0."""
+    Noise-conditioned adapters (NaRA, lora_diffusion): the clean batch is at noise level 0."""
     evaluated = torch.ones_like(x0, dtype=torch.bool) if r.pad_id is None else x0 != r.pad_id
     protect = r.family.protected_positions(x0)
     if protect is not None:
@@ -155,8 +158,8 @@ def clean_top1(r: _Run, x0: torch.Tensor) -> torch.Tensor:
     r.model.eval()
     try:
         with torch.no_grad():
-            if r.is_nara:
-                with nara.noise_level(r.model, 0.0):
+            if r.noise_conditioned:
+                with noise_level(r.model, 0.0):
                     logits = r.family.logits(r.model, x0)
             else:
                 logits = r.family.logits(r.model, x0)
@@ -190,8 +193,8 @@ def train_step(r: _Run, step: int) -> dict[str, Any]:
     x0 = r.batches.batch(step).to(r.device, non_blocking=True)
     noisy, mask = mask_tokens(x0, cfg.mask_ratio, r.mask_id, r.generator, sampling=cfg.mask_sampling,
                               protect=r.family.protected_positions(x0))
-    if r.is_nara:
-        nara.set_noise_level(r.model, cfg.mask_ratio)  # lambda = the batch's (nominal) mask ratio
+    if r.noise_conditioned:
+        set_noise_level(r.model, cfg.mask_ratio)  # lambda = the batch's (nominal) mask ratio
     logits = r.family.logits(r.model, noisy)
     loss = masked_diffusion_loss(logits, x0, mask, normalisation=cfg.normalisation, mask_ratio=cfg.mask_ratio)
     r.optimizer.zero_grad(set_to_none=True)

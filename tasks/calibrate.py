@@ -18,7 +18,7 @@ from tasks.train import retry_transient
 _RETRY = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
 
 # calibrate.py names a group by CAST(column AS VARCHAR), '<null>' for NULL: the SQL below must agree.
-_GROUP_COLUMNS = {"family": "family", "model": "model_id", "cohort": "cohort"}
+_GROUP_COLUMNS = {"family": "family", "model": "model_id", "cohort": "cohort", "method": "method"}
 _NULL_GROUP = "<null>"
 
 

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from dlm_triage import nara
 from dlm_triage.config import RunConfig
 from dlm_triage.data import make_batches
 from dlm_triage.objective import mask_tokens, masked_diffusion_loss
@@ -18,12 +17,14 @@ from dlm_triage.peft_methods import (
     available_suffixes,
     check_wrapped,
     load_adapter,
+    noise_level,
     save_adapter,
+    set_noise_level,
 )
 from dlm_triage.tiny import load_tiny
 
 TARGETS = ("q_proj", "v_proj")
-METHODS = ("lora", "rslora", "dora", "pissa", "nara")
+METHODS = ("lora", "rslora", "dora", "pissa", "nara", "lora_diffusion")
 
 
 def fresh_base(tiny_model_dir):
@@ -34,10 +35,8 @@ def fresh_base(tiny_model_dir):
 def forward(model, ids, rho=0.5):
     model.eval()
     with torch.no_grad():
-        if nara.is_nara_model(model):
-            with nara.noise_level(model, rho):
-                return model(input_ids=ids).logits
-        return model(input_ids=ids).logits
+        with noise_level(model, rho):
+            return model(input_ids=ids).logits
 
 
 def train_a_few_steps(model, tok, cfg, n=3):
@@ -49,8 +48,7 @@ def train_a_few_steps(model, tok, cfg, n=3):
     for step in range(n):
         x0 = batches.batch(step)
         noisy, mask = mask_tokens(x0, cfg.mask_ratio, tok.mask_token_id, gen)
-        if nara.is_nara_model(model):
-            nara.set_noise_level(model, cfg.mask_ratio)
+        set_noise_level(model, cfg.mask_ratio)
         loss = masked_diffusion_loss(model(input_ids=noisy).logits, x0, mask)
         opt.zero_grad()
         loss.backward()
@@ -104,7 +102,7 @@ def test_rslora_and_per_rank_alpha_scales(tiny_model_dir):
     assert layer.scaling["default"] == pytest.approx(2.0)  # effective alpha = 2*4, / r = 2
 
 
-@pytest.mark.parametrize("method", ["lora", "nara"])
+@pytest.mark.parametrize("method", ["lora", "nara", "lora_diffusion"])
 def test_target_mismatch_fails_loudly(tiny_model_dir, method):
     base, _ = fresh_base(tiny_model_dir)
     cfg = RunConfig(model_id=str(tiny_model_dir), method=method)

@@ -165,7 +165,7 @@ def test_resume_ignores_a_run_with_another_config_hash(tiny_model_dir, tmp_path)
     assert not train_run(cfg, tmp_path, resume=False).reused
 
 
-@pytest.mark.parametrize("method", ["dora", "nara"])
+@pytest.mark.parametrize("method", ["dora", "nara", "lora_diffusion"])
 def test_other_methods_through_train_run(tiny_model_dir, tmp_path, method):
     res = train_run(small(tiny_model_dir, method=method, steps=4, rank=4, save_adapter=True), tmp_path)
     rec = read_run(res.run_dir)
