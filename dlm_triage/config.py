@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-FAMILIES = ("tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar")
+FAMILIES = ("tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar", "diffusion_gemma")
 METHODS = ("lora", "rslora", "dora", "pissa", "nara", "lora_diffusion")
 NORMALISATIONS = ("per_masked_token", "per_token", "per_token_over_p")
 MASK_SAMPLINGS = ("bernoulli", "exact")

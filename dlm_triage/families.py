@@ -124,6 +124,12 @@ class FamilyAdapter:
     def attention_targets(self, model: nn.Module) -> tuple[str, ...]:
         return check_targets(model, self.targets, family=self.name)
 
+    def training_loss(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None,
+                      cfg: Any) -> Any:
+        """A family with its own corruption and loss (DiffusionGemma) returns its objective's output record
+        (`dlm_triage.diffusion_gemma.ObjectiveOutput`); None: the trainer's masked-diffusion objective."""
+        return None
+
     def protected_positions(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """Bool [L] of positions never to mask (None: none). Dream/AR: position 0 (no prediction after the shift)."""
         if not self.shifted_logits:
@@ -412,9 +418,19 @@ _REGISTRY: dict[str, FamilyAdapter] = {
 }
 
 
+# Families in their own module (module, class): they import the base classes above, so they are imported on
+# first use, not here (an import cycle otherwise).
+_MODULE_FAMILIES = {"diffusion_gemma": ("dlm_triage.families_diffusion_gemma", "DiffusionGemmaAdapter")}
+
+
 def get_family(name: str) -> FamilyAdapter:
     """The adapter of family `name` (one of config.FAMILIES)."""
+    if name not in _REGISTRY and name in _MODULE_FAMILIES:
+        import importlib
+
+        module, cls = _MODULE_FAMILIES[name]
+        _REGISTRY[name] = getattr(importlib.import_module(module), cls)()
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise FamilyError(f"family={name!r} is not known: use one of {sorted(_REGISTRY)}") from None
+        raise FamilyError(f"family={name!r} is not known: use one of {sorted({*_REGISTRY, *_MODULE_FAMILIES})}") from None

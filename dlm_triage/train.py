@@ -191,12 +191,18 @@ def train_step(r: _Run, step: int) -> dict[str, Any]:
     t0 = time.perf_counter()
 
     x0 = r.batches.batch(step).to(r.device, non_blocking=True)
-    noisy, mask = mask_tokens(x0, cfg.mask_ratio, r.mask_id, r.generator, sampling=cfg.mask_sampling,
-                              protect=r.family.protected_positions(x0))
     if r.noise_conditioned:
         set_noise_level(r.model, cfg.mask_ratio)  # lambda = the batch's (nominal) mask ratio
-    logits = r.family.logits(r.model, noisy)
-    loss = masked_diffusion_loss(logits, x0, mask, normalisation=cfg.normalisation, mask_ratio=cfg.mask_ratio)
+    own = r.family.training_loss(r.model, x0, r.generator, cfg)  # a family's own objective (DiffusionGemma)
+    if own is not None:
+        logits, loss, mask = own.logits, own.loss, own.top1_positions
+        n_masked_t, ratio_t = own.n_masked, own.mask_ratio
+    else:
+        noisy, mask = mask_tokens(x0, cfg.mask_ratio, r.mask_id, r.generator, sampling=cfg.mask_sampling,
+                                  protect=r.family.protected_positions(x0))
+        logits = r.family.logits(r.model, noisy)
+        loss = masked_diffusion_loss(logits, x0, mask, normalisation=cfg.normalisation, mask_ratio=cfg.mask_ratio)
+        n_masked_t, ratio_t = mask.sum().float(), mask.float().mean()
     r.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if _after_backward_hook is not None:
@@ -205,11 +211,11 @@ def train_step(r: _Run, step: int) -> dict[str, Any]:
     _sync(r.device)
     t_mon = time.perf_counter()
     top1_source = r.family.top1_source
-    mon = step_monitors(r, logits, mask, top1_from_masked=top1_source == "masked")
+    mon = step_monitors(r, logits, mask, top1_from_masked=top1_source in ("masked", "canvas"))
     dev = loss.device
     top1 = mon["top1_freq"].to(dev).float() if "top1_freq" in mon else loss.new_full((), math.nan, dtype=torch.float32)
     packed = torch.cat([  # everything the step-log row needs, in one tensor: one device->host copy per step
-        torch.stack([loss.detach().float(), mon["grad_norm"].to(dev), top1, mask.sum().float(), mask.float().mean()]),
+        torch.stack([loss.detach().float(), mon["grad_norm"].to(dev), top1, n_masked_t.to(dev), ratio_t.to(dev)]),
         mon["matrix_grad_norms"].to(dev),
     ]).tolist()  # sync point: the one per step
     loss_v, grad_v, top1_v, n_masked, rho = packed[:5]

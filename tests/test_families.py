@@ -51,7 +51,7 @@ def _ids(b=2, length=10, seed=0):
 def test_every_config_family_has_an_adapter():
     for name in FAMILIES:
         a = get_family(name)
-        assert a.name == name and a.top1_source in ("clean", "masked")
+        assert a.name == name and a.top1_source in ("clean", "masked", "canvas")
     assert get_family("mdlm").top1_source == "masked"
     assert {n for n in FAMILIES if get_family(n).top1_source == "clean"} >= {"tiny", "llada", "dream", "ar"}
     with pytest.raises(FamilyError, match="not known.*tiny"):
