@@ -137,7 +137,7 @@ def reference_calibrate(inputs: CalibrationInputs, *, group_by: str = "family", 
         p90 = float(np.percentile(loss[use], 90))
         med = float(np.percentile(loss[use], 50))
         unstable = np.array([bool(d) or (u and l >= p90) for l, d, u in zip(loss, div, use)])
-        stable = np.array([bool(u and l < med) for l, u in zip(loss, use)])
+        stable = np.array([bool(u and l <= med) and not x for l, u, x in zip(loss, use, unstable)])
         g = sub.get_column("max_grad_norm").cast(pl.Float64).to_numpy().astype(float)
         fired = sub.get_column("top1_warning_detected").fill_null(False).to_numpy().astype(bool)
         coll = sub.get_column("collapsed").fill_null(False).to_numpy().astype(bool)

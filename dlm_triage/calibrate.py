@@ -6,15 +6,17 @@ from DuckDB, calibrates, saves the result in DuckDB (versioned) and writes ``out
 
 Per group (family by default; paper 4.1, 4.5, App. B-D):
 
-- labels (`stats.stability_labels`): unstable iff final loss >= the group's 90th percentile (numpy 'linear'),
-  stable iff < the median, mid-band otherwise (excluded from stable/unstable contrasts); percentiles over
+- labels (`stats.stability_labels`, `stats.LABEL_RULE`): unstable iff final loss >= the group's 90th
+  percentile (numpy 'linear' = Hyndman-Fan type 7), stable iff <= the median (the paper's 336 of 671), mid-band
+  otherwise (excluded from stable/unstable contrasts); percentiles over
   non-diverged runs with a finite final loss; diverged runs are unstable by definition; the rest is excluded.
 - top-1 audit: fire and collapse rates of the legacy warning, its precision as a collapse detector and as an
   unstable-run detector (undefined when it never fires), top-1 at step 0, steps to cross 0.95, Mann-Whitney of
   the fire step and of the 0.95-saturation step, unstable vs stable.
 - max-grad separation: medians (whole-run max grad norm), their ratio with a percentile bootstrap CI, Mann-Whitney
-  U one-sided (unstable > stable) and two-sided; Bonferroni over the groups tested (>= 3 stable and >= 3
-  unstable runs), applied to the one-sided p (the directional hypothesis), m recorded.
+  U one-sided (unstable > stable) and two-sided; Bonferroni over m contrasts, m = `bonferroni_m` when given
+  (the paper: m = 6), else the groups tested (>= 3 stable and >= 3 unstable runs), applied to the one-sided p
+  (the directional hypothesis), m and where it came from recorded.
 - held-out threshold: one fixed seeded 80/20 split (n_test = ceil(0.2 n)), F1-optimal threshold on train
   (candidates = train values, positive iff value >= threshold, lowest threshold among F1 ties), metrics on
   test, against the always-positive baseline (the top-1 warning fires everywhere: precision = prevalence).
@@ -348,8 +350,7 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
         "n": n, "n_excluded": int(n_all - n), "n_unstable": int(y.sum()), "n_stable": int(lab.stable.sum()),
         "n_mid": int(lab.mid.sum()), "n_diverged": lab.n_diverged,
         "unstable_final_loss_threshold": lab.unstable_threshold, "stable_final_loss_threshold": lab.stable_threshold,
-        "label_rule": "unstable iff final_loss >= P90 (linear) of non-diverged finite losses, or diverged; "
-                      "stable iff final_loss < median; else mid-band",
+        "label_rule": stats.LABEL_RULE, "label_percentile_method": stats.PERCENTILE_METHOD,
     }
     out["top1"] = _top1_audit(d, lab, notes)
 
@@ -476,7 +477,8 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
 # ------------------------------------------------------------------------------------------- protocol
 
 
-def _check_params(group_by, n_resamples, stepk_resamples, ks, confidence_level, test_size) -> tuple[int, ...]:
+def _check_params(group_by, n_resamples, stepk_resamples, ks, confidence_level, test_size,
+                  bonferroni_m=None) -> tuple[int, ...]:
     if group_by not in GROUP_BY_COLUMNS:
         raise ValueError(f"`group_by` must be one of {sorted(GROUP_BY_COLUMNS)}, got {group_by!r}")
     for nm, v in (("n_resamples", n_resamples), ("stepk_resamples", stepk_resamples)):
@@ -486,6 +488,10 @@ def _check_params(group_by, n_resamples, stepk_resamples, ks, confidence_level, 
         raise ValueError(f"`confidence_level` must be in (0, 1), got {confidence_level!r}")
     if not 0 < test_size < 1:
         raise ValueError(f"`test_size` must be in (0, 1), got {test_size!r}")
+    if bonferroni_m is not None and (isinstance(bonferroni_m, bool) or int(bonferroni_m) != bonferroni_m
+                                     or bonferroni_m < 1):
+        raise ValueError(f"`bonferroni_m` must be a positive integer (the number of contrasts corrected for, "
+                         f"e.g. 6 as in the paper) or None (the groups tested), got {bonferroni_m!r}")
     ks = tuple(int(k) for k in ks)
     if any(k < 0 for k in ks) or len(set(ks)) != len(ks):
         raise ValueError(f"`ks` must be distinct non-negative steps, got {ks!r}")
@@ -528,17 +534,25 @@ def _provenance_cached() -> dict:
 
 def calibrate(inputs: CalibrationInputs, *, group_by: str = "family", n_resamples: int = 1000,
               stepk_resamples: int = 200, ks: Sequence[int] = (5, 10, 11, 25, 50, 100, 200),
-              confidence_level: float = 0.95, test_size: float = 0.2, seed: int = 0) -> dict:
+              confidence_level: float = 0.95, test_size: float = 0.2, seed: int = 0,
+              bonferroni_m: int | None = None) -> dict:
     """Run the paper's protocol on every group of `inputs.runs` -> the calibration dict (JSON contract).
+
+    `bonferroni_m`: the number of max-grad contrasts the Bonferroni correction divides alpha by (the paper:
+    "Bonferroni correction across six analyzable families (m = 6)"); None: the groups tested here (>=
+    MIN_PER_ARM stable and unstable runs). Recorded as params.bonferroni_m (None = default) and per group as
+    maxgrad.bonferroni_m with maxgrad.bonferroni_m_source.
 
     The dict is JSON-ready: no NaN/Inf (undefined -> None with a warning naming the field), plain Python types.
     """
     if not isinstance(inputs, CalibrationInputs):
         raise TypeError(f"`inputs` must be a CalibrationInputs, got {type(inputs).__name__}")
-    ks = _check_params(group_by, n_resamples, stepk_resamples, ks, confidence_level, test_size)
+    ks = _check_params(group_by, n_resamples, stepk_resamples, ks, confidence_level, test_size, bonferroni_m)
     params = {"group_by": group_by, "n_resamples": int(n_resamples), "stepk_resamples": int(stepk_resamples),
               "ks": list(ks), "confidence_level": float(confidence_level), "test_size": float(test_size),
-              "seed": int(seed), "label_quantiles": {"unstable": 0.9, "stable": 0.5}, "registry_k": REGISTRY_K}
+              "seed": int(seed), "bonferroni_m": None if bonferroni_m is None else int(bonferroni_m),
+              "label_quantiles": {"unstable": 0.9, "stable": 0.5},
+              "label_percentile_method": stats.PERCENTILE_METHOD, "label_rule": stats.LABEL_RULE, "registry_k": REGISTRY_K}
     top_warnings: list[str] = []
     runs = inputs.runs
     traj = inputs.traj
@@ -581,12 +595,18 @@ def calibrate(inputs: CalibrationInputs, *, group_by: str = "family", n_resample
                 stepk_resamples=int(stepk_resamples), cl=float(confidence_level), test_size=float(test_size),
                 seed=int(seed))
 
-        # Bonferroni over the groups tested (one-sided p, H1: unstable > stable)
+        # Bonferroni (one-sided p, H1: unstable > stable) over m contrasts: the given m, else the groups tested
         tested = [nm for nm in names if arrays[nm]["tested"]]
-        m = len(tested)
+        m = int(bonferroni_m) if bonferroni_m is not None else len(tested)
+        m_source = (f"given (bonferroni_m={m})" if bonferroni_m is not None
+                    else f"the groups tested here ({len(tested)})")
+        if bonferroni_m is not None and m < len(tested):
+            top_warnings.append(f"bonferroni_m={m} is below the {len(tested)} group(s) tested here: the "
+                                "correction is weaker than one test per tested group")
         for nm in names:
             mg = groups[nm]["maxgrad"]
             mg["bonferroni_m"] = m
+            mg["bonferroni_m_source"] = m_source
             if nm in tested:
                 mg["mw_p_bonferroni"] = stats.bonferroni(arrays[nm]["mw_p"], m)
 

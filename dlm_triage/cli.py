@@ -224,7 +224,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from dlm_triage.params import CalibrateParams
 
     p = CalibrateParams(db=args.db, out=args.out_dir, group_by=args.group_by, n_resamples=args.resamples,
-                        stepk_resamples=args.stepk_resamples, seed=args.seed)
+                        stepk_resamples=args.stepk_resamples, seed=args.seed, bonferroni_m=args.bonferroni_m)
     res = run_calibration(p.resolved_db(), p.resolved_out(), **p.calibrate_kwargs())
     print(f"calibration {res.calibration_id}: {res.json_path}")
     for name, g in res.result["groups"].items():
@@ -384,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=1000, help="split-bootstrap replicates B")
     p.add_argument("--stepk-resamples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bonferroni-m", type=int, default=None, metavar="M",
+                   help="Bonferroni m: contrasts corrected for (the paper: 6); default: the groups tested")
     p.set_defaults(fn=cmd_calibrate)
 
     p = sub.add_parser("report", help="HTML + Markdown triage report of a calibration")

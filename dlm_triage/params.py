@@ -311,6 +311,9 @@ class CalibrateParams(_Params):
     confidence_level: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of every CI.")
     test_size: float = Field(0.2, gt=0.0, lt=1.0, description="Held-out share of runs for threshold evaluation.")
     seed: int = Field(0, ge=0, description="Seed of every resampling (results are reproducible).")
+    bonferroni_m: int | None = Field(
+        None, ge=1, description="Bonferroni m: the number of max-grad contrasts corrected for (the paper: 6); "
+                                "empty: the groups tested in this calibration.")
 
     @field_validator("ks")
     @classmethod
@@ -337,6 +340,7 @@ class CalibrateParams(_Params):
             "confidence_level": self.confidence_level,
             "test_size": self.test_size,
             "seed": self.seed,
+            "bonferroni_m": self.bonferroni_m,
         }
 
 

@@ -18,7 +18,9 @@ artifact). The rules (paper "When Top-1 Fails", Sec. 4-5 and App. B.1):
   unstable runs is at most 1.1x the base rate of unstable runs and its precision for actual collapse is at most
   the collapse rate (0/fired when nothing collapsed) - i.e. it is no better than flagging every run.
 - Use max-grad triage: supported in a group when the split-bootstrap lower CI bound of held-out precision
-  exceeds the always-positive baseline precision (paper Fig. 1C: 0.500 > 0.148).
+  exceeds the always-positive baseline's CEILING, the upper CI bound of the baseline's precision over the same
+  split-bootstrap replicates (paper 4.1: "95% precision CI [0.500, 0.947], disjoint from the always-positive
+  baseline ceiling 0.148"), not its median.
 - Keep loss baseline: supported when loss-at-k, at its best k before the label step (the last logged step, where
   loss is the label), reaches max-grad's median precision at k=25 in some group (loss is competitive somewhere
   early, App. B.1: step 11); otherwise max-grad dominates it.
@@ -166,6 +168,12 @@ def _threshold(g: Mapping[str, Any]) -> float | None:
     return _num(g, "heldout", "threshold") if t is None else t
 
 
+def _baseline_ceiling(g: Mapping[str, Any]) -> float | None:
+    """The always-positive baseline's ceiling: the upper CI bound of its precision over the split-bootstrap
+    replicates (the same replicates as max-grad's precision CI); None when the calibration lacks it."""
+    return _num(g, "split_bootstrap", "baseline_precision_ci_high")
+
+
 def _baseline(g: Mapping[str, Any]) -> float | None:
     """Always-positive precision: the split-bootstrap baseline when given, else the held-out one, else n_u/n."""
     for path in (("split_bootstrap", "baseline_precision_median"), ("heldout", "baseline_precision")):
@@ -209,12 +217,14 @@ def _verdict_maxgrad(result: Mapping[str, Any]) -> Verdict:
     ok, bad, undefined, parts = [], [], [], []
     for name, g in result.get("groups", {}).items():
         lo, hi = _num(g, "split_bootstrap", "precision_ci_low"), _num(g, "split_bootstrap", "precision_ci_high")
-        base = _baseline(g)
+        base = _baseline_ceiling(g)
         parts.append(
             f"{name}: held-out precision {_fmt(_num(g, 'heldout', 'precision'))}, recall "
             f"{_fmt(_num(g, 'heldout', 'recall'))}, F1 {_fmt(_num(g, 'heldout', 'f1'))}; split-bootstrap "
-            f"precision CI {_ci(lo, hi)} vs baseline {_fmt(base)}; median ratio "
-            f"{_fmt(_num(g, 'maxgrad', 'median_ratio'))}x, p_Bonf {_fmt(_num(g, 'maxgrad', 'mw_p_bonferroni'))}")
+            f"precision CI {_ci(lo, hi)} vs baseline ceiling {_fmt(base)} (baseline median "
+            f"{_fmt(_num(g, 'split_bootstrap', 'baseline_precision_median'))}); median ratio "
+            f"{_fmt(_num(g, 'maxgrad', 'median_ratio'))}x, p_Bonf {_fmt(_num(g, 'maxgrad', 'mw_p_bonferroni'))} "
+            f"(m={g.get('maxgrad', {}).get('bonferroni_m')})")
         if lo is None or base is None:
             undefined.append(name)
         elif lo > base:
@@ -228,10 +238,11 @@ def _verdict_maxgrad(result: Mapping[str, Any]) -> Verdict:
     if ok and not bad and not undefined:
         return Verdict("Use max-grad triage", "supported", evidence,
                        "In every group the lower CI bound of held-out precision exceeds the always-positive "
-                       "baseline: route runs at/above the group threshold to inspection.")
+                       "baseline's ceiling (its upper CI bound over the same replicates): route runs at/above "
+                       "the group threshold to inspection.")
     if not ok:
         return Verdict("Use max-grad triage", "not supported on this data", evidence,
-                       f"The lower CI bound does not exceed the baseline in {', '.join(bad)}"
+                       f"The lower CI bound does not exceed the baseline ceiling in {', '.join(bad)}"
                        + (f"; undefined in {', '.join(undefined)}" if undefined else "") + ".")
     return Verdict("Use max-grad triage", "partly supported", evidence,
                    f"Supported in {', '.join(ok)}; not supported on this data in {', '.join(bad) or 'none'}"
@@ -357,11 +368,41 @@ def verdicts(result: Mapping[str, Any]) -> list[Verdict]:
     return [_verdict_top1(result), _verdict_maxgrad(result), _verdict_loss(result), _verdict_global(result)]
 
 
+def definitions(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, rule) of every definition this calibration's numbers rest on, as recorded in its JSON (older
+    calibrations without a field say so rather than assume today's rule)."""
+    from dlm_triage import schema
+
+    params = result.get("params") or {}
+    groups = result.get("groups") or {}
+    any_group = next(iter(groups.values()), {})
+    mg = any_group.get("maxgrad") or {}
+    label = params.get("label_rule") or any_group.get("label_rule") or "not recorded in this calibration"
+    method = params.get("label_percentile_method") or any_group.get("label_percentile_method")
+    m = mg.get("bonferroni_m")
+    out = [
+        ("stable / unstable labels", label),
+        ("label percentile interpolation", f"numpy method '{method}'" + (
+            " (Hyndman-Fan type 7: h = q (n - 1), linear between neighbours)" if method == "linear" else "")
+         if method else "not recorded in this calibration"),
+        ("Bonferroni m", f"m = {m} ({mg.get('bonferroni_m_source') or 'source not recorded'})" if m is not None
+         else "no group tested"),
+        ("legacy top-1 detector", f"first samples at step {schema.LEGACY_FIRST_STEP}, then every step until it "
+                                  f"fires: fire step = first step >= {schema.LEGACY_FIRST_STEP} with top-1 > "
+                                  f"{schema.LEGACY_TOP1_THRESHOLD}; never above it from then on = not fired"),
+        ("collapse", result.get("collapse_definition") or schema.COLLAPSE_DEFINITION),
+        ("max-grad triage verdict", "supported iff the split-bootstrap lower CI bound of held-out precision "
+                                    "exceeds the always-positive baseline's ceiling (upper CI bound over the "
+                                    "same replicates)"),
+    ]
+    return out
+
+
 def threshold_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per group for a Prefect table artifact (plain JSON types; None where undefined)."""
     rows = []
     for name, g in result.get("groups", {}).items():
-        lo, base = _num(g, "split_bootstrap", "precision_ci_low"), _baseline(g)
+        lo, base, ceiling = _num(g, "split_bootstrap", "precision_ci_low"), _baseline(g), _baseline_ceiling(g)
         rows.append({
             "group": name,
             "n": g.get("n"), "n_unstable": g.get("n_unstable"), "n_stable": g.get("n_stable"),
@@ -369,12 +410,13 @@ def threshold_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             "precision": _num(g, "heldout", "precision"), "recall": _num(g, "heldout", "recall"),
             "f1": _num(g, "heldout", "f1"),
             "precision_ci_low": lo, "precision_ci_high": _num(g, "split_bootstrap", "precision_ci_high"),
-            "baseline_precision": base,
+            "baseline_precision": base, "baseline_ceiling": ceiling,
             "median_ratio": _num(g, "maxgrad", "median_ratio"),
             "mw_p_bonferroni": _num(g, "maxgrad", "mw_p_bonferroni"),
+            "bonferroni_m": (g.get("maxgrad") or {}).get("bonferroni_m"),
             "top1_fire_rate": _num(g, "top1", "fire_rate"), "collapse_rate": _num(g, "top1", "collapse_rate"),
-            "triage": ("not evaluable" if lo is None or base is None
-                       else "supported" if lo > base else "not supported on this data"),
+            "triage": ("not evaluable" if lo is None or ceiling is None
+                       else "supported" if lo > ceiling else "not supported on this data"),
         })
     return rows
 
@@ -416,13 +458,14 @@ def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: s
 
 VERDICT_HEADERS = ("Recommendation", "Verdict", "Evidence (this data)", "Reading")
 THRESHOLD_HEADERS = ("group", "n", "unstable", "threshold", "k", "precision", "recall", "F1",
-                     "precision CI", "baseline", "median ratio", "p_Bonf", "triage")
+                     "precision CI", "baseline", "baseline ceiling", "median ratio", "p_Bonf", "m", "triage")
 
 
 def _threshold_rows(result: Mapping[str, Any]) -> list[list[Any]]:
     return [[r["group"], r["n"], r["n_unstable"], r["threshold"], r["k"] if r["k"] is not None else "run max",
              r["precision"], r["recall"], r["f1"], _ci(r["precision_ci_low"], r["precision_ci_high"]),
-             r["baseline_precision"], r["median_ratio"], r["mw_p_bonferroni"], r["triage"]]
+             r["baseline_precision"], r["baseline_ceiling"], r["median_ratio"], r["mw_p_bonferroni"],
+             r["bonferroni_m"], r["triage"]]
             for r in threshold_table(result)]
 
 
@@ -523,23 +566,26 @@ def _load_calibration(con: duckdb.DuckDBPyConnection, calibration_id: str | None
     return cal
 
 
-def _labels(df: pl.DataFrame, thr_by_group: Mapping[str, float | None]) -> pl.Series:
-    """stable / unstable / mid per the calibration rules (ARCHITECTURE.md 'Calibration input')."""
+def _labels(df: pl.DataFrame, thr_by_group: Mapping[str, tuple[float | None, float | None]]) -> pl.Series:
+    """stable / unstable / mid by stats.LABEL_RULE, at the calibration's own thresholds (P90, median) per group;
+    a group without them (not in the calibration) gets its percentiles from the runs found now."""
+    from dlm_triage import stats
+
     out = np.full(df.height, "mid", dtype=object)
     groups = df["group"].to_numpy()
     loss = df["final_loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    div = df["diverged"].to_numpy()
+    div = df["diverged"].to_numpy().astype(bool)
     for g in np.unique(groups):
         m = groups == g
-        ok = m & ~div & np.isfinite(loss)
-        if ok.any():
-            med = np.median(loss[ok])
-            p90 = thr_by_group.get(g)
-            if p90 is None:
-                p90 = np.percentile(loss[ok], 90, method="linear")
-            out[ok & (loss >= p90)] = "unstable"
-            out[ok & (loss < med)] = "stable"
-        out[m & div] = "unstable"
+        p90, med = thr_by_group.get(g, (None, None))
+        if p90 is None or med is None:
+            lab = stats.stability_labels(loss[m], div[m])
+            p90, med = lab.unstable_threshold, lab.stable_threshold
+        unstable, stable = stats.label_masks(loss[m], div[m], p90, med)
+        sub = out[m]
+        sub[unstable] = "unstable"
+        sub[stable] = "stable"
+        out[m] = sub
     return pl.Series("label", out.astype(str))
 
 
@@ -577,7 +623,8 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
     if "diverged_at_step" in runs.columns:
         diverged = diverged | pl.col("diverged_at_step").is_not_null()
     runs = runs.with_columns(diverged.fill_null(False).alias("diverged"))
-    thr = {n: _num(g, "unstable_final_loss_threshold") for n, g in result.get("groups", {}).items()}
+    thr = {n: (_num(g, "unstable_final_loss_threshold"), _num(g, "stable_final_loss_threshold"))
+           for n, g in result.get("groups", {}).items()}
     runs = runs.with_columns(_labels(runs, thr))
 
     ids = runs["run_id"].to_list()
@@ -699,7 +746,7 @@ def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
     ax.set_xticks(range(len(names)), [f"{g}\n(n={data.result['groups'][g].get('n')})" for g in names])
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel(data.monitor_label + " (log)")
-    ax.set_title("Max-grad: stable (final loss < median) vs unstable (>= p90 or diverged); dashed = threshold")
+    ax.set_title("Max-grad: stable (final loss <= median) vs unstable (>= p90 or diverged); dashed = threshold")
     from matplotlib.patches import Patch
 
     ax.legend(handles=[Patch(color=colours[k], alpha=0.5, label=k) for k in colours], fontsize=8,
@@ -920,7 +967,7 @@ def _inspection_rows(con: duckdb.DuckDBPyConnection, data: _Data) -> pl.DataFram
     why = []
     for r in queued.iter_rows(named=True):
         outcome = {"unstable": "outcome: unstable (top-decile final loss)",
-                   "stable": "outcome: stable (final loss below median): a false alarm",
+                   "stable": "outcome: stable (final loss at or below the median): a false alarm",
                    "mid": "outcome: mid-band final loss"}[r["label"]]
         if r.get("diverged"):
             outcome = f"outcome: diverged at step {r.get('diverged_at_step')}"
@@ -1037,10 +1084,11 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                   _num(g, "top1", "precision_unstable"), _num(g, "maxgrad", "median_stable"),
                   _num(g, "maxgrad", "median_unstable"), _num(g, "maxgrad", "median_ratio"),
                   _ci(_num(g, "maxgrad", "ratio_ci_low"), _num(g, "maxgrad", "ratio_ci_high")),
-                  _num(g, "maxgrad", "mw_p_bonferroni")] for n, g in result.get("groups", {}).items()]
+                  _num(g, "maxgrad", "mw_p_bonferroni"), (g.get("maxgrad") or {}).get("bonferroni_m")]
+                 for n, g in result.get("groups", {}).items()]
     group_headers = ("group", "n", "stable", "unstable", "unstable if final loss >=", "top-1 fire rate",
                      "collapse rate", "top-1 precision (unstable)", "max-grad median stable",
-                     "median unstable", "ratio", "ratio CI", "MW p_Bonf")
+                     "median unstable", "ratio", "ratio CI", "MW p_Bonf", "Bonferroni m")
 
     # ---- HTML
     h: list[str] = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -1053,6 +1101,8 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
              "</code>).</p>"
              + _html_table(VERDICT_HEADERS, [(v.recommendation, v.verdict, v.evidence, v.detail) for v in vs],
                            cls="verdicts", row_classes=[_verdict_class(v.verdict) for v in vs]) + "</section>")
+    h.append("<section id='definitions'><h2>Definitions used</h2>"
+             + _html_table(("definition", "rule"), definitions(result)) + "</section>")
     h.append("<section id='thresholds'><h2>Per-group max-grad thresholds</h2>"
              + _html_table(THRESHOLD_HEADERS, _threshold_rows(result)) + "<h3>Group statistics</h3>"
              + _html_table(group_headers, per_group)
@@ -1093,6 +1143,7 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     md += _md_warnings(result, limit=None)
     md += ["## Verdicts", "", _md_table(VERDICT_HEADERS, [(v.recommendation, f"**{v.verdict}**", v.evidence,
                                                           v.detail) for v in vs]), "",
+           "## Definitions used", "", _md_table(("definition", "rule"), definitions(result)), "",
            "## Per-group max-grad thresholds", "", _md_table(THRESHOLD_HEADERS, _threshold_rows(result)), "",
            "### Group statistics", "", _md_table(group_headers, per_group), "",
            f"## Runs routed to inspection ({queue.height})", "", *[f"- {o}" for o in outcome], "",
@@ -1115,7 +1166,7 @@ _CAPTIONS = {
                              f"step {LEGACY_FIRST_STEP}, then every step until it fires) next to the share that "
                              "actually collapsed. A warning that fires far more often than collapse happens has "
                              "no precision.",
-    "maxgrad_stable_vs_unstable": "Max-grad per run, stable (final loss below the group median) vs unstable "
+    "maxgrad_stable_vs_unstable": "Max-grad per run, stable (final loss at or below the group median) vs unstable "
                                   "(final loss at/above the group's 90th percentile, or diverged); mid-band runs "
                                   "are left out. Dashed: the group's held-out threshold.",
     "stepk_precision": "Held-out precision of each predictor read at step k (median over split-bootstrap "

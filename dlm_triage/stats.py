@@ -101,11 +101,33 @@ class Labels:
     warnings: tuple[str, ...] = ()
 
 
+PERCENTILE_METHOD = "linear"
+"""How the label percentiles interpolate: numpy's 'linear' (Hyndman-Fan type 7, R's default): the q-th
+percentile of n sorted values is x[h] with h = q (n - 1), linearly interpolated between neighbours."""
+LABEL_RULE = ("unstable iff final_loss >= P90 or diverged; stable iff final_loss <= P50 (the median); else "
+              "mid-band (excluded from stable/unstable contrasts). Percentiles over the group's non-diverged runs "
+              f"with a finite final loss, numpy method '{PERCENTILE_METHOD}' (Hyndman-Fan type 7)")
+"""Paper 4.1/4.5: unstable = "top-decile final loss", stable = "sub-median final loss", but the paper counts
+n_stable = 336 of 671 configurations, which only 'final loss <= median' gives (n odd: the median is itself a
+configuration; '<' gives 335). The count wins, so stable is <= median."""
+
+
+def label_masks(loss: np.ndarray, diverged: np.ndarray, unstable_threshold: float,
+                stable_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(unstable, stable) masks for given thresholds: the comparisons of LABEL_RULE, in one place."""
+    used = np.isfinite(loss) & ~diverged
+    with np.errstate(invalid="ignore"):
+        unstable = diverged | (used & (loss >= unstable_threshold))
+        stable = used & (loss <= stable_threshold) & ~unstable
+    return unstable, stable
+
+
 def stability_labels(final_loss, diverged=None, *, unstable_quantile: float = 0.9,
                      stable_quantile: float = 0.5) -> Labels:
-    """Label runs: unstable iff loss >= P90 (linear) or diverged; stable iff loss < median; else mid-band.
+    """Label runs by LABEL_RULE: unstable iff loss >= P90 or diverged; stable iff loss <= median; else mid-band.
 
-    Percentiles come from the non-diverged runs with a finite final loss (paper 4.1: "top-decile final-loss").
+    Percentiles (PERCENTILE_METHOD) come from the non-diverged runs with a finite final loss (paper 4.1:
+    "top-decile final-loss"). A run both <= median and >= P90 (constant losses) is unstable.
     """
     loss = _as_1d(final_loss, "final_loss")
     div = np.zeros(loss.shape, bool) if diverged is None else _as_1d(diverged, "diverged", dtype=bool)
@@ -124,7 +146,8 @@ def stability_labels(final_loss, diverged=None, *, unstable_quantile: float = 0.
               f"{int(excluded.sum())} run(s) neither diverged nor with a finite final loss: excluded")
     n_used = int(used.sum())
     if n_used >= 1:
-        hi, med = np.percentile(loss[used], [100 * unstable_quantile, 100 * stable_quantile])
+        hi, med = np.percentile(loss[used], [100 * unstable_quantile, 100 * stable_quantile],
+                                method=PERCENTILE_METHOD)
     else:
         hi = med = math.nan
     if n_used < 2:
@@ -133,9 +156,7 @@ def stability_labels(final_loss, diverged=None, *, unstable_quantile: float = 0.
     elif np.ptp(loss[used]) == 0:
         _warn(msgs, flags, "constant_final_loss",
               "final loss is constant: every non-diverged run is at the 90th percentile (all unstable)")
-    with np.errstate(invalid="ignore"):
-        unstable = div | (used & (loss >= hi))
-        stable = used & (loss < med)
+    unstable, stable = label_masks(loss, div, hi, med)
     mid = used & ~unstable & ~stable
     return Labels(unstable, stable, mid, excluded, float(hi), float(med), n_used, int(div.sum()),
                   tuple(flags), tuple(msgs))

@@ -224,7 +224,12 @@ def test_degenerate_groups_warn_and_flag(case):
     assert "NaN" not in text
     g = res["groups"]["x"]
     assert g["warnings"] and g["flags"]
-    assert g["degenerate"] is True and g["registry"]["degenerate"] is True and "degenerate" in g["flags"]
+    if case == "no_positive_split":
+        # nine runs tie at the median (stable, <= median) and one is unstable: a threshold can be chosen, but
+        # the fixed split has no unstable test run, so it is flagged unvalidated rather than degenerate
+        assert g["n_stable"] == 9 and g["n_unstable"] == 1 and "heldout.unvalidated" in g["flags"]
+    else:
+        assert g["degenerate"] is True and g["registry"]["degenerate"] is True and "degenerate" in g["flags"]
     if case in ("too_few_runs", "one_run"):
         assert "group.too_few_runs" in g["flags"]
     if case == "constant_grad":
@@ -303,3 +308,25 @@ def test_run_calibration_end_to_end_with_store(tmp_path):
         con.close()
     assert not g["degenerate"], g["degenerate_reasons"]
     assert rec is not None and rec.threshold == g["registry"]["threshold"] and rec.k == 25
+
+
+def test_bonferroni_m_is_an_explicit_parameter(corpus, fast):
+    tested = [n for n, g in fast["groups"].items() if g["maxgrad"]["tested"]]
+    assert tested and fast["params"]["bonferroni_m"] is None
+    for n in tested:  # default: the groups tested
+        mg = fast["groups"][n]["maxgrad"]
+        assert mg["bonferroni_m"] == len(tested) and "groups tested" in mg["bonferroni_m_source"]
+    six = calibrate(corpus, ks=(5, 25, 50), bonferroni_m=6, **SMALL)
+    assert six["params"]["bonferroni_m"] == 6
+    for n in tested:
+        mg = six["groups"][n]["maxgrad"]
+        assert mg["bonferroni_m"] == 6 and mg["bonferroni_m_source"] == "given (bonferroni_m=6)"
+        # scipy's one-sided Mann-Whitney p times 6, capped at 1
+        g = six["groups"][n]
+        assert mg["mw_p_bonferroni"] == pytest.approx(min(1.0, 6 * mg["mw_p_one_sided"]))
+        assert g["label_percentile_method"] == "linear" and "<= P50" in g["label_rule"]
+    one = calibrate(corpus, ks=(5,), bonferroni_m=1, **SMALL)
+    assert any("bonferroni_m=1 is below" in w for w in one["warnings"])
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match="bonferroni_m"):
+            calibrate(corpus, bonferroni_m=bad, **SMALL)

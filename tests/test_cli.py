@@ -67,9 +67,11 @@ def test_import_cells_then_calibrate(tmp_path, capsys):
     db = tmp_path / "x.duckdb"
     assert main(["import", "--format", "cells", str(csv), "--db", str(db)]) == 0
     assert "30 added" in capsys.readouterr().out
-    assert main(["calibrate", "--db", str(db), "--out", str(tmp_path / "cal"), "--resamples", "50"]) == 0
+    assert main(["calibrate", "--db", str(db), "--out", str(tmp_path / "cal"), "--resamples", "50",
+                 "--bonferroni-m", "6"]) == 0
     result = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert result["groups"]["llada"]["n"] == 30
+    assert result["params"]["bonferroni_m"] == 6 and result["groups"]["llada"]["maxgrad"]["bonferroni_m"] == 6
     assert any("step-k" in w or "stepk" in w for w in result["warnings"] + result["groups"]["llada"]["warnings"])
 
 

@@ -76,6 +76,10 @@ def test_other_params_validate_and_pipeline_chains_paths(tmp_path):
         CalibrateParams(group_by="median")
     with pytest.raises(pydantic.ValidationError, match="ks \\[-1\\]"):
         CalibrateParams(ks=[5, -1])
+    with pytest.raises(pydantic.ValidationError, match="bonferroni_m"):
+        CalibrateParams(bonferroni_m=0)
+    assert CalibrateParams(bonferroni_m=6).calibrate_kwargs()["bonferroni_m"] == 6
+    assert CalibrateParams().calibrate_kwargs()["bonferroni_m"] is None  # default: the groups tested
     with pytest.raises(pydantic.ValidationError, match="without import_format"):
         IngestParams(import_paths=[tmp_path])
     p = PipelineParams(sweep={"runs_dir": tmp_path / "runs"}, ingest={"db": tmp_path / "t.duckdb"})

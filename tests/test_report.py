@@ -22,7 +22,7 @@ from dlm_triage import calibrate, report, store, synthetic
 from dlm_triage.report import ReportError, summary_markdown, threshold_table, verdicts, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ("id='warnings'", "id='verdicts'", "id='thresholds'", "id='inspection'", "id='figures'",
+SECTIONS = ("id='warnings'", "id='verdicts'", "id='definitions'", "id='thresholds'", "id='inspection'", "id='figures'",
             "id='provenance'")
 
 
@@ -109,6 +109,9 @@ def test_files_sections_and_figures(full_report):
     for name in paths.figures:
         assert f"](figures/{name}.png)" in md
     assert "## Verdicts" in md and "## Runs routed to inspection" in md
+    # the definitions the numbers rest on are stated: label rule, its percentile interpolation, Bonferroni m
+    assert "## Definitions used" in md and "Hyndman-Fan type 7" in text and "final_loss &lt;= P50" in text
+    assert "Bonferroni m" in md and "groups tested" in md and "step &gt;= 11" in text
 
 
 def test_self_contained_no_external_urls(full_report):
@@ -143,7 +146,34 @@ def test_verdicts_follow_the_data(tmp_path):
     non_row = _verdict_row(non.html.read_text(), "Use max-grad triage")
     assert "<td>supported</td>" in sep_row
     assert "<td>not supported on this data</td>" in non_row
-    assert "The lower CI bound does not exceed the baseline in mdlm" in non_row
+    assert "The lower CI bound does not exceed the baseline ceiling in mdlm" in non_row
+
+
+def _maxgrad_result(lo: float, base_median: float, base_ceiling: float) -> dict:
+    sb = {"precision_ci_low": lo, "precision_ci_high": 0.947, "precision_median": 0.68,
+          "baseline_precision_median": base_median, "baseline_precision_ci_high": base_ceiling}
+    return {"groups": {"llada": {"n": 671, "n_unstable": 68, "split_bootstrap": sb,
+                                 "heldout": {"precision": 0.68, "recall": 0.94, "f1": 0.79},
+                                 "maxgrad": {"median_ratio": 3.2, "mw_p_bonferroni": 1e-6, "bonferroni_m": 6}}}}
+
+
+def test_maxgrad_verdict_needs_the_lower_bound_above_the_baseline_ceiling():
+    # paper 4.1: CI [0.500, 0.947] "disjoint from the always-positive baseline ceiling 0.148" -> supported
+    v = verdicts(_maxgrad_result(0.500, 0.10, 0.148))[1]
+    assert v.recommendation == "Use max-grad triage" and v.verdict == "supported"
+    assert "baseline ceiling 0.148" in v.evidence[0] and "m=6" in v.evidence[0]
+    # above the baseline's median but not its ceiling: not supported (a median rule would have said supported)
+    v = verdicts(_maxgrad_result(0.14, 0.10, 0.148))[1]
+    assert v.verdict == "not supported on this data"
+    # exactly at the ceiling: "exceed" is strict
+    assert verdicts(_maxgrad_result(0.148, 0.10, 0.148))[1].verdict == "not supported on this data"
+    # no ceiling recorded: not evaluable, never a fallback to the median
+    res = _maxgrad_result(0.5, 0.10, 0.148)
+    del res["groups"]["llada"]["split_bootstrap"]["baseline_precision_ci_high"]
+    assert verdicts(res)[1].verdict == "not evaluable"
+    row = threshold_table(_maxgrad_result(0.14, 0.10, 0.148))[0]
+    assert row["baseline_ceiling"] == 0.148 and row["triage"] == "not supported on this data"
+    assert row["bonferroni_m"] == 6
 
 
 def _verdict_row(text: str, recommendation: str) -> str:

@@ -28,9 +28,27 @@ def test_labels_exact_percentile_boundaries():
     lab = stats.stability_labels(loss)
     assert lab.unstable_threshold == 9.0 and lab.stable_threshold == 5.0
     assert np.flatnonzero(lab.unstable).tolist() == [9, 10]  # >= P90: the boundary value is unstable
-    assert np.flatnonzero(lab.stable).tolist() == [0, 1, 2, 3, 4]  # < median: the median itself is not stable
-    assert np.flatnonzero(lab.mid).tolist() == [5, 6, 7, 8]
+    assert np.flatnonzero(lab.stable).tolist() == [0, 1, 2, 3, 4, 5]  # <= median: the median itself is stable
+    assert np.flatnonzero(lab.mid).tolist() == [6, 7, 8]
     assert not lab.flags
+
+
+def test_labels_reproduce_the_paper_counts_at_an_exact_median():
+    # paper 4.5: n_stable = 336, n_unstable = 68, "remaining 267 mid-band" of 671 configurations. With n odd the
+    # median is itself a configuration: '<= median' counts it (336), '<' would give 335.
+    rng = np.random.default_rng(0)
+    loss = rng.permutation(np.linspace(0.5, 3.0, 671))  # distinct values, shuffled
+    lab = stats.stability_labels(loss)
+    assert int(lab.stable.sum()) == 336 and int(lab.unstable.sum()) == 68 and int(lab.mid.sum()) == 267
+    srt = np.sort(loss)
+    assert lab.stable_threshold == srt[335] and lab.stable[np.argmax(loss == srt[335])]  # the median run
+    # linear interpolation (type 7): P90 at h = 0.9 * 670 = 603 exactly -> the 604th smallest value
+    assert lab.unstable_threshold == srt[603]
+    assert stats.PERCENTILE_METHOD == "linear" and "type 7" in stats.LABEL_RULE
+    # interpolated case (n even): the median lies between two runs, <= and < agree
+    lab2 = stats.stability_labels(np.arange(10.0))
+    assert lab2.stable_threshold == 4.5 and int(lab2.stable.sum()) == 5
+    assert lab2.unstable_threshold == pytest.approx(8.1) and np.flatnonzero(lab2.unstable).tolist() == [9]
 
 
 def test_labels_interpolated_percentile_matches_numpy():
@@ -40,7 +58,7 @@ def test_labels_interpolated_percentile_matches_numpy():
     p90, med = np.percentile(loss, [90, 50])
     assert lab.unstable_threshold == p90 and lab.stable_threshold == med
     np.testing.assert_array_equal(lab.unstable, loss >= p90)
-    np.testing.assert_array_equal(lab.stable, loss < med)
+    np.testing.assert_array_equal(lab.stable, loss <= med)
     assert not (lab.unstable & lab.stable).any()
     assert (lab.unstable | lab.stable | lab.mid).all()
 
