@@ -117,8 +117,14 @@ class DiffusionGemmaAdapter(FamilyAdapter):
         return super().load_tokenizer(model_id)
 
     def load_model(self, model_id: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
-        from transformers import DiffusionGemmaForBlockDiffusion
+        try:
+            from transformers import DiffusionGemmaForBlockDiffusion
+        except ImportError as e:  # transformers 4.x has no DiffusionGemma
+            import transformers
 
+            raise FamilyError(
+                f"family {self.name!r} needs transformers' DiffusionGemma (transformers 5.23 has it), but "
+                f"transformers {transformers.__version__} is installed: upgrade transformers") from e
         model = super().load_model(model_id, device, dtype)
         if not isinstance(model, DiffusionGemmaForBlockDiffusion):
             raise FamilyError(
