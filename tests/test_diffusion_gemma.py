@@ -273,3 +273,40 @@ def test_pissa_rewrites_the_shared_weights_once(dg_dir, tmp_path):
     loss0 = {m: read_run(train_run(_cfg(dg_dir, steps=1, method=m), tmp_path / m).run_dir).steps["loss"][0]
              for m in ("lora", "pissa")}
     assert loss0["pissa"] == pytest.approx(loss0["lora"], rel=1e-5)
+
+
+def test_training_loss_on_a_prompt_response_batch(loaded):
+    """Prompt tokens are never corrupted nor scored; p = 0 gives the plain pass on the documented draws."""
+    m, x = loaded.model.eval(), _ids()
+    sup = torch.zeros_like(x, dtype=torch.bool)
+    sup[0, 5:], sup[1, 11:] = True, True
+    out = dg.training_loss(m, x, torch.Generator().manual_seed(4), supervised=sup, self_conditioning_p=0.0)
+    g = torch.Generator().manual_seed(4)
+    c = dg.corrupt_uniform(x, sup, m.config.text_config.vocab_size, g)  # first draws: the corruption
+    ids = dg.canvas_block_ids(sup, CANVAS_LENGTH)
+    scored = dg.select_scored_block(ids, sup, g)  # then the scored block
+    assert not c.corrupted[~sup].any() and torch.equal(out.top1_positions, sup)
+    assert out.n_masked == c.corrupted.sum() and out.mask_ratio == pytest.approx(c.corrupted.sum().item() / sup.sum().item())
+    assert out.parts["self_conditioned"] == 0 and out.parts["n_scored"] == scored.sum()
+    with torch.no_grad():
+        plain, enc = dg.canvas_forward(m, x, c.noisy, ids, with_encoder_logits=True)
+    torch.testing.assert_close(out.logits, plain)
+    expected = dg.diffusion_ce(plain, x, scored) + dg.encoder_ar_ce(enc, x)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_an_untied_checkpoint_keeps_two_stacks_and_targets_both(tmp_path):
+    from dlm_triage.tiny import CharTokenizer
+    from dlm_triage.tiny_diffusion_gemma import build_tiny_diffusion_gemma_config
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    cfg = build_tiny_diffusion_gemma_config(CharTokenizer().vocab_size)
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(0)
+    DiffusionGemmaForBlockDiffusion(cfg).save_pretrained(tmp_path)
+    CharTokenizer().save_pretrained(tmp_path)
+    m = FAM.load(_cfg(tmp_path), torch.device("cpu"), torch.float32).model
+    enc, dec = m.model.encoder.language_model.layers[0], m.model.decoder.layers[0]
+    assert enc.self_attn.q_proj is not dec.self_attn.q_proj
+    targets = FAM.attention_targets(m)
+    assert len(targets) == 14 and "language_model.layers.0.self_attn.q_proj" in targets
