@@ -48,6 +48,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import polars as pl
 
+from dlm_triage import groups as groups_mod
 from dlm_triage import stats
 from dlm_triage.fsutil import write_json_atomic
 
@@ -56,7 +57,7 @@ __all__ = [
     "default_threshold_step", "GROUP_BY_COLUMNS", "REQUIRED_COLUMNS", "PREDICTORS", "write_json_atomic",
 ]
 
-GROUP_BY_COLUMNS = {"family": "family", "model": "model_id", "cohort": "cohort", "method": "method"}
+GROUP_BY_COLUMNS = groups_mod.GROUP_BY_COLUMNS
 REQUIRED_COLUMNS = (
     "run_id", "family", "model_id", "cohort", "method", "rank", "mask_ratio", "learning_rate", "seed", "status",
     "final_loss", "max_grad_norm", "top1_step0", "top1_warning_detected", "top1_fire_step", "top1_cross_095",
@@ -574,11 +575,11 @@ def calibrate(inputs: CalibrationInputs, *, group_by: str = "family", n_resample
     if runs.get_column("run_id").n_unique() != runs.height:
         raise ValueError("`inputs.runs.run_id` must be unique")
 
-    # An empty label (e.g. cohort never set) is as good as none: name the group so reports and the registry can
-    # show it ('' printed as a blank group name reads as a bug).
-    keys = runs.get_column(gcol).cast(pl.Utf8).replace("", None).fill_null("<null>")
-    if keys.eq("<null>").any():
-        top_warnings.append(f"{int(keys.eq('<null>').sum())} run(s) have no {gcol}: grouped as '<null>'")
+    # the one group key (groups.py): NULL and '' are one group, families compare case-insensitively
+    keys = groups_mod.group_keys(runs, group_by)
+    null = groups_mod.NULL_GROUP
+    if keys.eq(null).any():
+        top_warnings.append(f"{int(keys.eq(null).sum())} run(s) have no {gcol}: grouped as {null!r}")
     names = sorted(set(keys.to_list()))
     groups: dict[str, dict] = {}
     arrays: dict[str, dict] = {}

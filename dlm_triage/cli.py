@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dlm_triage import paths
+from dlm_triage.groups import GROUP_BY_COLUMNS
 from dlm_triage.config import ConfigError, RunConfig
 from dlm_triage.schema import MANIFEST_FILENAME
 
@@ -380,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="calibrate thresholds per group -> calibration.json + DuckDB")
     db_arg(p)
     p.add_argument("--out", dest="out_dir", type=Path, default=None, help="folder for calibration.json")
-    p.add_argument("--group-by", choices=["family", "model", "cohort", "method"], default="family")
+    p.add_argument("--group-by", choices=list(GROUP_BY_COLUMNS), default="family")
     p.add_argument("--resamples", type=int, default=1000, help="split-bootstrap replicates B")
     p.add_argument("--stepk-resamples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)

@@ -48,7 +48,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from dlm_triage import store
+from dlm_triage import groups, store
 from dlm_triage.fsutil import write_bytes_atomic
 from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
 
@@ -374,8 +374,7 @@ def definitions(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     from dlm_triage import schema
 
     params = result.get("params") or {}
-    groups = result.get("groups") or {}
-    any_group = next(iter(groups.values()), {})
+    any_group = next(iter((result.get("groups") or {}).values()), {})
     mg = any_group.get("maxgrad") or {}
     label = params.get("label_rule") or any_group.get("label_rule") or "not recorded in this calibration"
     method = params.get("label_percentile_method") or any_group.get("label_percentile_method")
@@ -572,11 +571,11 @@ def _labels(df: pl.DataFrame, thr_by_group: Mapping[str, tuple[float | None, flo
     from dlm_triage import stats
 
     out = np.full(df.height, "mid", dtype=object)
-    groups = df["group"].to_numpy()
+    keys = df["group"].to_numpy()
     loss = df["final_loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     div = df["diverged"].to_numpy().astype(bool)
-    for g in np.unique(groups):
-        m = groups == g
+    for g in np.unique(keys):
+        m = keys == g
         p90, med = thr_by_group.get(g, (None, None))
         if p90 is None or med is None:
             lab = stats.stability_labels(loss[m], div[m])
@@ -601,19 +600,19 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
     notes: list[str] = []
     have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                       "WHERE table_name = 'runs'").fetchall()}
-    if group_by not in have:
-        raise ReportError(f"calibration groups by {group_by!r}, which is not a column of `runs`")
-    cols = [c for c in RUN_COLUMNS if c in have]
-    sql = f'SELECT {", ".join(cols)}, CAST("{group_by}" AS VARCHAR) AS "group" FROM runs'
+    if group_by not in groups.GROUP_BY_COLUMNS or groups.group_column(group_by) not in have:
+        raise ReportError(f"calibration groups by {group_by!r}, which this database cannot group by (known: "
+                          f"{sorted(groups.GROUP_BY_COLUMNS)}): recalibrate with one of them")
+    cols = list(dict.fromkeys([c for c in RUN_COLUMNS if c in have] + [groups.group_column(group_by)]))
+    sql = f'SELECT {", ".join(cols)} FROM runs'
     params: list[Any] = []
     snap = cal["snapshot_json"]
     if snap.get("max_ingested_at") and "ingested_at" in have:
         # the calibration's snapshot: runs ingested later are not part of it
         sql += " WHERE ingested_at <= CAST(? AS TIMESTAMP)"
         params.append(str(snap["max_ingested_at"]))
-    runs = _pl(con, sql + " ORDER BY run_id", params)
-    groups = _group_names(result)
-    runs = runs.filter(pl.col("group").is_in(groups))
+    runs = groups.with_group(_pl(con, sql + " ORDER BY run_id", params), group_by)  # the one group key
+    runs = runs.filter(pl.col("group").is_in(_group_names(result)))
     ids_sha = hashlib.sha256("\n".join(sorted(runs["run_id"].to_list())).encode()).hexdigest()
     if snap.get("run_ids_sha256") and snap["run_ids_sha256"] != ids_sha:
         notes.append(f"The calibration saw {snap.get('n_runs')} runs; the database now holds {runs.height} "

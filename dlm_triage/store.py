@@ -817,7 +817,14 @@ def save_calibration(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any]) 
 def latest_threshold(
     con: duckdb.DuckDBPyConnection, group: str, *, group_by: str = "family", monitor: str = "max_grad_norm",
 ) -> ThresholdRecord | None:
-    """The most recently saved *accepted* threshold of `group` (None when there is none)."""
+    """The most recently saved *accepted* threshold of `group` (None when there is none).
+
+    `group` is a group key or a raw value (a run's family, cohort, ...): it is keyed by `groups.group_key` first,
+    so 'LLaDA' finds the threshold of group 'llada' and '' the one of '<null>'."""
+    from . import groups
+
+    if group_by in groups.GROUP_BY_COLUMNS:
+        group = groups.group_key(group_by, group)
     row = con.execute(
         "SELECT group_name, group_by, monitor, k, threshold, ci_low, ci_high, n, calibration_id, created_at "
         "FROM thresholds WHERE group_name = ? AND group_by = ? AND monitor = ? AND accepted "
@@ -837,9 +844,6 @@ def threshold_history(con: duckdb.DuckDBPyConnection, group: str | None = None) 
         f"{pred} ORDER BY t.seq DESC, t.group_name",
         params,
     )
-
-
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | None = None) -> pl.DataFrame:
@@ -862,25 +866,31 @@ def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | No
             "SELECT * FROM thresholds WHERE accepted AND monitor = 'max_grad_norm' "
             "QUALIFY row_number() OVER (PARTITION BY group_by, group_name ORDER BY seq DESC) = 1"
         )
-    run_cols = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'").fetchall()}
+    from . import groups
+
     hits = []
     con.register("_dlmt_th", th.to_arrow())
     try:
         for gb in th["group_by"].unique().to_list():
-            if gb not in run_cols or not _IDENT.match(gb):
+            if gb not in groups.GROUP_BY_COLUMNS:
                 continue
-            hits.append(_pl(con, f"""
-                WITH t AS (SELECT * FROM _dlmt_th WHERE group_by = ?),
-                m AS (
-                    SELECT r.run_id, t.group_by, t.group_name, t.k, t.threshold, t.calibration_id,
-                           (SELECT max(s.grad_norm) FROM steps s WHERE s.run_id = r.run_id AND s.step <= t.k)
-                               AS up_to_k,
-                           r.max_grad_norm AS whole_run
-                    FROM runs r JOIN t ON CAST(r."{gb}" AS VARCHAR) = t.group_name)
-                SELECT run_id, group_by, group_name, k, threshold, calibration_id,
-                       coalesce(up_to_k, whole_run) AS max_grad_up_to_k, up_to_k IS NULL AS from_whole_run
-                FROM m WHERE coalesce(up_to_k, whole_run) >= threshold""", [gb]))
+            # each run's group key under `gb` (groups.py: the one definition calibrate used to name the group)
+            keys = groups.runs_with_groups(con, gb).select("run_id", pl.col("group").alias("group_name"))
+            con.register("_dlmt_keys", keys.to_arrow())
+            try:
+                hits.append(_pl(con, """
+                    WITH t AS (SELECT * FROM _dlmt_th WHERE group_by = ?),
+                    m AS (
+                        SELECT r.run_id, t.group_by, t.group_name, t.k, t.threshold, t.calibration_id,
+                               (SELECT max(s.grad_norm) FROM steps s WHERE s.run_id = r.run_id AND s.step <= t.k)
+                                   AS up_to_k,
+                               r.max_grad_norm AS whole_run
+                        FROM runs r JOIN _dlmt_keys g USING (run_id) JOIN t ON g.group_name = t.group_name)
+                    SELECT run_id, group_by, group_name, k, threshold, calibration_id,
+                           coalesce(up_to_k, whole_run) AS max_grad_up_to_k, up_to_k IS NULL AS from_whole_run
+                    FROM m WHERE coalesce(up_to_k, whole_run) >= threshold""", [gb]))
+            finally:
+                con.unregister("_dlmt_keys")
     finally:
         con.unregister("_dlmt_th")
     hit_schema = {"run_id": pl.String, "group_by": pl.String, "group_name": pl.String, "k": pl.Int32,

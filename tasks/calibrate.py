@@ -17,21 +17,6 @@ from tasks.train import retry_transient
 
 _RETRY = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
 
-# calibrate.py names a group by CAST(column AS VARCHAR), '<null>' for NULL: the SQL below must agree.
-_GROUP_COLUMNS = {"family": "family", "model": "model_id", "cohort": "cohort", "method": "method"}
-_NULL_GROUP = "<null>"
-
-
-def _group_expr(group_by: str) -> str:
-    if group_by not in _GROUP_COLUMNS:
-        raise ValueError(f"group_by={group_by!r} is not known: use one of {sorted(_GROUP_COLUMNS)}")
-    return f"coalesce(CAST({_GROUP_COLUMNS[group_by]} AS VARCHAR), '{_NULL_GROUP}')"
-
-
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
 def _publish(result: Mapping[str, Any], title: str) -> list[dict[str, Any]]:
     """Markdown summary + threshold table artifacts of one calibration result; returns the table rows."""
     from dlm_triage import report
@@ -70,32 +55,19 @@ def calibrate_db(db: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]
 def groups_due(db: Path, group_by: str, min_new_runs: int) -> dict[str, Any]:
     """Per group: runs ingested since the group's last calibration (any status); due iff >= min_new_runs.
 
-    A group never calibrated counts all its runs. Returns {'due': [names], 'groups': {name: {new, total,
+    A group never calibrated counts all its runs. Groups are named by `groups.group_key` (the key calibrate
+    registered its threshold under). Returns {'due': [names], 'groups': {name: {new, total,
     last_calibrated_at}}}.
     """
+    from dlm_triage import groups as grouping
     from dlm_triage import store
 
-    g = _group_expr(group_by)
     con = store.connect(Path(db), read_only=True)
     try:
-        rows = con.execute(
-            f"""
-            WITH last AS (
-                SELECT group_name, max(created_at) AS at FROM thresholds WHERE group_by = ? GROUP BY group_name
-            )
-            SELECT r.grp, count(*) AS total,
-                   count(*) FILTER (WHERE last.at IS NULL OR r.ingested_at > last.at) AS new,
-                   any_value(last.at) AS last_at
-            FROM (SELECT {g} AS grp, ingested_at FROM runs) r LEFT JOIN last ON last.group_name = r.grp
-            GROUP BY r.grp ORDER BY r.grp
-            """,
-            [group_by],
-        ).fetchall()
+        groups = grouping.runs_since_calibration(con, group_by)
     finally:
         con.close()
-    groups = {name: {"total": int(total), "new": int(new), "last_calibrated_at": None if at is None else str(at)}
-              for name, total, new, at in rows}
-    due = [name for name, info in groups.items() if info["new"] >= min_new_runs]
+    due = grouping.due_groups(groups, min_new_runs)
     logger = get_run_logger()
     for name, info in groups.items():
         logger.info("%s=%s: %d new run(s) of %d since %s -> %s", group_by, name, info["new"], info["total"],
@@ -148,15 +120,23 @@ def calibrate_groups(db: Path, out: Path, groups: Sequence[str], options: dict[s
     `run_calibration` has no run filter, so this composes its steps with one: load inputs WHERE group IN
     groups -> calibrate -> save_calibration -> calibration.json.
     """
+    import polars as pl
+
+    from dlm_triage import groups as grouping
     from dlm_triage import store
     from dlm_triage.calibrate import CalibrationOutput, calibrate, write_json_atomic
 
     logger = get_run_logger()
-    where = f"{_group_expr(options['group_by'])} IN ({', '.join(_sql_str(g) for g in groups)})"
     logger.info("recalibrating %d group(s): %s", len(groups), ", ".join(groups))
     con = store.connect(Path(db))
     try:
-        result = calibrate(store.load_calibration_inputs(con, where=where), **options)
+        ids = grouping.group_run_ids(con, options["group_by"], groups)  # the runs of these group keys
+        con.register("_dlmt_recal_ids", pl.DataFrame({"run_id": ids}, schema={"run_id": pl.String}).to_arrow())
+        try:
+            inputs = store.load_calibration_inputs(con, where="run_id IN (SELECT run_id FROM _dlmt_recal_ids)")
+        finally:
+            con.unregister("_dlmt_recal_ids")
+        result = calibrate(inputs, **options)
         cal_id = store.save_calibration(con, result)
     finally:
         con.close()

@@ -77,11 +77,11 @@ def make_run(runs_dir: Path, cfg: RunConfig | None = None, *, n_rows: int | None
 
 
 def make_sweep(runs_dir: Path, n: int, *, steps: int = 20, family: str = "tiny", unstable_every: int = 4,
-               **base) -> list[Path]:
-    """n runs differing by seed (and rank), every `unstable_every`-th unstable."""
+               seed_offset: int = 0, **base) -> list[Path]:
+    """n runs differing by seed (seed_offset + i) and rank, every `unstable_every`-th unstable."""
     out = []
     for i in range(n):
-        cfg = RunConfig(family=family, steps=steps, seed=i, rank=(4, 8, 16)[i % 3], **base)
+        cfg = RunConfig(family=family, steps=steps, seed=seed_offset + i, rank=(4, 8, 16)[i % 3], **base)
         out.append(make_run(runs_dir, cfg, unstable=(i % unstable_every == 0)))
     return out
 
