@@ -124,8 +124,8 @@ class FinetuneBatches:
             self._perms[epoch] = torch.randperm(self.n_windows, generator=g)
         return self._perms[epoch]
 
-    def batch(self, step: int) -> torch.Tensor:
-        """LongTensor [batch_size, seq_len] for training step `step` (0-based)."""
+    def window_ids(self, step: int) -> list[int]:
+        """Indices (into `windows`) of the windows batch `step` holds: what a run trained on, for held-out splits."""
         if step < 0:
             raise ValueError(f"step={step} is negative: steps start at 0")
         n = self.n_windows
@@ -133,7 +133,11 @@ class FinetuneBatches:
         for j in range(step * self.batch_size, (step + 1) * self.batch_size):
             epoch, pos = divmod(j, n)
             idx.append(int(self._perm(epoch)[pos]))
-        return self.windows[idx].clone()
+        return idx
+
+    def batch(self, step: int) -> torch.Tensor:
+        """LongTensor [batch_size, seq_len] for training step `step` (0-based)."""
+        return self.windows[self.window_ids(step)].clone()
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         step = 0
