@@ -11,6 +11,7 @@
     dlm-triage queue                    runs routed to inspection, and why
     dlm-triage thresholds               the threshold registry (latest and history)
     dlm-triage pretrain                 build (or find) the tiny family's pretrained model
+    dlm-triage connect RUN_A RUN_B      LoRA-Curve: loss barriers between two runs' adapters (linear, Bezier)
 
 `run` and `sweep` go through Prefect flows (orchestration, retries, caching, artifacts); the other verbs call
 the same core functions the Prefect tasks call, directly, so they answer in about a second. Every option that a
@@ -247,6 +248,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_connect(args: argparse.Namespace) -> int:
+    from dlm_triage import connect
+    from dlm_triage.params import ConnectParams
+
+    params = ConnectParams(run_a=args.run_a, run_b=args.run_b, runs_dir=args.out / "runs", db=args.db,
+                           out=args.out / "reports" / "connect", segments=args.segments, steps=args.steps,
+                           n_points=args.points, eval_batches=args.eval_batches, mask_ratio=args.mask_ratio,
+                           lr=args.lr, device=args.device)
+    result = connect.connect_and_store(params.run_a, params.run_b, params.resolved_db(), **params.connect_kwargs())
+    print(f"connection {result.connect_id}: {result.run_a} (t=0) -> {result.run_b} (t=1), held-out loss at "
+          f"rho={result.mask_ratio:g} on {result.n_eval_batches} batch(es)")
+    print(f"{'path':<16}" + "".join(f"{t:>8.2f}" for t in result.ts) + f"{'barrier':>10}")
+    for path, losses in result.profiles.items():
+        print(f"{path:<16}" + "".join(f"{x:>8.4f}" for x in losses) + f"{result.barriers[path]:>10.4f}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(f"figure: {result.figure}\nstored in {params.resolved_db()} (tables connect_paths, connect_profiles)")
+    return 0
+
+
 def _print_table(df: Any, columns: Sequence[str], **fmt: Any) -> None:
     """`columns` of `df` (those it has), every row, as a plain terminal table: no shape or dtype lines."""
     import polars as pl
@@ -405,6 +426,19 @@ def build_parser() -> argparse.ArgumentParser:
     db_arg(p)
     p.add_argument("--group", default=None)
     p.set_defaults(fn=cmd_thresholds)
+
+    p = sub.add_parser("connect", help="LoRA-Curve: loss along linear and Bezier paths between two runs' adapters")
+    db_arg(p)
+    p.add_argument("run_a", help="run id (under <out>/runs) or run directory: t=0")
+    p.add_argument("run_b", help="run id or run directory: t=1 (same base model, family, method, rank)")
+    p.add_argument("--segments", type=int, default=2, help="Bezier segments N")
+    p.add_argument("--steps", type=int, default=50, help="curve training updates (0: no training)")
+    p.add_argument("--points", type=int, default=11, help="evaluation points t per path")
+    p.add_argument("--eval-batches", dest="eval_batches", type=int, default=4, help="held-out batches")
+    p.add_argument("--mask-ratio", dest="mask_ratio", type=float, default=None, help="default: the runs' own")
+    p.add_argument("--lr", type=float, default=None, help="curve learning rate (default: run A's)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=cmd_connect)
 
     p = sub.add_parser("pretrain", help="build (or find) the tiny family's pretrained model")
     p.add_argument("--steps", type=int, default=None)

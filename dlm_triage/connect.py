@@ -18,8 +18,10 @@ to adapter B (t=1), each evaluated at `n_points` evenly spaced t on the same hel
   the linear path exactly), then trained with Adam for `steps` updates, each at t ~ U(0, 1) on one training
   batch of run A (the held-out batches are never trained on).
 
-Loss: the masked-diffusion loss of the runs' objective (`objective.masked_diffusion_loss`, the runs'
-normalisation) at mask ratio rho (the runs' own when equal; else give one), the mean over the held-out batches.
+Loss: the runs' training objective, the mean over the held-out batches: the masked-diffusion loss
+(`objective.masked_diffusion_loss`, the runs' normalisation) at mask ratio rho (the runs' own when equal; else
+give one); for a family with its own objective (diffusion_gemma's uniform corruption) that objective, its draws
+seeded per batch so that every t sees the same corruption.
 Held-out batches: windows of the dataset that neither run trained on (`FinetuneBatches.window_ids` of steps
 0..steps of each), in index order, masked once with a fixed generator (the same masks at every t).
 Noise-conditioned methods (nara, lora_diffusion) see lambda = rho.
@@ -120,23 +122,32 @@ def check_pair(a: RunRef, b: RunRef) -> None:
 
 # -- the evaluation -------------------------------------------------------------------------------------
 
-class _Logits(nn.Module):
-    """family.logits(model, ids) as one module, so torch.func.functional_call can substitute adapter tensors."""
+class _Call(nn.Module):
+    """`fn(model)` as one module's forward, so torch.func.functional_call can substitute adapter tensors
+    (prefixed 'model.') for whatever the objective runs."""
 
     def __init__(self, family: Any, model: nn.Module):
         super().__init__()
         self.model = model
         object.__setattr__(self, "family", family)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.family.logits(self.model, ids)
+    def forward(self, fn: Any) -> torch.Tensor:
+        return fn(self.model)
+
+
+def has_own_objective(family: Any) -> bool:
+    """A family whose trainer runs its own corruption and loss (DiffusionGemma), not the masked objective."""
+    from dlm_triage.families import FamilyAdapter
+
+    return type(family).training_loss is not FamilyAdapter.training_loss
 
 
 @dataclass
 class HeldOut:
-    """Held-out batches with their masks, drawn once: (x0, noisy, mask) per batch, on the model's device."""
+    """Held-out batches drawn once: (x0, noisy, mask, seed) per batch on the model's device. Masked objective:
+    the masks are drawn here; a family's own objective: `seed` seeds its corruption (noisy, mask None)."""
 
-    batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    batches: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]]
     window_ids: list[int]
     mask_ratio: float
     notes: list[str] = field(default_factory=list)
@@ -164,29 +175,43 @@ def heldout_batches(a: RunRef, b: RunRef, tokenizer: Any, family: Any, mask_id: 
     notes = []
     if n_avail < n_batches:
         notes.append(f"only {n_avail} held-out batch(es) of {bs} windows exist (asked for {n_batches}): using them")
+    own = has_own_objective(family)
     gen = torch.Generator().manual_seed(EVAL_SEED)
     out, ids = [], free[: min(n_batches, n_avail) * bs]
-    for j in range(0, len(ids), bs):
+    for n, j in enumerate(range(0, len(ids), bs)):
         x0 = src.windows[ids[j:j + bs]].clone()
+        if own:
+            out.append((x0.to(device), None, None, EVAL_SEED * 1_000_003 + n))
+            continue
         noisy, mask = mask_tokens(x0, mask_ratio, mask_id, gen, sampling=a.cfg.mask_sampling,
                                   protect=family.protected_positions(x0))
-        out.append((x0.to(device), noisy.to(device), mask.to(device)))
+        out.append((x0.to(device), noisy.to(device), mask.to(device), n))
     return HeldOut(batches=out, window_ids=ids, mask_ratio=float(mask_ratio), notes=notes)
 
 
-def _loss(call: nn.Module, theta: Mapping[str, torch.Tensor] | None, cfg: RunConfig, x0, noisy, mask, rho):
+def _loss(call: _Call, theta: Mapping[str, torch.Tensor] | None, cfg: RunConfig,
+          batch: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int], rho: float) -> torch.Tensor:
+    """The runs' objective on one batch: the masked-diffusion loss, or the family's own (seeded) objective."""
     from dlm_triage.objective import masked_diffusion_loss
     from dlm_triage.peft_methods import noise_level
 
+    x0, noisy, mask, seed = batch
+    family = call.family
+    if noisy is None:
+        def fn(m):
+            return family.training_loss(m, x0, torch.Generator().manual_seed(seed), cfg).loss
+    else:
+        def fn(m):
+            return masked_diffusion_loss(family.logits(m, noisy), x0, mask, normalisation=cfg.normalisation,
+                                         mask_ratio=rho)
     with noise_level(call.model, rho):
-        logits = call(noisy) if theta is None else torch.func.functional_call(call, dict(theta), (noisy,))
-    return masked_diffusion_loss(logits, x0, mask, normalisation=cfg.normalisation, mask_ratio=rho)
+        return call(fn) if theta is None else torch.func.functional_call(call, dict(theta), (fn,))
 
 
 @torch.no_grad()
-def heldout_loss(call: nn.Module, theta: Mapping[str, torch.Tensor] | None, cfg: RunConfig, held: HeldOut) -> float:
-    """Mean masked-diffusion loss over the held-out batches; `theta` (prefixed 'model.') replaces adapter tensors."""
-    losses = [_loss(call, theta, cfg, x0, noisy, mask, held.mask_ratio) for x0, noisy, mask in held.batches]
+def heldout_loss(call: _Call, theta: Mapping[str, torch.Tensor] | None, cfg: RunConfig, held: HeldOut) -> float:
+    """Mean loss over the held-out batches; `theta` (prefixed 'model.') replaces adapter tensors, None: as loaded."""
+    losses = [_loss(call, theta, cfg, batch, held.mask_ratio) for batch in held.batches]
     return float(torch.stack([l.float() for l in losses]).mean())
 
 
@@ -208,7 +233,7 @@ def evaluate_run(run: RunRef, held: HeldOut, *, device: str = "auto") -> float:
     from dlm_triage.families import resolve_device
 
     family, _, model = _load_model(run, resolve_device(device))
-    return heldout_loss(_Logits(family, model), None, run.cfg, held)
+    return heldout_loss(_Call(family, model), None, run.cfg, held)
 
 
 def _adapter_names(model: nn.Module, method: str) -> list[str]:
@@ -410,7 +435,7 @@ def connect_runs(run_a: str | Path, run_b: str | Path, *, runs_dir: Path | str |
     dev = resolve_device(device)
     seed_everything(CURVE_SEED)
     family, loaded, model = _load_model(a, dev)
-    call = _Logits(family, model)
+    call = _Call(family, model)
     held = heldout_batches(a, b, loaded.tokenizer, family, loaded.mask_token_id, n_batches=eval_batches,
                            mask_ratio=rho, device=dev)
     notes = list(held.notes)
@@ -455,7 +480,7 @@ def connect_runs(run_a: str | Path, run_b: str | Path, *, runs_dir: Path | str |
     return result
 
 
-def _train_curve(curve: BezierCurve, call: nn.Module, a: RunRef, loaded: Any, family: Any, prefixed, *,
+def _train_curve(curve: BezierCurve, call: _Call, a: RunRef, loaded: Any, family: Any, prefixed, *,
                  steps: int, lr: float, rho: float) -> None:
     """Adam on the free points; step j: t ~ U(0, 1), run A's training batch j, fresh masks at rho."""
     from dlm_triage.data import make_batches
@@ -468,12 +493,34 @@ def _train_curve(curve: BezierCurve, call: nn.Module, a: RunRef, loaded: Any, fa
     for j in range(steps):
         t = float(torch.rand((), generator=gen))
         x0 = batches.batch(j % (a.cfg.steps + 1))
-        noisy, mask = mask_tokens(x0, rho, loaded.mask_token_id, gen, sampling=a.cfg.mask_sampling,
-                                  protect=family.protected_positions(x0))
-        loss = _loss(call, prefixed(curve.point(t)), a.cfg, x0.to(dev), noisy.to(dev), mask.to(dev), rho)
+        if has_own_objective(family):
+            batch = (x0.to(dev), None, None, CURVE_SEED * 1_000_003 + j)
+        else:
+            noisy, mask = mask_tokens(x0, rho, loaded.mask_token_id, gen, sampling=a.cfg.mask_sampling,
+                                      protect=family.protected_positions(x0))
+            batch = (x0.to(dev), noisy.to(dev), mask.to(dev), j)
+        loss = _loss(call, prefixed(curve.point(t)), a.cfg, batch, rho)
         if not torch.isfinite(loss):
             raise ConnectError(f"curve training diverged at update {j} (t={t:.3f}, loss {float(loss)}): "
                                "lower --lr or --steps")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+
+def connect_and_store(run_a: str | Path, run_b: str | Path, db: Path | str, **kwargs: Any) -> ConnectResult:
+    """`connect_runs(run_a, run_b, **kwargs)`, then the result into DuckDB (`store.save_connection`)."""
+    from dlm_triage import store
+
+    result = connect_runs(run_a, run_b, **kwargs)
+    con = store.connect(db)
+    try:
+        store.save_connection(con, result)
+    finally:
+        con.close()
+    return result
+
+
+def summary_rows(result: ConnectResult) -> list[tuple[str, float, float, float]]:
+    """(path, loss at t=0, max loss, barrier) per path, for printing and artifacts."""
+    return [(p, v[0], max(v), result.barriers[p]) for p, v in result.profiles.items()]

@@ -398,8 +398,41 @@ class RecalibrateParams(_Params):
         return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
 
 
+class ConnectParams(_Params):
+    """LoRA-Curve connectivity between two completed runs (same base model, family, method and rank)."""
+
+    run_a: str = Field(..., description="Run id (under runs_dir) or run directory of the path's start (t=0).")
+    run_b: str = Field(..., description="Run id or run directory of the path's end (t=1).")
+    runs_dir: Path | None = Field(None, description="Where run ids are looked up; empty: $DLM_TRIAGE_OUT/runs.")
+    db: Path | None = Field(None, description="DuckDB file the profiles go to; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
+    out: Path | None = Field(None, description="Folder for the figure; empty: $DLM_TRIAGE_OUT/reports/connect.")
+    segments: int = Field(2, ge=1, le=64, description="Bezier segments N (N-1 free junctions + N controls).")
+    steps: int = Field(50, ge=0, le=1_000_000, description="Curve training updates (0: the curve stays linear).")
+    n_points: int = Field(11, ge=2, le=1001, description="Evaluation points t along each path (0 and 1 included).")
+    eval_batches: int = Field(4, ge=1, le=10_000, description="Held-out batches (windows neither run trained on).")
+    mask_ratio: float | None = Field(None, gt=0, lt=1, description="Evaluation mask ratio; empty: the runs' own.")
+    lr: float | None = Field(None, gt=0, le=10, description="Adam rate of the curve's free points; empty: run A's.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+
+    def resolved_runs_dir(self) -> Path:
+        return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
+
+    def resolved_db(self) -> Path:
+        return Path(self.db) if self.db is not None else paths.default_db_path()
+
+    def resolved_out(self) -> Path:
+        return Path(self.out) if self.out is not None else paths.default_report_dir() / "connect"
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `connect.connect_runs` besides the two runs."""
+        return {"runs_dir": self.resolved_runs_dir(), "segments": self.segments, "steps": self.steps,
+                "n_points": self.n_points, "eval_batches": self.eval_batches, "mask_ratio": self.mask_ratio,
+                "lr": self.lr, "device": self.device, "out_dir": self.resolved_out()}
+
+
 __all__ = [
     "SweepParams",
+    "ConnectParams",
     "IngestParams",
     "CalibrateParams",
     "ReportParams",

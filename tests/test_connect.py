@@ -146,3 +146,26 @@ def test_mismatched_runs_get_a_clear_error(runs, tiny_model_dir, tmp_path):
         connect.connect_runs(runs["a"], runs["a"], device="cpu")
     with pytest.raises(connect.ConnectError, match="no manifest.json"):
         connect.connect_runs(runs["a"], tmp_path / "nothing", device="cpu")
+
+
+def test_a_family_with_its_own_objective_connects(tmp_path):
+    """diffusion_gemma (uniform corruption, no mask token): the profile uses its own seeded objective."""
+    from dlm_triage.tiny_diffusion_gemma import save_tiny_diffusion_gemma
+
+    dg = save_tiny_diffusion_gemma(tmp_path / "dg", seed=3)
+    dirs = []
+    for seed in (1, 2):
+        cfg = RunConfig(family="diffusion_gemma", model_id=str(dg), steps=3, batch_size=2, seq_len=32, device="cpu",
+                        learning_rate=1e-2, seed=seed)
+        dirs.append(train_run(cfg, tmp_path / "runs").run_dir)
+    res = connect.connect_runs(*dirs, steps=1, n_points=3, eval_batches=1, device="cpu")
+    assert all(math.isfinite(x) for v in res.profiles.values() for x in v)
+    from dlm_triage.families import get_family
+
+    ra, rb = connect.resolve_run(dirs[0]), connect.resolve_run(dirs[1])
+    fam = get_family("diffusion_gemma")
+    lm = fam.load(ra.cfg, torch.device("cpu"), torch.float32)
+    held = connect.heldout_batches(ra, rb, lm.tokenizer, fam, lm.mask_token_id, n_batches=1, mask_ratio=0.5,
+                                   device=torch.device("cpu"))
+    assert res.profiles["linear_product"][0] == pytest.approx(connect.evaluate_run(ra, held, device="cpu"), rel=1e-5)
+    assert res.profiles["bezier"][-1] == pytest.approx(connect.evaluate_run(rb, held, device="cpu"), rel=1e-5)

@@ -168,6 +168,21 @@ def test_every_family_trains_a_step(tmp_path):
         assert any(g is not None and g.abs().sum() > 0 for g in grads), fam  # B's gradient (A's is 0: B = 0)
 
 
+def test_diffusion_gemma_trains_through_train_run(tmp_path):
+    """The family with its own objective (and an encoder that calls the decoder's modules): one adapter for both."""
+    from dlm_triage.runlog import read_run
+    from dlm_triage.tiny_diffusion_gemma import save_tiny_diffusion_gemma
+    from dlm_triage.train import train_run
+
+    dg = save_tiny_diffusion_gemma(tmp_path / "dg", seed=3)
+    cfg = RunConfig(family="diffusion_gemma", model_id=str(dg), method="lora_diffusion", rank=4, steps=3,
+                    batch_size=2, seq_len=32, device="cpu", learning_rate=1e-2)
+    res = train_run(cfg, tmp_path / "runs")
+    rec = read_run(res.run_dir)
+    assert res.status == "completed" and all("lora_diffusion_" in n for n in rec.manifest["matrix_names"])
+    assert (rec.steps["grad_norm"].to_numpy() > 0).all()
+
+
 def test_tiny_sweep_with_lora_and_lora_diffusion_calibrates_per_method(tiny_model_dir, tmp_path):
     """A real sweep grid (SweepSpec) trained with train_run, ingested into DuckDB, calibrated grouped by method."""
     from dlm_triage import store
