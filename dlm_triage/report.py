@@ -1038,6 +1038,54 @@ def _verdict_class(v: str) -> str:
         v, "v-na")
 
 
+CONNECT_HEADERS = ("run A (t=0)", "run B (t=1)", "path", "loss A", "loss B", "max loss", "barrier", "connection")
+
+
+def _connectivity(con: duckdb.DuckDBPyConnection, data: _Data) -> pl.DataFrame:
+    """Stored LoRA-Curve connections (`store.connect_paths`), each in the group of its run A in this calibration
+    ('(not in this calibration)' otherwise); empty when none were stored."""
+    conn = store.connections(con)
+    if conn.is_empty():
+        return conn
+    groups = data.runs.select(pl.col("run_id").alias("run_a"), pl.col("group").cast(pl.Utf8))
+    return (conn.join(groups, on="run_a", how="left")
+            .with_columns(pl.col("group").fill_null("(not in this calibration)"))
+            .sort("group", "created_at", "connect_id", "path", descending=[False, True, False, False]))
+
+
+def _connect_rows(sub: pl.DataFrame) -> list[list[Any]]:
+    return [[r["run_a"], r["run_b"], r["path"], r["loss_a"], r["loss_b"], r["max_loss"], r["barrier"],
+             r["connect_id"]] for r in sub.iter_rows(named=True)]
+
+
+def _connectivity_html(conn: pl.DataFrame) -> str:
+    parts = ["<section id='connectivity'><h2>Connectivity between runs (LoRA-Curve)</h2>"
+             "<p>Held-out loss along the paths between two runs' adapters (<code>dlm-triage connect</code>): "
+             "linear in the product B A, linear in the factors, and the trained anchored Bezier curve. Barrier = "
+             "max loss on the path - mean of the endpoint losses.</p>"]
+    for group in conn.get_column("group").unique(maintain_order=True).to_list():
+        sub = conn.filter(pl.col("group") == group)
+        parts.append(f"<h3>{html.escape(str(group))}</h3>" + _html_table(CONNECT_HEADERS, _connect_rows(sub)))
+        for fig in sub.get_column("figure").unique(maintain_order=True).to_list():
+            if fig and Path(fig).is_file():
+                b64 = base64.b64encode(Path(fig).read_bytes()).decode("ascii")
+                parts.append(f"<figure><img src=\"data:image/png;base64,{b64}\" alt=\"connectivity profile\">"
+                             f"<figcaption>{html.escape(Path(fig).name)}</figcaption></figure>")
+    return "".join(parts) + "</section>"
+
+
+def _connectivity_md(conn: pl.DataFrame) -> list[str]:
+    md = ["## Connectivity between runs (LoRA-Curve)", "",
+          "Held-out loss along linear (product B A, factors) and trained Bezier paths between two runs' adapters; "
+          "barrier = max loss on the path - mean of the endpoint losses.", ""]
+    for group in conn.get_column("group").unique(maintain_order=True).to_list():
+        sub = conn.filter(pl.col("group") == group)
+        md += [f"### {group}", "", _md_table(CONNECT_HEADERS, _connect_rows(sub)), ""]
+        md += [f"![connectivity]({fig})" for fig in sub.get_column("figure").unique(maintain_order=True).to_list()
+               if fig] + [""]
+    return md
+
+
 def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                  calibration_id: str | None = None) -> ReportPaths:
     """Write ``report.html``, ``report.md`` and ``figures/*.png`` for one calibration into `out_dir`.
@@ -1051,6 +1099,7 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     try:
         data = _load_data(con, calibration_id)
         queue = _inspection_rows(con, data)
+        conn = _connectivity(con, data)
     finally:
         con.close()
 
@@ -1125,6 +1174,8 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         else:
             h.append(f"<div class='missing'><b>Figure missing:</b> {html.escape(missing[name])}.</div>")
     h.append("</section>")
+    if conn.height:
+        h.append(_connectivity_html(conn))
     if notes:
         h.append("<section id='notes'><h2>Notes</h2>" + "".join(
             f"<div class='note'>{html.escape(n)}</div>" for n in notes) + "</section>")
@@ -1152,6 +1203,8 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         md.append(f"### Figure {i}. {ftitle}")
         md += ["", f"![{ftitle}](figures/{name}.png)", "", _CAPTIONS[name], ""] if name in pngs else [
             "", f"*Figure missing:* {missing[name]}.", ""]
+    if conn.height:
+        md += _connectivity_md(conn)
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     md_path = out / "report.md"

@@ -169,3 +169,77 @@ def test_a_family_with_its_own_objective_connects(tmp_path):
                                    device=torch.device("cpu"))
     assert res.profiles["linear_product"][0] == pytest.approx(connect.evaluate_run(ra, held, device="cpu"), rel=1e-5)
     assert res.profiles["bezier"][-1] == pytest.approx(connect.evaluate_run(rb, held, device="cpu"), rel=1e-5)
+
+
+def test_cli_connect_stores_profiles_and_the_report_shows_them_per_group(runs, tmp_path, capsys):
+    """`dlm-triage connect` -> real DuckDB tables (queried in SQL) -> ingest + calibrate -> the report's section."""
+    import shutil
+
+    from dlm_triage import store
+    from dlm_triage.calibrate import run_calibration
+    from dlm_triage.cli import main
+    from dlm_triage.report import write_report
+
+    out = tmp_path / "out"
+    for key in ("a", "b"):  # a runs dir holding the two runs: connect them by run id
+        shutil.copytree(runs[key], out / "runs" / runs[key].name)
+    rc = main(["--out", str(out), "connect", runs["a"].name, runs["b"].name, "--segments", "2", "--steps", "2",
+               "--points", "3", "--eval-batches", "1"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "linear_product" in printed and "barrier" in printed
+    db = out / "triage.duckdb"
+    con = store.connect(db, read_only=True)
+    try:
+        prof = con.execute("SELECT path, t, loss FROM connect_profiles ORDER BY path, t").fetchall()
+        paths = con.execute("SELECT path, barrier, loss_a, max_loss, run_a, run_b FROM connect_paths ORDER BY path").fetchall()
+    finally:
+        con.close()
+    assert [p for p, _, _ in prof] == ["bezier"] * 3 + ["linear_factors"] * 3 + ["linear_product"] * 3
+    assert [t for _, t, _ in prof[:3]] == [0.0, 0.5, 1.0] and all(math.isfinite(x) for _, _, x in prof)
+    for path, barrier, loss_a, max_loss, ra, rb in paths:
+        losses = [x for p, _, x in prof if p == path]
+        assert barrier == pytest.approx(max(losses) - (losses[0] + losses[-1]) / 2) and max_loss == max(losses)
+        assert loss_a == losses[0] and (ra, rb) == (runs["a"].name, runs["b"].name)
+    # a second connection adds rows, it does not replace the first
+    assert main(["--out", str(out), "connect", runs["a"].name, runs["b"].name, "--steps", "0", "--points", "2",
+                 "--eval-batches", "1"]) == 0
+    con = store.connect(db, read_only=True)
+    try:
+        assert con.execute("SELECT count(DISTINCT connect_id) FROM connect_paths").fetchall()[0][0] == 2
+    finally:
+        con.close()
+
+    store.ingest_runs(db, out / "runs")
+    run_calibration(db, out / "cal", n_resamples=10, stepk_resamples=10, ks=(5,))
+    paths_ = write_report(db, out / "report")
+    md = paths_.markdown.read_text()
+    assert "## Connectivity between runs (LoRA-Curve)" in md and "### tiny" in md
+    assert md.count("| " + runs["a"].name) == 6  # 3 paths + 3 paths, both connections, in the group of run A
+    html_ = paths_.html.read_text()
+    assert "id='connectivity'" in html_ and html_.count("connectivity profile") == 2
+
+
+def test_cli_connect_mismatch_is_one_clear_line(runs, capsys, tmp_path):
+    from dlm_triage.cli import main
+
+    rc = main(["--out", str(tmp_path), "connect", str(runs["a"]), str(runs["r8"]), "--steps", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot be connected" in err and "rank: 4 vs 8" in err and "Traceback" not in err
+
+
+@pytest.mark.server
+def test_connect_flow_after_a_sweep(prefect_harness, runs, tmp_path):
+    from dlm_triage import store
+    from dlm_triage.params import ConnectParams
+    from flows.connect import connect_flow
+
+    params = ConnectParams(run_a=str(runs["ld_a"]), run_b=str(runs["ld_b"]), db=tmp_path / "t.duckdb",
+                           out=tmp_path / "fig", steps=1, n_points=3, eval_batches=1, device="cpu")
+    out = connect_flow(params)
+    assert set(out["barriers"]) == {"linear_factors", "bezier"} and (tmp_path / "fig").is_dir()
+    con = store.connect(tmp_path / "t.duckdb", read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM connect_profiles WHERE connect_id = ?",
+                           [out["connect_id"]]).fetchall()[0][0] == 6
+    finally:
+        con.close()
