@@ -203,22 +203,26 @@ def reference_calibrate(inputs: CalibrationInputs, *, group_by: str = "family", 
                     te, tr = hperm[0, :nt], hperm[0, nt:]
                     thr = ref_select_threshold(vals["max_grad"][tr], unstable[tr])
                     out["registry"] = {"k": k, "threshold": thr, **ref_evaluate(vals["max_grad"][te], unstable[te], thr)}
-        # rank amplification: loop over mask ratios
+        # rank amplification: loop over (model, learning rate, mask ratio) cells, never pooling models or lrs
         rank = sub.get_column("rank").cast(pl.Float64).to_numpy().astype(float)
         mr = sub.get_column("mask_ratio").cast(pl.Float64).to_numpy().astype(float)
+        lr = sub.get_column("learning_rate").cast(pl.Float64).to_numpy().astype(float)
+        model = np.array([m or "" for m in sub.get_column("model_id").to_list()], dtype=str)
         rng_ra = group_rng(seed, name, "rank_amplification")
         ra = []
-        okr = np.isfinite(rank) & np.isfinite(mr) & np.isfinite(g)
-        for m in sorted(set(mr[okr].tolist())):
-            at = okr & (mr == m)
+        okr = np.isfinite(rank) & np.isfinite(mr) & np.isfinite(lr) & np.isfinite(g)
+        for mdl, rate, m in sorted({(model[i], lr[i], mr[i]) for i in np.flatnonzero(okr)}):
+            at = okr & (model == mdl) & (lr == rate) & (mr == m)
             rks = sorted(set(rank[at].tolist()))
             if len(rks) < 2:
                 continue
             hi_v, lo_v = g[at & (rank == rks[-1])], g[at & (rank == rks[0])]
-            if hi_v.size < 2 or lo_v.size < 2:
+            if hi_v.size < 2 or lo_v.size < 2:  # one seed per arm (the paper's 1-seed surface): ratio, no CI
+                ra.append({"learning_rate": rate, "mask_ratio": m, "ratio": float(np.mean(hi_v) / np.mean(lo_v)),
+                           "ci_low": math.nan, "ci_high": math.nan})
                 continue
             rr, l2, h2 = _ratio_ci(hi_v, lo_v, np.mean, n_resamples, cl, rng_ra)
-            ra.append({"mask_ratio": m, "ratio": rr, "ci_low": l2, "ci_high": h2})
+            ra.append({"learning_rate": rate, "mask_ratio": m, "ratio": rr, "ci_low": l2, "ci_high": h2})
         out["rank_amplification"] = ra
         groups[name] = out
         keep[name] = (g, unstable, fire_step, p1, tested)

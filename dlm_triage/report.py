@@ -67,7 +67,7 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("top1_fire_vs_collapse", "Top-1 warning fire rate vs actual collapse rate per group"),
     ("maxgrad_stable_vs_unstable", "Max-grad distributions, stable vs unstable runs (log scale)"),
     ("stepk_precision", "Step-k held-out precision per predictor (bootstrap CI ribbons)"),
-    ("rank_mask_heatmap", "Median max-grad over LoRA rank x mask ratio (log colour)"),
+    ("rank_mask_heatmap", "Median max-grad over LoRA rank x mask ratio, one model at one learning rate (log colour)"),
     ("top1_trajectories", "Top-1 frequency trajectories from step 0 (pre-equilibrium saturation)"),
 )
 
@@ -823,12 +823,25 @@ def _fig_heatmap(data: _Data, notes: list[str]) -> bytes:
                             & pl.col("monitor").is_not_null() & (pl.col("monitor") > 0))
     if runs.height == 0:
         raise _Missing("no run has a rank, a mask ratio and a positive max-grad value")
-    names = [g for g in _group_names(data.result) if g in set(runs["group"].to_list())]
-    if not names:
+    known = set(_group_names(data.result))
+    runs = runs.filter(pl.col("group").is_in(known))
+    if runs.height == 0:
         raise _Missing("none of the calibration's groups has runs with these values in the database")
-    names = _largest(data, names, notes, "Heatmap")
-    cells = (runs.filter(pl.col("group").is_in(names))
-             .group_by("group", "rank", "mask_ratio").agg(pl.col("monitor").median().alias("med"),
+    # one panel per (group, model, learning rate): a rank x mask surface is never pooled over models or learning
+    # rates (paper 4.2: LLaDA2.0-mini at lr 1e-4); the panels with the most runs are drawn
+    for c in ("model_id", "learning_rate"):
+        if c not in runs.columns:
+            runs = runs.with_columns(pl.lit(None).alias(c))
+    runs = runs.with_columns(pl.format("{} | {} | lr {}", pl.col("group"),
+                                       pl.col("model_id").cast(pl.String).fill_null("(no model id)"),
+                                       pl.col("learning_rate").cast(pl.String).fill_null("?")).alias("_panel"))
+    sizes = runs.group_by("_panel").agg(pl.len().alias("n")).sort(["n", "_panel"], descending=[True, False])
+    names = sizes["_panel"].to_list()[:MAX_PANELS]
+    if sizes.height > MAX_PANELS:
+        notes.append(f"Heatmap: the {MAX_PANELS} largest of {sizes.height} (group, model, learning rate) slices "
+                     f"are drawn ({', '.join(sizes['_panel'].to_list()[MAX_PANELS:])} left out).")
+    cells = (runs.filter(pl.col("_panel").is_in(names)).rename({"_panel": "panel"})
+             .group_by("panel", "rank", "mask_ratio").agg(pl.col("monitor").median().alias("med"),
                                                          pl.len().alias("n")))
     vmin, vmax = float(cells["med"].min()), float(cells["med"].max())
     if vmax <= vmin:
@@ -836,7 +849,7 @@ def _fig_heatmap(data: _Data, notes: list[str]) -> bytes:
     plt = _plt()
     from matplotlib.colors import LogNorm
 
-    max_cols = max(cells.filter(pl.col("group") == g)["mask_ratio"].n_unique() for g in names)
+    max_cols = max(cells.filter(pl.col("panel") == g)["mask_ratio"].n_unique() for g in names)
     panel_w = min(10.0, max(4.6, 0.62 * max_cols + 1.6))
     ncol = 1 if panel_w > 6.5 else min(2, len(names))
     nrow = math.ceil(len(names) / ncol)
@@ -845,7 +858,7 @@ def _fig_heatmap(data: _Data, notes: list[str]) -> bytes:
     norm = LogNorm(vmin=vmin, vmax=vmax)
     im = None
     for ax, g in zip(axes.flat, names):
-        c = cells.filter(pl.col("group") == g)
+        c = cells.filter(pl.col("panel") == g)
         ranks = sorted(c["rank"].unique().to_list())
         rhos = sorted(c["mask_ratio"].unique().to_list())
         grid = np.full((len(ranks), len(rhos)), np.nan)
@@ -866,7 +879,7 @@ def _fig_heatmap(data: _Data, notes: list[str]) -> bytes:
         ax.set_yticks(range(len(ranks)), [str(int(r)) for r in ranks])
         ax.set_xlabel("mask ratio rho")
         ax.set_ylabel("LoRA rank r")
-        ax.set_title(f"{g}")
+        ax.set_title(g, fontsize=9)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     from matplotlib.ticker import FuncFormatter
@@ -1225,8 +1238,9 @@ _CAPTIONS = {
                        "replicates; ribbon = CI). Dotted: the always-positive baseline (flag every run). Shaded: "
                        f"the inspection window k={INSPECTION_WINDOW[0]}..{INSPECTION_WINDOW[1]}. The last k's "
                        "loss is the label itself.",
-    "rank_mask_heatmap": "Median max-grad per (LoRA rank, mask ratio) cell, log colour scale; n = runs per cell; "
-                         "grey = no runs in that cell.",
+    "rank_mask_heatmap": "Median max-grad per (LoRA rank, mask ratio) cell within one model at one learning "
+                         "rate (one panel per group | model | learning rate; never pooled), log colour scale; "
+                         "n = runs per cell; grey = no runs in that cell.",
     "top1_trajectories": "Top-1 frequency from step 0: median and IQR over runs, plus the three runs with the "
                          "highest (red) and lowest (blue) final loss. Dashed: the legacy 0.5 threshold; dotted: "
                          "the legacy detector's first sample (step 11). Curves already above 0.5 at step 0 show "

@@ -330,3 +330,25 @@ def test_bonferroni_m_is_an_explicit_parameter(corpus, fast):
     for bad in (0, -2, 2.5, True):
         with pytest.raises(ValueError, match="bonferroni_m"):
             calibrate(corpus, bonferroni_m=bad, **SMALL)
+
+
+def test_rank_amplification_within_one_model_one_lr_one_mask_ratio():
+    # model A: rank 64 / rank 4 = 30 / 3 = 10x; model B: 50 / 50 = 1x; at lr 1e-3 model A is flat (2 / 2).
+    # Pooled over models the 4 vs 64 means would be (3+50)/2 vs (30+50)/2 = 1.5x: a number neither model has.
+    cells = [("A", 1e-4, 4, 3.0), ("A", 1e-4, 64, 30.0), ("B", 1e-4, 4, 50.0), ("B", 1e-4, 64, 50.0),
+             ("A", 1e-3, 4, 2.0), ("A", 1e-3, 64, 2.0)]
+    rows = [(m, lr, r, g * (1 + 0.01 * s)) for m, lr, r, g in cells for s in range(3)]  # 3 seeds per cell
+    n = len(rows)
+    runs = _tiny_runs(n).with_columns(
+        pl.Series("model_id", [r[0] for r in rows]), pl.Series("learning_rate", [r[1] for r in rows]),
+        pl.Series("rank", [r[2] for r in rows]), pl.Series("max_grad_norm", [r[3] for r in rows]),
+        pl.lit(0.95).alias("mask_ratio"))
+    res = calibrate(CalibrationInputs(runs, None), **SMALL)
+    ra = res["groups"]["x"]["rank_amplification"]
+    got = {(e["model_id"], e["learning_rate"], e["mask_ratio"]): e for e in ra}
+    assert set(got) == {("A", 1e-4, 0.95), ("B", 1e-4, 0.95), ("A", 1e-3, 0.95)}
+    mean = lambda g: np.mean([g * (1 + 0.01 * s) for s in range(3)])  # noqa: E731
+    assert got[("A", 1e-4, 0.95)]["ratio"] == pytest.approx(mean(30.0) / mean(3.0))
+    assert got[("B", 1e-4, 0.95)]["ratio"] == pytest.approx(1.0)
+    assert got[("A", 1e-3, 0.95)]["ratio"] == pytest.approx(1.0)
+    assert all(e["rank_low"] == 4 and e["rank_high"] == 64 and e["n_low"] == e["n_high"] == 3 for e in ra)
