@@ -203,6 +203,14 @@ def reference_calibrate(inputs: CalibrationInputs, *, group_by: str = "family", 
                     te, tr = hperm[0, :nt], hperm[0, nt:]
                     thr = ref_select_threshold(vals["max_grad"][tr], unstable[tr])
                     out["registry"] = {"k": k, "threshold": thr, **ref_evaluate(vals["max_grad"][te], unstable[te], thr)}
+                    # the registered rule's own split bootstrap: its precision CI and the baseline's ceiling
+                    rk = _summarise(ref_split_replicates(vals["max_grad"], unstable,
+                                                         group_rng(seed, name, "split_bootstrap"), n_resamples,
+                                                         test_size, resample=True),
+                                    cl, ("precision", "baseline_precision"))
+                    out["registry"].update({"precision_ci_low": rk["precision_ci_low"],
+                                            "precision_ci_high": rk["precision_ci_high"],
+                                            "baseline_ceiling": rk["baseline_precision_ci_high"]})
         # rank amplification: loop over (model, learning rate, mask ratio) cells, never pooling models or lrs
         rank = sub.get_column("rank").cast(pl.Float64).to_numpy().astype(float)
         mr = sub.get_column("mask_ratio").cast(pl.Float64).to_numpy().astype(float)

@@ -334,11 +334,67 @@ def _power(df: pl.DataFrame, notes: _Notes) -> dict:
             "method": pw.method}
 
 
+def registry_evidence(reg: Mapping[str, Any]) -> list[str]:
+    """Why the registered rule's evidence does not hold ([] when it does): the max-grad triage verdict of the
+    paper (4.1: the split-bootstrap lower CI bound of held-out precision exceeds the always-positive baseline's
+    ceiling, its upper CI bound over the same replicates), on the very rule that is registered (k, threshold),
+    plus the two ways a CI can look fine and say nothing: held-out precision 0, or a CI of [0, 1]."""
+    def num(key):
+        v = reg.get(key)
+        return None if v is None or not math.isfinite(float(v)) else float(v)
+
+    lo, hi, ceil, prec = num("precision_ci_low"), num("precision_ci_high"), num("baseline_ceiling"), num("precision")
+    out = []
+    rule = f"max-grad-up-to-{reg['k']}" if reg.get("k") is not None else "whole-run max grad"
+    if lo is None or ceil is None:
+        out.append(f"{rule}: no split-bootstrap precision CI or baseline ceiling (too few unstable runs)")
+    elif lo <= ceil:
+        out.append(f"{rule}: lower CI bound of held-out precision {lo:.3g} is not above the always-positive "
+                   f"baseline ceiling {ceil:.3g}")
+    if prec is not None and prec == 0:
+        out.append(f"{rule}: held-out precision 0 on the fixed split")
+    if lo is not None and hi is not None and lo <= 0 and hi >= 1:
+        out.append(f"{rule}: precision CI [0, 1] carries no information")
+    return out
+
+
+def _same_horizon(df: pl.DataFrame, rows: np.ndarray | None,
+                  notes: _Notes) -> tuple[pl.DataFrame, np.ndarray | None, int | None]:
+    """Keep the runs with the group's configured step count (the most common one; ties -> the longest).
+
+    Final loss labels runs only among runs of one length: a 10-step smoke run ends at a loss a 200-step run
+    left long ago, and would be labelled unstable by its length alone. The others are dropped from this
+    group's calibration with a warning naming them (calibrate them apart, e.g. with --group-by cohort).
+    Runs whose step count is unknown (imported cells) stay. Returns (kept runs, their rows, horizon or None).
+    """
+    if "steps" not in df.columns or df.height == 0:
+        return df, rows, None
+    steps = df.get_column("steps").cast(pl.Int64)
+    known = steps.drop_nulls()
+    if known.len() == 0:
+        return df, rows, None
+    counts = known.value_counts(sort=False)
+    c = counts.columns[1]
+    horizon = int(counts.sort([c, "steps"], descending=True).get_column("steps")[0])
+    other = (steps.is_not_null() & (steps != horizon)).fill_null(False).to_numpy()
+    if other.any():
+        ids = df.get_column("run_id").filter(pl.Series(other)).to_list()
+        lens = sorted({int(v) for v in steps.filter(pl.Series(other)).to_list()})
+        shown = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+        notes.add("labels", "other_horizon",
+                  f"{len(ids)} run(s) with {', '.join(map(str, lens))} steps instead of the group's {horizon} are "
+                  f"not labelled or calibrated here (final loss compares runs of one length): {shown}")
+        df = df.filter(pl.Series(~other))
+        rows = rows[~other] if rows is not None else None
+    return df, rows, horizon
+
+
 def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndarray | None, *, ks: Sequence[int],
            n_resamples: int, stepk_resamples: int, cl: float, test_size: float, seed: int) -> tuple[dict, dict]:
     """One group's block of the JSON and the arrays the cross-group parts need."""
     notes = _Notes()
     n_all = df.height
+    df, rows, horizon_steps = _same_horizon(df, rows, notes)
     lab0 = stats.stability_labels(_col(df, "final_loss"), _col(df, "diverged", bool))
     notes.take("labels", lab0)
     keep = ~lab0.excluded
@@ -362,6 +418,7 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
         "n_mid": int(lab.mid.sum()), "n_diverged": lab.n_diverged,
         "unstable_final_loss_threshold": lab.unstable_threshold, "stable_final_loss_threshold": lab.stable_threshold,
         "label_rule": stats.LABEL_RULE, "label_percentile_method": stats.PERCENTILE_METHOD,
+        "horizon_steps": horizon_steps, "n_other_horizon": int(n_all - df.height - int(lab0.excluded.sum())),
     }
     out["top1"] = _top1_audit(d, lab, notes)
 
@@ -408,6 +465,8 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
     out["stepk"] = {}
     registry = None
     horizon = traj.n_steps - 1 if traj is not None else -1
+    if horizon_steps is not None:  # the group's own last step, not the longest run of any group
+        horizon = min(horizon, horizon_steps)  # `steps` = last step index (steps 0..steps are logged)
     k_reg = REGISTRY_K if horizon >= REGISTRY_K else None
     if traj is not None and rows is not None and n >= 2 and (ks or k_reg is not None):
         if (rows < 0).any():
@@ -438,20 +497,33 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
             ev = stats.split_evaluate(preds["max_grad"][i], y, trw, tew)
             notes.take(f"registry[k={k_reg}]", ev)
             blk = _split_block(ev)
+            # the registered rule's own precision CI and baseline ceiling: the paper's split bootstrap on the
+            # predictor the live warning reads (same stream as the whole-run one: paired replicates)
+            sbk = stats.split_bootstrap(preds["max_grad"][i], y, n_resamples=n_resamples, test_size=test_size,
+                                        confidence_level=cl, rng=group_rng(seed, name, "split_bootstrap"),
+                                        resample=True)
+            rb = _replicate_block(sbk.evaluation, cl, ("precision", "baseline_precision"))
             registry = {"monitor": "max_grad_norm", "k": k_reg, "threshold": blk["threshold"],
                         "ci_low": sk["threshold_ci_low"], "ci_high": sk["threshold_ci_high"], "n": n,
                         "n_unstable": int(y.sum()), "precision": blk["precision"], "recall": blk["recall"],
                         "f1": blk["f1"], **{c: blk[c] for c in ("tp", "fp", "fn", "tn", "baseline_precision")},
+                        "precision_ci_low": rb["precision_ci_low"], "precision_ci_high": rb["precision_ci_high"],
+                        "baseline_ceiling": rb["baseline_precision_ci_high"], "split_bootstrap_B": rb["B"],
                         "source": f"held-out split, max-grad-up-to-{k_reg}; threshold CI over "
-                                  f"{stepk_resamples} random splits"}
+                                  f"{stepk_resamples} random splits; precision CI over {rb['B']} split-bootstrap "
+                                  "replicates"}
     if registry is None:
         ho, sbb = out["heldout"], out["split_bootstrap"]
         registry = {"monitor": "max_grad_norm", "k": None, "threshold": ho["threshold"],
                     "ci_low": sbb.get("threshold_ci_low", math.nan), "ci_high": sbb.get("threshold_ci_high", math.nan),
                     "n": n, "n_unstable": int(y.sum()), "precision": ho["precision"], "recall": ho["recall"],
                     "f1": ho["f1"], **{c: ho.get(c, math.nan) for c in ("tp", "fp", "fn", "tn", "baseline_precision")},
+                    "precision_ci_low": sbb.get("precision_ci_low", math.nan),
+                    "precision_ci_high": sbb.get("precision_ci_high", math.nan),
+                    "baseline_ceiling": sbb.get("baseline_precision_ci_high", math.nan),
+                    "split_bootstrap_B": sbb.get("B", n_resamples),
                     "source": f"held-out split, whole-run max grad norm (no trajectory reaching step {REGISTRY_K}); "
-                              "threshold CI from the split bootstrap"}
+                              "threshold and precision CIs from the split bootstrap"}
     # degenerate: the threshold is reported but must not be registered as accepted (store.save_calibration)
     reasons = []
     if n < MIN_RUNS:
@@ -473,6 +545,12 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
     for r in reasons:
         notes.add("group", "degenerate", f"degenerate: {r}")
     registry["degenerate"] = bool(reasons)
+    rejected = reasons + [r for r in registry_evidence(registry) if r not in reasons]
+    registry["accepted"] = not rejected
+    registry["status"] = "accepted" if not rejected else "rejected"
+    registry["rejection_reasons"] = rejected
+    for r in rejected[len(reasons):]:
+        notes.add("registry", "rejected", f"no live threshold: {r}")
     out["registry"] = registry
 
     out["rank_amplification"] = _rank_amplification(d, n_resamples, cl, group_rng(seed, name, "rank_amplification"),

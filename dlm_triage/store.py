@@ -835,15 +835,39 @@ def latest_threshold(
     return None if row is None else ThresholdRecord(*row)
 
 
+REGISTRY_EVIDENCE_COLUMNS = {"precision_ci_low": pl.Float64, "precision_ci_high": pl.Float64,
+                             "baseline_ceiling": pl.Float64, "reason": pl.String}
+"""Read from each calibration's registry record (result_json): the registered rule's split-bootstrap precision
+CI, the always-positive baseline ceiling it is judged against, and why it was rejected (None when accepted)."""
+
+
 def threshold_history(con: duckdb.DuckDBPyConnection, group: str | None = None) -> pl.DataFrame:
-    """Every stored threshold (accepted or not), newest first, with the calibration's status."""
+    """Every stored threshold (accepted or not), newest first, with the calibration's status and the evidence
+    of the registered rule (REGISTRY_EVIDENCE_COLUMNS): one rule per row, the numbers `report` shows."""
     pred, params = ("WHERE t.group_name = ?", [group]) if group is not None else ("", [])
-    return _pl(
+    h = _pl(
         con,
         "SELECT t.*, c.status AS calibration_status FROM thresholds t JOIN calibrations c USING (calibration_id) "
         f"{pred} ORDER BY t.seq DESC, t.group_name",
         params,
     )
+    results: dict[str, Mapping[str, Any]] = {}
+    for cid in h.get_column("calibration_id").unique().to_list() if h.height else []:
+        row = con.execute("SELECT result_json FROM calibrations WHERE calibration_id = ?", [cid]).fetchone()
+        try:
+            results[cid] = (json.loads(row[0]) if row and row[0] else {}).get("groups") or {}
+        except (json.JSONDecodeError, AttributeError):
+            results[cid] = {}
+    extra: dict[str, list[Any]] = {c: [] for c in REGISTRY_EVIDENCE_COLUMNS}
+    for cid, gname, acc in h.select("calibration_id", "group_name", "accepted").iter_rows():
+        g = results.get(cid, {}).get(gname) or {}
+        reg = g.get("registry") or {}
+        for c in ("precision_ci_low", "precision_ci_high", "baseline_ceiling"):
+            extra[c].append(_finite_or_none(reg.get(c)))
+        why = list(reg.get("rejection_reasons") or ()) or list(g.get("degenerate_reasons") or ())
+        extra["reason"].append(None if acc else ("; ".join(why) or "no finite threshold"))
+    return h.with_columns(*(pl.Series(c, v, dtype=t) for (c, t), v in
+                            zip(REGISTRY_EVIDENCE_COLUMNS.items(), extra.values())))
 
 
 def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | None = None) -> pl.DataFrame:

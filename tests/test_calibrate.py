@@ -307,7 +307,80 @@ def test_run_calibration_end_to_end_with_store(tmp_path):
     finally:
         con.close()
     assert not g["degenerate"], g["degenerate_reasons"]
-    assert rec is not None and rec.threshold == g["registry"]["threshold"] and rec.k == 25
+    # 10 unstable runs among 100: a 20-run test split often holds none, so the precision CI is [0, 1] and the
+    # evidence does not hold: the threshold is recorded as rejected, with its reason, and never goes live
+    reg = g["registry"]
+    assert reg["k"] == 25 and reg["status"] == "rejected" and reg["accepted"] is False
+    assert (reg["precision_ci_low"], reg["precision_ci_high"]) == (0.0, 1.0)
+    assert any("precision CI [0, 1]" in r for r in reg["rejection_reasons"])
+    assert rec is None
+
+
+def test_registry_accepts_only_when_the_evidence_holds(tmp_path):
+    """The paper-sized corpus: the registered rule (max-grad-up-to-25) carries its own held-out metrics and its
+    own split-bootstrap precision CI; accepted iff its lower bound exceeds the baseline ceiling."""
+    from dlm_triage import store
+
+    res = calibrate(paper_corpus(n_steps=30), ks=(25,), n_resamples=200, stepk_resamples=20)
+    reg = res["groups"]["llada"]["registry"]
+    assert reg["k"] == 25 and reg["precision_ci_low"] > reg["baseline_ceiling"] > 0
+    assert reg["status"] == "accepted" and reg["rejection_reasons"] == [] and reg["precision"] > 0
+    # the registered rule's held-out metrics are those of its own threshold at k=25 on the fixed split
+    assert reg["tp"] / (reg["tp"] + reg["fp"]) == pytest.approx(reg["precision"])
+    con = store.connect(tmp_path / "t.duckdb")
+    try:
+        cal = store.save_calibration(con, res)
+        rec = store.latest_threshold(con, "llada")
+        assert rec.threshold == reg["threshold"] and rec.k == 25 and rec.calibration_id == cal
+        # the same numbers, and the reason (none), in the registry's history
+        h = store.threshold_history(con, "llada").row(0, named=True)
+        assert (h["threshold"], h["k"], h["precision"], h["precision_ci_low"], h["baseline_ceiling"]) == (
+            reg["threshold"], 25, reg["precision"], reg["precision_ci_low"], reg["baseline_ceiling"])
+        assert h["accepted"] and h["reason"] is None
+    finally:
+        con.close()
+
+
+def _with_smoke_runs(inp, n_smoke=3, steps=10, grad=216.0):
+    """`inp` plus `n_smoke` runs of `steps` steps: high final loss (they stop early), one huge max grad."""
+    base = inp.runs.head(n_smoke)
+    smoke = base.with_columns(pl.format("smoke-{}", pl.col("run_id")).alias("run_id"),
+                              pl.lit(steps, base.schema["steps"]).alias("steps"),
+                              (pl.col("final_loss") * 0 + 50.0).alias("final_loss"),
+                              pl.lit(grad).alias("max_grad_norm"))
+    runs = pl.concat([inp.runs, smoke])
+    t = inp.traj
+    def ext(a, fill):
+        add = np.full((n_smoke, a.shape[1]), np.nan)
+        add[:, :steps + 1] = fill
+        return np.vstack([a, add])
+    traj = Trajectories(t.run_ids + smoke.get_column("run_id").to_list(), ext(t.loss, 50.0),
+                        ext(t.grad_norm, grad), ext(t.top1, 0.9))
+    return CalibrationInputs(runs, traj), smoke.get_column("run_id").to_list()
+
+
+def test_smoke_runs_do_not_flip_the_calibration():
+    """Three 10-step runs added to a family of 29-step runs are not labelled by their final loss (it is low or
+    high by length alone): the labels, the separation and the registered threshold stay as they were, and a
+    warning names the runs left out."""
+    inp = paper_corpus(n_steps=30)
+    kw = dict(ks=(25,), n_resamples=200, stepk_resamples=20)
+    before = calibrate(inp, **kw)["groups"]["llada"]
+    smoke_inp, ids = _with_smoke_runs(inp)
+    after = calibrate(smoke_inp, **kw)["groups"]["llada"]
+    for key in ("n", "n_unstable", "n_stable", "unstable_final_loss_threshold"):
+        assert after[key] == before[key], key
+    assert after["maxgrad"]["median_ratio"] == before["maxgrad"]["median_ratio"]
+    for key in ("threshold", "k", "precision", "precision_ci_low", "baseline_ceiling", "status"):
+        assert after["registry"][key] == before["registry"][key], key
+    assert after["n_other_horizon"] == 3 and after["horizon_steps"] == 29
+    assert "labels.other_horizon" in after["flags"]
+    msg = next(w for w in after["warnings"] if "instead of the group's 29" in w)
+    assert all(i in msg for i in ids) and "10 steps" in msg
+    # without the exclusion the smoke runs would be the group's unstable runs (the failure this guards against)
+    lab = stats.stability_labels(smoke_inp.runs.get_column("final_loss").to_numpy(),
+                                 smoke_inp.runs.get_column("diverged").to_numpy())
+    assert lab.unstable[-3:].all()
 
 
 def test_bonferroni_m_is_an_explicit_parameter(corpus, fast):
