@@ -401,15 +401,24 @@ def threshold_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per group for a Prefect table artifact (plain JSON types; None where undefined)."""
     rows = []
     for name, g in result.get("groups", {}).items():
-        lo, base, ceiling = _num(g, "split_bootstrap", "precision_ci_low"), _baseline(g), _baseline_ceiling(g)
+        # one decision rule per row: the registered threshold, its k, and that rule's own held-out metrics and
+        # split-bootstrap CI (calibrate.py registry); calibrations without them fall back to the whole-run rule
+        reg = g.get("registry") or {}
+        own = "precision_ci_low" in reg
+        src, ci_src = ("registry", "registry") if own else ("heldout", "split_bootstrap")
+        lo = _num(g, ci_src, "precision_ci_low")
+        ceiling = _num(g, "registry", "baseline_ceiling") if own else _baseline_ceiling(g)
+        base = _num(g, "registry", "baseline_precision") if own else _baseline(g)
+        status = reg.get("status")
         rows.append({
             "group": name,
             "n": g.get("n"), "n_unstable": g.get("n_unstable"), "n_stable": g.get("n_stable"),
             "threshold": _threshold(g), "k": _heldout_k(g),
-            "precision": _num(g, "heldout", "precision"), "recall": _num(g, "heldout", "recall"),
-            "f1": _num(g, "heldout", "f1"),
-            "precision_ci_low": lo, "precision_ci_high": _num(g, "split_bootstrap", "precision_ci_high"),
+            "precision": _num(g, src, "precision"), "recall": _num(g, src, "recall"), "f1": _num(g, src, "f1"),
+            "precision_ci_low": lo, "precision_ci_high": _num(g, ci_src, "precision_ci_high"),
             "baseline_precision": base, "baseline_ceiling": ceiling,
+            "live": status if status else None,
+            "rejection_reasons": list(reg.get("rejection_reasons") or ()),
             "median_ratio": _num(g, "maxgrad", "median_ratio"),
             "mw_p_bonferroni": _num(g, "maxgrad", "mw_p_bonferroni"),
             "bonferroni_m": (g.get("maxgrad") or {}).get("bonferroni_m"),
@@ -457,14 +466,15 @@ def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: s
 
 VERDICT_HEADERS = ("Recommendation", "Verdict", "Evidence (this data)", "Reading")
 THRESHOLD_HEADERS = ("group", "n", "unstable", "threshold", "k", "precision", "recall", "F1",
-                     "precision CI", "baseline", "baseline ceiling", "median ratio", "p_Bonf", "m", "triage")
+                     "precision CI", "baseline", "baseline ceiling", "median ratio", "p_Bonf", "m", "triage", "live")
 
 
 def _threshold_rows(result: Mapping[str, Any]) -> list[list[Any]]:
     return [[r["group"], r["n"], r["n_unstable"], r["threshold"], r["k"] if r["k"] is not None else "run max",
              r["precision"], r["recall"], r["f1"], _ci(r["precision_ci_low"], r["precision_ci_high"]),
              r["baseline_precision"], r["baseline_ceiling"], r["median_ratio"], r["mw_p_bonferroni"],
-             r["bonferroni_m"], r["triage"]]
+             r["bonferroni_m"], r["triage"],
+             r["live"] if r["live"] != "rejected" else "rejected: " + "; ".join(r["rejection_reasons"])]
             for r in threshold_table(result)]
 
 

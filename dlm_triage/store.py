@@ -852,10 +852,11 @@ def threshold_history(con: duckdb.DuckDBPyConnection, group: str | None = None) 
         params,
     )
     results: dict[str, Mapping[str, Any]] = {}
-    for cid in h.get_column("calibration_id").unique().to_list() if h.height else []:
-        row = con.execute("SELECT result_json FROM calibrations WHERE calibration_id = ?", [cid]).fetchone()
+    ids = h.get_column("calibration_id").unique().to_list() if h.height else []
+    for cid, text in (con.execute("SELECT calibration_id, result_json FROM calibrations "
+                                  "WHERE list_contains(?, calibration_id)", [ids]).fetchall() if ids else []):
         try:
-            results[cid] = (json.loads(row[0]) if row and row[0] else {}).get("groups") or {}
+            results[cid] = (json.loads(text) if text else {}).get("groups") or {}
         except (json.JSONDecodeError, AttributeError):
             results[cid] = {}
     extra: dict[str, list[Any]] = {c: [] for c in REGISTRY_EVIDENCE_COLUMNS}
