@@ -25,7 +25,10 @@ def runs(tiny_model_dir, tmp_path_factory):
     out = {}
     for key, kw in {"a": dict(seed=1), "b": dict(seed=2), "r8": dict(seed=3, rank=8),
                     "ld_a": dict(seed=1, method="lora_diffusion"), "ld_b": dict(seed=2, method="lora_diffusion"),
-                    "dora_a": dict(seed=1, method="dora"), "dora_b": dict(seed=2, method="dora")}.items():
+                    "dora_a": dict(seed=1, method="dora"), "dora_b": dict(seed=2, method="dora"),
+                    "pissa_a": dict(seed=1, method="pissa"), "pissa_b": dict(seed=2, method="pissa"),
+                    "nara_a": dict(seed=1, method="nara"), "nara_b": dict(seed=1, method="nara", learning_rate=5e-2),
+                    "nara_c": dict(seed=2, method="nara")}.items():
         res = train_run(_cfg(tiny_model_dir, **kw), root)
         assert res.status == "completed"
         out[key] = res.run_dir
@@ -243,3 +246,21 @@ def test_connect_flow_after_a_sweep(prefect_harness, runs, tmp_path):
                            [out["connect_id"]]).fetchall()[0][0] == 6
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("method", ["pissa", "nara"])
+def test_pissa_and_nara_connect(runs, method):
+    res = connect.connect_runs(runs[f"{method}_a"], runs[f"{method}_b"], steps=1, n_points=3, eval_batches=3,
+                               device="cpu")
+    assert all(math.isfinite(x) for v in res.profiles.values() for x in v)
+    assert ("linear_product" in res.profiles) == (method == "pissa")
+    # PiSSA's residual base weight and NaRA's core are rebuilt/loaded: the endpoints are still the runs' own losses
+    ra, rb, _, held = _held(runs[f"{method}_a"], runs[f"{method}_b"])
+    own_a, own_b = connect.evaluate_run(ra, held, device="cpu"), connect.evaluate_run(rb, held, device="cpu")
+    for losses in res.profiles.values():
+        assert losses[0] == pytest.approx(own_a, rel=1e-5) and losses[-1] == pytest.approx(own_b, rel=1e-5)
+
+
+def test_nara_runs_with_other_fourier_projections_are_refused(runs):
+    with pytest.raises(connect.ConnectError, match="Fourier projection W differs"):
+        connect.connect_runs(runs["nara_a"], runs["nara_c"], steps=0, n_points=2, eval_batches=1, device="cpu")
