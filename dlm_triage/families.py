@@ -14,8 +14,8 @@ Facts per family come from /work/shared/FAMILIES.md (public model cards and mode
   real prediction, so `protected_positions` returns it and the trainer must never mask it (pass it as
   `protect=` to `objective.mask_tokens`) and may exclude it from monitors.
 - attention masks: batches are packed (no padding), so every family attends everywhere: None for most;
-  Dream must get None or a bool 4D [B,1,L,L]; LLaDA2 gets an explicit all-ones 4D mask, because its modeling
-  file turns None and 2D masks into a causal mask through transformers' causal-mask helpers.
+  Dream must get None or a bool 4D [B,1,L,L]; LLaDA2 gets None under sdpa and an explicit all-ones 4D mask
+  under eager, where its modeling file turns None and 2D masks causal (see `LLaDA2Adapter`).
 - `top1_source`: 'clean' (top-1 frequency read from an extra forward on the clean batch) for LLaDA-style, tiny,
   Dream and AR; 'masked' (read from the training logits at masked positions) for MDLM and generic MLMs, whose
   prediction on a clean token is the token itself.
@@ -29,6 +29,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from dlm_triage import remote_code
+from dlm_triage.remote_code import RemoteCodeError
 
 
 class FamilyError(ValueError):
@@ -44,6 +47,7 @@ class LoadedModel:
     model_id: str = ""
     dtype: torch.dtype = torch.float32
     device: torch.device = torch.device("cpu")
+    compat: tuple[str, ...] = ()  # remote-code shims applied at load (dlm_triage.remote_code.SHIMS)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -108,18 +112,41 @@ class FamilyAdapter:
     fixed_mask_token_id: int | None = None
     targets: tuple[str, ...] = ()
     shifted_logits: bool = False  # True: logit at i-1 predicts token i (Dream, AR)
+    forward_extras: dict[str, Any] = {}  # constant keyword arguments of every training forward
 
     # -- ids and targets ---------------------------------------------------------------------------
+    mask_token: str | None = None  # the published mask token's string, where the family has one
+
+    def _vocab_id(self, tokenizer: Any, token: str) -> int | None:
+        """The id the tokenizer gives `token` as one whole token, None when it does not know it."""
+        try:
+            tid = tokenizer.convert_tokens_to_ids(token)
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return None
+        unk = getattr(tokenizer, "unk_token_id", None)
+        return tid if isinstance(tid, int) and tid != unk else None
+
     def mask_token_id(self, tokenizer: Any) -> int:
         if self.fixed_mask_token_id is not None:
+            known = self._vocab_id(tokenizer, self.mask_token) if self.mask_token else None
+            if known is not None and known != self.fixed_mask_token_id:
+                raise FamilyError(
+                    f"family {self.name!r}: the tokenizer maps {self.mask_token!r} to {known}, but this family's "
+                    f"checkpoints were trained with mask id {self.fixed_mask_token_id}; the tokenizer belongs to "
+                    "another model: use the checkpoint's own tokenizer files, or set family accordingly")
             return self.fixed_mask_token_id
         tid = getattr(tokenizer, "mask_token_id", None)
-        if not isinstance(tid, int):
-            raise FamilyError(
-                f"family {self.name!r}: the tokenizer has no mask token; use a tokenizer with one "
-                "(tokenizer.mask_token) or the 'ar' family, which picks a fallback"
-            )
-        return tid
+        if isinstance(tid, int):
+            return tid
+        named = self._vocab_id(tokenizer, self.mask_token) if self.mask_token else None
+        if named is not None:
+            return named
+        raise FamilyError(
+            f"family {self.name!r}: the tokenizer has no mask token"
+            + (f" and does not know {self.mask_token!r}" if self.mask_token else "")
+            + "; use the checkpoint's own tokenizer files (tokenizer.json / tokenizer_config.json) or one with "
+            "a mask token (tokenizer.mask_token), or the 'ar' family, which picks a fallback"
+        )
 
     def attention_targets(self, model: nn.Module) -> tuple[str, ...]:
         return check_targets(model, self.targets, family=self.name)
@@ -144,7 +171,7 @@ class FamilyAdapter:
         return None
 
     def forward_kwargs(self, model: nn.Module, input_ids: torch.Tensor) -> dict[str, Any]:
-        kw: dict[str, Any] = {"input_ids": input_ids}
+        kw: dict[str, Any] = {"input_ids": input_ids, **self.forward_extras}
         mask = self.attention_mask(model, input_ids)
         if mask is not None:
             kw["attention_mask"] = mask
@@ -197,18 +224,24 @@ class FamilyAdapter:
             tokenizer = self.load_tokenizer(model_id)
             model = self.load_model(model_id, device, dtype)
         except OSError as e:
-            raise FamilyError(
-                f"family {self.name!r}: cannot load model_id={model_id!r} ({e}); give a local directory with the "
-                "checkpoint (config.json, weights, tokenizer, and its modeling code for trust_remote_code) "
-                "or make the hub reachable"
-            ) from e
+            raise self._load_error(model_id, e) from e
         mask_id = self.mask_token_id(tokenizer)
         self.check_mask_id(model, mask_id, model_id)
         return LoadedModel(model, tokenizer, mask_id, family=self.name, model_id=model_id, dtype=dtype,
                            device=device)
 
+    def _load_error(self, model_id: str, e: OSError) -> FamilyError:
+        return FamilyError(
+            f"family {self.name!r}: cannot load model_id={model_id!r} ({e}); give a local directory with the "
+            "checkpoint (config.json, weights, tokenizer, and its modeling code for trust_remote_code) "
+            "or make the hub reachable"
+        )
+
     def check_mask_id(self, model: nn.Module, mask_id: int, model_id: str) -> None:
-        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        try:
+            emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        except NotImplementedError:  # MDLM's embedding is a bare Parameter: fall back to config.vocab_size
+            emb = None
         n = getattr(emb, "num_embeddings", None) if emb is not None else None
         if n is None:
             n = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -240,7 +273,59 @@ class TinyAdapter(FamilyAdapter):
                            dtype=dtype, device=device)
 
 
-class LLaDAAdapter(FamilyAdapter):
+class RemoteCodeAdapter(FamilyAdapter):
+    """A checkpoint that ships its own modeling code: its files are checked, its class resolved and patched
+    through `dlm_triage.remote_code` (each shim named there, with the transformers line that needs it)."""
+
+    package_hints: dict[str, str] = {}  # fix for a module-level import of the published file that is missing
+
+    def load(self, cfg: Any, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
+        device = torch.device(device)
+        model_id = self.model_id(cfg)
+        try:
+            local = Path(model_id).expanduser()
+            if local.is_dir():  # before anything executes the checkpoint's code
+                files = remote_code.check_code_files(self.name, local, self.auto_class)
+                remote_code.check_packages(self.name, files, self.package_hints)
+            # The config class comes from this checkpoint's own auto_map: AutoConfig would take a class that
+            # another checkpoint's code registered for the same model_type in this process (LLaDA's
+            # configuration_llada.py registers 'llada', which is also LLaDA-MoE's model_type).
+            config, cls, applied = remote_code.load_class(self.name, model_id, self.auto_class)
+            tokenizer = self.load_tokenizer(model_id, config=config)
+            model = self._from_pretrained(cls, config, model_id, device, dtype, applied)
+        except RemoteCodeError as e:
+            raise FamilyError(str(e)) from e
+        except OSError as e:
+            raise self._load_error(model_id, e) from e
+        mask_id = self.mask_token_id(tokenizer)
+        self.check_mask_id(model, mask_id, model_id)
+        return LoadedModel(model, tokenizer, mask_id, family=self.name, model_id=model_id, dtype=dtype,
+                           device=device, compat=tuple(model._dlm_triage_compat_applied))
+
+    def load_tokenizer(self, model_id: str, config: Any = None) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model_id, trust_remote_code=True,
+                                             **({"config": config} if config is not None else {}))
+
+    def _from_pretrained(self, cls: type, config: Any, model_id: str, device: torch.device, dtype: torch.dtype,
+                         applied: list[str]) -> nn.Module:
+        kwargs: dict[str, Any] = {"dtype": dtype, "config": config}
+        spread = device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1
+        if spread:
+            kwargs["device_map"] = "auto"
+        with remote_code.process_state_guard():
+            model = cls.from_pretrained(model_id, **kwargs)
+        applied = applied + remote_code.after_load(self.name, model)
+        if self.forward_extras.get("use_cache") is False:
+            applied.append("use_cache_false")
+        if self.name == "llada":
+            applied.append("mem_efficient_sdp_restored")
+        model._dlm_triage_compat_applied = tuple(applied)
+        return model if spread else model.to(device)
+
+
+class LLaDAAdapter(RemoteCodeAdapter):
     """LLaDA-8B: AutoModel + trust_remote_code; mask 126336; targets q,k,v_proj + attn_out (not o_proj: LLaDA
     has none); the LM head is also named `ff_out`, so never target 'ff_out' by suffix. Logits unshifted."""
 
@@ -248,42 +333,52 @@ class LLaDAAdapter(FamilyAdapter):
     default_model_id = "GSAI-ML/LLaDA-8B-Instruct"
     auto_class = "AutoModel"
     fixed_mask_token_id = 126336
+    mask_token = "<|mdm_mask|>"  # not the tokenizer's mask_token (it has none); pad = eos = 126081
     targets = ("q_proj", "k_proj", "v_proj", "attn_out")
+    forward_extras = {"use_cache": False}
 
 
-class LLaDA2Adapter(FamilyAdapter):
-    """LLaDA2.0-mini (MoE): AutoModelForCausalLM + trust_remote_code; mask 156895; fused attention
+class LLaDA2Adapter(RemoteCodeAdapter):
+    """LLaDA2.0/2.1-mini (MoE): AutoModelForCausalLM + trust_remote_code; mask 156895; fused attention
     `attention.query_key_value` + `attention.dense`; router and experts stay frozen (not targeted).
 
-    Attention mask: an explicit all-ones 4D [B,1,L,L] in the model dtype. The modeling file sends every mask
-    through transformers' `_prepare_4d_causal_attention_mask*` helpers: under eager attention None and 2D masks
-    come back causal; a 4D mask is kept. Eager turns the 4D mask into (1 - mask) * min = 0 everywhere; sdpa
-    receives it as is, a constant +1 on every score, which softmax ignores. Either way: full attention. A bool
-    4D mask would fail under eager (1.0 - bool)."""
+    Attention mask: None under sdpa (the default), an explicit all-ones 4D [B,1,L,L] otherwise. Measured on the
+    published file (tiny checkpoint, transformers 4.57.6 and 5.23): under sdpa a None mask stays None (sdpa
+    runs with is_causal=False, bidirectional) and gives the same logits as the all-ones 4D mask, while a tensor
+    mask would keep sdpa off its flash kernel; under eager, None and 2D masks go through
+    `_prepare_4d_causal_attention_mask` and come back causal, so the 4D mask (kept as is; eager adds
+    (1 - mask) * min = 0) is needed there. A bool 4D mask would fail under eager (1.0 - bool)."""
 
     name = "llada2"
     default_model_id = "inclusionAI/LLaDA2.0-mini"
     auto_class = "AutoModelForCausalLM"
     fixed_mask_token_id = 156895
+    mask_token = "<|mask|>"
     targets = ("attention.query_key_value", "attention.dense")
+    forward_extras = {"use_cache": False}
 
-    def attention_mask(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    def attention_mask(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:
+        if getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa":
+            return None
         b, length = input_ids.shape
         dtype = next(model.parameters()).dtype
         return torch.ones(b, 1, length, length, dtype=dtype, device=input_ids.device)
 
 
-class LLaDAMoEAdapter(FamilyAdapter):
-    """LLaDA-MoE-7B-A1B: AutoModel + trust_remote_code; mask id from the tokenizer; q,k,v,o_proj. The router
+class LLaDAMoEAdapter(RemoteCodeAdapter):
+    """LLaDA-MoE-7B-A1B: AutoModel + trust_remote_code; mask id: the tokenizer's mask token, else the id it
+    gives '<|mask|>' (156895 in the published tokenizer); q,k,v,o_proj. The router
     `gate` is an nn.Linear, so 'all-linear' would wrap it: targets are always explicit."""
 
     name = "llada_moe"
     default_model_id = "inclusionAI/LLaDA-MoE-7B-A1B-Instruct"
     auto_class = "AutoModel"
+    mask_token = "<|mask|>"  # 156895 in the published tokenizer, which may not declare it as its mask_token
     targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    forward_extras = {"use_cache": False}
 
 
-class DreamAdapter(FamilyAdapter):
+class DreamAdapter(RemoteCodeAdapter):
     """Dream-7B: AutoModel + trust_remote_code; mask 151666; q,k,v,o_proj; attention mask None (a 2D long mask
     raises inside the model); logits right-shifted (realigned here, position 0 protected)."""
 
@@ -291,8 +386,10 @@ class DreamAdapter(FamilyAdapter):
     default_model_id = "Dream-org/Dream-v0-Base-7B"
     auto_class = "AutoModel"
     fixed_mask_token_id = 151666
+    mask_token = "<|mask|>"
     targets = ("q_proj", "k_proj", "v_proj", "o_proj")
     shifted_logits = True
+    forward_extras = {"use_cache": False}
 
     @staticmethod
     def bool_attention_mask(padding_mask: torch.Tensor) -> torch.Tensor:
@@ -301,7 +398,7 @@ class DreamAdapter(FamilyAdapter):
         return keep[:, None, None, :] & keep[:, None, :, None]
 
 
-class MDLMAdapter(FamilyAdapter):
+class MDLMAdapter(RemoteCodeAdapter):
     """MDLM-OWT: AutoModelForMaskedLM + trust_remote_code; forward(input_ids, timesteps); mask 50257; fused
     attn_qkv + attn_out; raw logits (the SUBS parameterisation is not applied: the CE is ours).
 
@@ -329,13 +426,13 @@ class MDLMAdapter(FamilyAdapter):
                               f"{tuple(input_ids.shape)}; expected [B, L, V]: check model_id")
         return logits
 
-    def load_tokenizer(self, model_id: str) -> Any:
+    def load_tokenizer(self, model_id: str, config: Any = None) -> Any:
         # The MDLM checkpoint reuses GPT-2's tokenizer (mask id 50257 = its vocab size); a local directory may
         # hold its own tokenizer files.
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)
+            return super().load_tokenizer(model_id, config=config)
         except (OSError, ValueError):
             return AutoTokenizer.from_pretrained("gpt2")
 

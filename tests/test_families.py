@@ -118,7 +118,7 @@ def test_dream_attention_mask_must_be_bool_4d(loaded):
     keep[0, -3:] = 0  # padding at the end of row 0: padded keys are not attended
     m = adapter.bool_attention_mask(keep)
     assert not m[0, 0, 0, -1] and m[0, 0, 0, 0] and m[1].all()
-    assert adapter.forward_kwargs(lm.model, ids).keys() == {"input_ids"}
+    assert adapter.forward_kwargs(lm.model, ids) == {"input_ids": ids, "use_cache": False}
 
 
 def test_mdlm_needs_timesteps_and_the_adapter_passes_them(loaded):

@@ -1,0 +1,175 @@
+"""The remote-code families on their *published* modeling files (read from $DLM_TRIAGE_REMOTE_CODE/<family>/,
+never stored here): tiny random-init checkpoints load through each adapter's real load() path
+(from_pretrained(dir, trust_remote_code=True)), compute what their weights define, and train a LoRA run end to
+end through train_run. Run under both supported transformers lines (4.57.x and 5.x); skipped, with the reason,
+when the files are not there. `pytest -m remote_code` runs only these.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dlm_triage import remote_code
+from dlm_triage.config import RunConfig
+from dlm_triage.families import FamilyError, get_family
+from remote_families import CODE_FILES, build_checkpoint, reference_model, remote_code_dir, skip_reason
+
+pytestmark = pytest.mark.remote_code
+CPU = torch.device("cpu")
+FAMILIES = ("llada", "dream", "llada2", "llada_moe", "mdlm")
+MASK_ID = {"llada": 126336, "dream": 151666, "llada2": 156895, "llada_moe": 156895, "mdlm": 50257}
+
+
+def _need(family):
+    if remote_code_dir(family) is None:
+        pytest.skip(skip_reason(family))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    built = {}
+
+    def get(family):
+        _need(family)
+        if family not in built:
+            built[family] = build_checkpoint(family, tmp_path_factory.mktemp(f"rc-{family}"))
+        return built[family]
+
+    return get
+
+
+def _load(family, path):
+    return get_family(family).load(RunConfig(family=family, model_id=str(path)), CPU, torch.float32)
+
+
+def _ids(b=2, length=12, seed=0):
+    return torch.randint(1, 40, (b, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _expected_shims(family):
+    line = "5" if remote_code.TRANSFORMERS_5 else "4"
+    return {name for name, (fams, needs, _) in remote_code.SHIMS.items()
+            if family in fams and (needs == "all" or needs == ">=5" and line == "5")}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loads_the_published_class_through_the_adapter(ckpt, family):
+    path = ckpt(family)
+    lm = _load(family, path)
+    assert type(lm.model).__module__.startswith("transformers_modules.")  # the checkpoint's own code file
+    src = remote_code_dir(family)
+    assert (path / CODE_FILES[family][0]).read_bytes() == (src / CODE_FILES[family][0]).read_bytes()
+    assert lm.mask_token_id == MASK_ID[family]
+    assert set(lm.compat) == _expected_shims(family)
+    cfg = json.loads((path / "config.json").read_text())
+    assert lm.model.config.vocab_size == cfg["vocab_size"] or cfg.get("embedding_size") == lm.model.config.vocab_size
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loaded_checkpoint_computes_what_its_weights_define(ckpt, family):
+    path = ckpt(family)
+    lm = _load(family, path)
+    ref = reference_model(family, path)
+    model = lm.model.eval()
+    # non-persistent buffers (rotary inv_freq) equal both the reference construction and the closed form
+    saved = set(model.state_dict())
+    ref_buffers = dict(ref.named_buffers())
+    for name, buf in model.named_buffers():
+        if name not in saved:
+            assert torch.equal(buf, ref_buffers[name]), name
+    for name, m in remote_code.rotary_modules(model):
+        c = m.config
+        head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        dim = int(head * (getattr(c, "partial_rotary_factor", None) or 1.0))
+        theta = getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"]
+        formula = 1.0 / (float(theta) ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        torch.testing.assert_close(m.inv_freq.double(), formula, rtol=1e-6, atol=0), name
+    adapter = get_family(family)
+    with torch.no_grad():
+        got, want = adapter.logits(model, _ids()), adapter.logits(ref, _ids())
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attention_is_bidirectional_through_the_adapter(ckpt, family):
+    lm, adapter = _load(family, ckpt(family)), get_family(family)
+    ids = _ids()
+    other = ids.clone()
+    other[:, -1] = (other[:, -1] + 1) % 30 + 5
+    with torch.no_grad():
+        a, b = adapter.logits(lm.model.eval(), ids), adapter.logits(lm.model, other)
+    assert not torch.allclose(a[:, 1], b[:, 1])  # an early position sees the last token
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attention_targets_exist_in_the_published_class(ckpt, family):
+    lm, adapter = _load(family, ckpt(family)), get_family(family)
+    assert adapter.attention_targets(lm.model) == adapter.targets
+    with pytest.raises(FamilyError, match="match no linear module"):
+        from dlm_triage.families import check_targets
+
+        check_targets(lm.model, ("o_proj_that_does_not_exist",), family=family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_trains_end_to_end_through_train_run(ckpt, family, tmp_path):
+    from dlm_triage.runlog import read_run
+    from dlm_triage.train import train_run
+
+    cfg = RunConfig(family=family, model_id=str(ckpt(family)), steps=3, batch_size=2, seq_len=16, rank=4,
+                    device="cpu", dtype="float32", save_adapter=True, learning_rate=1e-3)
+    res = train_run(cfg, tmp_path)
+    assert res.status == "completed", res
+    rec = read_run(res.run_dir)
+    steps = rec.steps
+    assert steps.height == 4
+    for col in ("loss", "grad_norm", "max_grad_norm"):
+        assert np.isfinite(steps[col].to_numpy()).all(), col
+    assert (steps["grad_norm"].to_numpy() > 0).all()
+    assert rec.manifest["config"]["family"] == family and rec.manifest["status"] == "completed"
+    assert math.isfinite(rec.manifest["final_loss"])
+    assert (res.run_dir / "adapter").is_dir()
+
+
+def test_llada_constructor_no_longer_switches_sdpa_kernels_for_the_process(ckpt):
+    path = ckpt("llada")
+    cuda = torch.backends.cuda
+    before = cuda.mem_efficient_sdp_enabled()
+    try:
+        cuda.enable_mem_efficient_sdp(True)
+        config, cls, _ = remote_code.load_class("llada", path, "AutoModel")
+        cls(config)  # the published constructor, unguarded: it turns the kernel off process-wide
+        assert not cuda.mem_efficient_sdp_enabled()
+        cuda.enable_mem_efficient_sdp(True)
+        _load("llada", path)  # through the adapter: restored
+        assert cuda.mem_efficient_sdp_enabled()
+    finally:
+        cuda.enable_mem_efficient_sdp(before)
+
+
+def test_llada2_none_mask_under_sdpa_equals_the_explicit_full_mask(ckpt):
+    lm, adapter = _load("llada2", ckpt("llada2")), get_family("llada2")
+    model = lm.model.eval()
+    ids = _ids()
+    assert model.config._attn_implementation == "sdpa"
+    assert adapter.attention_mask(model, ids) is None  # keeps sdpa free to pick its flash kernel
+    with torch.no_grad():
+        none = model(input_ids=ids, use_cache=False).logits
+        full = model(input_ids=ids, use_cache=False, attention_mask=torch.ones(2, 1, 12, 12)).logits
+    torch.testing.assert_close(none, full, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_code_file_fails_before_training_naming_file_and_fix(ckpt, tmp_path):
+    import shutil
+
+    bad = tmp_path / "llada-no-config-code"
+    shutil.copytree(ckpt("llada"), bad)
+    (bad / "configuration_llada.py").unlink()
+    with pytest.raises(FamilyError, match=r"family 'llada'.*lacks configuration_llada\.py.*copy the checkpoint"):
+        _load("llada", bad)
