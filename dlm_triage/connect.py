@@ -450,7 +450,7 @@ def connect_runs(run_a: str | Path, run_b: str | Path, *, runs_dir: Path | str |
     def prefixed(theta: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"model." + n: t.to(params[n].dtype) for n, t in theta.items()}
 
-    ts = tuple(float(t) for t in torch.linspace(0, 1, n_points).tolist())
+    ts = tuple(i / (n_points - 1) for i in range(n_points))  # exact 0 and 1, and tidy values in DuckDB
     profiles: dict[str, tuple[float, ...]] = {}
     if method in PRODUCT_METHODS:
         profiles[PATH_PRODUCT] = tuple(heldout_loss(call, prefixed(product_point(theta_a, theta_b, t)), a.cfg, held)

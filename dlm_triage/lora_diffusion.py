@@ -64,7 +64,8 @@ class RankSchedule:
         return next(f for u, f in self.pieces if lam <= u)  # the last bound is 1: every lambda in [0, 1] has one
 
     def active_rank(self, lam: float) -> int:
-        return max(1, min(self.rank, math.ceil(self.fraction(lam) * self.rank - 1e-9)))  # 1e-9: 0.5*4 stays 2
+        # - 1e-9: a product that is an integer up to rounding (0.3 * 10 = 3.0000000000000004) stays that integer
+        return max(1, min(self.rank, math.ceil(self.fraction(lam) * self.rank - 1e-9)))
 
 
 class _NoiseState:

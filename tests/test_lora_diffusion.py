@@ -219,3 +219,7 @@ def test_lora_diffusion_is_a_method_choice_of_the_ui_form():
     enum = items.get("enum") or schema["$defs"][items["$ref"].rsplit("/", 1)[-1]]["enum"]
     assert "lora_diffusion" in enum and "nara" in enum
     assert SweepParams(methods=["lora", "lora_diffusion"]).to_spec().methods == ("lora", "lora_diffusion")
+
+
+def test_a_fraction_times_rank_that_rounds_above_an_integer_stays_that_integer():
+    assert 0.3 * 10 > 3 and ld.RankSchedule("0.5:0.3,1:1", 10).active_rank(0.1) == 3
