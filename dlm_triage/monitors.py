@@ -19,7 +19,15 @@ import torch
 from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
 
 LAST_FRACTION = 0.1
-"""The 'last 10% of the run' used by the collapse definition and by the gradient-mass Gini/top-share."""
+"""The 'last 10% of the run' used by the collapse definition and by our gradient-mass Gini/top-share."""
+CONCENTRATION_LAST_STEPS = 10
+"""The paper's gradient-concentration window (App. D): "last 10 steps"."""
+CONCENTRATION_DEFINITIONS = {
+    "paper_last10_steps": "per-step Gini and top-matrix share of the per-LoRA-matrix gradient L2 norms, averaged "
+                          "over the last 10 logged steps (paper App. D; averaged over seeds downstream)",
+    "mass_last10pct": "Gini and top-matrix share of the per-matrix gradient mass (sum over steps of squared "
+                      "norms) over the last 10% of logged steps (dlm-triage's own summary)",
+}
 
 
 # -- gradient norms ------------------------------------------------------------------------------------
@@ -169,6 +177,35 @@ def top_share(x: Sequence[float] | np.ndarray) -> float:
         raise ValueError("top_share: values must be finite and non-negative")
     total = a.sum() if a.size else 0.0
     return float(a.max() / total) if total > 0 else float("nan")
+
+
+def gradient_concentration(matrix_norms: Sequence[Sequence[float]] | np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Concentration of the per-LoRA-matrix gradient norms of one run ([n_steps, n_matrices], steps in order),
+    under both named definitions of CONCENTRATION_DEFINITIONS. Rows with a non-finite norm (a diverged step) are
+    left out; each value is None when no row is left or the mass is zero.
+
+    'paper_last10_steps' = mean over the last CONCENTRATION_LAST_STEPS finite rows of gini(row), top_share(row);
+    'mass_last10pct' = gini, top_share of sum(row**2) over the last LAST_FRACTION of the logged rows.
+    """
+    mat = np.asarray(matrix_norms, dtype=np.float64)
+    if mat.ndim != 2:
+        raise ValueError(f"gradient_concentration: expected [n_steps, n_matrices], got shape {mat.shape}")
+    out: dict[str, dict[str, float | None]] = {}
+    finite = mat[np.all(np.isfinite(mat), axis=1)] if mat.size else mat
+    last = finite[-CONCENTRATION_LAST_STEPS:] if mat.shape[1] else finite[:0]
+    last = last[last.sum(axis=1) > 0] if last.size else last
+    out["paper_last10_steps"] = {
+        "gini": float(np.mean([gini(r) for r in last])) if len(last) else None,
+        "top_share": float(np.mean([top_share(r) for r in last])) if len(last) else None,
+        "n_steps": int(len(last)),
+    }
+    window = mat[last_fraction_start(mat.shape[0]):]
+    window = window[np.all(np.isfinite(window), axis=1)]
+    mass = (window**2).sum(axis=0) if window.size else np.zeros(0)
+    ok = mass.size and mass.sum() > 0
+    out["mass_last10pct"] = {"gini": gini(mass) if ok else None, "top_share": top_share(mass) if ok else None,
+                             "n_steps": int(window.shape[0])}
+    return out
 
 
 def finite_or_diverged(loss: float, grad_norm: float) -> str | None:

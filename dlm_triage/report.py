@@ -397,6 +397,22 @@ def definitions(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+CONCENTRATION_HEADERS = ("group", "definition", "runs", "Gini mean (sd)", "top-matrix share mean (sd)", "rule")
+
+
+def concentration_rows(result: Mapping[str, Any]) -> list[list[Any]]:
+    """One row per group and logged concentration definition (calibrate.CONCENTRATION_DEFINITIONS), named."""
+    rows = []
+    for name, g in (result.get("groups") or {}).items():
+        for key, c in (g.get("concentration") or {}).items():
+            if not isinstance(c, Mapping) or not c.get("logged"):
+                continue
+            gi, ts = c.get("gini") or {}, c.get("top1_share") or {}
+            rows.append([name, key, gi.get("n"), f"{_fmt(_num(gi, 'mean'))} ({_fmt(_num(gi, 'sd'))})",
+                         f"{_fmt(_num(ts, 'mean'))} ({_fmt(_num(ts, 'sd'))})", c.get("definition") or ""])
+    return rows
+
+
 def threshold_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per group for a Prefect table artifact (plain JSON types; None where undefined)."""
     rows = []
@@ -1157,6 +1173,7 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                   _ci(_num(g, "maxgrad", "ratio_ci_low"), _num(g, "maxgrad", "ratio_ci_high")),
                   _num(g, "maxgrad", "mw_p_bonferroni"), (g.get("maxgrad") or {}).get("bonferroni_m")]
                  for n, g in result.get("groups", {}).items()]
+    conc_rows = concentration_rows(result)
     group_headers = ("group", "n", "stable", "unstable", "unstable if final loss >=", "top-1 fire rate",
                      "collapse rate", "top-1 precision (unstable)", "max-grad median stable",
                      "median unstable", "ratio", "ratio CI", "MW p_Bonf", "Bonferroni m")
@@ -1177,6 +1194,8 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     h.append("<section id='thresholds'><h2>Per-group max-grad thresholds</h2>"
              + _html_table(THRESHOLD_HEADERS, _threshold_rows(result)) + "<h3>Group statistics</h3>"
              + _html_table(group_headers, per_group)
+             + ("<h3>Gradient concentration</h3>" + _html_table(CONCENTRATION_HEADERS, conc_rows)
+                if conc_rows else "")
              + (f"<p class='meta'>Legacy fire-step across groups: Kruskal-Wallis H = {_fmt(_num(kw, 'H'))}, "
                 f"p = {_fmt(_num(kw, 'p'))}.</p>" if kw else "") + "</section>")
     outcome = _queue_outcomes(queue)
@@ -1219,6 +1238,8 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
            "## Definitions used", "", _md_table(("definition", "rule"), definitions(result)), "",
            "## Per-group max-grad thresholds", "", _md_table(THRESHOLD_HEADERS, _threshold_rows(result)), "",
            "### Group statistics", "", _md_table(group_headers, per_group), "",
+           *(["### Gradient concentration", "", _md_table(CONCENTRATION_HEADERS, conc_rows), ""] if conc_rows
+             else []),
            f"## Runs routed to inspection ({queue.height})", "", *[f"- {o}" for o in outcome], "",
            _md_table(QUEUE_HEADERS, _queue_rows(queue)) if queue.height else "No run is at or above its "
            "group's threshold.", "", "## Figures", ""]

@@ -55,9 +55,14 @@ MANIFEST_KEYS = (
     "collapsed", "collapse_definition",
     "diverged_at_step",
     "routed_for_inspection", "routing",
-    "matrix_names", "grad_gini", "grad_top1_share",
+    "matrix_names", "grad_gini", "grad_top1_share",  # the paper's concentration (monitors.gradient_concentration)
     "steplog", "steplog_sha256", "adapter_path", "monitor_overhead",
 )
+
+OPTIONAL_MANIFEST_KEYS = ("grad_concentration",)
+"""Written by the trainer, not required of a manifest (older run directories lack them).
+grad_concentration: {definition name: {gini, top_share, n_steps, definition}} for both definitions of
+monitors.CONCENTRATION_DEFINITIONS; grad_gini/grad_top1_share are its 'paper_last10_steps' values."""
 
 # The legacy top-1 detector (paper 4.1, 4.5, Limitations): "The legacy detector samples at step 11 and fires in
 # every configuration because the threshold (0.5) is below the corpus-wide initialization distribution". It

@@ -394,9 +394,7 @@ def build_manifest(cfg: RunConfig, r: _Run, steps: pl.DataFrame, status: str, re
     finite_grad = grad[np.isfinite(grad)]
     detected, fire_step = monitors.legacy_warning(top1)
     mat = np.array(steps["matrix_grad_norms"].to_list(), dtype=np.float64).reshape(steps.height, len(r.matrices))
-    window = mat[monitors.last_fraction_start(steps.height):]
-    window = window[np.all(np.isfinite(window), axis=1)]
-    mass = (window**2).sum(axis=0)  # per-matrix gradient mass over the last 10% of the logged steps
+    conc = monitors.gradient_concentration(mat)  # the paper's (grad_gini, grad_top1_share) and ours, named
     prov = provenance.collect(str(r.device))
     step_ms, mon_ms = steps["step_time_ms"].to_numpy(), steps["monitor_time_ms"].to_numpy()
     top1_ms = steps["top1_forward_ms"].to_numpy()
@@ -420,8 +418,10 @@ def build_manifest(cfg: RunConfig, r: _Run, steps: pl.DataFrame, status: str, re
         "diverged_at_step": int(steps.height - 1) if status == "diverged" else None,
         "routed_for_inspection": routing is not None, "routing": routing,
         "matrix_names": [name for name, _ in r.matrices],
-        "grad_gini": monitors.gini(mass) if mass.size else None,
-        "grad_top1_share": monitors.top_share(mass) if mass.size else None,
+        "grad_gini": conc["paper_last10_steps"]["gini"],
+        "grad_top1_share": conc["paper_last10_steps"]["top_share"],
+        "grad_concentration": {name: {**v, "definition": monitors.CONCENTRATION_DEFINITIONS[name]}
+                               for name, v in conc.items()},
         "adapter_path": str(adapter_path) if adapter_path is not None else None,
         "monitor_overhead": {
             "monitor_ms_mean": float(mon_ms.mean()),

@@ -425,3 +425,15 @@ def test_rank_amplification_within_one_model_one_lr_one_mask_ratio():
     assert got[("B", 1e-4, 0.95)]["ratio"] == pytest.approx(1.0)
     assert got[("A", 1e-3, 0.95)]["ratio"] == pytest.approx(1.0)
     assert all(e["rank_low"] == 4 and e["rank_high"] == 64 and e["n_low"] == e["n_high"] == 3 for e in ra)
+
+
+def test_concentration_names_each_definition_and_averages_over_seeds(corpus, fast):
+    conc = fast["groups"]["llada"]["concentration"]
+    assert conc["matrix"]["logged"] and "last 10 steps" in conc["matrix"]["definition"]
+    assert conc["matrix_mass_last10pct"]["logged"] is False  # synthetic runs have no manifest: ours is absent
+    runs = corpus.runs.filter(pl.col("family") == "llada")
+    cell = conc["matrix"]["cells"][0]
+    sel = runs.filter(*[pl.col(c) == cell[c] for c in ("model_id", "method", "rank", "mask_ratio", "learning_rate")])
+    assert cell["n_seeds"] == sel.height >= 2
+    assert cell["gini_mean"] == pytest.approx(sel["grad_gini"].mean())
+    assert cell["gini_sd"] == pytest.approx(np.std(sel["grad_gini"].to_numpy(), ddof=1))

@@ -19,7 +19,7 @@ from dlm_triage.families import get_family
 from dlm_triage.families_diffusion_gemma import NO_MASK_TOKEN
 from dlm_triage.peft_methods import adapter_matrices, apply_adapter
 from dlm_triage.runlog import read_run
-from dlm_triage.schema import MANIFEST_KEYS
+from dlm_triage.schema import MANIFEST_KEYS, OPTIONAL_MANIFEST_KEYS
 from dlm_triage.tiny_diffusion_gemma import CANVAS_LENGTH, save_tiny_diffusion_gemma
 from dlm_triage.train import train_run
 
@@ -247,7 +247,7 @@ def test_lora_run_trains_end_to_end_through_train_run(dg_dir, tmp_path):
     assert res.status == "completed"
     rec = read_run(res.run_dir)
     steps, man = rec.steps, rec.manifest
-    assert set(man) == set(MANIFEST_KEYS) and man["top1_source"] == "canvas" and man["config"]["family"] == "diffusion_gemma"
+    assert set(man) == set(MANIFEST_KEYS) | set(OPTIONAL_MANIFEST_KEYS) and man["top1_source"] == "canvas" and man["config"]["family"] == "diffusion_gemma"
     assert steps.height == 5 and np.isfinite(steps["loss"].to_numpy()).all()
     assert np.isfinite(steps["grad_norm"].to_numpy()).all() and (steps["grad_norm"].to_numpy() > 0).all()
     top1 = steps["top1_freq"].to_numpy()

@@ -159,3 +159,35 @@ def test_finite_or_diverged():
     assert m.finite_or_diverged(1.0, 2.0) is None
     assert m.finite_or_diverged(float("nan"), 2.0) == "loss=nan"
     assert m.finite_or_diverged(1.0, float("inf")) == "grad_norm=inf"
+
+
+def _gini_pairs(x):
+    """Gini from its definition, sum_ij |x_i - x_j| / (2 n^2 mean), independent of monitors.gini."""
+    x = np.asarray(x, float)
+    return np.abs(x[:, None] - x[None, :]).sum() / (2 * x.size**2 * x.mean())
+
+
+def test_gradient_concentration_paper_and_ours_by_hand():
+    # 2 early rows (outside both windows), then 10 rows alternating one-hot / uniform over 4 matrices
+    early = [[100.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 100.0]]
+    late = [[1.0, 0.0, 0.0, 0.0] if i % 2 == 0 else [1.0, 1.0, 1.0, 1.0] for i in range(10)]
+    c = m.gradient_concentration(early + late)
+    paper = c["paper_last10_steps"]
+    # per-step Gini: one-hot among 4 -> 3/4, uniform -> 0; top share 1 and 1/4; averaged over the 10 steps
+    assert paper["gini"] == pytest.approx((0.75 + 0.0) / 2) and paper["top_share"] == pytest.approx(0.625)
+    assert paper["n_steps"] == 10
+    # ours: mass = sum of squared norms over the last ceil(0.1 * 12) = 2 rows: [1,0,0,0] + [1,1,1,1] = [2,1,1,1]
+    ours = c["mass_last10pct"]
+    assert ours["n_steps"] == 2
+    assert ours["gini"] == pytest.approx(_gini_pairs([2, 1, 1, 1])) and ours["top_share"] == pytest.approx(2 / 5)
+    # a diverged (non-finite) last row is left out of the paper's window: the 10 finite rows before it count
+    c2 = m.gradient_concentration(early + late + [[float("nan")] * 4])
+    assert c2["paper_last10_steps"]["gini"] == pytest.approx(paper["gini"])
+    assert c2["paper_last10_steps"]["n_steps"] == 10
+    rng = np.random.default_rng(0)
+    mat = rng.lognormal(size=(30, 8))
+    got = m.gradient_concentration(mat)["paper_last10_steps"]["gini"]
+    assert got == pytest.approx(np.mean([_gini_pairs(r) for r in mat[-10:]]))
+    assert set(m.CONCENTRATION_DEFINITIONS) == {"paper_last10_steps", "mass_last10pct"}
+    none = m.gradient_concentration(np.zeros((0, 4)))
+    assert none["paper_last10_steps"]["gini"] is None and none["mass_last10pct"]["gini"] is None

@@ -112,6 +112,7 @@ def test_files_sections_and_figures(full_report):
     # the definitions the numbers rest on are stated: label rule, its percentile interpolation, Bonferroni m
     assert "## Definitions used" in md and "Hyndman-Fan type 7" in text and "final_loss &lt;= P50" in text
     assert "Bonferroni m" in md and "groups tested" in md and "step &gt;= 11" in text
+    assert "### Gradient concentration" in md and "| llada | matrix |" in md and "last 10 steps" in md
 
 
 def test_self_contained_no_external_urls(full_report):

@@ -13,7 +13,7 @@ import torch
 from dlm_triage import runlog, train
 from dlm_triage.config import RunConfig
 from dlm_triage.runlog import read_run
-from dlm_triage.schema import MANIFEST_FILENAME, MANIFEST_KEYS, STEP_COLUMNS, STEPLOG_FILENAME
+from dlm_triage.schema import MANIFEST_FILENAME, MANIFEST_KEYS, OPTIONAL_MANIFEST_KEYS, STEP_COLUMNS, STEPLOG_FILENAME
 from dlm_triage.train import train_run
 
 TIMING = ("step_time_ms", "monitor_time_ms", "top1_forward_ms")
@@ -43,7 +43,7 @@ def test_200_step_run_is_fast_and_complete(tiny_model_dir, tmp_path):
     rec = read_run(run_dir)
     steps, man = rec.steps, rec.manifest
     assert list(steps.columns) == list(STEP_COLUMNS) and steps.height == 201
-    assert set(man) == set(MANIFEST_KEYS)
+    assert set(man) == set(MANIFEST_KEYS) | set(OPTIONAL_MANIFEST_KEYS)
     assert man["config_hash"] == cfg.config_hash and man["config"] == cfg.to_dict()
     assert man["final_loss"] == pytest.approx(steps["loss"][-1]) == pytest.approx(res.final_loss)
     assert man["max_grad_norm"] == pytest.approx(steps["grad_norm"].max()) == pytest.approx(res.max_grad_norm)
@@ -69,6 +69,14 @@ def test_200_step_run_is_fast_and_complete(tiny_model_dir, tmp_path):
     ov = man["monitor_overhead"]
     assert 0 < ov["ratio"] < 0.5 and ov["top1_forward_ms_mean"] > 0
     assert 0 <= man["grad_gini"] <= 1 and 0 < man["grad_top1_share"] <= 1
+    # grad_gini is the paper's: per-step Gini of the per-matrix norms, averaged over the last 10 steps
+    from dlm_triage import monitors
+
+    last10 = np.array(steps["matrix_grad_norms"].to_list())[-10:]
+    assert man["grad_gini"] == pytest.approx(np.mean([monitors.gini(r) for r in last10]))
+    conc = man["grad_concentration"]
+    assert conc["paper_last10_steps"]["gini"] == man["grad_gini"] and conc["paper_last10_steps"]["n_steps"] == 10
+    assert set(conc) == set(monitors.CONCENTRATION_DEFINITIONS) and conc["mass_last10pct"]["definition"]
     assert man["collapsed"] is False and man["diverged_at_step"] is None and man["status_reason"] is None
     assert isinstance(man["top1_warning_detected"], bool)
     assert man["code_version"] and man["packages"]["torch"] == torch.__version__
