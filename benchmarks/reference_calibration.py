@@ -123,7 +123,8 @@ def reference_calibrate(inputs: CalibrationInputs, *, group_by: str = "family", 
     keys = runs.get_column(col).cast(pl.Utf8).fill_null("<null>").to_list()
     names = sorted(set(keys))
     row_of = {r: i for i, r in enumerate(traj.run_ids)} if traj is not None else {}
-    horizon = traj.loss.shape[1] - 1 if traj is not None else -1
+    horizon = traj.n_steps - 1 if traj is not None else -1
+    dense_loss, dense_grad, dense_top1 = traj.dense() if traj is not None else (None, None, None)
     ks_used = [k for k in ks if k <= horizon]
     groups, keep = {}, {}
     for name in names:
@@ -180,11 +181,11 @@ def reference_calibrate(inputs: CalibrationInputs, *, group_by: str = "family", 
             rows = [row_of.get(r, -1) for r in sub.get_column("run_id").to_list()]
             _, perm = stats.draw_splits(group_rng(seed, name, "stepk"), n, stepk_resamples, resample=False)
             for k in ks_used:
-                vals = {"max_grad": np.array([np.nanmax(traj.grad_norm[i, :k + 1]) if i >= 0 and
-                                              np.isfinite(traj.grad_norm[i, :k + 1]).any() else math.nan for i in rows]),
-                        "loss": np.array([traj.loss[i, k] if i >= 0 else math.nan for i in rows]),
-                        "max_top1": np.array([np.nanmax(traj.top1[i, :k + 1]) if i >= 0 and
-                                              np.isfinite(traj.top1[i, :k + 1]).any() else math.nan for i in rows])}
+                vals = {"max_grad": np.array([np.nanmax(dense_grad[i, :k + 1]) if i >= 0 and
+                                              np.isfinite(dense_grad[i, :k + 1]).any() else math.nan for i in rows]),
+                        "loss": np.array([dense_loss[i, k] if i >= 0 else math.nan for i in rows]),
+                        "max_top1": np.array([np.nanmax(dense_top1[i, :k + 1]) if i >= 0 and
+                                              np.isfinite(dense_top1[i, :k + 1]).any() else math.nan for i in rows])}
                 blk = {}
                 for p, v in vals.items():
                     reps_k = []

@@ -87,31 +87,76 @@ _PARTS = {"heldout": 0, "split_bootstrap": 1, "stepk": 2, "maxgrad_ratio": 3, "r
 # ------------------------------------------------------------------------------------------- inputs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Trajectories:
-    """Per-step monitors, rows aligned with `run_ids`, column j = step j; NaN where a run logged no such step."""
+    """Per-step monitors of runs, stored long: one entry per logged step, so memory follows the rows stored,
+    not runs x (largest step + 1) (one run logging W&B-sized steps such as 2,500,000 costs three entries).
+
+    Run i's entries are `step[offsets[i]:offsets[i + 1]]` (strictly increasing) with `loss`, `grad_norm` and
+    `top1` alongside; NaN is a value that was not measured. Construct from dense [n_runs, n_steps] arrays
+    (column j = step j; `Trajectories(run_ids, loss, grad_norm, top1)`) or from the long form (`from_long`).
+    """
 
     run_ids: list[str]
+    offsets: np.ndarray
+    step: np.ndarray
     loss: np.ndarray
     grad_norm: np.ndarray
     top1: np.ndarray
 
-    def __post_init__(self) -> None:
-        n = len(self.run_ids)
-        for name in ("loss", "grad_norm", "top1"):
-            a = getattr(self, name)
+    def __init__(self, run_ids, loss, grad_norm, top1):
+        n = len(run_ids)
+        for name, a in (("loss", loss), ("grad_norm", grad_norm), ("top1", top1)):
             if not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[0] != n:
                 raise ValueError(f"Trajectories.{name} must be a 2-D array with one row per run id ({n}), "
                                  f"got {getattr(a, 'shape', type(a))}")
-        if not (self.loss.shape == self.grad_norm.shape == self.top1.shape):
+        if not (loss.shape == grad_norm.shape == top1.shape):
             raise ValueError("Trajectories.loss, grad_norm and top1 must have the same shape, got "
-                             f"{self.loss.shape}, {self.grad_norm.shape}, {self.top1.shape}")
-        if len(set(self.run_ids)) != n:
+                             f"{loss.shape}, {grad_norm.shape}, {top1.shape}")
+        width = loss.shape[1]
+        self._set(list(run_ids), np.arange(n + 1, dtype=np.int64) * width, np.tile(np.arange(width), n),
+                  loss.reshape(-1), grad_norm.reshape(-1), top1.reshape(-1))
+
+    @classmethod
+    def from_long(cls, run_ids: Sequence[str], offsets: np.ndarray, step: np.ndarray, loss: np.ndarray,
+                  grad_norm: np.ndarray, top1: np.ndarray) -> "Trajectories":
+        self = cls.__new__(cls)
+        self._set(list(run_ids), offsets, step, loss, grad_norm, top1)
+        return self
+
+    def _set(self, run_ids, offsets, step, loss, grad_norm, top1) -> None:
+        offsets = np.asarray(offsets, dtype=np.int64)
+        step = np.asarray(step, dtype=np.int64)
+        arrays = [np.asarray(a, dtype=np.float64) for a in (loss, grad_norm, top1)]
+        if offsets.shape != (len(run_ids) + 1,) or offsets[0] != 0 or (np.diff(offsets) < 0).any() \
+                or offsets[-1] != step.size or any(a.shape != step.shape for a in arrays):
+            raise ValueError("Trajectories: offsets must hold len(run_ids) + 1 non-decreasing entry bounds "
+                             "from 0 to len(step), and loss, grad_norm and top1 one value per entry")
+        if len(set(run_ids)) != len(run_ids):
             raise ValueError("Trajectories.run_ids must be unique")
+        inner = np.ones(step.size, dtype=bool)
+        inner[offsets[:-1][offsets[:-1] < step.size]] = False  # each run's first entry starts a new sequence
+        if step.size and (np.diff(step)[inner[1:]] <= 0).any():
+            raise ValueError("Trajectories: steps must strictly increase within each run")
+        for name, v in zip(("run_ids", "offsets", "step", "loss", "grad_norm", "top1"),
+                           (run_ids, offsets, step, *arrays)):
+            object.__setattr__(self, name, v)
 
     @property
     def n_steps(self) -> int:
-        return int(self.loss.shape[1])
+        """Largest logged step + 1 (the horizon), 0 without entries."""
+        return int(self.step.max()) + 1 if self.step.size else 0
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(loss, grad_norm, top1) as [n_runs, n_steps] arrays, NaN where not logged. Small data only: this is
+        the allocation the long form avoids."""
+        rows = np.repeat(np.arange(len(self.run_ids)), np.diff(self.offsets))
+        out = []
+        for a in (self.loss, self.grad_norm, self.top1):
+            d = np.full((len(self.run_ids), self.n_steps), np.nan)
+            d[rows, self.step] = a
+            out.append(d)
+        return out[0], out[1], out[2]
 
 
 @dataclass(frozen=True)
@@ -219,21 +264,41 @@ def _col(df: pl.DataFrame, name: str, dtype=float) -> np.ndarray:
 def stepk_predictors(traj: Trajectories, rows: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
     """{predictor: (len(ks), len(rows))} values at each k. Rows < 0 (run without a trajectory) are NaN.
 
-    max-grad-up-to-k and max-top1-up-to-k are running maxima over steps 0..k ignoring missing steps
-    (np.fmax.accumulate: one pass gives every k); loss-at-k is the loss logged at step k.
+    max-grad-up-to-k and max-top1-up-to-k are running maxima over the logged steps <= k ignoring missing values
+    (one segmented pass gives every k); loss-at-k is the loss logged at step k (NaN when step k was not logged).
+    Cost: linear in the selected runs' entries plus a binary search per (k, run).
     """
-    ks = np.asarray(ks, int)
+    ks = np.asarray(ks, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
     has = rows >= 0
-    safe = np.where(has, rows, 0)
-    horizon = int(ks.max()) + 1 if ks.size else 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        g = np.fmax.accumulate(traj.grad_norm[safe, :horizon], axis=1)[:, ks].T
-        t = np.fmax.accumulate(traj.top1[safe, :horizon], axis=1)[:, ks].T
-    lo = traj.loss[safe][:, ks].T.copy()
-    for a in (g, t, lo):
-        a[:, ~has] = np.nan
-    return {"max_grad": g, "loss": lo, "max_top1": t}
+    out = {p: np.full((ks.size, rows.size), np.nan) for p in ("max_grad", "loss", "max_top1")}
+    sel = rows[has]
+    if not sel.size or not ks.size:
+        return out
+    starts, lens = traj.offsets[sel], np.diff(traj.offsets)[sel]
+    first = np.cumsum(lens) - lens  # where each selected run begins in the gathered entries
+    idx = np.repeat(starts - first, lens) + np.arange(int(lens.sum()), dtype=np.int64)
+    seg = np.repeat(np.arange(sel.size, dtype=np.int64), lens)
+    step = traj.step[idx]
+    run_max = {}
+    for name, values in (("max_grad", traj.grad_norm[idx]), ("max_top1", traj.top1[idx])):
+        # running max within each run with NaN skipped (-inf stands for "nothing yet", turned back into NaN)
+        v = pl.DataFrame({"seg": seg, "v": np.where(np.isnan(values), -np.inf, values)})
+        m = v.select(pl.col("v").cum_max().over("seg")).to_series().to_numpy()
+        run_max[name] = np.where(np.isneginf(m), np.nan, m)
+    loss = traj.loss[idx]
+    # key orders entries by (run, step): the last entry <= k of run s is searchsorted(key, (s, k), 'right') - 1
+    key = (seg << 32) + (step + 2**31)
+    cols = np.flatnonzero(has)
+    for i, k in enumerate(ks):
+        pos = np.searchsorted(key, (np.arange(sel.size, dtype=np.int64) << 32) + (int(k) + 2**31),
+                              side="right") - 1
+        ok = pos >= first
+        safe = np.where(ok, pos, 0)
+        for name in ("max_grad", "max_top1"):
+            out[name][i, cols] = np.where(ok, run_max[name][safe], np.nan)
+        out["loss"][i, cols] = np.where(ok & (step[safe] == k), loss[safe], np.nan)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- one group
@@ -824,17 +889,22 @@ def default_threshold_step(result: Mapping) -> dict[str, dict]:
 
 
 def run_calibration(db_path, out_dir, *, group_by: str = "family", **params) -> CalibrationOutput:
-    """Load the inputs from DuckDB, calibrate, save the calibration (versioned) in DuckDB, write calibration.json."""
-    from dlm_triage import store
+    """Load the inputs from DuckDB, calibrate, write `out_dir/<calibration_id>/calibration.json`, then save the
+    calibration (versioned) in DuckDB and point `out_dir/latest` at it.
 
-    con = store.connect(db_path)
+    The file is written before the thresholds are registered: a full disk fails the call before anything goes
+    live. The database must exist (a mistyped path is an error, not a new empty database).
+    """
+    from dlm_triage import store
+    from dlm_triage.fsutil import output_dir, point_latest
+
+    con = store.connect(db_path, create=False)
     try:
         inputs = store.load_calibration_inputs(con)
         result = calibrate(inputs, group_by=group_by, **params)
-        cal_id = store.save_calibration(con, result)
+        path = write_json_atomic(result, output_dir(out_dir, result["calibration_id"]) / "calibration.json")
+        store.save_calibration(con, result)
     finally:
         con.close()
-    if cal_id and cal_id != result["calibration_id"]:
-        result["calibration_id"] = cal_id
-    path = write_json_atomic(result, Path(out_dir) / "calibration.json")
+    point_latest(out_dir, result["calibration_id"])
     return CalibrationOutput(result["calibration_id"], path, result)

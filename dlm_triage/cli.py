@@ -112,6 +112,12 @@ def _print_ingest(report: Any) -> None:
         print(f"  incomplete (no manifest, or a failed attempt: a sweep re-runs it) {path}")
     for path, reason in report.quarantined:
         print(f"  quarantined {path}: {reason}")
+    for rid in getattr(report, "updated_run_ids", ()):
+        print(f"  updated {rid}: the re-imported log holds more steps")
+    for path, why in getattr(report, "duplicates", ()):
+        print(f"  duplicate {path}: {why}")
+    for path, why in getattr(report, "skipped", ()):
+        print(f"  skipped {path}: {why}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -225,8 +231,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from dlm_triage.calibrate import run_calibration
     from dlm_triage.params import CalibrateParams
 
-    p = CalibrateParams(db=args.db, out=args.out_dir, group_by=args.group_by, n_resamples=args.resamples,
-                        stepk_resamples=args.stepk_resamples, seed=args.seed, bonferroni_m=args.bonferroni_m)
+    p = CalibrateParams(db=args.db, out=args.out_dir or args.out / "reports", group_by=args.group_by,
+                        n_resamples=args.resamples, stepk_resamples=args.stepk_resamples, seed=args.seed,
+                        bonferroni_m=args.bonferroni_m)
     res = run_calibration(p.resolved_db(), p.resolved_out(), **p.calibrate_kwargs())
     print(f"calibration {res.calibration_id}: {res.json_path}")
     for name, g in res.result["groups"].items():

@@ -90,7 +90,10 @@ class _Bad(Exception):
 
 def _show(v: Any, limit: int = 40) -> str:
     """repr of a value for a message, cut to `limit` characters (a 400-digit number is not helpful)."""
-    r = repr(v)
+    try:
+        r = repr(v)
+    except ValueError:  # an integer beyond Python's str-conversion digit limit
+        return "<an integer of thousands of digits>"
     return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
@@ -119,17 +122,30 @@ def _num(name: str, v: Any, *, required: bool = True) -> float | None:
     return x
 
 
-def _int(name: str, v: Any, *, required: bool = True, minimum: int | None = 0) -> int | None:
-    x = _num(name, v, required=required)
-    if x is None:
-        return None
-    if not x.is_integer():
-        raise _Bad(f"{name}={_show(v)} is not an integer")
-    if abs(x) > 2**62:
-        raise _Bad(f"{name}={_show(v)} is out of range")
-    i = int(x)
-    if minimum is not None and i < minimum:
-        raise _Bad(f"{name}={_show(v)} is below {minimum}")
+INT32_MAX = 2**31 - 1
+
+
+def _int(name: str, v: Any, *, required: bool = True, minimum: int | None = 0,
+         maximum: int = INT32_MAX) -> int | None:
+    """An integer in [minimum, maximum] (default: what a 32-bit step/rank/count column holds)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        i = v  # exact, also beyond 2**53
+    else:
+        if isinstance(v, str) and v.strip().lstrip("+-").isdigit():
+            t = v.strip()
+            if len(t) > 30:
+                raise _Bad(f"{name}={_show(v)} is out of range: use an integer in [{minimum}, {maximum}]")
+            i = int(t)
+        else:
+            x = _num(name, v, required=required)
+            if x is None:
+                return None
+            if not x.is_integer():
+                raise _Bad(f"{name}={_show(v)} is not an integer")
+            i = int(x)
+    if i > maximum or (minimum is not None and i < minimum) or i < -maximum - 1:
+        lo = minimum if minimum is not None else -maximum - 1
+        raise _Bad(f"{name}={_show(v)} is out of range: use an integer in [{lo}, {maximum}]")
     return i
 
 
@@ -179,7 +195,7 @@ def _validate_config(cfg: dict[str, Any]) -> list[str]:
     problems = []
     checks: dict[str, Callable[[str, Any], Any]] = {
         "rank": lambda n, v: _int(n, v, required=False, minimum=1),
-        "seed": lambda n, v: _int(n, v, required=False),
+        "seed": lambda n, v: _int(n, v, required=False, maximum=2**63 - 1),
         "steps": lambda n, v: _int(n, v, required=False),
         "batch_size": lambda n, v: _int(n, v, required=False, minimum=1),
         "alpha": lambda n, v: _num(n, v, required=False),
@@ -287,6 +303,35 @@ def _steps_frame(step: list[int], loss: list[float], grad: list[float], top1: li
     })
 
 
+IDENTITY_PREFIX_STEPS = 3
+"""A time-series run is identified by its format, config and its first logged steps (step, loss, grad norm):
+a re-export of the same run after more steps has the same identity (and is stored as the grown run), two
+runs of one config that differ from the first step on are two runs."""
+
+
+def _frame_sha(steps: pl.DataFrame) -> str:
+    """sha256 of a step frame's values (column by column, native bytes; linear in the rows)."""
+    h = hashlib.sha256()
+    for col in steps.columns:
+        h.update(col.encode())
+        h.update(np.ascontiguousarray(steps[col].to_numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _identity(fmt: str, cfg: Mapping[str, Any], key: Any) -> tuple[str, str]:
+    """(run_id, identity sha) from content: format + run config + the run's key (see IDENTITY_PREFIX_STEPS and
+    parse_cells). Neither the file's name nor its bytes enter it: the same run imported from two files, or from
+    a grown re-export, has one id."""
+    ident = _sha(json.dumps({"format": fmt, "config": cfg, "key": key}, sort_keys=True, default=repr))
+    return f"import-{'jsonl' if fmt == 'reference-jsonl' else fmt}-{ident[:20]}", ident
+
+
+def _series_key(steps: pl.DataFrame) -> list[list[str]]:
+    head = steps.head(IDENTITY_PREFIX_STEPS)
+    return [[repr(int(s)), repr(float(lo)), repr(float(g))] for s, lo, g in
+            zip(head["step"].to_list(), head["loss"].to_list(), head["grad_norm"].to_list())]
+
+
 def _prepared(fmt: str, path: Path, run_id: str, content_sha: str, cfg: dict[str, Any],
               summary: Mapping[str, Any], steps: pl.DataFrame | None, extra: Mapping[str, Any]) -> PreparedRun:
     config_json = json.dumps(cfg, sort_keys=True, default=str)
@@ -304,6 +349,10 @@ def _prepared(fmt: str, path: Path, run_id: str, content_sha: str, cfg: dict[str
                                        "top1_fire_step", "top1_cross_050", "top1_cross_080", "top1_cross_095",
                                        "collapsed", "n_steps")},
     }
+    try:
+        store.check_runs_row(row)
+    except ValueError as e:
+        raise _Bad(str(e)) from None
     return PreparedRun(path=str(path), row=row, steps=steps)
 
 
@@ -387,10 +436,7 @@ def parse_reference_jsonl(path: Path, *, family: str | None = None, **options: A
     summary = _summarise(steps)
     if "collapsed" in constants:  # the log's own verdict wins over the recomputed one
         summary["collapsed"] = constants["collapsed"][0]
-    file_sha = _sha(text)
-    run_id = f"import-jsonl-{file_sha[:16]}"
-    content = _sha(json.dumps({"file": file_sha, "config": cfg}, sort_keys=True, default=str))
-    return [_prepared("reference-jsonl", path, run_id, content, cfg, summary, steps, {"file_sha256": file_sha})]
+    return [_series_run("reference-jsonl", path, text, cfg, steps, summary)]
 
 
 # -- cells ---------------------------------------------------------------------------------------------------
@@ -452,7 +498,7 @@ def parse_cells(path: Path, *, family: str | None = None, **options: Any) -> lis
                 "family": _text("family", v["family"], required=family is None) or family,
                 "model_id": _text("model_name", v["model_name"]),
                 "rank": _int("rank", v["rank"], required=False, minimum=1), "mask_ratio": rho,
-                "seed": _int("seed", v["seed"], required=False),
+                "seed": _int("seed", v["seed"], required=False, maximum=2**63 - 1),
                 "learning_rate": _num("lr", v["lr"], required=False),
                 "top1_warning_detected": _bool("top1_fired", v["top1_fired"]),
                 "top1_fire_step": _int("top1_fire_step", v["top1_fire_step"], required=False),
@@ -477,10 +523,16 @@ def parse_cells(path: Path, *, family: str | None = None, **options: Any) -> lis
         summary = {k: vals[k] for k in ("top1_warning_detected", "top1_fire_step", "collapsed", "max_grad_norm",
                                         "final_loss")}
         summary["n_steps"] = None
-        run_id = f"import-cells-{file_sha[:16]}-{row_i}"
-        content = _sha(json.dumps({"file": file_sha, "row": row_i, "config": cfg}, sort_keys=True, default=str))
-        out.append(_prepared("cells", path, run_id, content, cfg, summary, None,
-                             {"file_sha256": file_sha, "row": row_i, "line": lineno}))
+        # a cells row is a finished configuration: its identity is its config and its values (the same row
+        # twice, in one file or two, is one run; an appended row is a new one)
+        run_id, content = _identity("cells", cfg, summary)
+        try:
+            out.append(_prepared("cells", path, run_id, content, cfg, summary, None,
+                                 {"file_sha256": file_sha, "row": row_i, "line": lineno}))
+        except _Bad as e:
+            problems.append((lineno, str(e)))
+    if problems:
+        raise LogFormatError(path, problems)
     return out
 
 
@@ -558,14 +610,20 @@ def parse_hf_trainer(path: Path, *, family: str | None = None, **options: Any) -
     cfg = _finish_config(path, cfg, family)
     n = len(cols["step"])
     steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], [np.nan] * n, [np.nan] * n, cols["lr"])
-    return [_timeseries_run("hf-trainer", path, text, cfg, steps)]
+    return [_series_run("hf-trainer", path, text, cfg, steps)]
 
 
-def _timeseries_run(fmt: str, path: Path, text: str, cfg: dict[str, Any], steps: pl.DataFrame) -> PreparedRun:
-    file_sha = _sha(text)
-    run_id = f"import-{fmt}-{file_sha[:16]}"
-    content = _sha(json.dumps({"file": file_sha, "config": cfg}, sort_keys=True, default=str))
-    return _prepared(fmt, path, run_id, content, cfg, _summarise(steps), steps, {"file_sha256": file_sha})
+def _series_run(fmt: str, path: Path, text: str, cfg: dict[str, Any], steps: pl.DataFrame,
+                summary: Mapping[str, Any] | None = None) -> PreparedRun:
+    """One time-series run: id from its identity (_identity), content sha over config, summary and steps."""
+    summary = _summarise(steps) if summary is None else summary
+    run_id, _ = _identity(fmt, cfg, _series_key(steps))
+    content = _sha(json.dumps({"config": cfg, "summary": summary, "steps": _frame_sha(steps)}, sort_keys=True,
+                              default=repr))
+    try:
+        return _prepared(fmt, path, run_id, content, cfg, summary, steps, {"file_sha256": _sha(text)})
+    except _Bad as e:
+        raise LogFormatError(path, [(None, str(e))]) from None
 
 
 # -- wandb-csv -----------------------------------------------------------------------------------------------
@@ -612,7 +670,7 @@ def parse_wandb_csv(path: Path, *, family: str | None = None, **options: Any) ->
         raise LogFormatError(path, problems)
     cfg = _finish_config(path, _config_from_files_and_flags(path, options, family), family)
     steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], cols["top1"], cols["mask"], cols["lr"])
-    return [_timeseries_run("wandb-csv", path, text, cfg, steps)]
+    return [_series_run("wandb-csv", path, text, cfg, steps)]
 
 
 PARSERS: dict[str, Callable[..., list[PreparedRun]]] = {

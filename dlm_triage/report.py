@@ -1,7 +1,8 @@
 """The calibration report: verdicts, runs routed to inspection, five figures; HTML (self-contained) + Markdown.
 
 `write_report(db_path, out_dir)` reads one calibration (the latest when none is named) from the `calibrations`
-table and the runs/steps it needs from DuckDB (read-only), and writes
+table and the runs/steps it needs from DuckDB (read-only), and writes, into ``out_dir/<calibration_id>/`` (so
+one report never replaces another's; ``out_dir/latest`` points at the latest calibration's folder):
 
 - ``out_dir/report.html``  self-contained: figures embedded as base64 PNG data URIs, inline CSS, no external
   resources (it opens offline, can be mailed, and renders the same in the Prefect UI's linked artifact);
@@ -49,7 +50,7 @@ import numpy as np
 import polars as pl
 
 from dlm_triage import groups, store
-from dlm_triage.fsutil import write_bytes_atomic
+from dlm_triage.fsutil import output_dir, point_latest, write_bytes_atomic
 from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
 
 FIGURE_DPI = 110
@@ -1127,13 +1128,13 @@ def _connectivity_md(conn: pl.DataFrame) -> list[str]:
 
 def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                  calibration_id: str | None = None) -> ReportPaths:
-    """Write ``report.html``, ``report.md`` and ``figures/*.png`` for one calibration into `out_dir`.
+    """Write ``report.html``, ``report.md`` and ``figures/*.png`` for one calibration into
+    ``out_dir/<calibration_id>/`` and, for the latest calibration, point ``out_dir/latest`` at that folder: a
+    report never replaces or deletes another calibration's files.
 
     `calibration_id` None: the latest calibration (by created_at). Reads the database read-only.
     Raises ReportError when the database has no (such) calibration.
     """
-    out = Path(out_dir)
-    fig_dir = out / "figures"
     con = _connect(Path(db_path))
     try:
         data = _load_data(con, calibration_id)
@@ -1141,6 +1142,8 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         conn = _connectivity(con, data)
     finally:
         con.close()
+    out = output_dir(out_dir, str(data.calibration["calibration_id"]))
+    fig_dir = out / "figures"
 
     notes = list(data.notes)
     pngs: dict[str, bytes] = {}
@@ -1253,6 +1256,8 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     md_path = out / "report.md"
     write_bytes_atomic(md_path, "\n".join(md).encode("utf-8"))
+    if calibration_id is None:
+        point_latest(out_dir, out.name)
     return ReportPaths(html=html_path, markdown=md_path, figures=fig_paths, missing=missing)
 
 

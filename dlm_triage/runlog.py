@@ -47,11 +47,20 @@ _DEFAULT_FIX = "delete the run directory and run it again (a sweep re-runs every
 class RunLogError(Exception):
     """A run directory that is not a valid, complete run. `path`, `reason` and `fix` are attributes."""
 
-    def __init__(self, path: Path | str, reason: str, fix: str = _DEFAULT_FIX):
+    def __init__(self, path: Path | str, reason: str, fix: str = _DEFAULT_FIX, *, unreadable: bool = False):
         self.path = Path(path)
         self.reason = reason
         self.fix = fix
+        self.unreadable = unreadable
+        """True: the files could not be read (permissions, I/O error), not found to be invalid."""
         super().__init__(f"{self.path}: {reason}; fix: {fix}")
+
+
+_PERMISSION_FIX = "make the run directory and its files readable by this user, then ingest again"
+
+
+def _unreadable(path: Path, e: OSError) -> RunLogError:
+    return RunLogError(path, f"cannot be read ({e.strerror or e})", fix=_PERMISSION_FIX, unreadable=True)
 
 
 def write_error(run_dir: Path, what: str | None, exc: BaseException) -> OSError:
@@ -189,12 +198,18 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The manifest of a run directory, checked for presence, JSON, keys, schema version and status."""
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST_FILENAME
-    if not path.is_file():
-        raise RunLogError(path, "no manifest: the run is incomplete (crashed, killed or still running)")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunLogError(path, f"manifest is not valid JSON ({e})") from None
+        if not path.is_file():
+            raise RunLogError(path, "no manifest: the run is incomplete (crashed, killed or still running)")
+        text = path.read_bytes()
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    try:
+        manifest = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or an integer beyond the digit limit
+        raise RunLogError(path, f"manifest is not valid JSON ({str(e)[:200]})") from None
+    except RecursionError:
+        raise RunLogError(path, "manifest is not valid JSON (nested too deeply)") from None
     if not isinstance(manifest, dict):
         raise RunLogError(path, f"manifest is a JSON {type(manifest).__name__}, not an object")
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
@@ -234,9 +249,12 @@ def read_run(run_dir: Path) -> RunRecord:
 def _read_steplog(run_dir: Path, manifest: dict[str, Any]) -> tuple[Path, bytes]:
     """The step log's path and bytes, read once: the sha256 is checked on the very bytes that are parsed."""
     steplog = run_dir / (manifest.get("steplog") or STEPLOG_FILENAME)
-    if not steplog.is_file():
-        raise RunLogError(steplog, "the manifest is present but the step log is missing")
-    data = steplog.read_bytes()
+    try:
+        if not steplog.is_file():
+            raise RunLogError(steplog, "the manifest is present but the step log is missing")
+        data = steplog.read_bytes()
+    except OSError as e:
+        raise _unreadable(steplog, e) from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != manifest["steplog_sha256"]:
         raise RunLogError(steplog, f"sha256 {digest[:12]}... does not match the manifest's "

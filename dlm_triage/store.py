@@ -17,8 +17,10 @@ import math
 import random
 import re
 import shutil
+import sys
 import time
 import uuid
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -147,6 +149,13 @@ class IngestReport:
     quarantined: tuple[tuple[str, str], ...] = ()
     added_run_ids: tuple[str, ...] = ()
     incomplete_paths: tuple[str, ...] = ()
+    updated_run_ids: tuple[str, ...] = ()
+    """Imported runs stored before that came back with more steps (a grown re-export): replaced, not added."""
+    duplicates: tuple[tuple[str, str], ...] = ()
+    """(path, why) of inputs holding a run this ingestion or the database already has: stored once."""
+    skipped: tuple[tuple[str, str], ...] = ()
+    """(path, why) of directories that are not run directories (no dlm-triage manifest and step log): listed,
+    never stored, never moved."""
 
     @property
     def conflicts(self) -> tuple[tuple[str, str], ...]:
@@ -156,6 +165,9 @@ class IngestReport:
         return (
             f"ingest {self.ingest_id}: {self.added} added, {self.already_present} already present, "
             f"{self.incomplete} incomplete (skipped), {len(self.quarantined)} quarantined"
+            + (f", {len(self.updated_run_ids)} updated (grown)" if self.updated_run_ids else "")
+            + (f", {len(self.duplicates)} duplicate(s) stored once" if self.duplicates else "")
+            + (f", {len(self.skipped)} not run directories (skipped)" if self.skipped else "")
         )
 
 
@@ -198,14 +210,21 @@ def _is_lock_error(e: BaseException) -> bool:
     return isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
 
 
-def connect(db_path: str | Path, *, read_only: bool = False, timeout_s: float = 60) -> duckdb.DuckDBPyConnection:
+def connect(db_path: str | Path, *, read_only: bool = False, timeout_s: float = 60,
+            create: bool = True) -> duckdb.DuckDBPyConnection:
     """Open (and for writers create/upgrade) the database, waiting up to `timeout_s` for another process's lock.
 
-    Backoff starts at 20 ms and grows x1.5 to 1 s, with jitter so two waiting processes do not retry in step.
+    Only a DuckDB database is opened: an existing file that is not one (a CSV, Parquet or JSON file DuckDB would
+    otherwise read as an in-memory database, losing every write), an empty or a truncated file are refused with
+    a `StoreError` naming the file and the fix. `create=False` (calibrate, report, queue, thresholds): a missing
+    file is an error instead of a new empty database. Backoff starts at 20 ms and grows x1.5 to 1 s, with jitter
+    so two waiting processes do not retry in step.
     """
     db_path = Path(db_path)
-    if read_only and not db_path.exists():
-        raise StoreError(f"database {db_path} does not exist: ingest runs first (dlm-triage ingest)")
+    if (read_only or not create) and not db_path.exists():
+        raise StoreError(f"database {db_path} does not exist: check the --db path, or create it by ingesting "
+                         "runs first (dlm-triage ingest / dlm-triage import)")
+    check_database_file(db_path)
     if not read_only:
         db_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -216,7 +235,13 @@ def connect(db_path: str | Path, *, read_only: bool = False, timeout_s: float = 
             break
         except duckdb.IOException as e:
             if not _is_lock_error(e):
-                raise
+                if db_path.is_file() and db_path.stat().st_size == 0:
+                    raise StoreError(f"{db_path} is an empty file (0 bytes), not a DuckDB database: delete it "
+                                     "(a new database is created on the next ingest) or pass another --db"
+                                     ) from None
+                raise StoreError(f"{db_path} could not be opened as a DuckDB database ({_first_line(e)}): the "
+                                 "file is damaged or truncated; restore it from a backup or pass another --db"
+                                 ) from None
             waited = time.monotonic() - start
             if waited >= timeout_s:
                 m = _HOLDER_RE.search(str(e))
@@ -225,11 +250,61 @@ def connect(db_path: str | Path, *, read_only: bool = False, timeout_s: float = 
             time.sleep(min(delay * (0.5 + random.random()), max(0.0, timeout_s - waited)))
             delay = min(delay * 1.5, 1.0)
     try:
+        _check_attached_file(con, db_path)
         _ensure_schema(con, read_only=read_only, db_path=db_path)
     except BaseException:
         con.close()
         raise
     return con
+
+
+_DUCKDB_MAGIC = b"DUCK"
+_DUCKDB_MAGIC_OFFSET = 8  # bytes 0..7 hold the header checksum
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_database_file(db_path: Path) -> None:
+    """Raise StoreError unless `db_path` is absent, empty (decided by connect) or starts like a DuckDB database."""
+    if not db_path.exists():
+        return
+    if db_path.is_dir():
+        raise StoreError(f"{db_path} is a directory, not a DuckDB database file: pass the path of a .duckdb file")
+    try:
+        with open(db_path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as e:
+        raise StoreError(f"{db_path} cannot be read ({e.strerror or e}): fix its permissions or pass another --db"
+                         ) from None
+    if not head:
+        return  # another process may be creating it right now: connect() waits for its lock, then decides
+    if head[_DUCKDB_MAGIC_OFFSET:_DUCKDB_MAGIC_OFFSET + len(_DUCKDB_MAGIC)] != _DUCKDB_MAGIC:
+        kind = ("a Parquet file" if head.startswith(b"PAR1") else "a SQLite database"
+                if head.startswith(b"SQLite format") else "a JSON file" if head.lstrip()[:1] in (b"{", b"[")
+                else "a text file (CSV/TSV?)" if _looks_like_text(head) else "not a DuckDB database")
+        raise StoreError(f"{db_path} exists and is {kind}, not a DuckDB database: refusing to open it (DuckDB "
+                         "would read it as a table of an in-memory database and nothing written would be kept). "
+                         "Pass the path of a .duckdb file, or a new path to create one")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _check_attached_file(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
+    """The database DuckDB attached must be the file asked for (never an in-memory stand-in)."""
+    rows = con.execute("SELECT file FROM pragma_database_list WHERE name = current_database()").fetchall()
+    attached = rows[0][0] if rows else None
+    if attached is None or Path(attached).resolve() != db_path.resolve():
+        raise StoreError(f"{db_path} was not opened as a database file (DuckDB attached {attached or 'memory'}):"
+                         " pass the path of a .duckdb file")
 
 
 def _ensure_schema(con: duckdb.DuckDBPyConnection, *, read_only: bool, db_path: Path) -> None:
@@ -254,8 +329,18 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection, *, read_only: bool, db_path: 
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [DB_SCHEMA_VERSION, _now()])
         con.commit()
     except BaseException:
-        con.rollback()
+        _rollback(con)
         raise
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back after a failure without replacing it: when the failure was the COMMIT itself (a full disk),
+    DuckDB has already ended the transaction and ROLLBACK would raise 'no transaction is active' instead of the
+    real error, which the caller re-raises."""
+    try:
+        con.rollback()
+    except duckdb.Error:
+        pass
 
 
 def _pl(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
@@ -284,24 +369,66 @@ class _Invalid(Exception):
     """A run/log that must be quarantined; str = the reason."""
 
 
-def _expand_run_dirs(runs: Path | str | Iterable[Path | str]) -> list[Path]:
-    """A path holding manifest.json or steps.parquet is a run directory; any other directory is a runs root
-    whose sub-directories are run directories (hidden ones and 'quarantine' skipped)."""
+def _expand_run_dirs(runs: Path | str | Iterable[Path | str]) -> tuple[list[Path], set[Path]]:
+    """(run directory candidates, the roots given). A path holding manifest.json or steps.parquet is a run
+    directory; any other directory is a runs root whose sub-directories are candidates (hidden ones and
+    'quarantine' skipped)."""
     items = [runs] if isinstance(runs, (str, Path)) else list(runs)
     out: list[Path] = []
+    roots: set[Path] = set()
     for item in items:
         p = Path(item)
         if not p.exists():
             raise FileNotFoundError(f"run path {p} does not exist: give a run directory or a runs root")
         if not p.is_dir():
             raise NotADirectoryError(f"run path {p} is a file: give a run directory or a runs root")
-        if (p / schema.MANIFEST_FILENAME).exists() or (p / schema.STEPLOG_FILENAME).exists():
-            out.append(p)
-            continue
-        children = sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith((".", "_"))
-                          and c.name != "quarantine")
+        roots.add(p)
+        try:
+            if (p / schema.MANIFEST_FILENAME).exists() or (p / schema.STEPLOG_FILENAME).exists():
+                out.append(p)
+                continue
+            children = sorted(c for c in p.iterdir() if not c.name.startswith((".", "_"))
+                              and c.name != "quarantine" and _is_dir(c))
+        except OSError as e:
+            raise OSError(e.errno, f"run path {p} cannot be listed ({e.strerror or e}): fix its permissions"
+                          ) from None
         out.extend(children if children else [p])
-    return out
+    return out, roots
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:
+        return True  # unreadable: reported as such by the validation
+
+
+def _protected(d: Path, roots: set[Path]) -> str | None:
+    """Why `d` must never be moved (a root given to ingest, the working directory or one of its ancestors), or
+    None."""
+    try:
+        rd, cwd = d.resolve(), Path.cwd().resolve()
+    except OSError:
+        return "its location cannot be resolved"
+    if any(rd == r.resolve() for r in roots):
+        return "it is the path given to ingest"
+    if cwd == rd or rd in cwd.parents:
+        return "it is the working directory or one of its parents"
+    return None
+
+
+def _recognised_run(d: Path) -> str | None:
+    """None when `d` is recognisably a dlm-triage run directory (its step log beside a manifest that is damaged
+    or carries our `schema_version`); otherwise why it is not one. Only recognised runs are ever quarantined."""
+    if not (d / schema.STEPLOG_FILENAME).is_file():
+        return f"no {schema.STEPLOG_FILENAME} beside {schema.MANIFEST_FILENAME}"
+    try:
+        m = json.loads((d / schema.MANIFEST_FILENAME).read_bytes())
+    except (ValueError, RecursionError):
+        return None  # damaged manifest next to our step log: a run
+    if isinstance(m, dict) and "schema_version" in m:
+        return None
+    return f"{schema.MANIFEST_FILENAME} has no dlm-triage schema_version (another tool's manifest?)"
 
 
 def _canonical_json(obj: Any) -> str:
@@ -309,20 +436,74 @@ def _canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, allow_nan=True)
 
 
-def _opt_float(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
+_INT_RANGE = {pl.Int32: (-(2**31), 2**31 - 1), pl.Int64: (-(2**63), 2**63 - 1)}
+
+
+def _short(v: Any, limit: int = 40) -> str:
+    """repr of a value for a message, cut to `limit` characters (a 5,000-digit number is not helpful)."""
+    try:
+        r = repr(v)
+    except ValueError:  # an int beyond Python's str-conversion digit limit
+        return f"<an integer of more than {sys.get_int_max_str_digits()} digits>"
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def check_runs_row(row: Mapping[str, Any]) -> None:
+    """Every value of a `runs` row fits its column of RUNS_SCHEMA (None, or: String a str; Int32/Int64 an int
+    in range; Float64 a finite number; Boolean a bool). Raises ValueError naming the column and the value: one
+    bad value is that run's problem, never a failure of the whole batch frame."""
+    for col, dtype in RUNS_SCHEMA.items():
+        v = row.get(col)
+        if v is None:
+            continue
+        if dtype == pl.String:
+            ok = isinstance(v, str)
+        elif dtype == pl.Boolean:
+            ok = isinstance(v, bool)
+        elif dtype in _INT_RANGE:
+            lo, hi = _INT_RANGE[dtype]
+            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+            if isinstance(v, int) and not isinstance(v, bool) and not ok:
+                raise ValueError(f"{col}={_short(v)} is out of range for a {'32' if dtype == pl.Int32 else '64'}"
+                                 f"-bit integer column ({lo}..{hi})")
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok:
+            raise ValueError(f"{col}={_short(v)} is not a valid {dtype} value")
+
+
+def _opt_float(x: Any, name: str = "value") -> float | None:
+    if x is None:
         return None
-    return float(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise _Invalid(f"manifest {name}={_short(x)} is not a number (use a JSON number, or null)")
+    try:
+        v = float(x)
+    except OverflowError:
+        raise _Invalid(f"manifest {name}={_short(x)} is out of range for a float") from None
+    if not math.isfinite(v):
+        raise _Invalid(f"manifest {name}={_short(x)} is NaN/Infinity: undefined values are written as null")
+    return v
 
 
-def _opt_int(x: Any) -> int | None:
-    if x is None or isinstance(x, bool):
+def _opt_int(x: Any, name: str = "value") -> int | None:
+    if x is None:
         return None
-    return int(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or (
+            isinstance(x, float) and not (math.isfinite(x) and x.is_integer())):
+        raise _Invalid(f"manifest {name}={_short(x)} is not an integer (use a JSON integer, or null)")
+    v = int(x)
+    lo, hi = _INT_RANGE[pl.Int32]
+    if not lo <= v <= hi:
+        raise _Invalid(f"manifest {name}={_short(x)} is out of range (a step or count fits in 32 bits)")
+    return v
 
 
-def _opt_bool(x: Any) -> bool | None:
-    return None if x is None else bool(x)
+def _opt_bool(x: Any, name: str = "value") -> bool | None:
+    """A JSON boolean or null; anything else ('no', 'false', 0) is refused rather than guessed."""
+    if x is None or isinstance(x, bool):
+        return x
+    raise _Invalid(f"manifest {name}={_short(x)} is not a JSON boolean: write true or false (or null)")
 
 
 def prepare_run_dir(run_dir: Path) -> PreparedRun:
@@ -359,36 +540,43 @@ def _manifest_row(run_dir: Path, manifest: dict, source_path: str | None = None)
     _Invalid. `source_path`: run_dir resolved, when the caller has it."""
     try:
         cfg = RunConfig.from_dict(manifest["config"])
-    except (ConfigError, TypeError, KeyError, AttributeError) as e:
-        raise _Invalid(f"manifest config is invalid: {e}") from e
+    except (ConfigError, TypeError, KeyError, AttributeError, ValueError, OverflowError, RecursionError) as e:
+        raise _Invalid(f"manifest config is invalid: {_short(e, 2000)}") from None
     m = manifest
-    manifest_json = _canonical_json(m)
+    if not isinstance(m.get("run_id"), str) or not m["run_id"].strip():
+        raise _Invalid(f"manifest run_id={_short(m.get('run_id'))} is not a non-empty string")
+    f, i, b = (lambda k: _opt_float(m[k], k)), (lambda k: _opt_int(m[k], k)), (lambda k: _opt_bool(m[k], k))
     try:
+        manifest_json = _canonical_json(m)
         row = {
-            "run_id": str(m["run_id"]), "source": "dlm-triage",
+            "run_id": m["run_id"], "source": "dlm-triage",
             "source_path": str(run_dir.resolve()) if source_path is None else source_path,
             "family": cfg.family, "model_id": cfg.model_id, "cohort": cfg.cohort, "method": cfg.method,
             "rank": cfg.rank, "alpha": float(cfg.alpha), "mask_ratio": float(cfg.mask_ratio),
             "learning_rate": float(cfg.learning_rate), "seed": cfg.seed, "steps": cfg.steps,
             "batch_size": cfg.batch_size, "config_hash": str(m["config_hash"]),
             "config_json": json.dumps(m["config"], sort_keys=True),
-            "status": str(m["status"]), "final_loss": _opt_float(m["final_loss"]),
-            "max_grad_norm": _opt_float(m["max_grad_norm"]), "top1_step0": _opt_float(m["top1_step0"]),
-            "top1_warning_detected": _opt_bool(m["top1_warning_detected"]),
-            "top1_fire_step": _opt_int(m["top1_fire_step"]), "top1_cross_050": _opt_int(m["top1_cross_050"]),
-            "top1_cross_080": _opt_int(m["top1_cross_080"]), "top1_cross_095": _opt_int(m["top1_cross_095"]),
-            "collapsed": _opt_bool(m["collapsed"]), "diverged_at_step": _opt_int(m["diverged_at_step"]),
-            "routed_for_inspection": bool(m["routed_for_inspection"]),
+            "status": str(m["status"]), "final_loss": f("final_loss"),
+            "max_grad_norm": f("max_grad_norm"), "top1_step0": f("top1_step0"),
+            "top1_warning_detected": b("top1_warning_detected"),
+            "top1_fire_step": i("top1_fire_step"), "top1_cross_050": i("top1_cross_050"),
+            "top1_cross_080": i("top1_cross_080"), "top1_cross_095": i("top1_cross_095"),
+            "collapsed": b("collapsed"), "diverged_at_step": i("diverged_at_step"),
+            "routed_for_inspection": bool(b("routed_for_inspection")),
             "routing_json": None if m["routing"] is None else json.dumps(m["routing"], sort_keys=True),
-            "grad_gini": _opt_float(m["grad_gini"]), "grad_top1_share": _opt_float(m["grad_top1_share"]),
-            "n_steps": int(m["n_steps_logged"]), "device": None if m["device"] is None else str(m["device"]),
+            "grad_gini": f("grad_gini"), "grad_top1_share": f("grad_top1_share"),
+            "n_steps": i("n_steps_logged"), "device": None if m["device"] is None else str(m["device"]),
             "code_version": None if m["code_version"] is None else str(m["code_version"]),
             "manifest_json": manifest_json, "content_sha256": hashlib.sha256(manifest_json.encode()).hexdigest(),
         }
-    except (KeyError, TypeError, ValueError) as e:
-        raise _Invalid(f"manifest value missing or of the wrong type: {e!r}") from e
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as e:
+        raise _Invalid(f"manifest value missing or of the wrong type: {_short(e, 200)}") from None
     if row["status"] not in schema.RUN_STATUSES:
-        raise _Invalid(f"manifest status {row['status']!r} is not one of {list(schema.RUN_STATUSES)}")
+        raise _Invalid(f"manifest status {_short(row['status'])} is not one of {list(schema.RUN_STATUSES)}")
+    try:
+        check_runs_row(row)
+    except ValueError as e:
+        raise _Invalid(f"manifest value out of range: {e}") from None
     return row
 
 
@@ -416,7 +604,7 @@ def ingest_runs(
     qdir = Path(quarantine_dir) if quarantine_dir is not None else db_path.parent / "quarantine"
     ingest_id = _new_ingest_id()
     started = _now()
-    dirs = _expand_run_dirs(runs)
+    dirs, roots = _expand_run_dirs(runs)
     # Runs stored earlier with the same manifest (hence the same step-log sha256) need no re-validation:
     # re-ingesting a growing runs directory costs a JSON parse per old run, not a Parquet read.
     stored = _stored_shas(db_path, timeout_s) if db_path.exists() else {}
@@ -429,6 +617,7 @@ def ingest_runs(
             to_check.append(d)
     prepared: list[PreparedRun] = []
     incomplete: list[str] = []
+    skipped: list[tuple[str, str]] = []
     rejected: list[tuple[str, str, bool]] = []  # (path, reason, move)
     batch, outcomes = _prepare_dirs(to_check)
     for kind, path, payload in outcomes:
@@ -436,13 +625,22 @@ def ingest_runs(
             prepared.append(payload)
         elif kind == "incomplete":
             incomplete.append(path)
+        elif kind == "unreadable":
+            rejected.append((path, payload, False))
         else:
-            rejected.append((path, payload, True))
-    return _write_batch(
+            why_not_run = _recognised_run(Path(path))
+            if why_not_run is not None:
+                skipped.append((path, f"not a dlm-triage run directory ({why_not_run}); left in place. Its "
+                                      f"manifest would fail because: {payload}"))
+                continue
+            keep = _protected(Path(path), roots)
+            rejected.append((path, payload + (f" [left in place: {keep}]" if keep else ""), keep is None))
+    report = _write_batch(
         db_path, prepared, rejected=rejected, incomplete=incomplete, ingest_id=ingest_id, started=started,
         kind="runs", paths=[str(d) for d in dirs], quarantine_dir=qdir, timeout_s=timeout_s,
         already_present=pre_present, steps_source=None if batch is None else batch.steps,
     )
+    return dataclasses.replace(report, skipped=tuple(skipped)) if skipped else report
 
 
 def _stored_shas(db_path: Path, timeout_s: float) -> dict[str, str]:
@@ -458,11 +656,11 @@ def _manifest_sha(d: Path) -> tuple[str, str] | None:
     (full validation then reports why)."""
     try:
         m = json.loads((d / schema.MANIFEST_FILENAME).read_bytes())
-    except (OSError, ValueError):
+        if not isinstance(m, dict) or not isinstance(m.get("run_id"), str):
+            return None
+        return m["run_id"], hashlib.sha256(_canonical_json(m).encode()).hexdigest()
+    except (OSError, ValueError, RecursionError, OverflowError):
         return None
-    if not isinstance(m, dict) or not isinstance(m.get("run_id"), str):
-        return None
-    return m["run_id"], hashlib.sha256(_canonical_json(m).encode()).hexdigest()
 
 
 def _classify(d: Path, prepared: PreparedRun) -> tuple[str, str, Any]:
@@ -479,8 +677,14 @@ def _prepare_dirs(dirs: list[Path]):
     into batch.steps."""
     from .runlog import RunLogError, read_runs_batch
 
-    has_manifest = [(d / schema.MANIFEST_FILENAME).exists() for d in dirs]
-    checked = [d for d, m in zip(dirs, has_manifest) if m]
+    def manifest_state(d: Path) -> bool | OSError:
+        try:
+            return (d / schema.MANIFEST_FILENAME).exists()
+        except OSError as e:  # e.g. a directory this user may not enter
+            return e
+
+    has_manifest = [manifest_state(d) for d in dirs]
+    checked = [d for d, m in zip(dirs, has_manifest) if m is True]
     resolved_parents: dict[Path, Path] = {}
 
     def source_path(d: Path) -> str:
@@ -498,18 +702,26 @@ def _prepare_dirs(dirs: list[Path]):
             return _manifest_row(d, manifest, source_path(d))
         except _Invalid as e:
             return e
+        except (ValueError, TypeError, OverflowError, RecursionError, OSError) as e:  # one run's problem only
+            return _Invalid(f"manifest cannot be stored ({type(e).__name__}: {_short(e, 200)})")
 
     batch = read_runs_batch(checked, per_manifest=row_of) if checked else None
     results = iter(range(len(checked)))
     out: list[tuple[str, str, Any]] = []
     for d, m in zip(dirs, has_manifest):
+        if isinstance(m, OSError):
+            out.append(("unreadable", str(d), _unreadable_reason(d, m)))
+            continue
         if not m:
             out.append(("incomplete", str(d), None))
             continue
         i = next(results)
         res = batch.results[i]
         if isinstance(res, RunLogError):
-            out.append(("invalid", str(d), getattr(res, "reason", None) or str(res)))
+            if res.unreadable:
+                out.append(("unreadable", str(d), _unreadable_reason(d, res)))
+            else:
+                out.append(("invalid", str(d), getattr(res, "reason", None) or str(res)))
             continue
         try:
             prepared = _prepare_validated(d, res, batch.separate.get(i), batch.spans[i], batch.extras[i])
@@ -518,6 +730,11 @@ def _prepare_dirs(dirs: list[Path]):
             continue
         out.append(_classify(d, prepared))
     return batch, out
+
+
+def _unreadable_reason(d: Path, e: BaseException) -> str:
+    return (f"unreadable: {getattr(e, 'reason', None) or e}; fix the permissions of {d} and ingest again "
+            "(left in place, not quarantined)")
 
 
 def _new_ingest_id() -> str:
@@ -587,20 +804,29 @@ def _write_batch(
     `rejected` entries with move=True are moved into quarantine (run directories); move=False ones are only
     recorded (a user's import file is never moved).
     """
-    # Dedupe within the batch first: the first occurrence of a run_id wins.
+    # Dedupe within the batch first: the first occurrence of a run_id wins, except that a grown re-export of
+    # an imported run (its steps extend the other's) replaces the shorter one.
     first: dict[str, PreparedRun] = {}
     already = already_present
     rejected = list(rejected)
+    duplicates: list[tuple[str, str]] = []
     for p in prepared:
         rid = p.row["run_id"]
-        if rid in first:
-            if first[rid].row["content_sha256"] == p.row["content_sha256"]:
-                already += 1
-            else:
-                rejected.append((p.path, f"conflict: run_id {rid} appears twice in this ingest with different "
-                                          f"content (first at {first[rid].path}); the first was kept", False))
-        else:
+        if rid not in first:
             first[rid] = p
+            continue
+        q = first[rid]
+        if q.row["content_sha256"] == p.row["content_sha256"]:
+            already += 1
+            duplicates.append((p.path, f"duplicate of {_where(q)} (same run {rid}, identical content): stored once"))
+        elif _grows(p, q, steps_source):
+            first[rid] = p
+            duplicates.append((q.path, f"superseded by {_where(p)}, which holds the same run {rid} with more steps"))
+        elif _grows(q, p, steps_source):
+            duplicates.append((p.path, f"superseded by {_where(q)}, which holds the same run {rid} with more steps"))
+        else:
+            rejected.append((p.path, f"conflict: run_id {rid} appears twice in this ingest with different "
+                                     f"content (first at {_where(q)}); the first was kept", False))
     con = connect(db_path, timeout_s=timeout_s)
     try:
         candidates = list(first.values())
@@ -616,6 +842,7 @@ def _write_batch(
         else:
             stored = {}
         new: list[PreparedRun] = []
+        updated: list[str] = []
         for p in candidates:
             sha = stored.get(p.row["run_id"])
             if sha is None:
@@ -623,22 +850,41 @@ def _write_batch(
             elif sha == p.row["content_sha256"]:
                 already += 1
             else:
-                rejected.append((p.path, f"conflict: run_id {p.row['run_id']} is already stored with different "
-                                          f"content (stored sha256 {sha[:12]}, this {p.row['content_sha256'][:12]})"
-                                          "; stored data kept", False))
+                old = _stored_steps(con, p) if _growable(p) else None
+                if old is not None and _extends(_own_steps(p, steps_source), old):
+                    new.append(p)
+                    updated.append(p.row["run_id"])
+                elif old is not None and _extends(old, _own_steps(p, steps_source)):
+                    already += 1
+                    duplicates.append((p.path, f"run {p.row['run_id']} is already stored with more steps: kept"))
+                else:
+                    rejected.append((p.path, f"conflict: run_id {p.row['run_id']} is already stored with "
+                                             f"different content (stored sha256 {sha[:12]}, this "
+                                             f"{p.row['content_sha256'][:12]}); stored data kept", False))
         at = _now()
         quarantine_rows = []
         plan: list[tuple[str, str, bool, str | None]] = []
+        # A rejection recorded before with the same path and reason (a conflict met again) is reported, not
+        # copied or recorded again: the quarantine does not grow with every ingestion.
+        seen_before = _recorded_rejections(con, [(path, reason) for path, reason, _ in rejected])
+        names_used: set[str] = set()
         for path, reason, move in rejected:
+            if (path, reason) in seen_before:
+                plan.append((path, reason + f" [already quarantined by {seen_before[(path, reason)]}]", False,
+                             None))
+                continue
             dest = None
-            if quarantine_dir is not None and Path(path).is_dir():
-                dest = str(quarantine_dir / ingest_id / Path(path).name)
+            if quarantine_dir is not None and _is_dir(Path(path)) and not reason.startswith("unreadable"):
+                dest = str(_unique_dest(quarantine_dir / ingest_id, Path(path).name, names_used))
             plan.append((path, reason, move, dest))
             quarantine_rows.append((path, reason, ingest_id, at, dest))
         runs_df = _runs_frame([p.row for p in new], ingest_id, at)
         steps_df = _steps_frame(new, steps_source)
         con.begin()
         try:
+            if updated:  # a grown trajectory replaces its shorter self, in this same transaction
+                con.execute("DELETE FROM steps WHERE run_id IN (SELECT unnest(?))", [updated])
+                con.execute("DELETE FROM runs WHERE run_id IN (SELECT unnest(?))", [updated])
             if new:
                 _insert_runs(con, runs_df)
                 _insert_steps(con, steps_df)
@@ -651,7 +897,7 @@ def _write_batch(
             )
             con.commit()
         except BaseException:
-            con.rollback()
+            _rollback(con)
             raise
     finally:
         con.close()
@@ -661,10 +907,76 @@ def _write_batch(
             reason = reason + _quarantine(Path(path), Path(dest), move=move)
         quarantined.append((path, reason))
     return IngestReport(
-        ingest_id=ingest_id, added=len(new), already_present=already, incomplete=len(incomplete),
-        quarantined=tuple(quarantined), added_run_ids=tuple(p.row["run_id"] for p in new),
-        incomplete_paths=tuple(incomplete),
+        ingest_id=ingest_id, added=len(new) - len(updated), already_present=already, incomplete=len(incomplete),
+        quarantined=tuple(quarantined), added_run_ids=tuple(p.row["run_id"] for p in new
+                                                            if p.row["run_id"] not in set(updated)),
+        incomplete_paths=tuple(incomplete), updated_run_ids=tuple(updated), duplicates=tuple(duplicates),
     )
+
+
+def _where(p: PreparedRun) -> str:
+    line = json.loads(p.row["manifest_json"]).get("line") if p.row.get("source", "").startswith("import:") else None
+    return f"{p.path}:{line}" if line is not None else p.path
+
+
+def _growable(p: PreparedRun) -> bool:
+    """Imported time series may grow (a re-export after more steps); run directories never do."""
+    return str(p.row.get("source", "")).startswith("import:") and (p.steps is not None or p.span is not None)
+
+
+def _own_steps(p: PreparedRun, source: pl.DataFrame | None) -> pl.DataFrame:
+    if p.steps is not None:
+        return p.steps
+    start, n = p.span
+    return source.slice(start, n)
+
+
+def _grows(longer: PreparedRun, shorter: PreparedRun, source: pl.DataFrame | None) -> bool:
+    return _growable(longer) and _growable(shorter) and _extends(_own_steps(longer, source),
+                                                                  _own_steps(shorter, source))
+
+
+def _stored_steps(con: duckdb.DuckDBPyConnection, p: PreparedRun) -> pl.DataFrame:
+    cols = ", ".join(STEPS_COLUMNS)
+    return _pl(con, f"SELECT {cols} FROM steps WHERE run_id = ? ORDER BY step", [p.row["run_id"]])
+
+
+def _extends(longer: pl.DataFrame, shorter: pl.DataFrame) -> bool:
+    """`longer` holds more steps and its first rows are exactly `shorter` (NaN equal to NaN)."""
+    n = shorter.height
+    if longer.height <= n:
+        return False
+    head = longer.head(n)
+    for col in STEPS_COLUMNS:
+        a = head[col].cast(pl.Float64).to_numpy()
+        b = shorter[col].cast(pl.Float64).to_numpy()
+        if not np.array_equal(a, b, equal_nan=True):
+            return False
+    return True
+
+
+def _recorded_rejections(con: duckdb.DuckDBPyConnection, items: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """{(path, reason): ingest_id} of the items the quarantine table already holds (conflicts only: their
+    reason names both content hashes, so the same reason means the same two contents)."""
+    items = [(p, r) for p, r in items if r.startswith("conflict:")]
+    if not items:
+        return {}
+    rows = con.execute(
+        "SELECT path, reason, min(ingest_id) FROM quarantine WHERE path IN (SELECT unnest(?)) GROUP BY ALL",
+        [[p for p, _ in items]]).fetchall()
+    wanted = set(items)
+    return {(p, r): i for p, r, i in rows if (p, r) in wanted}
+
+
+def _unique_dest(folder: Path, name: str, used: set[str]) -> Path:
+    """folder/name, or folder/name-2, -3, ... when this ingestion already uses the name (two roots holding
+    same-named bad directories must not nest one inside the other)."""
+    candidate, n = name, 1
+    while candidate in used or (folder / candidate).exists():
+        n += 1
+        candidate = f"{name}-{n}"
+    used.add(candidate)
+    return folder / candidate
 
 
 def _quarantine(src: Path, dest: Path, *, move: bool) -> str:
@@ -678,7 +990,7 @@ def _quarantine(src: Path, dest: Path, *, move: bool) -> str:
                 return f" [moved to {dest}]"
             except OSError:
                 pass
-        shutil.copytree(src, dest, dirs_exist_ok=True)
+        shutil.copytree(src, dest)
         return f" [copied to {dest}]"
     except (OSError, shutil.Error) as e:
         return f" [not quarantined: {e}]"
@@ -687,11 +999,12 @@ def _quarantine(src: Path, dest: Path, *, move: bool) -> str:
 # -- calibration inputs -------------------------------------------------------------------------------------
 
 def load_calibration_inputs(con: duckdb.DuckDBPyConnection, *, where: str | None = None):
-    """Runs (one row per run, `diverged` = status == 'diverged') and dense step trajectories for calibrate.py.
+    """Runs (one row per run, `diverged` = status == 'diverged') and their step trajectories for calibrate.py.
 
-    `where` is a SQL predicate over `runs` columns (e.g. "family = 'tiny'"). Trajectories are float64
-    [n_runs, max_step + 1] arrays aligned with `runs`' order (run_id), NaN where a run logged no such step;
-    None when none of the selected runs has a step log.
+    `where` is a SQL predicate over `runs` columns (e.g. "family = 'tiny'"). Trajectories are held long
+    (calibrate.Trajectories.from_long: one entry per stored step, runs in `runs`' order): memory is bounded by
+    the rows stored, whatever the step numbers (W&B `_step` or HF global steps in the millions). None when none
+    of the selected runs has a step log.
     """
     from .calibrate import CalibrationInputs, Trajectories
 
@@ -702,22 +1015,16 @@ def load_calibration_inputs(con: duckdb.DuckDBPyConnection, *, where: str | None
     steps = _pl(
         con,
         f"SELECT s.run_id, s.step, s.loss, s.grad_norm, s.top1_freq FROM steps s "
-        f"JOIN (SELECT run_id FROM runs {pred}) r USING (run_id)"
+        f"JOIN (SELECT run_id FROM runs {pred}) r USING (run_id) ORDER BY s.run_id, s.step"
     )
     if steps.height == 0:
         return CalibrationInputs(runs=runs, traj=None)
     run_ids = runs["run_id"].to_list()
-    index = pl.DataFrame({"run_id": run_ids, "_row": np.arange(len(run_ids), dtype=np.int64)})
-    steps = steps.join(index, on="run_id", how="inner")
-    rows = steps["_row"].to_numpy()
-    cols = steps["step"].to_numpy().astype(np.int64)
-    n_steps = int(cols.max()) + 1
-    out = {}
-    for name in ("loss", "grad_norm", "top1_freq"):
-        arr = np.full((len(run_ids), n_steps), np.nan, dtype=np.float64)
-        arr[rows, cols] = steps[name].fill_null(np.nan).to_numpy().astype(np.float64)
-        out[name] = arr
-    traj = Trajectories(run_ids=run_ids, loss=out["loss"], grad_norm=out["grad_norm"], top1=out["top1_freq"])
+    counts = dict(steps.group_by("run_id").len().iter_rows())
+    offsets = np.concatenate([[0], np.cumsum([counts.get(r, 0) for r in run_ids], dtype=np.int64)])
+    traj = Trajectories.from_long(
+        run_ids, offsets, steps["step"].to_numpy(),
+        *(steps[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in ("loss", "grad_norm", "top1_freq")))
     return CalibrationInputs(runs=runs, traj=traj)
 
 
@@ -809,7 +1116,7 @@ def save_calibration(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any]) 
             )
         con.commit()
     except BaseException:
-        con.rollback()
+        _rollback(con)
         raise
     return cal_id
 

@@ -125,10 +125,11 @@ def calibrate_groups(db: Path, out: Path, groups: Sequence[str], options: dict[s
     from dlm_triage import groups as grouping
     from dlm_triage import store
     from dlm_triage.calibrate import CalibrationOutput, calibrate, write_json_atomic
+    from dlm_triage.fsutil import output_dir, point_latest
 
     logger = get_run_logger()
     logger.info("recalibrating %d group(s): %s", len(groups), ", ".join(groups))
-    con = store.connect(Path(db))
+    con = store.connect(Path(db), create=False)
     try:
         ids = grouping.group_run_ids(con, options["group_by"], groups)  # the runs of these group keys
         con.register("_dlmt_recal_ids", pl.DataFrame({"run_id": ids}, schema={"run_id": pl.String}).to_arrow())
@@ -137,11 +138,13 @@ def calibrate_groups(db: Path, out: Path, groups: Sequence[str], options: dict[s
         finally:
             con.unregister("_dlmt_recal_ids")
         result = calibrate(inputs, **options)
-        cal_id = store.save_calibration(con, result)
+        cal_id = result["calibration_id"]
+        # the file first, the live thresholds last (as run_calibration)
+        path = write_json_atomic(result, output_dir(out, cal_id) / "calibration.json")
+        store.save_calibration(con, result)
     finally:
         con.close()
-    result["calibration_id"] = cal_id
-    path = write_json_atomic(result, Path(out) / "calibration.json")
+    point_latest(out, cal_id)
     for w in result.get("warnings") or []:
         logger.warning("calibration: %s", w)
     rows = _publish(result, "Recalibration")

@@ -273,7 +273,7 @@ def test_group_by_cohort_and_model():
 
 def test_paper_corpus_shape():
     inp = paper_corpus(n_steps=21)
-    assert inp.runs.height == 671 and inp.traj.loss.shape == (671, 21)
+    assert inp.runs.height == 671 and inp.traj.dense()[0].shape == (671, 21)
     assert inp.runs.get_column("cohort").value_counts().sort("cohort").get_column("count").to_list() == [395, 120, 144, 12]
     assert inp.runs.get_column("top1_warning_detected").all() and not inp.runs.get_column("collapsed").any()
 
@@ -295,7 +295,8 @@ def test_run_calibration_end_to_end_with_store(tmp_path):
     store.ingest_runs(db, tmp_path / "runs")
     out = run_calibration(db, tmp_path / "cal", n_resamples=50, stepk_resamples=20)
     on_disk = json.loads(out.json_path.read_text())
-    assert out.json_path == tmp_path / "cal" / "calibration.json"
+    assert out.json_path == tmp_path / "cal" / out.calibration_id / "calibration.json"
+    assert (tmp_path / "cal" / "latest" / "calibration.json").read_text() == out.json_path.read_text()
     assert on_disk["calibration_id"] == out.calibration_id == out.result["calibration_id"]
     g = on_disk["groups"]["tiny"]
     assert g["n"] == 100 and g["registry"]["k"] == 25

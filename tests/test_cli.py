@@ -30,15 +30,15 @@ def test_ingest_calibrate_report_queue_thresholds(out, capsys):
     assert main(["--out", str(out), "calibrate", "--out", str(out / "cal"), "--resamples", "50",
                  "--stepk-resamples", "20"]) == 0
     printed = capsys.readouterr().out
-    result = json.loads((out / "cal" / "calibration.json").read_text())
+    result = json.loads((out / "cal" / "latest" / "calibration.json").read_text())
     assert result["calibration_id"] in printed
     assert result["groups"]["tiny"]["n"] == 40
     assert result["params"]["n_resamples"] == 50
 
     assert main(["--out", str(out), "report", "--out", str(out / "rep")]) == 0
-    html = (out / "rep" / "report.html").read_text()
+    html = (out / "rep" / "latest" / "report.html").read_text()
     assert result["calibration_id"] in html
-    assert str(out / "rep" / "report.html") in capsys.readouterr().out
+    assert str(out / "rep" / result["calibration_id"] / "report.html") in capsys.readouterr().out
 
     assert main(["--out", str(out), "queue", "--json"]) == 0
     queue = json.loads(capsys.readouterr().out)
@@ -69,7 +69,7 @@ def test_import_cells_then_calibrate(tmp_path, capsys):
     assert "30 added" in capsys.readouterr().out
     assert main(["calibrate", "--db", str(db), "--out", str(tmp_path / "cal"), "--resamples", "50",
                  "--bonferroni-m", "6"]) == 0
-    result = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    result = json.loads((tmp_path / "cal" / "latest" / "calibration.json").read_text())
     assert result["groups"]["llada"]["n"] == 30
     assert result["params"]["bonferroni_m"] == 6 and result["groups"]["llada"]["maxgrad"]["bonferroni_m"] == 6
     assert any("step-k" in w or "stepk" in w for w in result["warnings"] + result["groups"]["llada"]["warnings"])

@@ -117,7 +117,8 @@ def test_cells_import_with_none_ranks_and_text_booleans(db: Path, tmp_path: Path
     got = rows(db, "SELECT run_id, family, model_id, rank, mask_ratio, seed, learning_rate, top1_warning_detected, "
                    "top1_fire_step, collapsed, max_grad_norm, final_loss, method, source, n_steps FROM runs "
                    "ORDER BY run_id")
-    assert [g[0].rsplit("-", 1)[1] for g in got] == ["0", "1", "2"]
+    got.sort(key=lambda g: (g[1] != "llada", g[5]))  # llada seed 1, llada seed 2, dream
+    assert all(g[0].startswith("import-cells-") for g in got)
     assert got[0][1:12] == ("llada", "GSAI-ML/LLaDA-8B-Base", None, 0.15, 1, 1e-4, True, 3, False, 2.5, 1.25)
     assert got[1][3] == 16 and got[1][8] is None and got[1][9] is None
     assert got[2][7:10] == (True, 11, True)
@@ -125,8 +126,9 @@ def test_cells_import_with_none_ranks_and_text_booleans(db: Path, tmp_path: Path
     assert rows(db, "SELECT count(*) FROM steps") == [(0,)]  # cells carry no trajectories
     again = importers.import_logs(db, "cells", [f], method="lora")
     assert (again.added, again.already_present) == (0, 3)
-    conflict = importers.import_logs(db, "cells", [f], method="dora")  # same file, other config
-    assert conflict.added == 0 and len(conflict.conflicts) == 3
+    # the method is part of each row's configuration: the same rows under another method are other runs
+    other = importers.import_logs(db, "cells", [f], method="dora")
+    assert other.added == 3 and not other.conflicts
 
 
 def test_cells_missing_columns_are_named_with_the_fix(db: Path, tmp_path: Path) -> None:

@@ -245,7 +245,7 @@ def test_divergence_is_kept_ingested_labelled_unstable_and_reported(tiny_model_d
     assert isinstance(queue, pl.DataFrame)
     paths = write_report(db, tmp_path / "reports")
     assert paths.html.stat().st_size > 0 and paths.markdown.stat().st_size > 0
-    assert json.loads((tmp_path / "reports" / "calibration.json").read_text())["groups"]["tiny"]["n_diverged"] == 2
+    assert json.loads((tmp_path / "reports" / "latest" / "calibration.json").read_text())["groups"]["tiny"]["n_diverged"] == 2
 
 
 # -- damaged import files ---------------------------------------------------------------------------------------

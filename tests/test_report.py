@@ -44,11 +44,12 @@ def _store_inputs(con, inputs) -> None:
     tr = inputs.traj
     if tr is None:
         return
-    n, t = tr.grad_norm.shape
+    loss, grad, top1 = tr.dense()
+    n, t = grad.shape
     steps_df = pl.DataFrame({  # noqa: F841
         "run_id": np.repeat(np.asarray(tr.run_ids), t), "step": np.tile(np.arange(t, dtype=np.int32), n),
-        "loss": tr.loss.ravel(), "grad_norm": tr.grad_norm.ravel(),
-        "max_grad_norm": np.fmax.accumulate(tr.grad_norm, axis=1).ravel(), "top1_freq": tr.top1.ravel(),
+        "loss": loss.ravel(), "grad_norm": grad.ravel(),
+        "max_grad_norm": np.fmax.accumulate(grad, axis=1).ravel(), "top1_freq": top1.ravel(),
     }, nan_to_null=True).filter(pl.col("loss").is_not_null() | pl.col("grad_norm").is_not_null())
     con.execute("INSERT INTO steps BY NAME SELECT * FROM steps_df")
 

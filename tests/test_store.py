@@ -315,7 +315,7 @@ def test_two_processes_ingest_the_same_runs(db: Path, tmp_path: Path) -> None:
 
 # -- calibration inputs ---------------------------------------------------------------------------------------
 
-def test_calibration_inputs_dense_nan_padded(db: Path, tmp_path: Path) -> None:
+def test_calibration_inputs_long_and_nan_padded_when_dense(db: Path, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     long_ = make_run(root, RunConfig(steps=20, seed=1))
     short = make_run(root, RunConfig(steps=20, seed=2), n_rows=8, status="diverged")
@@ -331,14 +331,16 @@ def test_calibration_inputs_dense_nan_padded(db: Path, tmp_path: Path) -> None:
     assert runs.filter(pl.col("run_id") == long_.name)["diverged"].to_list() == [False]
     t = inp.traj
     assert t.run_ids == runs["run_id"].to_list()
-    assert t.loss.shape == t.grad_norm.shape == t.top1.shape == (3, 21) and t.loss.dtype == np.float64
+    assert t.step.size == 21 + 8 and t.n_steps == 21  # one entry per stored step, none for the cells row
+    loss, grad, top1 = t.dense()
+    assert loss.shape == grad.shape == top1.shape == (3, 21) and loss.dtype == np.float64
     i_long, i_short = t.run_ids.index(long_.name), t.run_ids.index(short.name)
     i_cells = next(i for i, r in enumerate(t.run_ids) if r.startswith("import-cells"))
     log = pl.read_parquet(long_ / STEPLOG_FILENAME)
-    np.testing.assert_array_equal(t.grad_norm[i_long], log["grad_norm"].to_numpy())
-    np.testing.assert_array_equal(t.top1[i_long], log["top1_freq"].to_numpy())
-    assert np.isfinite(t.loss[i_short, :7]).all() and np.isnan(t.loss[i_short, 7:]).all()  # step 7 diverged (NaN)
-    assert np.isnan(t.loss[i_cells]).all()
+    np.testing.assert_array_equal(grad[i_long], log["grad_norm"].to_numpy())
+    np.testing.assert_array_equal(top1[i_long], log["top1_freq"].to_numpy())
+    assert np.isfinite(loss[i_short, :7]).all() and np.isnan(loss[i_short, 7:]).all()  # step 7 diverged (NaN)
+    assert np.isnan(loss[i_cells]).all()
     only_cells = store.load_calibration_inputs(con, where="source = 'import:cells'")
     assert only_cells.runs.height == 1 and only_cells.traj is None
     con.close()

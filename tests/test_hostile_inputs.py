@@ -1,0 +1,510 @@
+"""Hostile inputs (issue #21 and the bad-`--db` cases of #19): one bad value, file or directory is that input's
+problem, reported with its path and reason; it never stops an ingestion, never loses, duplicates or moves data it
+does not own, and never turns a mistyped path into a new empty database.
+
+Real DuckDB files, real run directories (runfactory, through the one writer), real CLI calls; permission errors
+come from a child process that drops root to `nobody`. docs/GUARANTEES.md lists each guarantee with its test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from dlm_triage import cli, importers, store
+from dlm_triage.config import RunConfig
+from dlm_triage.schema import MANIFEST_FILENAME, STEPLOG_FILENAME
+
+from runfactory import db_rows, make_run, make_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tables(db: Path) -> dict[str, list[tuple]]:
+    return {t: db_rows(db, f"SELECT * FROM {t} ORDER BY ALL") for t in ("runs", "steps")}
+
+
+# -- --db: never a silent in-memory database, never an accidental empty one ----------------------------------
+
+FOREIGN_FILES = {
+    "csv": b"run,loss\na,1.0\nb,2.0\n",
+    "tsv": b"run\tloss\na\t1.0\n",
+    "json": b'{"runs": [1, 2, 3]}\n',
+    "parquet": None,  # written below with polars
+    "binary": bytes(range(256)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FOREIGN_FILES))
+def test_db_that_is_another_kind_of_file_is_refused_and_left_unchanged(tmp_path, kind, capsys):
+    db = tmp_path / f"data.{kind}"
+    if FOREIGN_FILES[kind] is None:
+        pl.DataFrame({"run": ["a"], "loss": [1.0]}).write_parquet(db)
+    else:
+        db.write_bytes(FOREIGN_FILES[kind])
+    before = db.read_bytes()
+    make_sweep(tmp_path / "runs", 2)
+    with pytest.raises(store.StoreError, match="not a DuckDB database"):
+        store.ingest_runs(db, tmp_path / "runs")
+    assert cli.main(["ingest", str(tmp_path / "runs"), "--db", str(db)]) == 2
+    cells = tmp_path / "cells.csv"
+    cells.write_text(",".join(importers.CELLS_COLUMNS) + "\ntiny,m,4,0.5,1,1e-4,False,None,False,1.0,2.0\n")
+    assert cli.main(["import", "--format", "cells", str(cells), "--db", str(db)]) == 2
+    for verb in (["calibrate"], ["report"], ["queue"], ["thresholds"]):
+        assert cli.main([*verb, "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "not a DuckDB database" in err and "added" not in err
+    assert db.read_bytes() == before  # nothing written into the user's file, nothing kept elsewhere
+
+
+def test_empty_and_truncated_database_files_give_a_clear_error(tmp_path):
+    empty = tmp_path / "empty.duckdb"
+    empty.write_bytes(b"")
+    with pytest.raises(store.StoreError, match=r"empty file \(0 bytes\)"):
+        store.connect(empty)
+    good = tmp_path / "good.duckdb"
+    make_sweep(tmp_path / "runs", 3)
+    store.ingest_runs(good, tmp_path / "runs")
+    truncated = tmp_path / "truncated.duckdb"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    for read_only in (False, True):
+        with pytest.raises(store.StoreError, match="damaged or truncated"):
+            store.connect(truncated, read_only=read_only)
+
+
+def test_connect_checks_the_attached_database_is_the_file_asked_for(tmp_path):
+    db = tmp_path / "t.duckdb"
+    con = store.connect(db)
+    try:
+        assert Path(con.execute("SELECT file FROM pragma_database_list WHERE name = current_database()")
+                    .fetchall()[0][0]) == db
+    finally:
+        con.close()
+    # DuckDB opens a CSV as an in-memory database with a view: the attached-file check would refuse it too
+    csv = tmp_path / "x.csv"
+    csv.write_text("a\n1\n")
+    raw = duckdb.connect(str(csv))
+    try:
+        with pytest.raises(store.StoreError, match="not opened as a database file"):
+            store._check_attached_file(raw, csv)
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("verb", [["calibrate"], ["report"], ["queue"], ["thresholds"]])
+def test_reading_verbs_refuse_a_mistyped_db_and_leave_the_reports_alone(tmp_path, verb, capsys):
+    out = tmp_path / "out"
+    make_sweep(out / "runs", 12, steps=30, unstable_every=3)
+    assert cli.main(["--out", str(out), "ingest"]) == 0
+    assert cli.main(["--out", str(out), "calibrate", "--resamples", "30", "--stepk-resamples", "10"]) == 0
+    assert cli.main(["--out", str(out), "report"]) == 0
+    reports = out / "reports"
+    before = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
+    assert any(p.name == "report.html" for p in before) and any(p.name == "calibration.json" for p in before)
+    capsys.readouterr()
+    typo = tmp_path / "typo.duckdb"
+    assert cli.main(["--out", str(out), *verb, "--db", str(typo)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not typo.exists()
+    after = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_each_calibration_and_report_has_its_own_folder_and_latest_points_at_the_newest(tmp_path, capsys):
+    out = tmp_path / "out"
+    make_sweep(out / "runs", 12, steps=30, unstable_every=3)
+    assert cli.main(["--out", str(out), "ingest"]) == 0
+    ids = []
+    for seed in (1, 2):
+        assert cli.main(["--out", str(out), "calibrate", "--resamples", "30", "--stepk-resamples", "10",
+                         "--seed", str(seed)]) == 0
+        assert cli.main(["--out", str(out), "report"]) == 0
+        ids.append(json.loads((out / "reports" / "latest" / "calibration.json").read_text())["calibration_id"])
+    assert ids[0] != ids[1]
+    for cal_id in ids:  # the first report is still complete beside the second
+        folder = out / "reports" / cal_id
+        assert cal_id in (folder / "report.html").read_text()
+        assert (folder / "calibration.json").is_file() and any((folder / "figures").iterdir())
+    assert (out / "reports" / "latest").resolve() == (out / "reports" / ids[1]).resolve()
+    # an older calibration's report goes to its own folder and does not move `latest`
+    assert cli.main(["--out", str(out), "report", "--calibration", ids[0]]) == 0
+    assert (out / "reports" / "latest").resolve() == (out / "reports" / ids[1]).resolve()
+
+
+# -- manifests: one bad value quarantines that run, the rest ingests ----------------------------------------
+
+def _deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+# (manifest key, raw JSON text of the value, what the reason says)
+BAD_MANIFEST_VALUES = {
+    "infinity-in-int": ("top1_fire_step", "Infinity", "top1_fire_step"),
+    "nan-in-int": ("top1_cross_050", "NaN", "top1_cross_050"),
+    "huge-int": ("top1_cross_080", str(10**30), "out of range"),
+    "int32-fire-step": ("top1_fire_step", str(2**31), "out of range"),
+    "int32-diverged-at": ("diverged_at_step", str(2**31 + 5), "out of range"),
+    "negative-int32": ("top1_cross_095", str(-(2**31) - 1), "out of range"),
+    "float-in-int": ("top1_fire_step", "3.5", "not an integer"),
+    "infinity-in-float": ("final_loss", "Infinity", "final_loss"),
+    "overflowing-float": ("max_grad_norm", "1" + "0" * 400, "out of range"),
+    "5000-digit-int": ("final_loss", "7" * 5000, "not valid JSON"),
+    "100k-deep": ("routing", _deep(100_000), "nested too deeply"),
+    "string-no-in-bool": ("collapsed", '"no"', "not a JSON boolean"),
+    "string-false-in-bool": ("top1_warning_detected", '"false"', "not a JSON boolean"),
+    "string-in-routed": ("routed_for_inspection", '"false"', "not a JSON boolean"),
+    "int-run-id": ("run_id", "5", "run_id"),
+    "string-in-float": ("grad_gini", '"0.3"', "not a number"),
+}
+
+
+def _set_raw(run_dir: Path, key: str, raw: str) -> None:
+    """Replace one manifest value with raw JSON text (Infinity, 5,000 digits, 100,000 brackets)."""
+    m = json.loads((run_dir / MANIFEST_FILENAME).read_text())
+    marker = "__DLMT_RAW__"
+    m[key] = marker
+    (run_dir / MANIFEST_FILENAME).write_text(json.dumps(m).replace(f'"{marker}"', raw))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANIFEST_VALUES))
+def test_one_bad_manifest_value_quarantines_that_run_and_the_rest_ingests(tmp_path, case):
+    key, raw, says = BAD_MANIFEST_VALUES[case]
+    root = tmp_path / "runs"
+    good = make_sweep(root, 4)
+    bad = make_run(root, RunConfig(steps=20, seed=99), status="diverged" if key == "diverged_at_step" else "completed")
+    _set_raw(bad, key, raw)
+    qdir = tmp_path / "q"
+    r = store.ingest_runs(tmp_path / "t.duckdb", root, quarantine_dir=qdir)
+    assert r.added == len(good)
+    assert [p for p, _ in r.quarantined] == [str(bad)]
+    assert says in r.quarantined[0][1], r.quarantined[0][1]
+    assert len(r.quarantined[0][1]) < 2000  # the reason names the value, it does not echo 100,000 brackets
+    assert (qdir / r.ingest_id / bad.name / MANIFEST_FILENAME).is_file()
+    assert {row[0] for row in db_rows(tmp_path / "t.duckdb", "SELECT run_id FROM runs")} == {g.name for g in good}
+    # the next scheduled ingest is not blocked by it either
+    make_run(root, RunConfig(steps=20, seed=100))
+    assert store.ingest_runs(tmp_path / "t.duckdb", root, quarantine_dir=qdir).added == 1
+
+
+def test_a_bad_value_in_the_manifest_config_quarantines_only_that_run(tmp_path):
+    root = tmp_path / "runs"
+    make_sweep(root, 3)
+    bad = make_run(root, RunConfig(steps=20, seed=50))
+    m = json.loads((bad / MANIFEST_FILENAME).read_text())
+    m["config"]["learning_rate"] = 10**400  # math.isfinite raises OverflowError on it
+    (bad / MANIFEST_FILENAME).write_text(json.dumps(m))
+    r = store.ingest_runs(tmp_path / "t.duckdb", root, quarantine_dir=tmp_path / "q")
+    assert r.added == 3 and [p for p, _ in r.quarantined] == [str(bad)]
+    assert "config" in r.quarantined[0][1]
+
+
+# -- ingest moves only what is recognisably a run -------------------------------------------------------------
+
+def _web_app(d: Path) -> Path:
+    d.mkdir(parents=True)
+    (d / MANIFEST_FILENAME).write_text(json.dumps({"name": "My app", "manifest_version": 3, "icons": {}}))
+    (d / "index.html").write_text("<html></html>")
+    return d
+
+
+def test_directories_that_are_not_runs_are_skipped_listed_and_never_moved(tmp_path):
+    root = tmp_path / "work"
+    runs = make_sweep(root, 2)
+    app = _web_app(root / "webapp")
+    ext = root / "extension"
+    ext.mkdir()
+    (ext / MANIFEST_FILENAME).write_text("{ not json")  # damaged, but no step log beside it: not ours
+    only_log = root / "half"
+    only_log.mkdir()
+    (only_log / MANIFEST_FILENAME).write_text(json.dumps({"schema_version": 1}))  # ours, but no step log
+    r = store.ingest_runs(tmp_path / "t.duckdb", root, quarantine_dir=tmp_path / "q")
+    assert r.added == len(runs) and r.quarantined == ()
+    assert {p for p, _ in r.skipped} == {str(app), str(ext), str(only_log)}
+    assert all("left in place" in why for _, why in r.skipped)
+    assert (app / "index.html").is_file() and (ext / MANIFEST_FILENAME).is_file() and only_log.is_dir()
+    assert not (tmp_path / "q").exists()
+
+
+def test_ingest_dot_inside_a_foreign_or_broken_directory_moves_nothing(tmp_path, monkeypatch, capsys):
+    app = _web_app(tmp_path / "site")
+    (app / "src").mkdir()
+    (app / "src" / "main.js").write_text("x")
+    monkeypatch.chdir(app)
+    assert cli.main(["ingest", ".", "--db", str(tmp_path / "t.duckdb")]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert sorted(p.name for p in app.iterdir()) == sorted([MANIFEST_FILENAME, "index.html", "src"])
+    # a broken run directory given as the root itself, or the working directory, is reported, never moved
+    run = make_run(tmp_path / "runs", RunConfig(steps=20, seed=3))
+    (run / MANIFEST_FILENAME).write_text("{ broken")
+    monkeypatch.chdir(run)
+    r = store.ingest_runs(tmp_path / "t.duckdb", ".", quarantine_dir=tmp_path / "q")
+    assert len(r.quarantined) == 1 and "left in place" in r.quarantined[0][1]
+    assert (run / STEPLOG_FILENAME).is_file() and (run / MANIFEST_FILENAME).is_file()
+    (run / "logs").mkdir()
+    monkeypatch.chdir(run / "logs")  # the working directory's ancestors are protected as well
+    r = store.ingest_runs(tmp_path / "t.duckdb", [tmp_path / "runs"], quarantine_dir=tmp_path / "q")
+    assert "left in place" in r.quarantined[0][1] and (run / STEPLOG_FILENAME).is_file()
+
+
+def test_same_named_bad_runs_from_two_roots_get_separate_quarantine_folders(tmp_path):
+    a = make_run(tmp_path / "a", RunConfig(steps=20, seed=1))
+    b = make_run(tmp_path / "b", RunConfig(steps=20, seed=1))
+    assert a.name == b.name
+    (a / MANIFEST_FILENAME).write_text("{ broken a")
+    (b / MANIFEST_FILENAME).write_text("{ broken b")
+    r = store.ingest_runs(tmp_path / "t.duckdb", [tmp_path / "a", tmp_path / "b"], quarantine_dir=tmp_path / "q")
+    assert len(r.quarantined) == 2
+    folder = tmp_path / "q" / r.ingest_id
+    got = sorted(p.name for p in folder.iterdir())
+    assert got == [a.name, f"{a.name}-2"]
+    manifests = sorted((folder / n / MANIFEST_FILENAME).read_text() for n in got)
+    assert manifests == ["{ broken a", "{ broken b"]  # neither nested inside the other
+    assert not (folder / a.name / a.name).exists()
+
+
+def test_a_conflicting_run_is_copied_to_quarantine_once_not_on_every_ingest(tmp_path):
+    db, q = tmp_path / "t.duckdb", tmp_path / "q"
+    run = make_run(tmp_path / "runs", RunConfig(steps=20, seed=1))
+    store.ingest_runs(db, tmp_path / "runs", quarantine_dir=q)
+    dup = tmp_path / "elsewhere" / run.name
+    shutil.copytree(run, dup)
+    m = json.loads((dup / MANIFEST_FILENAME).read_text())
+    m["final_loss"] = 123.0
+    (dup / MANIFEST_FILENAME).write_text(json.dumps(m))
+    reports = [store.ingest_runs(db, tmp_path / "elsewhere", quarantine_dir=q) for _ in range(3)]
+    assert all(len(r.conflicts) == 1 for r in reports)
+    assert "already quarantined" in reports[2].conflicts[0][1]
+    copies = [p for p in q.rglob(MANIFEST_FILENAME)]
+    assert len(copies) == 1 and dup.is_dir()
+    assert db_rows(db, "SELECT count(*) FROM quarantine") == [(1,)]
+
+
+# -- unreadable run directories (a child process without root's override) ---------------------------------------
+
+_AS_NOBODY = textwrap.dedent("""
+    import json, os, sys
+    import concurrent.futures
+    from dlm_triage import runlog, store  # imported first: the interpreter's own files may be root's only
+    runlog._reference_footer()
+    os.setgid(65534); os.setuid(65534)
+    r = store.ingest_runs(sys.argv[1], sys.argv[2], quarantine_dir=sys.argv[3])
+    print(json.dumps({"added": r.added, "quarantined": r.quarantined, "skipped": r.skipped}))
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user (chmod alone binds only others)")
+@pytest.mark.parametrize("what", ["run_dir", "manifest", "steplog"])
+def test_an_unreadable_run_is_reported_and_the_rest_ingests(what):
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="dlmt-perm-"))  # pytest's tmp_path lies under a root-only folder
+    try:
+        _unreadable_case(work, what)
+    finally:
+        for p in work.rglob("*"):
+            os.chmod(p, 0o777) if p.is_dir() else None
+        shutil.rmtree(work)
+
+
+def _unreadable_case(work: Path, what: str) -> None:
+    os.chmod(work, 0o777)
+    runs = make_sweep(work / "runs", 3)
+    locked = make_run(work / "runs", RunConfig(steps=20, seed=77))
+    for p in (work / "runs").rglob("*"):
+        os.chmod(p, 0o777 if p.is_dir() else 0o666)
+    os.chmod(work / "runs", 0o777)
+    target = {"run_dir": locked, "manifest": locked / MANIFEST_FILENAME, "steplog": locked / STEPLOG_FILENAME}[what]
+    os.chmod(target, 0o000)
+    out = subprocess.run([sys.executable, "-c", _AS_NOBODY, str(work / "t.duckdb"), str(work / "runs"),
+                          str(work / "q")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HOME": str(work)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rep = json.loads(out.stdout.strip().splitlines()[-1])
+    assert rep["added"] == len(runs)
+    assert [p for p, _ in rep["quarantined"]] == [str(locked)]
+    assert "unreadable" in rep["quarantined"][0][1] and "ermission" in rep["quarantined"][0][1]
+    os.chmod(target, 0o755)
+    assert locked.is_dir() and not (work / "q").exists()  # reported, left in place
+
+
+# -- imports: identity from content --------------------------------------------------------------------------
+
+CELLS_HEADER = ",".join(importers.CELLS_COLUMNS)
+
+
+def _cell(seed: int, loss: float = 1.5) -> str:
+    return f"llada,GSAI-ML/LLaDA-8B-Base,8,0.5,{seed},1e-4,True,11,False,{2.0 + seed},{loss}"
+
+
+def test_a_grown_cells_file_adds_only_the_new_row_and_a_repeated_row_is_stored_once(tmp_path):
+    db, f = tmp_path / "t.duckdb", tmp_path / "cells.csv"
+    f.write_text("\n".join([CELLS_HEADER, _cell(1), _cell(2), _cell(1)]) + "\n")  # row 1 repeated
+    r = importers.import_logs(db, "cells", [f])
+    assert r.added == 2 and len(r.duplicates) == 1 and f"{f}:2" in r.duplicates[0][1]
+    f.write_text(f.read_text() + _cell(3) + "\n")  # one appended row
+    r = importers.import_logs(db, "cells", [f])
+    assert (r.added, r.already_present) == (1, 3)
+    assert db_rows(db, "SELECT count(*) FROM runs") == [(3,)]
+    # the same rows in another file (another order) are the same runs
+    g = tmp_path / "copy.csv"
+    g.write_text("\n".join([CELLS_HEADER, _cell(3), _cell(2), _cell(1)]) + "\n")
+    assert importers.import_logs(db, "cells", [g]).added == 0
+    assert db_rows(db, "SELECT count(*) FROM runs") == [(3,)]
+
+
+def _jsonl(n: int, *, seed_shift: float = 0.0) -> str:
+    return "\n".join(json.dumps({"step": t, "loss": 3.0 - 0.01 * t + seed_shift, "max_grad_norm": 1.0 + 0.1 * t,
+                                 "top1_token_freq": 0.3, "mask_ratio": 0.5, "rank": 8, "model_family": "llada"})
+                     for t in range(n)) + "\n"
+
+
+def _hf(n: int) -> str:
+    return json.dumps({"max_steps": 500, "log_history": [
+        {"step": t, "loss": 3.0 - 0.01 * t, "grad_norm": 1.0 + 0.1 * t, "learning_rate": 1e-4} for t in range(1, n + 1)
+    ] + [{"step": n, "eval_loss": 2.0}]}, indent=1)
+
+
+def _wandb(n: int) -> str:
+    return "_step,loss,grad_norm\n" + "".join(f"{t},{3.0 - 0.01 * t},{1.0 + 0.1 * t}\n" for t in range(n))
+
+
+GROWN = {"reference-jsonl": (_jsonl, "jsonl", {}), "hf-trainer": (_hf, "json", {"family": "llada"}),
+         "wandb-csv": (_wandb, "csv", {"family": "llada"})}
+
+
+@pytest.mark.parametrize("fmt", sorted(GROWN))
+def test_a_grown_time_series_updates_its_run_in_place(tmp_path, fmt):
+    make, ext, kw = GROWN[fmt]
+    db, f = tmp_path / "t.duckdb", tmp_path / f"log.{ext}"
+    f.write_text(make(10))
+    first = importers.import_logs(db, fmt, [f], **kw)
+    assert first.added == 1
+    (run_id,) = first.added_run_ids
+    f.write_text(make(25))  # re-exported after more steps
+    grown = importers.import_logs(db, fmt, [f], **kw)
+    assert (grown.added, grown.updated_run_ids) == (0, (run_id,))
+    assert db_rows(db, "SELECT run_id, n_steps FROM runs") == [(run_id, 25)]
+    assert db_rows(db, f"SELECT count(*), max(step) FROM steps WHERE run_id = '{run_id}'")[0][0] == 25
+    # the older, shorter export again: nothing changes; the longer one again: already present
+    old = tmp_path / f"old.{ext}"
+    old.write_text(make(10))
+    again = importers.import_logs(db, fmt, [old, f], **kw)
+    assert (again.added, again.updated_run_ids) == (0, ())
+    assert db_rows(db, "SELECT count(*) FROM steps") == [(25,)]
+
+
+def test_the_same_log_from_two_files_is_stored_once_and_reported(tmp_path):
+    db = tmp_path / "t.duckdb"
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(_jsonl(12))
+    b.write_text(_jsonl(12))
+    r = importers.import_logs(db, "reference-jsonl", [a, b])
+    assert r.added == 1 and r.already_present == 1 and [p for p, _ in r.duplicates] == [str(b)]
+    other = tmp_path / "other.jsonl"  # same config, other values from step 0 on: another run
+    other.write_text(_jsonl(12, seed_shift=0.5))
+    assert importers.import_logs(db, "reference-jsonl", [other]).added == 1
+    assert db_rows(db, "SELECT count(*) FROM runs") == [(2,)]
+
+
+INT32_CASES = {
+    "jsonl-step": ("reference-jsonl", "jsonl", lambda: _jsonl(3) + json.dumps(
+        {"step": 2**31, "loss": 1.0, "max_grad_norm": 1.0, "top1_token_freq": None, "mask_ratio": None}) + "\n",
+        {}, "step=2147483648"),
+    "jsonl-rank": ("reference-jsonl", "jsonl", lambda: _jsonl(3).replace('"rank": 8', f'"rank": {2**40}'), {},
+                   "rank="),
+    "cells-rank": ("cells", "csv", lambda: f"{CELLS_HEADER}\nllada,m,{2**33},0.5,1,1e-4,True,11,False,2.0,1.0\n",
+                   {}, "rank='8589934592'"),
+    "cells-fire-step": ("cells", "csv", lambda: f"{CELLS_HEADER}\nllada,m,8,0.5,1,1e-4,True,{2**31},False,2.0,1.0\n",
+                        {}, "top1_fire_step="),
+    "wandb-step": ("wandb-csv", "csv", lambda: f"_step,loss,grad_norm\n0,1.0,1.0\n{10**12},1.0,1.0\n",
+                   {"family": "llada"}, "_step='1000000000000'"),
+    "option-steps": ("wandb-csv", "csv", lambda: _wandb(3), {"family": "llada", "steps": str(2**40)}, "steps="),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INT32_CASES))
+def test_an_integer_beyond_int32_fails_its_file_naming_the_value_and_the_good_files_import(tmp_path, case):
+    fmt, ext, make, kw, says = INT32_CASES[case]
+    db = tmp_path / "t.duckdb"
+    bad = tmp_path / f"bad.{ext}"
+    bad.write_text(make())
+    goods = {"reference-jsonl": _jsonl(5), "cells": f"{CELLS_HEADER}\n{_cell(1)}\n", "wandb-csv": _wandb(5)}
+    good = tmp_path / f"good.{ext}"
+    good.write_text(goods[fmt])
+    opts = {k: v for k, v in kw.items() if k != "steps"}
+    r = importers.import_logs(db, fmt, [bad, good], **kw) if "steps" not in kw else None
+    if r is None:  # a bad option applies to every file of the call: each is reported, nothing half-written
+        r = importers.import_logs(db, fmt, [bad, good], **kw)
+        assert r.added == 0 and len(r.quarantined) == 2 and all(says in why for _, why in r.quarantined)
+        assert importers.import_logs(db, fmt, [good], **opts).added == 1
+        return
+    assert r.added == 1, r.quarantined
+    assert [p for p, _ in r.quarantined] == [str(bad)] and says in r.quarantined[0][1], r.quarantined
+
+
+# -- calibration memory follows the rows stored --------------------------------------------------------------
+
+def test_calibration_inputs_hold_one_entry_per_stored_step_whatever_the_step_numbers(tmp_path):
+    db = tmp_path / "t.duckdb"
+    make_sweep(tmp_path / "runs", 30, steps=30, unstable_every=3)
+    store.ingest_runs(db, tmp_path / "runs")
+    f = tmp_path / "huge-steps.csv"  # W&B `_step` / HF global steps in the millions
+    f.write_text("_step,loss,grad_norm\n0,3.0,1.0\n1,2.9,1.1\n2500000,2.0,0.5\n")
+    assert importers.import_logs(db, "wandb-csv", [f], family="tiny").added == 1
+    con = store.connect(db, read_only=True)
+    try:
+        inp = store.load_calibration_inputs(con)
+        n_stored = con.execute("SELECT count(*) FROM steps").fetchall()[0][0]
+    finally:
+        con.close()
+    t = inp.traj
+    assert t.n_steps == 2_500_001
+    assert t.step.size == n_stored == 30 * 31 + 3
+    assert t.loss.nbytes + t.grad_norm.nbytes + t.top1.nbytes + t.step.nbytes == 32 * n_stored
+    from dlm_triage.calibrate import calibrate
+
+    res = calibrate(inp, n_resamples=30, stepk_resamples=10, ks=(5, 25))
+    assert res["groups"]["tiny"]["n"] == 31
+
+
+def test_stepk_predictors_on_sparse_steps_match_the_dense_rule():
+    from dlm_triage.calibrate import Trajectories, stepk_predictors
+
+    rng = np.random.default_rng(0)
+    n, width = 7, 40
+    loss, grad, top1 = (rng.random((n, width)) for _ in range(3))
+    grad[rng.random((n, width)) < 0.3] = np.nan
+    dense = Trajectories([f"r{i}" for i in range(n)], loss, grad, top1)
+    keep = rng.random((n, width)) < 0.5
+    keep[:, 0] = True
+    rows_, cols_ = np.nonzero(keep)
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
+    sparse = Trajectories.from_long(dense.run_ids, offsets, cols_, loss[rows_, cols_], grad[rows_, cols_],
+                                    top1[rows_, cols_])
+    g2 = np.where(keep, grad, np.nan)
+    ks = [0, 3, 11, 25, 39, 1000]
+    rows = np.array([3, -1, 0, 6, 2])
+    got = stepk_predictors(sparse, rows, ks)
+    with np.errstate(all="ignore"):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for i, k in enumerate(ks):
+                for j, r in enumerate(rows):
+                    if r < 0:
+                        assert np.isnan(got["max_grad"][i, j]) and np.isnan(got["loss"][i, j])
+                        continue
+                    exp = np.nanmax(g2[r, :k + 1]) if np.isfinite(g2[r, :k + 1]).any() else np.nan
+                    np.testing.assert_equal(got["max_grad"][i, j], exp)
+                    exp_loss = loss[r, k] if k < width and keep[r, k] else np.nan
+                    np.testing.assert_equal(got["loss"][i, j], exp_loss)
