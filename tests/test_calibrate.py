@@ -355,8 +355,9 @@ def _with_smoke_runs(inp, n_smoke=3, steps=10, grad=216.0):
         add = np.full((n_smoke, a.shape[1]), np.nan)
         add[:, :steps + 1] = fill
         return np.vstack([a, add])
-    traj = Trajectories(t.run_ids + smoke.get_column("run_id").to_list(), ext(t.loss, 50.0),
-                        ext(t.grad_norm, grad), ext(t.top1, 0.9))
+    loss, grad_norm, top1 = t.dense()
+    traj = Trajectories(t.run_ids + smoke.get_column("run_id").to_list(), ext(loss, 50.0),
+                        ext(grad_norm, grad), ext(top1, 0.9))
     return CalibrationInputs(runs, traj), smoke.get_column("run_id").to_list()
 
 
