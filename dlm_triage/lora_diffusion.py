@@ -64,7 +64,7 @@ class RankSchedule:
         return next(f for u, f in self.pieces if lam <= u)  # the last bound is 1: every lambda in [0, 1] has one
 
     def active_rank(self, lam: float) -> int:
-        # - 1e-9: a product that is an integer up to rounding (0.3 * 10 = 3.0000000000000004) stays that integer
+        # - 1e-9: a product that is an integer up to rounding (0.28 * 25 = 7.000000000000001) stays that integer
         return max(1, min(self.rank, math.ceil(self.fraction(lam) * self.rank - 1e-9)))
 
 

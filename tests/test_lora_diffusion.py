@@ -222,4 +222,4 @@ def test_lora_diffusion_is_a_method_choice_of_the_ui_form():
 
 
 def test_a_fraction_times_rank_that_rounds_above_an_integer_stays_that_integer():
-    assert 0.3 * 10 > 3 and ld.RankSchedule("0.5:0.3,1:1", 10).active_rank(0.1) == 3
+    assert 0.28 * 25 > 7 and ld.RankSchedule("0.5:0.28,1:1", 25).active_rank(0.1) == 7
