@@ -196,9 +196,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         con = store.connect(args.db, read_only=True)
         try:
-            threshold = store.latest_threshold(con, cfg.family)
+            threshold, why = store.live_threshold(con, cfg.family)
         finally:
             con.close()
+    else:
+        why = f"early warning off for family {cfg.family}: no database at {args.db} (calibrate a sweep first)"
+    print(why, file=sys.stderr)
     with tqdm(total=cfg.steps + 1, desc=cfg.run_id, unit="step", file=sys.stderr) as bar:
         res = train_run(cfg, args.out / "runs", threshold=threshold,
                         progress=lambda step, total: bar.update(step + 1 - bar.n))

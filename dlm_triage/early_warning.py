@@ -72,7 +72,8 @@ class EarlyWarning:
     2.5
     """
 
-    def __init__(self, threshold: Any, *, k: int = 25, action: str = "flag", group: str = ""):
+    def __init__(self, threshold: Any, *, k: int = 25, action: str = "flag", group: str = "",
+                 announce: bool = True):
         if action not in ("flag", "stop"):
             raise ValueError(f"action={action!r} is not known: use 'flag' or 'stop'")
         if not isinstance(k, int) or k < 0:
@@ -85,7 +86,25 @@ class EarlyWarning:
         self.evaluated = False
         self.decision: Decision | None = None
         if self.threshold is None:
-            log.warning("no threshold registered for family %s; early warning off", self.group or "?")
+            # a sweep says which threshold it uses (or why none) once for all its runs (store.live_threshold)
+            # and builds every run's warning with announce=False: one line per sweep, not one per run
+            log.log(logging.WARNING if announce else logging.DEBUG,
+                    "no threshold registered for family %s; early warning off", self.group or "?")
+
+    def status(self, last_step: int) -> dict[str, Any]:
+        """The manifest's record of the warning: its rule, threshold, and whether it was evaluated and why not."""
+        if self.threshold is None:
+            note = "no live threshold for this group: early warning off"
+        elif self.evaluated:
+            note = None
+        elif last_step < self.k:
+            note = (f"the run ended at step {last_step}, before k={self.k}: the live warning never evaluated it "
+                    f"(max grad so far {self.max_so_far:.4g} vs threshold {self.threshold:.4g})")
+        else:
+            note = "not evaluated"
+        return {"k": self.k, "threshold": self.threshold, "calibration_id": self.calibration_id,
+                "group": self.group, "evaluated": self.evaluated, "ended_before_k": last_step < self.k,
+                "note": note}
 
     @property
     def enabled(self) -> bool:

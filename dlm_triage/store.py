@@ -1142,6 +1142,42 @@ def latest_threshold(
     return None if row is None else ThresholdRecord(*row)
 
 
+def _g3(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def live_threshold(con: duckdb.DuckDBPyConnection, group: str, *,
+                   group_by: str = "family") -> tuple[ThresholdRecord | None, str]:
+    """(the threshold the live early warning uses for `group` or None, one sentence saying which and why).
+
+    The threshold is `latest_threshold`'s; the sentence names its rule, calibration and evidence, and says when a
+    newer calibration rejected the group (the previous accepted threshold stays in force) or why none is active.
+    """
+    from . import groups
+
+    key = groups.group_key(group_by, group) if group_by in groups.GROUP_BY_COLUMNS else group
+    rec = latest_threshold(con, group, group_by=group_by)
+    h = threshold_history(con, key)
+    h = h.filter(pl.col("group_by") == group_by) if h.height else h
+    newest = h.row(0, named=True) if h.height else None
+    if rec is None:
+        if newest is None:
+            return None, (f"early warning off for {group_by} {key}: no calibration of this group yet "
+                          "(dlm-triage calibrate after a sweep registers one)")
+        return None, (f"early warning off for {group_by} {key}: calibration {newest['calibration_id']} registered "
+                      f"no live threshold ({newest['reason']})")
+    used = h.filter(pl.col("calibration_id") == rec.calibration_id).row(0, named=True)
+    rule = f"max-grad-up-to-{rec.k}" if rec.k is not None else "whole-run max grad"
+    msg = (f"early warning for {group_by} {key}: {rule} >= {rec.threshold:.4g} from calibration "
+           f"{rec.calibration_id} (held-out precision {_g3(used['precision'])}, CI "
+           f"[{_g3(used['precision_ci_low'])}, {_g3(used['precision_ci_high'])}] vs baseline ceiling "
+           f"{_g3(used['baseline_ceiling'])})")
+    if newest is not None and newest["calibration_id"] != rec.calibration_id:
+        msg += (f"; the newer calibration {newest['calibration_id']} rejected this group ({newest['reason']}): "
+                "the previous threshold stays in force")
+    return rec, msg
+
+
 REGISTRY_EVIDENCE_COLUMNS = {"precision_ci_low": pl.Float64, "precision_ci_high": pl.Float64,
                              "baseline_ceiling": pl.Float64, "reason": pl.String}
 """Read from each calibration's registry record (result_json): the registered rule's split-bootstrap precision
@@ -1179,12 +1215,15 @@ def threshold_history(con: duckdb.DuckDBPyConnection, group: str | None = None) 
 
 
 def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | None = None) -> pl.DataFrame:
-    """Runs to inspect: routed live (routed_for_inspection) OR max-grad-up-to-k >= their group's threshold.
+    """Runs to inspect: routed live (routed_for_inspection) OR max-grad-up-to-k >= their group's threshold, or
+    ended before k (the live warning never evaluated them: listed last, with what they reached so far).
 
     Thresholds: the latest accepted one per (group_by, group, monitor='max_grad_norm'), or the accepted ones
     of `calibration_id`. max-grad-up-to-k = max grad_norm over logged steps 0..k; runs without a step log
     (imported cells) fall back to their whole-run max_grad_norm, and the reason says so.
-    One row per run with config, monitor summary, the matched threshold(s) and a `reason`.
+    One row per run with config, monitor summary, the matched threshold(s), a `reason`, an `outcome` and its
+    `severity` (0 routed live, 1 above threshold, 2 ended before k but above so far, 3 ended before k), sorted
+    by severity, then by max-grad / threshold descending.
     """
     if calibration_id is not None:
         th = _pl(
@@ -1216,30 +1255,43 @@ def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | No
                         SELECT r.run_id, t.group_by, t.group_name, t.k, t.threshold, t.calibration_id,
                                (SELECT max(s.grad_norm) FROM steps s WHERE s.run_id = r.run_id AND s.step <= t.k)
                                    AS up_to_k,
-                               r.max_grad_norm AS whole_run
+                               r.max_grad_norm AS whole_run,
+                               (SELECT max(s.step) FROM steps s WHERE s.run_id = r.run_id) AS last_step
                         FROM runs r JOIN _dlmt_keys g USING (run_id) JOIN t ON g.group_name = t.group_name)
                     SELECT run_id, group_by, group_name, k, threshold, calibration_id,
-                           coalesce(up_to_k, whole_run) AS max_grad_up_to_k, up_to_k IS NULL AS from_whole_run
-                    FROM m WHERE coalesce(up_to_k, whole_run) >= threshold""", [gb]))
+                           coalesce(up_to_k, whole_run) AS max_grad_up_to_k, up_to_k IS NULL AS from_whole_run,
+                           last_step, coalesce(last_step < k, false) AS ended_before_k,
+                           coalesce(up_to_k, whole_run) >= threshold AS above
+                    FROM m WHERE coalesce(up_to_k, whole_run) >= threshold OR last_step < k""", [gb]))
             finally:
                 con.unregister("_dlmt_keys")
     finally:
         con.unregister("_dlmt_th")
     hit_schema = {"run_id": pl.String, "group_by": pl.String, "group_name": pl.String, "k": pl.Int32,
                   "threshold": pl.Float64, "calibration_id": pl.String, "max_grad_up_to_k": pl.Float64,
-                  "from_whole_run": pl.Boolean}
+                  "from_whole_run": pl.Boolean, "last_step": pl.Int32, "ended_before_k": pl.Boolean,
+                  "above": pl.Boolean}
     hit = pl.concat([h.cast(hit_schema) for h in hits]) if hits else pl.DataFrame(schema=hit_schema)
+    # a run that ends before k is never evaluated by the live warning: say so, with what it reached so far
+    short = pl.format("ended at step {} before k={}: the live warning never evaluated it; max grad so far {} {} "
+                      "threshold {} ({}={}, calibration {})",
+                      pl.col("last_step"), pl.col("k"), pl.col("max_grad_up_to_k").round(4),
+                      pl.when(pl.col("above")).then(pl.lit(">=")).otherwise(pl.lit("<")),
+                      pl.col("threshold").round(4), pl.col("group_by"), pl.col("group_name"),
+                      pl.col("calibration_id"))
     hit = hit.with_columns(
-        pl.format("max-grad-up-to-{} = {} >= threshold {} ({}={}, calibration {}){}",
-                  pl.col("k"), pl.col("max_grad_up_to_k").round(4), pl.col("threshold").round(4),
-                  pl.col("group_by"), pl.col("group_name"), pl.col("calibration_id"),
-                  pl.when(pl.col("from_whole_run")).then(pl.lit(" [no step log: whole-run max]"))
-                  .otherwise(pl.lit(""))).alias("_reason")
+        pl.when(pl.col("ended_before_k")).then(short).otherwise(
+            pl.format("max-grad-up-to-{} = {} >= threshold {} ({}={}, calibration {}){}",
+                      pl.col("k"), pl.col("max_grad_up_to_k").round(4), pl.col("threshold").round(4),
+                      pl.col("group_by"), pl.col("group_name"), pl.col("calibration_id"),
+                      pl.when(pl.col("from_whole_run")).then(pl.lit(" [no step log: whole-run max]"))
+                      .otherwise(pl.lit("")))).alias("_reason")
     )
     agg = hit.group_by("run_id").agg(
         pl.col("_reason").sort().str.join("; ").alias("_th_reason"),
         pl.col("threshold").first(), pl.col("k").first(), pl.col("calibration_id").first(),
-        pl.col("max_grad_up_to_k").first(),
+        pl.col("max_grad_up_to_k").first(), pl.col("above").any().alias("_above"),
+        pl.col("ended_before_k").all().alias("ended_before_k"),
     )
     runs = _pl(
         con,
@@ -1256,10 +1308,20 @@ def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | No
         + pl.when(pl.col("routing_json").is_not_null()).then(pl.lit(" ") + pl.col("routing_json"))
         .otherwise(pl.lit(""))
     )
+    routed = pl.col("routed_for_inspection").fill_null(False)
+    above, short_run = pl.col("_above").fill_null(False), pl.col("ended_before_k").fill_null(False)
     q = q.with_columns(
-        pl.concat_str([live, pl.col("_th_reason")], separator="; ", ignore_nulls=True).alias("reason")
-    ).drop("_th_reason")
-    return q.sort("run_id")
+        pl.concat_str([live, pl.col("_th_reason")], separator="; ", ignore_nulls=True).alias("reason"),
+        pl.when(routed).then(pl.lit("routed live")).when(above & ~short_run).then(pl.lit("above threshold"))
+        .when(above).then(pl.lit("ended before k, above threshold so far"))
+        .otherwise(pl.lit("ended before k, not evaluated")).alias("outcome"),
+        pl.when(routed).then(0).when(above & ~short_run).then(1).when(above).then(2).otherwise(3)
+        .cast(pl.Int8).alias("severity"),
+        (pl.col("max_grad_up_to_k") / pl.col("threshold")).alias("_ratio"),
+    ).with_columns(short_run.alias("ended_before_k"))
+    # most severe first; within a level, furthest above its threshold first
+    return q.sort(["severity", "_ratio", "run_id"], descending=[False, True, False],
+                  nulls_last=True).drop("_th_reason", "_above", "_ratio")
 
 
 # -- small query helpers for the CLI ------------------------------------------------------------------------

@@ -297,7 +297,9 @@ def train_run(
         stale.unlink(missing_ok=True)
     started_at = datetime.now(timezone.utc)
     t_start = time.perf_counter()
-    warning = EarlyWarning(threshold, k=cfg.early_warning_step, action=cfg.early_warning_action, group=cfg.family)
+    # announce=False: the caller (sweep, `dlm-triage train`) says once which threshold is live, or why none is
+    warning = EarlyWarning(threshold, k=cfg.early_warning_step, action=cfg.early_warning_action, group=cfg.family,
+                           announce=False)
     rows: list[dict[str, Any]] = []
     status, reason, routing = "completed", None, None
     r: _Run | None = None
@@ -345,7 +347,8 @@ def train_run(
             _discard_partial_run(run_dir)  # failed before step 0 (e.g. a target that matches nothing)
         raise
     try:
-        man = _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=cfg.save_adapter)
+        man = _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=cfg.save_adapter,
+                      early_warning=warning.status(len(rows) - 1))
     except OSError:  # disk full / unwritable: no partial adapter or orphan step log left to look like a result
         _discard_partial_run(run_dir)
         raise
@@ -368,8 +371,11 @@ def _discard_partial_run(run_dir: Path) -> None:
 
 def _finish(cfg: RunConfig, r: _Run, run_dir: Path, rows: list[dict[str, Any]], status: str,
             reason: str | None, routing: dict | None, started_at: datetime, t_start: float,
-            *, save: bool) -> dict[str, Any]:
-    """Save the adapter, then write the step log and the manifest (last, atomically)."""
+            *, save: bool, early_warning: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save the adapter, then write the step log and the manifest (last, atomically).
+
+    `early_warning` (EarlyWarning.status): the live warning's rule and whether it evaluated the run (a run that
+    ends before k says so here); an optional manifest key, beside the required schema.MANIFEST_KEYS."""
     adapter_path = None
     if save:
         adapter_path = Path(cfg.adapter_dir) if cfg.adapter_dir else run_dir / ADAPTER_DIRNAME
@@ -381,6 +387,8 @@ def _finish(cfg: RunConfig, r: _Run, run_dir: Path, rows: list[dict[str, Any]], 
             raise
     steps = pl.DataFrame(rows, schema=runlog.steps_schema())
     manifest = build_manifest(cfg, r, steps, status, reason, routing, started_at, t_start, adapter_path)
+    if early_warning is not None:
+        manifest["early_warning"] = early_warning
     return runlog.write_run_atomic(run_dir, steps, manifest)
 
 

@@ -244,16 +244,18 @@ def registered_threshold(db: Path, family: str) -> Any:
     """The family's latest accepted max-grad threshold (for the live early warning), or None."""
     db = Path(db)
     if not db.exists():
-        get_run_logger().info("no database at %s: no registered threshold, runs are not routed live", db)
+        get_run_logger().info("early warning off for family %s: no database at %s yet (the first sweep's "
+                              "calibration registers a threshold)", family, db)
         return None
     from dlm_triage import store
 
     con = store.connect(db, read_only=True)
     try:
-        rec = store.latest_threshold(con, family, group_by="family")
+        rec, why = store.live_threshold(con, family, group_by="family")
     finally:
         con.close()
-    get_run_logger().info("registered threshold for %s: %s", family, rec)
+    # once per family and sweep: which threshold every run of the sweep uses, or why none is active
+    get_run_logger().info(why)
     return rec
 
 

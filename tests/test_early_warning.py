@@ -57,6 +57,22 @@ def test_threshold_record_and_none(caplog):
         ew = EarlyWarning(None, k=0, group="dream")
         assert feed(ew, [1e9, 1e9]) == [None, None] and not ew.enabled
     assert [r.getMessage() for r in caplog.records] == ["no threshold registered for family dream; early warning off"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dlm_triage.early_warning"):
+        EarlyWarning(None, k=0, group="dream", announce=False)  # a sweep said it once for all its runs
+    assert caplog.records == []
+
+
+def test_status_says_when_a_run_ends_before_k():
+    ew = EarlyWarning(Thr(5.0, "cal-1", "tiny"), k=25)
+    feed(ew, [9.0] * 11)  # a 10-step smoke run: steps 0..10, max 9 >= 5, but k=25 is never reached
+    st = ew.status(last_step=10)
+    assert st["evaluated"] is False and st["ended_before_k"] is True and ew.decision is None
+    assert "ended at step 10, before k=25" in st["note"] and "max grad so far 9" in st["note"]
+    ew = EarlyWarning(Thr(5.0, "cal-1", "tiny"), k=3)
+    feed(ew, [1.0] * 5)
+    assert ew.status(last_step=4) == {"k": 3, "threshold": 5.0, "calibration_id": "cal-1", "group": "tiny",
+                                      "evaluated": True, "ended_before_k": False, "note": None}
 
 
 @pytest.mark.parametrize("bad, exc", [(-1.0, ValueError), (float("nan"), ValueError), ("2.0", TypeError)])
@@ -97,6 +113,11 @@ def test_train_run_not_routed_below_threshold_or_without_one(tiny_model_dir, tmp
         res = train_run(cfg, tmp_path / str(thr), threshold=thr)
         man = read_run(res.run_dir).manifest
         assert not res.routed_for_inspection and man["routing"] is None and res.status == "completed"
+        assert man["early_warning"]["k"] == 2 and man["early_warning"]["evaluated"] is (thr is not None)
+    # a run shorter than k says so in its manifest
+    res = train_run(cfg.replace(early_warning_step=25), tmp_path / "short", threshold=1e9)
+    ew = read_run(res.run_dir).manifest["early_warning"]
+    assert ew["ended_before_k"] and not ew["evaluated"] and "ended at step 5, before k=25" in ew["note"]
 
 
 def test_callback_on_a_real_trainer_run(tiny_model_dir, tmp_path):

@@ -417,6 +417,54 @@ def test_inspection_queue(db: Path, tmp_path: Path) -> None:
     con.close()
 
 
+def test_queue_names_runs_that_end_before_k_and_sorts_by_severity(db: Path, tmp_path: Path) -> None:
+    """A 10-step run in a family whose live rule reads step 30 is never evaluated live: the queue lists it,
+    says so, and ranks it after the runs the rule did flag."""
+    root = tmp_path / "runs"
+    wild = make_run(root, RunConfig(steps=30, seed=2), unstable=True)
+    calm = make_run(root, RunConfig(steps=30, seed=1))
+    smoke_hot = make_run(root, RunConfig(steps=24, seed=5), unstable=True)
+    smoke = make_run(root, RunConfig(steps=10, seed=6))
+    routed = make_run(root, RunConfig(steps=30, seed=3), routed=True)
+    store.ingest_runs(db, root)
+    con = store.connect(db)
+    g = {d.name: pl.read_parquet(d / STEPLOG_FILENAME)["grad_norm"].max() for d in (wild, calm, smoke_hot, smoke)}
+    thr = 0.5 * (max(g[calm.name], g[smoke.name]) + g[smoke_hot.name])
+    assert g[wild.name] > g[smoke_hot.name] > thr > max(g[calm.name], g[smoke.name])
+    store.save_calibration(con, _result({"tiny": {"threshold": thr, "k": 30}}))
+    q = store.inspection_queue(con)
+    con.close()
+    assert q["run_id"].to_list() == [routed.name, wild.name, smoke_hot.name, smoke.name]
+    assert q["severity"].to_list() == [0, 1, 2, 3]
+    out = dict(zip(q["run_id"], q["outcome"]))
+    assert out[smoke.name] == "ended before k, not evaluated" and out[wild.name] == "above threshold"
+    reason = dict(zip(q["run_id"], q["reason"]))[smoke.name]
+    assert "ended at step 10 before k=30" in reason and "never evaluated" in reason and "<" in reason
+
+
+def test_live_threshold_says_which_and_why(db: Path) -> None:
+    con = store.connect(db)
+    rec, why = store.live_threshold(con, "tiny")
+    assert rec is None and "no calibration of this group yet" in why
+    c1 = store.save_calibration(con, _result({"tiny": {"threshold": 2.0}}))
+    rec, why = store.live_threshold(con, "tiny")
+    assert rec.threshold == 2.0 and f"max-grad-up-to-10 >= 2 from calibration {c1}" in why
+    rejected = _result({"tiny": {"threshold": 9.0}})
+    rejected["groups"]["tiny"]["registry"].update(
+        accepted=False, rejection_reasons=["max-grad-up-to-10: precision CI [0, 1] carries no information"])
+    c2 = store.save_calibration(con, rejected)
+    rec, why = store.live_threshold(con, "tiny")
+    # the newer calibration's rejection does not flip the live threshold silently: the previous stays, said so
+    assert rec.threshold == 2.0 and rec.calibration_id == c1
+    assert f"newer calibration {c2} rejected this group" in why and "precision CI [0, 1]" in why
+    rec, why = store.live_threshold(con, "dream")
+    assert rec is None and "early warning off for family dream" in why
+    store.save_calibration(con, {**rejected, "groups": {"dream": rejected["groups"]["tiny"]}})
+    rec, why = store.live_threshold(con, "dream")
+    assert rec is None and "registered no live threshold (max-grad-up-to-10: precision CI [0, 1]" in why
+    con.close()
+
+
 def test_summary_and_list_runs(db: Path, runs: Path) -> None:
     store.ingest_runs(db, runs)
     con = store.connect(db, read_only=True)
