@@ -53,8 +53,9 @@ EMBEDDED_DEFAULT_SWEEP: dict[str, Any] = {
 
 QUEUE_COLUMNS = ("run_id", "family", "method", "rank", "mask_ratio", "learning_rate", "seed", "status",
                  "final_loss", "max_grad_up_to_k", "threshold", "k")
-THRESHOLD_COLUMNS = ("created_at", "calibration_id", "group_by", "group_name", "k", "threshold", "ci_low", "ci_high",
-                     "n", "n_unstable", "precision", "recall", "f1", "accepted")
+THRESHOLD_COLUMNS = ("created_at", "calibration_id", "group_by", "group_name", "k", "threshold", "n", "n_unstable",
+                     "precision", "recall", "f1", "precision_ci_low", "precision_ci_high", "baseline_ceiling",
+                     "accepted")
 
 
 def _progress_watcher(runs_dir: Path, run_ids: Sequence[str], desc: str) -> tuple[threading.Event, threading.Thread]:
@@ -320,7 +321,14 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
     if h.is_empty():
         print("no threshold registered yet: run `dlm-triage calibrate`")
         return 0
+    # one rule per row: the registered threshold at k, its own held-out metrics and precision CI, judged against
+    # the always-positive baseline ceiling (the numbers the report's per-group table shows)
     _print_table(h, THRESHOLD_COLUMNS)
+    rejected = h.filter(~h["accepted"])
+    if rejected.height:
+        print("rejected (never live):")
+        for cid, g, why in rejected.select("calibration_id", "group_name", "reason").iter_rows():
+            print(f"  {cid} {g}: {why}")
     return 0
 
 

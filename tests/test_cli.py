@@ -40,20 +40,21 @@ def test_ingest_calibrate_report_queue_thresholds(out, capsys):
     assert result["calibration_id"] in html
     assert str(out / "rep" / result["calibration_id"] / "report.html") in capsys.readouterr().out
 
-    assert main(["--out", str(out), "queue", "--json"]) == 0
-    queue = json.loads(capsys.readouterr().out)
+    # 4 unstable runs among 40: the split-bootstrap precision CI cannot clear the baseline ceiling, so the
+    # calibration registers no live threshold and says why (registry, CLI)
+    reg = result["groups"]["tiny"]["registry"]
+    assert reg["status"] == "rejected" and reg["rejection_reasons"]
     con = duckdb.connect(str(db), read_only=True)
     try:
-        thr = con.execute("select threshold, k from thresholds where accepted").fetchall()
+        assert con.execute("select count(*) from thresholds where accepted").fetchall() == [(0,)]
     finally:
         con.close()
-    assert len(thr) == 1
-    # every queued run is at or above the registered threshold, or was routed live
-    assert queue, "the factory's unstable runs have large gradients: some must be queued"
-    assert all(r["max_grad_up_to_k"] >= thr[0][0] or r["routed_for_inspection"] for r in queue)
+    assert main(["--out", str(out), "queue", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # no threshold live, no run routed live
 
     assert main(["--out", str(out), "thresholds"]) == 0
-    assert "tiny" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tiny" in printed and "rejected" in printed and "baseline ceiling" in printed
 
 
 def test_import_cells_then_calibrate(tmp_path, capsys):
