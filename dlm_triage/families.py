@@ -96,9 +96,21 @@ def check_targets(model: nn.Module, targets: tuple[str, ...], *, family: str) ->
         examples = sorted({n.rsplit(".", 1)[-1] for n in names})[:30]
         raise FamilyError(
             f"family {family!r}: target module(s) {missing} match no linear module of this model "
-            f"(its linear module names end in {examples}); check the family or pass target_modules explicitly"
+            f"({model_source(model)}; its linear module names end in {examples}); check the family or pass "
+            "target_modules explicitly"
         )
     return targets
+
+
+def model_source(model: nn.Module) -> str:
+    """'ClassName in file.py': where a model's class is defined (a remote checkpoint's own modeling file)."""
+    import inspect
+
+    cls = type(model)
+    try:
+        return f"{cls.__name__} in {Path(inspect.getfile(cls)).name}"
+    except (TypeError, OSError):
+        return cls.__name__
 
 
 class FamilyAdapter:
@@ -299,6 +311,8 @@ class RemoteCodeAdapter(FamilyAdapter):
             raise self._load_error(model_id, e) from e
         mask_id = self.mask_token_id(tokenizer)
         self.check_mask_id(model, mask_id, model_id)
+        if getattr(cfg, "target_modules", None):  # before training: PEFT would only fail later, less clearly
+            check_targets(model, tuple(cfg.target_modules), family=self.name)
         return LoadedModel(model, tokenizer, mask_id, family=self.name, model_id=model_id, dtype=dtype,
                            device=device, compat=tuple(model._dlm_triage_compat_applied))
 
@@ -400,10 +414,16 @@ class DreamAdapter(RemoteCodeAdapter):
 
 class MDLMAdapter(RemoteCodeAdapter):
     """MDLM-OWT: AutoModelForMaskedLM + trust_remote_code; forward(input_ids, timesteps); mask 50257; fused
-    attn_qkv + attn_out; raw logits (the SUBS parameterisation is not applied: the CE is ours).
+    attn_qkv + attn_out; the CE is ours, on logits with MDLM's SUBS rule for the mask token applied.
 
-    timesteps: zeros. The OWT checkpoint was trained with time_conditioning=False (sigma fed as 0), so 0 is what
-    its conditioning layer has always seen; pass `timesteps=` to `logits` to override."""
+    timesteps: zeros. With `time_conditioning: false` (the OWT checkpoint) the published backbone replaces
+    sigma by zeros itself, so timesteps do not reach the logits at all; with it true they do, and `logits`
+    takes `timesteps=` to pass them.
+
+    SUBS: the mask token's logit is set to -inf (out of place, so autograd is untouched). The [MASK] row of
+    the output layer is never a training target, so without this it keeps probability mass and top-1 at a
+    masked position can land on the mask id itself. The model's `get_input_embeddings()` raises
+    NotImplementedError (its embedding is a bare Parameter): `check_mask_id` then reads config.vocab_size."""
 
     name = "mdlm"
     default_model_id = "kuleshov-group/mdlm-owt"
@@ -411,6 +431,13 @@ class MDLMAdapter(RemoteCodeAdapter):
     auto_class = "AutoModelForMaskedLM"
     fixed_mask_token_id = 50257
     targets = ("attn_qkv", "attn_out")
+    package_hints = {
+        "flash_attn": "the published modeling_mdlm.py calls flash-attn's CUDA kernels (rotary embedding and "
+                      "varlen attention) in its forward, so it runs only on a CUDA GPU: pip install flash-attn "
+                      "there (a torch build with CUDA first); on CPU there is no way past it but a port of those "
+                      "two kernels in the checkpoint's own modeling file",
+        "einops": "pip install einops (the published modeling_mdlm.py imports it)",
+    }
 
     def forward_kwargs(self, model: nn.Module, input_ids: torch.Tensor, timesteps: torch.Tensor | None = None):
         if timesteps is None:
@@ -420,11 +447,12 @@ class MDLMAdapter(RemoteCodeAdapter):
 
     def logits(self, model: nn.Module, input_ids: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
         out = model(**self.forward_kwargs(model, input_ids, timesteps))
-        logits = out.logits if hasattr(out, "logits") else out
+        logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
         if logits.dim() != 3 or logits.shape[:2] != input_ids.shape:
             raise FamilyError(f"family 'mdlm': logits of shape {tuple(logits.shape)} for input "
                               f"{tuple(input_ids.shape)}; expected [B, L, V]: check model_id")
-        return logits
+        mask_index = torch.tensor([self.fixed_mask_token_id], device=logits.device)
+        return logits.index_fill(-1, mask_index, float("-inf"))
 
     def load_tokenizer(self, model_id: str, config: Any = None) -> Any:
         # The MDLM checkpoint reuses GPT-2's tokenizer (mask id 50257 = its vocab size); a local directory may

@@ -40,9 +40,9 @@ TRANSFORMERS_5 = TRANSFORMERS_VERSION.major >= 5
 
 # name -> (families, the transformers line that needs it, why)
 SHIMS: dict[str, tuple[tuple[str, ...], str, str]] = {
-    "post_init": (("llada",), ">=5",
-                  "LLaDAModelLM.__init__ never calls post_init(); transformers 5's from_pretrained reads "
-                  "all_tied_weights_keys, which only post_init() sets (AttributeError)"),
+    "post_init": (("llada", "mdlm"), ">=5",
+                  "LLaDAModelLM.__init__ and MDLM.__init__ never call post_init(); transformers 5's "
+                  "from_pretrained reads all_tied_weights_keys, which only post_init() sets (AttributeError)"),
     "tie_weights_kwargs": (("llada",), ">=5",
                            "LLaDAModelLM.tie_weights(self) takes no arguments; transformers 5 calls "
                            "tie_weights(missing_keys=..., recompute_mapping=False) (TypeError)"),
@@ -167,7 +167,7 @@ def _patch_module_rope(module: Any) -> bool:
 def _patch_class(family: str, cls: type) -> list[str]:
     applied = []
     done: set[str] = set(getattr(cls, "_dlm_triage_compat", ()))
-    if family == "llada" and TRANSFORMERS_5:
+    if family in SHIMS["post_init"][0] and TRANSFORMERS_5:
         if "post_init" not in done and "post_init" not in _own_init_calls(cls):
             init = cls.__init__
 
@@ -178,6 +178,7 @@ def _patch_class(family: str, cls: type) -> list[str]:
 
             cls.__init__ = __init__
         applied.append("post_init")
+    if family == "llada" and TRANSFORMERS_5:
         if "tie_weights_kwargs" not in done:
             tie = cls.tie_weights
 

@@ -70,6 +70,10 @@ SOURCES: dict[str, list[tuple[str, str, str, str, bool | None, str]]] = {
          "DreamGenerationConfig.validate(self, is_init=False) without **kwargs; dllm's copy edits it to accept "
          "**kwargs, which hides the transformers 5 failure"),
     ],
+    # No public git copy of the hub's modeling_mdlm.py was found; give its files with --file. Used for the tests:
+    # the hub's configuration_mdlm.py (740 bytes) and a public CPU fork of modeling_mdlm.py (14022 bytes; its
+    # docstring lists the edits: flash_attn's rotary and varlen attention replaced by torch code). The hub file
+    # itself imports flash_attn at module level and calls its CUDA kernels in the forward.
     "mdlm": [],
 }
 REQUIRED = {

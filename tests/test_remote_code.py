@@ -92,7 +92,11 @@ def test_loaded_checkpoint_computes_what_its_weights_define(ckpt, family):
     adapter = get_family(family)
     with torch.no_grad():
         got, want = adapter.logits(model, _ids()), adapter.logits(ref, _ids())
-    assert torch.isfinite(got).all()
+    finite = torch.isfinite(got)
+    if family == "mdlm":  # SUBS: the mask token's logit is -inf, every other one finite
+        assert (got[..., MASK_ID["mdlm"]] == float("-inf")).all()
+        finite[..., MASK_ID["mdlm"]] = True
+    assert finite.all()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -173,3 +177,59 @@ def test_missing_code_file_fails_before_training_naming_file_and_fix(ckpt, tmp_p
     (bad / "configuration_llada.py").unlink()
     with pytest.raises(FamilyError, match=r"family 'llada'.*lacks configuration_llada\.py.*copy the checkpoint"):
         _load("llada", bad)
+
+
+def test_mdlm_ignores_timesteps_without_time_conditioning_and_never_predicts_the_mask(ckpt):
+    lm, adapter = _load("mdlm", ckpt("mdlm")), get_family("mdlm")
+    model = lm.model.eval()
+    assert model.config.time_conditioning is False
+    with pytest.raises(NotImplementedError):
+        model.get_input_embeddings()  # a bare Parameter: the adapter's mask-id check reads config.vocab_size
+    ids = _ids()
+    with torch.no_grad():
+        zero = adapter.logits(model, ids)
+        half = adapter.logits(model, ids, timesteps=torch.full((2,), 0.5))
+        # the mask row made the most likely token everywhere: SUBS must still keep top-1 off it
+        model.backbone.output_layer.linear.bias[MASK_ID["mdlm"]] += 1e4
+        forced = adapter.logits(model, ids)
+    torch.testing.assert_close(zero, half)  # the published backbone zeroes sigma itself
+    assert (forced.argmax(-1) != MASK_ID["mdlm"]).all()
+
+
+def test_missing_flash_attn_fails_before_training_with_the_fix(ckpt, tmp_path):
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash_attn is installed here")
+    bad = tmp_path / "mdlm-hub-imports"
+    shutil.copytree(ckpt("mdlm"), bad)
+    code = bad / "modeling_mdlm.py"
+    # the hub's modeling_mdlm.py imports flash_attn at module level (the CPU copy used here does not)
+    code.write_text("import flash_attn\nimport flash_attn.layers.rotary\n" + code.read_text())
+    with pytest.raises(FamilyError, match=r"family 'mdlm'.*modeling_mdlm\.py.*\['flash_attn'\].*CUDA GPU"):
+        _load("mdlm", bad)
+
+
+def test_tokenizer_without_mask_token_and_no_default_fails_naming_the_fix(ckpt, tmp_path):
+    import shutil
+
+    from remote_families import save_tokenizer
+
+    bad = tmp_path / "llada-moe-foreign-tokenizer"
+    shutil.copytree(ckpt("llada_moe"), bad)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (bad / f).unlink(missing_ok=True)
+    save_tokenizer("mdlm", bad)  # a tokenizer with neither a mask token nor '<|mask|>'
+    with pytest.raises(FamilyError, match=r"family 'llada_moe'.*no mask token.*'<\|mask\|>'.*tokenizer\.json"):
+        _load("llada_moe", bad)
+
+
+def test_requested_target_the_published_class_lacks_fails_before_training(ckpt, tmp_path):
+    from dlm_triage.train import train_run
+
+    cfg = RunConfig(family="llada", model_id=str(ckpt("llada")), steps=2, batch_size=2, seq_len=16,
+                    device="cpu", dtype="float32", target_modules=("q_proj", "o_proj"))
+    with pytest.raises(FamilyError, match=r"family 'llada'.*\['o_proj'\].*LLaDAModelLM in modeling_llada\.py"):
+        train_run(cfg, tmp_path)
+    assert not any(tmp_path.rglob("manifest.json"))
