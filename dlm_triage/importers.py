@@ -123,6 +123,7 @@ def _num(name: str, v: Any, *, required: bool = True) -> float | None:
 
 
 INT32_MAX = 2**31 - 1
+_DECIMAL_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only (str.isdigit also accepts '²')
 
 
 def _int(name: str, v: Any, *, required: bool = True, minimum: int | None = 0,
@@ -131,7 +132,7 @@ def _int(name: str, v: Any, *, required: bool = True, minimum: int | None = 0,
     if isinstance(v, int) and not isinstance(v, bool):
         i = v  # exact, also beyond 2**53
     else:
-        if isinstance(v, str) and v.strip().lstrip("+-").isdigit():
+        if isinstance(v, str) and _DECIMAL_INT.fullmatch(v.strip()):
             t = v.strip()
             if len(t) > 30:
                 raise _Bad(f"{name}={_show(v)} is out of range: use an integer in [{minimum}, {maximum}]")
