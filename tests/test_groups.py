@@ -47,17 +47,18 @@ def _max_grad_up_to(db: Path, k: int | None) -> dict[str, float]:
 @pytest.mark.parametrize("group_by", ["family", "model", "cohort", "method"])
 def test_every_grouping_end_to_end(tmp_path, group_by):
     runs = tmp_path / "runs"
+    # 36 + 4 imported runs in the first configuration, 40 in the second: 4 top-decile runs in each group
     for i, sw in enumerate(SWEEPS):
-        make_sweep(runs, 24, steps=30, unstable_every=4, seed_offset=100 * i, **sw)
+        make_sweep(runs, (36, 40)[i], steps=30, unstable_every=10, seed_offset=100 * i, **sw)
     db = tmp_path / "t.duckdb"
-    assert store.ingest_runs(db, runs).added == 48
+    assert store.ingest_runs(db, runs).added == 76
     # an import of the first configuration's family spelled 'LLaDA' and without a cohort
     csv = tmp_path / "cells.csv"
     rows = ["family,model_name,rank,rho,seed,lr,top1_fired,top1_fire_step,collapsed,max_grad_norm,final_loss"]
-    rows += [f"LLaDA,org/model-a,4,0.5,{i},0.0001,True,11,False,{2.0 + i},{1.0 + i / 10}" for i in range(4)]
+    rows += [f"LLaDA,org/model-a,4,0.5,{i},0.0001,True,11,False,{0.5 + i / 100},{1.0 + i / 10}" for i in range(4)]
     csv.write_text("\n".join(rows) + "\n")
     assert importers.import_logs(db, "cells", [csv], method="lora").added == 4
-    n_total = 52
+    n_total = 80
 
     # 1. calibrate: the group names are the keys, every run in exactly one group
     with warnings.catch_warnings():
@@ -129,7 +130,7 @@ def test_every_grouping_end_to_end(tmp_path, group_by):
         con.close()
     new_ids = {p.name for p in runs.iterdir()} - set(keyed["run_id"].to_list())
     assert len(new_ids) == 6 and set(ids) == set(keyed.filter(pl.col("group") == first_key)["run_id"]) | new_ids
-    assert len(ids) == 24 + 4 + 6  # the first sweep, the imports (same family/model/cohort/method) and the new
+    assert len(ids) == 36 + 4 + 6  # the first sweep, the imports (same family/model/cohort/method) and the new
 
 
 def test_recalibrate_flow_finds_the_empty_cohort_calibrated(prefect_harness, tmp_path):
@@ -139,7 +140,7 @@ def test_recalibrate_flow_finds_the_empty_cohort_calibrated(prefect_harness, tmp
 
     runs = tmp_path / "runs"
     for i, sw in enumerate(SWEEPS):
-        make_sweep(runs, 24, steps=30, seed_offset=100 * i, **sw)
+        make_sweep(runs, 40, steps=30, unstable_every=10, seed_offset=100 * i, **sw)
     params = RecalibrateParams(runs_dir=runs, min_new_runs=10, write_report=True, calibrate=CalibrateParams(
         db=tmp_path / "t.duckdb", out=tmp_path / "cal", group_by="cohort", n_resamples=20, stepk_resamples=10,
         ks=[5, 10]))
