@@ -68,18 +68,9 @@ def test_every_grouping_end_to_end(tmp_path, group_by):
     assert set(res["groups"]) == EXPECTED[group_by]
     assert sum(g["n"] + g["n_excluded"] for g in res["groups"].values()) == n_total
 
-    # 2. the registry: a threshold per group, found by key or by the raw value a run carries. 24 runs a group
-    # are too few for the evidence rule (test_calibrate: no live threshold unless the precision CI clears the
-    # baseline ceiling), so the same thresholds are registered once more as accepted, to follow the key alone
-    forced = {**res, "calibration_id": res["calibration_id"] + "-live",
-              "groups": {n: {**g, "registry": {**g["registry"], "accepted": True, "status": "accepted",
-                                               "rejection_reasons": []}}
-                         for n, g in res["groups"].items()}}
-    con = store.connect(db)
-    try:
-        store.save_calibration(con, forced)
-    finally:
-        con.close()
+    # 2. the registry: a threshold per group, live on its own evidence (4 top-decile runs of 40 separate
+    # cleanly), found by key or by the raw value a run carries
+    assert all(g["registry"].get("accepted", True) and not g["degenerate"] for g in res["groups"].values())
     con = store.connect(db, read_only=True)
     try:
         raw = {"family": "LLaDA", "model": "org/model-a", "cohort": "", "method": "lora"}[group_by]
