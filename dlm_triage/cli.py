@@ -23,13 +23,15 @@ $DLM_TRIAGE_CACHE (~/.cache/dlm-triage) for the tiny family's pretrained model.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
+import re
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, NoReturn, Sequence
 
 from dlm_triage import paths
 from dlm_triage.groups import GROUP_BY_COLUMNS
@@ -51,8 +53,9 @@ EMBEDDED_DEFAULT_SWEEP: dict[str, Any] = {
 }
 
 
-QUEUE_COLUMNS = ("run_id", "family", "method", "rank", "mask_ratio", "learning_rate", "seed", "status",
-                 "final_loss", "max_grad_up_to_k", "threshold", "k")
+QUEUE_COLUMNS = ("outcome", "run_id", "max_grad_up_to_k", "threshold", "k", "family", "learning_rate", "rank",
+                 "mask_ratio", "seed", "status", "final_loss", "method")
+"""Most important first: a narrow terminal drops columns from the end."""
 THRESHOLD_COLUMNS = ("created_at", "calibration_id", "group_by", "group_name", "k", "threshold", "n", "n_unstable",
                      "precision", "recall", "f1", "precision_ci_low", "precision_ci_high", "baseline_ceiling",
                      "accepted")
@@ -106,6 +109,13 @@ def _sweep_params(args: argparse.Namespace, defaults: dict[str, Any] | None = No
     return SweepParams(**data)
 
 
+def _check_sweep_model(sweep: Any) -> None:
+    """An offline, uncached hub id fails before Prefect starts (the training task would fail on it too)."""
+    from dlm_triage.hub import check_model_available
+
+    check_model_available(sweep.model_id or None)
+
+
 def _print_ingest(report: Any) -> None:
     print(f"ingest {report.ingest_id}: {report.added} added, {report.already_present} already present, "
           f"{report.incomplete} incomplete, {len(report.quarantined)} quarantined")
@@ -126,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dlm_triage.params import CalibrateParams, IngestParams, PipelineParams, ReportParams
 
     sweep = _sweep_params(args, EMBEDDED_DEFAULT_SWEEP)
+    _check_sweep_model(sweep)
     out: Path = args.out
     params = PipelineParams(
         sweep=sweep,
@@ -161,6 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     _quiet_prefect()
     sweep = _sweep_params(args)
+    _check_sweep_model(sweep)
     configs = sweep.to_spec().expand()
     from flows.sweep import sweep_flow
 
@@ -186,6 +198,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             data[key] = raw
     cfg = RunConfig.from_dict(data)  # validated before torch is imported: a bad value answers at once
+    from dlm_triage.hub import check_model_available
+
+    check_model_available(cfg.model_id)  # an offline hub id answers now, not after torch and ~50 s of retries
 
     from tqdm import tqdm
 
@@ -288,7 +303,43 @@ def _print_table(df: Any, columns: Sequence[str], **fmt: Any) -> None:
         print(df.select([c for c in columns if c in df.columns]))
 
 
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _fit_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], width: int) -> list[str]:
+    """A plain table of `columns` (most important first) fitted to `width` characters: the least important
+    columns are left out until it fits, then the widest remaining cell is shortened with an ellipsis."""
+    cols = list(columns)
+    cells = {c: [_cell(r.get(c)) for r in rows] for c in cols}
+    w = {c: max(len(c), *(len(x) for x in cells[c])) for c in cols}
+
+    def total() -> int:
+        return sum(w[c] for c in cols) + 2 * (len(cols) - 1)
+
+    while len(cols) > 2 and total() > width:
+        cols.pop()
+    if total() > width:  # two columns still too wide: shorten the wider one
+        c = max(cols, key=lambda x: w[x])
+        w[c] = max(8, w[c] - (total() - width))
+    clip = lambda x, n: x if len(x) <= n else x[: n - 1] + "…"  # noqa: E731
+    lines = ["  ".join(clip(c, w[c]).ljust(w[c]) for c in cols).rstrip()]
+    for i in range(len(rows)):
+        lines.append("  ".join(clip(cells[c][i], w[c]).ljust(w[c]) for c in cols).rstrip())
+    left_out = [c for c in columns if c not in cols]
+    if left_out:
+        lines.append(f"(not shown at this width: {', '.join(left_out)}; --json has every column)")
+    return lines
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
+    import shutil
+    import textwrap
+
     from dlm_triage import store
 
     con = store.connect(args.db, read_only=True)
@@ -300,13 +351,19 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print(q.write_json())
         return 0
     if q.is_empty():
-        print("no run is routed to inspection (no calibration yet, or every run is below its group's threshold)")
+        print("no run is routed to inspection (no live threshold yet, or every run is below its group's "
+              "threshold): `dlm-triage thresholds` says which thresholds are live and why")
         return 0
-    # The terminal gets what decides a look; --json has every column (config, monitors, routing).
-    _print_table(q, QUEUE_COLUMNS, fmt_str_lengths=80)
-    print(f"{q.height} run(s) routed to inspection; reasons:")
-    for rid, reason in q.select("run_id", "reason").iter_rows():
-        print(f"  {rid}: {reason}")
+    # most severe first (store.inspection_queue's order); the terminal gets what decides a look, fitted to it
+    width = shutil.get_terminal_size((120, 24)).columns
+    rows = q.to_dicts()
+    for line in _fit_table(rows, QUEUE_COLUMNS, width):
+        print(line)
+    counts = q.group_by("outcome").len().sort("outcome").iter_rows()
+    print(f"{q.height} run(s) in the queue: " + ", ".join(f"{n} {o}" for o, n in counts) + "; why:")
+    for r in rows:
+        print(textwrap.fill(f"{r['run_id']}: {r['reason']}", width=max(40, width - 2), initial_indent="  ",
+                            subsequent_indent="      "))
     return 0
 
 
@@ -359,71 +416,154 @@ def _strs(s: str) -> list[str]:
     return [x for x in s.split(",") if x]
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's help ends with its default (unless the help already says it, or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        h = action.help or ""
+        d = action.default
+        if action.option_strings and not (d is None or d is False or d == argparse.SUPPRESS) and "default" not in h:
+            h += " (default: %(default)s)"
+        return h
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """No abbreviations (`--rank` must not silently mean `--ranks`); 'did you mean' on a mistyped choice."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            message += _suggest(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+        super().error(message)
+
+    def unknown_options(self, extra: Sequence[str]) -> NoReturn:
+        """Reject arguments this (sub)parser does not know, suggesting the closest flag it does."""
+        flags = [o for a in self._actions for o in a.option_strings]
+        hints = [_suggest(x.split("=", 1)[0], flags).removeprefix("; ") for x in extra if x.startswith("-")]
+        msg = f"unrecognized arguments: {' '.join(extra)}"
+        hints = [h for h in hints if h]
+        super().error(msg + (f" ({'; '.join(hints)})" if hints else ""))
+
+
+def _config_keys_epilog() -> str:
+    """`train --help`: every RunConfig key, its default and the first line of its attribute docstring."""
+    import ast
+    import dataclasses
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    try:
+        body = ast.parse(textwrap.dedent(inspect.getsource(RunConfig))).body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                docs[a.target.id] = str(b.value.value).strip().split("\n")[0]
+    except (OSError, TypeError, SyntaxError):  # no source (frozen install): keys and defaults only
+        pass
+    lines = ["config keys (--set KEY=VALUE, or fields of the --config JSON file):"]
+    for f in dataclasses.fields(RunConfig):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        doc = docs.get(f.name, "")
+        lines.append(f"  {f.name} = {json.dumps(default)}" + (f"\n      {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dlm-triage", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from dlm_triage import __version__
+
+    ap = _Parser(prog="dlm-triage", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None,
                     help="output root (runs/, triage.duckdb, reports/); default $DLM_TRIAGE_OUT or ./dlm-triage-out")
+    ap.add_argument("--version", action="version", version=f"dlm-triage {__version__}",
+                    help="print the version and exit")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
 
     def db_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--db", type=Path, default=None, help="DuckDB file (default <out>/triage.duckdb)")
 
-    def axes(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--spec", help="JSON file with SweepParams fields (axes and settings)")
-        p.add_argument("--families", type=_strs, help="comma list, e.g. tiny")
-        p.add_argument("--methods", type=_strs, help="comma list of lora,rslora,dora,pissa,nara,lora_diffusion")
-        p.add_argument("--ranks", type=_ints, help="comma list, e.g. 4,16")
-        p.add_argument("--mask-ratios", dest="mask_ratios", type=_floats, help="comma list in (0,1)")
-        p.add_argument("--learning-rates", dest="learning_rates", type=_floats, help="comma list")
-        p.add_argument("--seeds", type=_ints, help="comma list")
-        p.add_argument("--steps", type=int)
-        p.add_argument("--batch-size", dest="batch_size", type=int)
-        p.add_argument("--gpu-slots", dest="gpu_slots", type=int, help="training tasks at once")
-        p.add_argument("--model-id", dest="model_id", help="HF id or local path (default: family default)")
-        p.add_argument("--dataset", help="'tiny-shifted' or a text/JSONL file")
-        p.add_argument("--cohort", help="label for --group-by cohort")
-        p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    def axes(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+        from dlm_triage.params import SweepParams
+
+        def dflt(name: str) -> str:
+            v = defaults.get(name, SweepParams.model_fields[name].default)
+            if v is None or v == "":
+                return ""
+            return f" (default: {','.join(f'{x:g}' if isinstance(x, float) else str(x) for x in v)})" \
+                if isinstance(v, list) else f" (default: {v})"
+
+        p.add_argument("--spec", help="JSON file with sweep fields (axes and settings); flags given override it (default: none)")
+        p.add_argument("--families", type=_strs, help="comma list of model families" + dflt("families"))
+        p.add_argument("--methods", type=_strs, help="comma list of lora,rslora,dora,pissa,nara,lora_diffusion"
+                       + dflt("methods"))
+        p.add_argument("--ranks", type=_ints, help="comma list of adapter ranks" + dflt("ranks"))
+        p.add_argument("--mask-ratios", dest="mask_ratios", type=_floats, help="comma list in (0,1)"
+                       + dflt("mask_ratios"))
+        p.add_argument("--learning-rates", dest="learning_rates", type=_floats, help="comma list"
+                       + dflt("learning_rates"))
+        p.add_argument("--seeds", type=_ints, help="comma list" + dflt("seeds"))
+        p.add_argument("--steps", type=int, help="optimizer updates per run" + dflt("steps"))
+        p.add_argument("--batch-size", dest="batch_size", type=int, help="sequences per batch" + dflt("batch_size"))
+        p.add_argument("--gpu-slots", dest="gpu_slots", type=int,
+                       help="training tasks at once (default: the number of GPUs, or of CPU cores without GPU)")
+        p.add_argument("--model-id", dest="model_id", help="HF hub id or local path (default: the family's own; "
+                       "tiny: the locally pretrained model)")
+        p.add_argument("--dataset", help="'tiny-shifted' or a text/JSONL file" + dflt("dataset"))
+        p.add_argument("--cohort", help="label for --group-by cohort (default: none)")
+        p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps" + dflt("device"))
 
     n_default = math.prod(len(EMBEDDED_DEFAULT_SWEEP[a]) for a in
                           ("families", "methods", "ranks", "mask_ratios", "learning_rates", "seeds"))
     p = sub.add_parser("run", help=f"the whole pipeline on the embedded default (tiny family, {n_default} runs)")
-    axes(p)
+    axes(p, EMBEDDED_DEFAULT_SWEEP)
     p.add_argument("--seed", type=int, default=0, help="calibration resampling seed")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("sweep", help="train a grid through the Prefect sweep flow")
-    axes(p)
+    axes(p, {})
     p.set_defaults(fn=cmd_sweep)
 
-    p = sub.add_parser("train", help="one run in this process (no Prefect)")
-    p.add_argument("--config", help="JSON file with RunConfig fields")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a RunConfig field (JSON value)")
+    p = sub.add_parser("train", help="one run in this process (no Prefect)", epilog=_config_keys_epilog())
+    p.add_argument("--config", help="JSON file with config keys (listed below); default: all defaults")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one config key (value as JSON, else a string); repeatable (default: none)")
     db_arg(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("ingest", help="load run directories into DuckDB (idempotent)")
     p.add_argument("runs_dir", nargs="?", type=Path, help="root of run directories (default <out>/runs)")
-    p.add_argument("--quarantine", type=Path, default=None, help="move unreadable runs here")
+    p.add_argument("--quarantine", type=Path, default=None, help="move unreadable runs here (default: <db folder>/quarantine)")
     db_arg(p)
     p.set_defaults(fn=cmd_ingest)
 
     p = sub.add_parser("import", help="import existing logs (reference-jsonl, cells, hf-trainer, wandb-csv)")
-    p.add_argument("--format", required=True, choices=["reference-jsonl", "cells", "hf-trainer", "wandb-csv"])
-    p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument("--family", default=None, help="family for logs that do not name one")
+    p.add_argument("--format", required=True, choices=["reference-jsonl", "cells", "hf-trainer", "wandb-csv"],
+                   help="the logs' format (required)")
+    p.add_argument("paths", nargs="+", type=Path, help="files or folders to import")
+    p.add_argument("--family", default=None, help="family for logs that do not name one (default: none; logs without one are rejected)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="format option, e.g. config=run.json (hf-trainer) or step_col=_step (wandb-csv)")
+                   help="format option, e.g. config=run.json (hf-trainer) or step_col=_step (wandb-csv); "
+                        "repeatable (default: none)")
     db_arg(p)
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("calibrate", help="calibrate thresholds per group -> calibration.json + DuckDB")
     db_arg(p)
-    p.add_argument("--out", dest="out_dir", type=Path, default=None, help="folder for calibration.json")
-    p.add_argument("--group-by", choices=list(GROUP_BY_COLUMNS), default="family")
+    p.add_argument("--out", dest="out_dir", type=Path, default=None, help="folder for calibration.json (default $DLM_TRIAGE_OUT/reports)")
+    p.add_argument("--group-by", choices=list(GROUP_BY_COLUMNS), default="family",
+                   help="calibrate one threshold per family, model, cohort or method")
     p.add_argument("--resamples", type=int, default=1000, help="split-bootstrap replicates B")
-    p.add_argument("--stepk-resamples", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stepk-resamples", type=int, default=200, help="random splits of the step-k sweep")
+    p.add_argument("--seed", type=int, default=0, help="resampling seed")
     p.add_argument("--bonferroni-m", type=int, default=None, metavar="M",
                    help="Bonferroni m: contrasts corrected for (the paper: 6); default: the groups tested")
     p.set_defaults(fn=cmd_calibrate)
@@ -436,13 +576,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("queue", help="runs routed to inspection and why")
     db_arg(p)
-    p.add_argument("--calibration", default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--calibration", default=None,
+                   help="use this calibration's thresholds (default: the latest accepted one per group)")
+    p.add_argument("--json", action="store_true", help="every column of every queued run, as JSON")
     p.set_defaults(fn=cmd_queue)
 
     p = sub.add_parser("thresholds", help="threshold registry: every calibration's thresholds")
     db_arg(p)
-    p.add_argument("--group", default=None)
+    p.add_argument("--group", default=None, help="only this group (default: all)")
     p.set_defaults(fn=cmd_thresholds)
 
     p = sub.add_parser("connect", help="LoRA-Curve: loss along linear and Bezier paths between two runs' adapters")
@@ -455,19 +596,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batches", dest="eval_batches", type=int, default=4, help="held-out batches")
     p.add_argument("--mask-ratio", dest="mask_ratio", type=float, default=None, help="default: the runs' own")
     p.add_argument("--lr", type=float, default=None, help="curve learning rate (default: run A's)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.set_defaults(fn=cmd_connect)
 
     p = sub.add_parser("pretrain", help="build (or find) the tiny family's pretrained model")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the tiny recipe's)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="cache folder (default $DLM_TRIAGE_CACHE or ~/.cache/dlm-triage)")
     p.set_defaults(fn=cmd_pretrain)
+
+    # `dlm-triage sweep --out X` means what `dlm-triage --out X sweep` does (SUPPRESS: absent, the global value
+    # stands); calibrate and report keep their own --out (the folder for their files)
+    for name, sp in sub.choices.items():
+        if not any("--out" in a.option_strings for a in sp._actions):
+            sp.add_argument("--out", type=Path, default=argparse.SUPPRESS,
+                            help="output root, as `dlm-triage --out` (default $DLM_TRIAGE_OUT or ./dlm-triage-out)")
     return ap
+
+
+def _validation_line(err: Mapping[str, Any], model: str, parser: argparse.ArgumentParser, cmd: str) -> str:
+    """One pydantic error as the user typed it: the flag (or spec key) and item, never the model's field path."""
+    from dlm_triage import params as params_mod
+
+    loc = [x for x in err.get("loc", ()) if not isinstance(x, int)]
+    items = [x for x in err.get("loc", ()) if isinstance(x, int)]
+    name = str(loc[-1]) if loc else ""
+    subs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    sp = subs.choices.get(cmd) if subs is not None else None
+    dests = {a.dest: a.option_strings[0] for a in (sp._actions if sp else ()) if a.option_strings}
+    where = dests.get(name, f"{name!r}" if name else "arguments")
+    if items:
+        where += f" (item {items[0] + 1})"
+    msg = str(err.get("msg", "")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        fields = getattr(getattr(params_mod, model, None), "model_fields", {})
+        return f"  - unknown key {name!r}{_suggest(name, fields)}"
+    return f"  - {where}: {msg}" + ("" if err.get("type") == "value_error" else f" (got {err.get('input')!r})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's own parser, with its usage and the closest flag it knows
+        subs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        target = subs.choices.get(args.cmd, parser) if subs is not None and args.cmd else parser
+        target.unknown_options(extra)
     if args.cmd is None:
         parser.print_help()
         return 2
@@ -476,6 +649,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.db = args.out / "triage.duckdb"
     try:
         return int(args.fn(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`dlm-triage queue | head -1`): stop quietly; point stdout at /dev/null so the
+        # interpreter's final flush does not raise again; 141 = 128 + SIGPIPE, what a shell reports for it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except ConfigError as e:
         print(f"dlm-triage {args.cmd}: {e}", file=sys.stderr)
         return 2
@@ -483,10 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pydantic import ValidationError
 
         if isinstance(e, ValidationError):  # one line per bad field, without pydantic's URL footer
-            problems = "\n".join(
-                f"  - {'.'.join(map(str, err['loc'])) or 'params'}: {err['msg'].removeprefix('Value error, ')}"
-                + ("" if err["type"] == "value_error" else f" (got {err.get('input')!r})")
-                for err in e.errors())
+            problems = "\n".join(_validation_line(err, e.title, parser, args.cmd) for err in e.errors())
             print(f"dlm-triage {args.cmd}: invalid arguments ({e.error_count()} problem(s)):\n{problems}",
                   file=sys.stderr)
             return 2

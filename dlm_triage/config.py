@@ -130,8 +130,13 @@ class RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
+            import difflib
+
+            hints = [f"{u!r} -> did you mean {m[0]!r}?" for u in unknown
+                     if (m := difflib.get_close_matches(u, known, n=1, cutoff=0.6))]
             raise ConfigError(
-                [f"unknown field(s) {unknown}: remove them or use one of {sorted(known)}"]
+                [f"unknown key(s) {unknown}" + (f" ({'; '.join(hints)})" if hints else "")
+                 + f": remove them or use one of {sorted(known)}"]
             )
         data = dict(data)
         if data.get("target_modules") is not None:

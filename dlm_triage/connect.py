@@ -97,7 +97,7 @@ def _structure(run: RunRef) -> dict[str, Any]:
     from dlm_triage.families import get_family
 
     c = run.cfg
-    s = {"family": c.family, "base model": get_family(c.family).model_id(c), "method": c.method, "rank": c.rank,
+    s = {"family": c.family, "base model": get_family(c.family).model_id(c, check=False), "method": c.method, "rank": c.rank,
          "target_modules": c.target_modules, "dataset": c.dataset, "seq_len": c.seq_len}
     if c.method in PRODUCT_METHODS:
         s["effective alpha"] = c.effective_alpha

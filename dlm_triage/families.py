@@ -202,10 +202,17 @@ class FamilyAdapter:
         return logits
 
     # -- loading ---------------------------------------------------------------------------------------
-    def model_id(self, cfg: Any) -> str:
+    def model_id(self, cfg: Any, *, check: bool = True) -> str:
+        """The checkpoint to load: cfg.model_id or the family default. `check`: a hub id that is not cached while
+        the hub is out of reach fails here in about a second (hub.check_model_available), not after ~50 s of
+        download retries inside transformers."""
         mid = cfg.model_id or self.default_model_id
         if not mid:
             raise FamilyError(f"family {self.name!r} has no default model: set model_id to a hub id or local path")
+        if check:
+            from dlm_triage.hub import check_model_available
+
+            check_model_available(mid)
         return mid
 
     def load_tokenizer(self, model_id: str) -> Any:

@@ -98,3 +98,123 @@ def test_run_help_names_the_default_size(capsys):
         build_parser().parse_args(["--help"])
     n = len(SweepParams(**EMBEDDED_DEFAULT_SWEEP).to_spec().expand())
     assert f"{n} runs" in " ".join(capsys.readouterr().out.split())
+
+
+# -- the parser: help, defaults, no abbreviations, 'did you mean' -----------------------------------------------
+
+def _subparsers(parser):
+    import argparse
+
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_flag_has_help_and_says_its_default(capsys):
+    parser = build_parser()
+    for name, sp in {"dlm-triage": parser, **_subparsers(parser)}.items():
+        for a in sp._actions:
+            if not a.option_strings or a.dest == "help":
+                continue
+            assert a.help, f"{name} {a.option_strings[0]} has no help"
+            shown = sp._get_formatter()._get_help_string(a)
+            # a default is shown, or the help says what the absence means
+            assert "default" in shown or a.required or a.default is False or a.dest == "version", \
+                f"{name} {a.option_strings[0]}: no default in {shown!r}"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "config keys" in text and "mask_ratio = 0.5" in text and "early_warning_step = 25" in text
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("dlm-triage ")
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["sweep", "--rank", "4"], "did you mean '--ranks'?"),  # no silent abbreviation of --ranks
+    (["rn"], "did you mean 'run'?"),
+    (["calibrate", "--group-by", "familly"], "did you mean 'family'?"),
+])
+def test_mistyped_flags_and_commands_are_errors_with_a_suggestion(argv, hint, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and hint in capsys.readouterr().err
+
+
+def test_unknown_config_key_suggests_the_right_one(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "train", "--set", "rnak=4"]) == 2
+    err = capsys.readouterr().err
+    assert "'rnak' -> did you mean 'rank'?" in err and "Traceback" not in err
+    (tmp_path / "spec.json").write_text('{"mask_ratioss": [0.3]}')
+    assert main(["sweep", "--out", str(tmp_path), "--spec", str(tmp_path / "spec.json")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'mask_ratioss'; did you mean 'mask_ratios'?" in err and "SweepParams" not in err
+    assert main(["sweep", "--out", str(tmp_path), "--mask-ratios", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "  - --mask-ratios: " in err and "1.5" in err  # the flag the user typed, not a model field path
+
+
+def test_offline_hub_id_fails_fast_with_the_fix(tmp_path, monkeypatch, capsys):
+    import time
+
+    from dlm_triage.hub import ModelUnavailableError, check_model_available
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.monotonic()
+    assert main(["--out", str(tmp_path), "train", "--set", "family=llada",
+                 "--set", "model_id=no-such-org/no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert time.monotonic() - t0 < 10  # transformers' own retries take ~50 s
+    assert "HF_HUB_OFFLINE=1" in err and "--model-id" in err and "no-such-org/no-such-model" in err
+    check_model_available(str(tmp_path))  # a local directory is never looked up
+    with pytest.raises(ModelUnavailableError):
+        check_model_available("no-such-org/no-such-model")
+
+
+# -- the queue on the terminal ----------------------------------------------------------------------------------
+
+@pytest.fixture()
+def queued(tmp_path):
+    import polars as pl
+
+    from dlm_triage import store
+    from dlm_triage.config import RunConfig
+    from dlm_triage.schema import STEPLOG_FILENAME
+    from tests.runfactory import make_run
+
+    root = tmp_path / "runs"
+    wild = make_run(root, RunConfig(steps=30, seed=2), unstable=True)
+    calm = make_run(root, RunConfig(steps=30, seed=1))
+    short = make_run(root, RunConfig(steps=10, seed=6))
+    store.ingest_runs(tmp_path / "triage.duckdb", root)
+    g = {d.name: pl.read_parquet(d / STEPLOG_FILENAME)["grad_norm"].max() for d in (wild, calm, short)}
+    thr = 0.5 * (g[wild.name] + max(g[calm.name], g[short.name]))
+    reg = {"monitor": "max_grad_norm", "k": 25, "threshold": thr, "n": 3, "n_unstable": 1, "accepted": True}
+    con = store.connect(tmp_path / "triage.duckdb")
+    store.save_calibration(con, {"group_by": "family", "groups": {"tiny": {"n": 3, "registry": reg}}})
+    con.close()
+    return tmp_path, wild.name, short.name
+
+
+def test_queue_is_sorted_by_severity_fitted_to_the_terminal_with_outcome(queued, monkeypatch, capsys):
+    out, wild, short = queued
+    monkeypatch.setenv("COLUMNS", "70")
+    assert main(["--out", str(out), "queue"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["outcome", "run_id"]
+    table = lines[1:3]
+    assert table[0].startswith("above threshold") and wild[:20] in table[0]
+    assert table[1].startswith("ended before k") and short[:20] in table[1]
+    assert all(len(x) <= 70 for x in lines[:3])
+    assert any("not shown at this width" in x for x in lines)
+    assert any("ended at step 10 before k=25" in x for x in lines)
+
+
+def test_queue_into_a_closed_pipe_has_no_traceback(queued):
+    import os
+    import subprocess
+    import sys
+
+    out, _, _ = queued
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.run(f"'{sys.executable}' -m dlm_triage.cli --out '{out}' queue | head -1", shell=True,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.stdout.startswith("outcome") and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
