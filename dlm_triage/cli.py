@@ -90,12 +90,42 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def _json_object_file(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object in `path` (a --config / --spec file); ConfigError naming the file otherwise (a list or a
+    number is refused, not read as "no settings")."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{what} file {path} cannot be read ({getattr(e, 'strerror', None) or e})"],
+                          where=f"{what} file") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError([f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})"], where=f"{what} file") from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError([f"{path}: not valid JSON ({str(e)[:200] or 'nested too deeply'})"],
+                          where=f"{what} file") from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path} holds a JSON {type(data).__name__}, not an object of settings: write "
+                           "{\"key\": value, ...}"], where=f"{what} file")
+    return data
+
+
+def _check_device(device: str | None) -> None:
+    """An explicit cuda/mps device must exist here: checked before Prefect (and its server) starts."""
+    if device and device not in ("auto", "cpu"):
+        from dlm_triage.families import resolve_device
+
+        resolve_device(device)
+
+
 def _sweep_params(args: argparse.Namespace, defaults: dict[str, Any] | None = None):
     from dlm_triage.params import SweepParams
 
     data: dict[str, Any] = dict(defaults or {})
     if getattr(args, "spec", None):
-        data.update(json.loads(Path(args.spec).read_text()))
+        data.update(_json_object_file(args.spec, "--spec"))
     for name in ("families", "methods", "ranks", "mask_ratios", "learning_rates", "seeds"):
         v = getattr(args, name, None)
         if v:
@@ -136,6 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dlm_triage.params import CalibrateParams, IngestParams, PipelineParams, ReportParams
 
     sweep = _sweep_params(args, EMBEDDED_DEFAULT_SWEEP)
+    _check_device(sweep.device)
     _check_sweep_model(sweep)
     out: Path = args.out
     params = PipelineParams(
@@ -172,6 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     _quiet_prefect()
     sweep = _sweep_params(args)
+    _check_device(sweep.device)
     _check_sweep_model(sweep)
     configs = sweep.to_spec().expand()
     from flows.sweep import sweep_flow
@@ -190,7 +222,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    data: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
+    data: dict[str, Any] = _json_object_file(args.config, "--config") if args.config else {}
     for kv in args.set or []:
         key, _, raw = kv.partition("=")
         try:

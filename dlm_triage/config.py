@@ -109,8 +109,11 @@ class RunConfig:
     """Where adapter weights go. None: <run dir>/adapter. Not part of the hash."""
 
     def __post_init__(self) -> None:
-        if self.target_modules is not None and not isinstance(self.target_modules, tuple):
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        tm = self.target_modules
+        # a list/tuple of names becomes a tuple; a bare string or a number is refused by _validate_run
+        # (tuple("q_proj") would split it into characters)
+        if isinstance(tm, list):
+            object.__setattr__(self, "target_modules", tuple(tm))
         problems = _validate_run(self)
         if problems:
             raise ConfigError(problems)
@@ -127,21 +130,27 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError([f"a run config must be a JSON object of RunConfig fields, got a "
+                               f"{type(data).__name__}: write {{\"rank\": 8, ...}}"])
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
+        problems = []
         if unknown:
             import difflib
 
             hints = [f"{u!r} -> did you mean {m[0]!r}?" for u in unknown
                      if (m := difflib.get_close_matches(u, known, n=1, cutoff=0.6))]
-            raise ConfigError(
-                [f"unknown key(s) {unknown}" + (f" ({'; '.join(hints)})" if hints else "")
-                 + f": remove them or use one of {sorted(known)}"]
-            )
-        data = dict(data)
-        if data.get("target_modules") is not None:
-            data["target_modules"] = tuple(data["target_modules"])
-        return cls(**data)
+            problems.append(f"unknown key(s) {unknown}" + (f" ({'; '.join(hints)})" if hints else "")
+                            + f": remove them or use one of {sorted(known)}")
+        data = {k: v for k, v in data.items() if k in known}
+        try:  # the other fields are still checked: one message lists every problem
+            cfg = cls(**data)
+        except ConfigError as e:
+            raise ConfigError(problems + e.problems) from None
+        if problems:
+            raise ConfigError(problems)
+        return cfg
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -243,7 +252,11 @@ def _validate_run(c: RunConfig) -> list[str]:
         p.append(str(e))
     if c.model_id is not None and (not isinstance(c.model_id, str) or not c.model_id.strip()):
         p.append(f"model_id={c.model_id!r} is invalid: give a hub id or a local path, or None for the default")
-    if c.target_modules is not None:
+    if c.target_modules is not None and not isinstance(c.target_modules, tuple):
+        p.append(f"target_modules={c.target_modules!r} is invalid: give a list of module names such as "
+                 "[\"q_proj\", \"v_proj\"] (a single name as a one-item list), or None for the family's "
+                 "attention modules")
+    elif c.target_modules is not None:
         bad = [t for t in c.target_modules if not isinstance(t, str) or not t.strip()]
         if not c.target_modules or bad:
             p.append(
@@ -261,6 +274,10 @@ def _validate_run(c: RunConfig) -> list[str]:
         p.append(f"legacy_detector_stop={c.legacy_detector_stop!r} is invalid: use true or false")
     if not isinstance(c.cohort, str):
         p.append(f"cohort={c.cohort!r} is invalid: use a string label")
+    if not isinstance(c.save_adapter, bool):
+        p.append(f"save_adapter={c.save_adapter!r} is invalid: use true or false (a JSON boolean)")
+    if c.adapter_dir is not None and (not isinstance(c.adapter_dir, str) or not c.adapter_dir.strip()):
+        p.append(f"adapter_dir={c.adapter_dir!r} is invalid: give a directory path, or None for <run dir>/adapter")
     if c.family == "tiny" and c.model_id is not None and c.model_id.startswith(("GSAI", "Dream", "inclusion")):
         p.append(f"model_id={c.model_id!r} looks like a hub model of another family: set family accordingly")
     return p
@@ -324,7 +341,7 @@ class SweepSpec:
         for combo in itertools.product(*values):
             d = dict(self.base)
             d.update(zip(names, combo))
-            if d.get("target_modules") is not None:
+            if isinstance(d.get("target_modules"), list):  # a string stays a string (and is refused)
                 d["target_modules"] = tuple(d["target_modules"])
             yield d
 

@@ -88,8 +88,25 @@ class _Bad(Exception):
     """One bad value; str = the reason (the caller adds file and line)."""
 
 
+_SECRET_WORDS = re.compile(r"(key|token|secret|passw|pwd|auth|bearer|cookie|session|credential)", re.I)
+_SECRET_LIKE = re.compile(r"^(?=.*[A-Za-z])(?=.*[0-9])[A-Za-z0-9_\-+/=.:]{20,}$")
+
+
+def _redact(text: str, limit: int = 24) -> str:
+    """A field of a file for a message: secret-looking text (a credential word, or a long mixed letters-and-
+    digits token) is replaced by its length; anything else is cut to `limit` characters. A wrong file imported
+    by mistake (an .env, a key file) must not be echoed to the terminal and the quarantine table."""
+    t = str(text)
+    if _SECRET_WORDS.search(t) or _SECRET_LIKE.match(t.strip()):
+        return f"<redacted, {len(t)} chars>"
+    return t if len(t) <= limit else t[: limit - 3] + "..."
+
+
 def _show(v: Any, limit: int = 40) -> str:
-    """repr of a value for a message, cut to `limit` characters (a 400-digit number is not helpful)."""
+    """repr of a value for a message, cut to `limit` characters (a 400-digit number is not helpful), secrets
+    redacted (`_redact`)."""
+    if isinstance(v, str) and _redact(v, limit=10**9) != v:
+        return _redact(v)
     try:
         r = repr(v)
     except ValueError:  # an integer beyond Python's str-conversion digit limit
@@ -464,9 +481,10 @@ def _require_columns(path: Path, header: list[str], required: Sequence[str], fix
     missing = [c for c in required if c not in header]
     problems = []
     if missing:
-        problems.append((1, f"missing column(s) {missing}; the header has {header}. Fix: {fix}"))
+        shown = [_redact(h) for h in header[:12]] + ([f"... {len(header) - 12} more"] if len(header) > 12 else [])
+        problems.append((1, f"missing column(s) {missing}; the header has {shown}. Fix: {fix}"))
     if dup:
-        problems.append((1, f"duplicated column name(s) {dup}: rename them"))
+        problems.append((1, f"duplicated column name(s) {[_redact(d) for d in dup[:12]]}: rename them"))
     if problems:
         raise LogFormatError(path, problems)
 
@@ -549,13 +567,16 @@ def _entry_lines(text: str, n: int) -> list[int | None]:
         return [None] * n
     dec = json.JSONDecoder()
     pos, lines = m.end(), []
+    line, counted = text.count("\n", 0, pos) + 1, pos  # newlines counted once, from the last entry on: linear
     try:
         while len(lines) < n:
             while pos < len(text) and text[pos] in " \t\r\n,":
                 pos += 1
             if pos >= len(text) or text[pos] == "]":
                 break
-            lines.append(text.count("\n", 0, pos) + 1)
+            line += text.count("\n", counted, pos)
+            counted = pos
+            lines.append(line)
             _, pos = dec.raw_decode(text, pos)
     except (ValueError, RecursionError):
         pass

@@ -896,8 +896,12 @@ def _write_batch(
                  len(rejected)],
             )
             con.commit()
-        except BaseException:
+        except BaseException as e:
             _rollback(con)
+            if isinstance(e, duckdb.Error):
+                raise StoreError(f"ingestion {ingest_id} could not be written to {db_path} ({_first_line(e)}): "
+                                 "nothing of it was stored and the database holds what it held before; free "
+                                 "disk space (or fix the database's location) and run it again") from e
             raise
     finally:
         con.close()
@@ -1281,11 +1285,14 @@ def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | No
                       pl.col("calibration_id"))
     hit = hit.with_columns(
         pl.when(pl.col("ended_before_k")).then(short).otherwise(
-            pl.format("max-grad-up-to-{} = {} >= threshold {} ({}={}, calibration {}){}",
-                      pl.col("k"), pl.col("max_grad_up_to_k").round(4), pl.col("threshold").round(4),
+            pl.format("{} = {} >= threshold {} ({}={}, calibration {}){}",
+                      # a whole-run threshold (k null: no step logs at calibration) is named as such, not dropped
+                      pl.when(pl.col("k").is_null()).then(pl.lit("whole-run max grad"))
+                      .otherwise(pl.format("max-grad-up-to-{}", pl.col("k"))),
+                      pl.col("max_grad_up_to_k").round(4), pl.col("threshold").round(4),
                       pl.col("group_by"), pl.col("group_name"), pl.col("calibration_id"),
-                      pl.when(pl.col("from_whole_run")).then(pl.lit(" [no step log: whole-run max]"))
-                      .otherwise(pl.lit("")))).alias("_reason")
+                      pl.when(pl.col("from_whole_run") & pl.col("k").is_not_null())
+                      .then(pl.lit(" [no step log: whole-run max]")).otherwise(pl.lit("")))).alias("_reason")
     )
     agg = hit.group_by("run_id").agg(
         pl.col("_reason").sort().str.join("; ").alias("_th_reason"),

@@ -18,6 +18,7 @@ on CUDA only, one `synchronize` before each timer read so step/monitor times mea
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import random
@@ -289,6 +290,9 @@ def train_run(
         log.info("%s: reusing the complete run in %s", cfg.run_id, run_dir)
         return _result_from_manifest(run_dir, rec.manifest, reused=True)
 
+    if cfg.save_adapter and cfg.adapter_dir and Path(cfg.adapter_dir).exists() and not Path(cfg.adapter_dir).is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"adapter_dir {cfg.adapter_dir} is a file: give a directory "
+                                 "path (it is created), or leave adapter_dir unset for <run dir>/adapter")
     try:  # an unusable output location (a file in the path, read-only mount) fails here, before any work
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -508,3 +508,168 @@ def test_stepk_predictors_on_sparse_steps_match_the_dense_rule():
                     np.testing.assert_equal(got["max_grad"][i, j], exp)
                     exp_loss = loss[r, k] if k < width and keep[r, k] else np.nan
                     np.testing.assert_equal(got["loss"][i, j], exp_loss)
+
+
+# -- a commit that fails on a full disk says so (not "cannot rollback") -------------------------------------
+
+_FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    from pathlib import Path
+    from dlm_triage import store
+    db, runs = Path(sys.argv[1]), Path(sys.argv[2])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like ENOSPC
+    limit = max(f.stat().st_size for f in db.parent.glob(db.name + "*")) + 50_000
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        store.ingest_runs(db, runs)
+    except store.StoreError as e:
+        print("STORE-ERROR", e)
+""")
+
+
+def test_a_commit_failing_on_a_full_disk_names_the_real_error_and_stores_nothing(tmp_path):
+    db = tmp_path / "t.duckdb"
+    make_sweep(tmp_path / "a", 2)
+    store.ingest_runs(db, tmp_path / "a")
+    before = _tables(db)
+    make_sweep(tmp_path / "b", 200, steps=200)
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(db), str(tmp_path / "b")], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    text = out.stdout + out.stderr
+    assert "STORE-ERROR" in out.stdout, text[-3000:]
+    assert "File too large" in out.stdout and "free disk space" in out.stdout
+    assert "cannot rollback" not in text and "no transaction is active" not in text
+    assert _tables(db) == before  # the database opens and holds what it held
+    assert store.ingest_runs(db, tmp_path / "b").added == 200  # and takes the batch once there is room
+
+
+def test_calibrate_whose_output_cannot_be_written_registers_no_threshold(tmp_path, capsys):
+    out = tmp_path / "out"
+    make_sweep(out / "runs", 12, steps=30, unstable_every=3)
+    assert cli.main(["--out", str(out), "ingest"]) == 0
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output folder should be")
+    assert cli.main(["--out", str(out), "calibrate", "--out", str(blocker / "cal"), "--resamples", "30",
+                     "--stepk-resamples", "10"]) == 2
+    assert "not-a-dir" in capsys.readouterr().err
+    assert db_rows(out / "triage.duckdb", "SELECT count(*) FROM calibrations") == [(0,)]
+    assert db_rows(out / "triage.duckdb", "SELECT count(*) FROM thresholds") == [(0,)]
+
+
+# -- small ones: configs, CLI files, devices, queue reasons, echoed secrets ----------------------------------
+
+BAD_SETS = {
+    "target-modules-number": (["--set", "target_modules=5"], ["target_modules=5"]),
+    "target-modules-string": (["--set", 'target_modules="q_proj"'], ["target_modules='q_proj'"]),
+    "adapter-dir-number": (["--set", "adapter_dir=5"], ["adapter_dir=5"]),
+    "save-adapter-no": (["--set", 'save_adapter="no"'], ["save_adapter='no'"]),
+    "unknown-key-and-bad-rank": (["--set", "rnak=4", "--set", "rank=0", "--set", "mask_ratio=2"],
+                                 ["['rnak']", "rank=0", "mask_ratio=2"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETS))
+def test_bad_train_settings_are_all_named_at_once_and_nothing_is_created(tmp_path, case, capsys):
+    argv, named = BAD_SETS[case]
+    out = tmp_path / "out"
+    assert cli.main(["--out", str(out), "train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert all(n in err for n in named), err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_a_string_target_module_is_never_split_into_characters():
+    from dlm_triage.config import ConfigError, SweepSpec
+
+    with pytest.raises(ConfigError, match="target_modules='q_proj'"):
+        RunConfig(target_modules="q_proj")
+    with pytest.raises(ConfigError, match="target_modules='q_proj'"):
+        SweepSpec(base={"target_modules": "q_proj"})
+    assert RunConfig(target_modules=["q_proj"]).target_modules == ("q_proj",)
+
+
+BAD_JSON_FILES = {"invalid": ("{ rank: 4 ", ":1:3: not valid JSON"), "number": ("5", "holds a JSON int"),
+                  "list": ("[]", "holds a JSON list"), "string": ('"rank=4"', "holds a JSON str")}
+
+
+@pytest.mark.parametrize("verb", ["train --config", "sweep --spec"])
+@pytest.mark.parametrize("case", sorted(BAD_JSON_FILES))
+def test_config_and_spec_files_must_hold_a_json_object_and_errors_name_the_file(tmp_path, verb, case, capsys,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    text, says = BAD_JSON_FILES[case]
+    f = tmp_path / "settings.json"
+    f.write_text(text)
+    out = tmp_path / "out"
+    assert cli.main(["--out", str(out), *verb.split(), str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}{says}" in err or (str(f) in err and says in err), err
+    assert "Traceback" not in err and not out.exists()  # `[]` never trains the default
+    missing = tmp_path / "missing.json"
+    assert cli.main(["--out", str(out), *verb.split(), str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without CUDA")
+def test_sweep_on_a_missing_cuda_device_fails_before_prefect_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    import flows.sweep as sweep_mod
+
+    def no_prefect(*a, **k):
+        raise AssertionError("the sweep flow started")
+
+    monkeypatch.setattr(sweep_mod, "sweep_flow", no_prefect)
+    assert cli.main(["--out", str(tmp_path / "out"), "sweep", "--device", "cuda:0", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "device='cuda:0'" in err and "CUDA is not available" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_adapter_dir_that_is_a_file_fails_before_training_with_the_right_hint(tmp_path):
+    from dlm_triage.train import train_run
+
+    f = tmp_path / "adapter.bin"
+    f.write_text("x")
+    cfg = RunConfig(steps=2, adapter_dir=str(f))
+    with pytest.raises(NotADirectoryError, match="adapter_dir .* is a file"):
+        train_run(cfg, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()  # no empty run directory left behind
+
+
+def test_queue_reasons_name_whole_run_thresholds(tmp_path):
+    db = tmp_path / "t.duckdb"
+    rows = [CELLS_HEADER] + [f"llada,m,8,0.5,{i},1e-4,True,11,False,{50.0 if i % 4 == 0 else 1.0 + i / 10},"
+                             f"{3.0 if i % 4 == 0 else 1.0 + i / 100}" for i in range(40)]
+    f = tmp_path / "cells.csv"
+    f.write_text("\n".join(rows) + "\n")
+    importers.import_logs(db, "cells", [f])
+    con = store.connect(db)
+    try:
+        store.save_calibration(con, {"calibration_id": "cal-whole", "group_by": "family", "groups": {
+            "llada": {"n": 40, "registry": {"monitor": "max_grad_norm", "k": None, "threshold": 40.0,
+                                            "ci_low": 30.0, "ci_high": 45.0, "n": 40}}}})
+        q = store.inspection_queue(con, calibration_id="cal-whole")
+    finally:
+        con.close()
+    assert q.height == 10
+    assert all(r and r.startswith("whole-run max grad = 50.0 >= threshold 40.0") for r in q["reason"].to_list())
+
+
+def test_a_wrong_file_imported_as_cells_is_not_echoed(tmp_path):
+    secret = "AKIAIOSFODNN7EXAMPLE1234"
+    f = tmp_path / ".env"
+    f.write_text(f"AWS_ACCESS_KEY_ID={secret},DATABASE_PASSWORD=hunter2,{'x' * 500}\nmore,lines,here\n")
+    r = importers.import_logs(tmp_path / "t.duckdb", "cells", [f])
+    (path, why), = r.quarantined
+    assert "missing column(s)" in why and secret not in why and "hunter2" not in why and "x" * 30 not in why
+    assert len(why) < 1200
+    stored = db_rows(tmp_path / "t.duckdb", "SELECT reason FROM quarantine")[0][0]
+    assert secret not in stored and "hunter2" not in stored
+
+
+def test_hf_trainer_entry_lines_are_counted_in_one_pass_and_stay_exact():
+    history = [{"step": i, "loss": 1.0, "grad_norm": 1.0, "nested": {"a": [1, 2, {"b": "c\n"}]}} for i in range(50)]
+    text = json.dumps({"best_metric": None, "log_history": history}, indent=2)
+    got = importers._entry_lines(text, len(history))
+    expected = [i + 1 for i, line in enumerate(text.split("\n")) if line.startswith("    {")]
+    assert got == expected
