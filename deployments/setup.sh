@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # One-time (idempotent) setup of a Prefect server for dlm-triage, then workers on this machine.
 #
-#   deployments/setup.sh            # pools + 'gpu' limit + deployments + one worker per pool (foreground)
+#   deployments/setup.sh            # pools + GPU cap + deployments + one worker per pool (foreground)
 #   deployments/setup.sh --no-workers
+#   GPU_SLOTS=32 RESULT_STORAGE_URL=s3://bucket/dlm-triage/results deployments/setup.sh --no-workers
 #
 # Needs PREFECT_API_URL pointing at your server (e.g. `prefect server start --host 0.0.0.0` elsewhere, then
 # `prefect config set PREFECT_API_URL=http://<server>:4200/api`). Other GPU machines only run
-# `prefect worker start --pool gpu-pool` (see README.md); run this script once, anywhere.
+# `prefect worker start --pool gpu-pool --limit <their GPUs>` (see README.md); run this script once, anywhere.
+#
+# GPU_SLOTS: GPUs of ALL machines together (default: this machine's): the gpu-pool's concurrency limit, so at
+#   most that many train-shard runs train at once, whichever workers hold them.
+# RESULT_STORAGE_URL: shared Prefect result storage (the training cache), an fsspec URL (s3://, gs://, a shared
+#   path); saved as the RemoteFileSystem block 'dlm-triage-results' and set for the workers started here
+#   (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK; set the same on the other machines' workers).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,10 +25,11 @@ CPU_POOL="${CPU_POOL:-cpu-pool}"
 
 # GPUs on this machine: nvidia-smi when present, else 1 (one training at a time on CPU or MPS).
 if command -v nvidia-smi >/dev/null 2>&1 && N=$(nvidia-smi --list-gpus 2>/dev/null | grep -c '^GPU'); then
-  GPU_SLOTS="${GPU_SLOTS:-$(( N > 0 ? N : 1 ))}"
+  LOCAL_GPUS=$(( N > 0 ? N : 1 ))
 else
-  GPU_SLOTS="${GPU_SLOTS:-1}"
+  LOCAL_GPUS=1
 fi
+GPU_SLOTS="${GPU_SLOTS:-$LOCAL_GPUS}"
 echo "dlm-triage setup: repo $REPO, API ${PREFECT_API_URL:-<ephemeral>}, gpu slots $GPU_SLOTS"
 
 # Work pools (process type: flow runs are subprocesses of the worker). 'create' fails when the pool exists.
@@ -29,14 +37,24 @@ for pool in "$GPU_POOL" "$CPU_POOL"; do
   prefect work-pool inspect "$pool" >/dev/null 2>&1 || prefect work-pool create "$pool" --type process
 done
 
-# Tag concurrency limit: at most GPU_SLOTS task runs tagged 'gpu' (training) run at once across all flow runs.
-# With several GPU machines on one server, set GPU_SLOTS to the total number of GPUs. ('create' upserts.)
-prefect concurrency-limit create gpu "$GPU_SLOTS"
+# The GPU cap: at most GPU_SLOTS flow runs of the gpu-pool (train-shard runs, one GPU each) at once, across all
+# machines; each worker's --limit keeps its own machine at its GPU count.
+prefect work-pool set-concurrency-limit "$GPU_POOL" "$GPU_SLOTS"
+
+if [[ -n "${RESULT_STORAGE_URL:-}" ]]; then
+  python - "$RESULT_STORAGE_URL" <<'PY'
+import sys
+from prefect.filesystems import RemoteFileSystem
+RemoteFileSystem(basepath=sys.argv[1]).save("dlm-triage-results", overwrite=True)
+PY
+  export PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK="remote-file-system/dlm-triage-results"
+  echo "result storage: $RESULT_STORAGE_URL (block $PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK)"
+fi
 
 prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
 if [[ "${1:-}" == "--no-workers" ]]; then
-  echo "deployed; start workers with: prefect worker start --pool $GPU_POOL   (and --pool $CPU_POOL)"
+  echo "deployed; start workers with: prefect worker start --pool $GPU_POOL --limit <GPUs>   (and --pool $CPU_POOL)"
   exit 0
 fi
 
@@ -44,4 +62,4 @@ fi
 prefect worker start --pool "$CPU_POOL" --type process &
 CPU_WORKER=$!
 trap 'kill "$CPU_WORKER" 2>/dev/null || true' EXIT INT TERM
-prefect worker start --pool "$GPU_POOL" --type process
+prefect worker start --pool "$GPU_POOL" --type process --limit "$LOCAL_GPUS"

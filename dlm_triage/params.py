@@ -118,16 +118,40 @@ class SweepParams(_Params):
         None,
         ge=1,
         le=1024,
-        description="Training tasks run at once by this flow run (its training pool's size). Empty: the number "
-        "of GPUs, or of CPU cores without GPU. A server-side tag concurrency limit 'gpu', when one exists, "
-        "caps all flow runs.",
+        description="Shards of the grid, one per GPU slot, trained at once (each one config after the other, in "
+        "one process). Empty: locally the number of GPUs, or of CPU cores without GPU; on a shard deployment "
+        "the concurrency limit of the deployment or of its work pool.",
     )
     task_runner: Literal["process", "thread"] = Field(
         "process",
-        description="'process': a training pool of gpu_slots worker processes (true parallelism; each worker "
-        "pays a one-off spawn + import cost, on the first run to train). 'thread': one run at a time inside the "
-        "flow process (no spawn cost: quickest for a handful of short runs, debugging). Threads cannot train in parallel: model loading in "
-        "transformers is not thread-safe.",
+        description="Local sweeps (no shard_deployment). 'process': gpu_slots shard flow runs in subprocesses "
+        "(true parallelism; each pays a spawn and its imports). 'thread': one shard inside the sweep's own "
+        "process (no spawn: quickest for a handful of short runs, debugging).",
+    )
+    shard_deployment: str | None = Field(
+        None,
+        description="Run each shard as a run of this deployment ('flow/deployment', e.g. "
+        "'train-shard/train-shard'), picked up by the workers of its work pool on any number of machines. Empty: "
+        "train on this machine (task_runner).",
+    )
+    shard_job_variables: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Job variables of every shard run on the deployment path, merged over the deployment's "
+        "(e.g. {\"env\": {\"OMP_NUM_THREADS\": \"4\"}}, or {\"gpu_count\": 1} on a Kubernetes pool).",
+    )
+    shard_attempts: int = Field(
+        3, ge=1, le=100,
+        description="Attempts per shard: a shard run that crashes hands its unfinished runs to a new run (any "
+        "worker), at most this many times in all. Finished runs are never retrained.",
+    )
+    heartbeat_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="Deployment path: shard runs renew their lease file (under runs_dir) this often.",
+    )
+    stale_after_s: float = Field(
+        120.0, gt=0, le=86400,
+        description="Deployment path: a running shard run without a heartbeat for this long counts as crashed "
+        "(its worker or machine is gone) and its unfinished runs are retried on another worker.",
     )
     early_warning: bool = Field(
         True, description="Pass each family's registered max-grad threshold (from db) to training: runs at or "
@@ -207,6 +231,13 @@ class SweepParams(_Params):
                 f"gpu_slots={self.gpu_slots} with task_runner='thread': concurrent model loading in threads is not "
                 "safe; use task_runner='process' for parallel runs, or gpu_slots=1"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_staleness(self) -> "SweepParams":
+        if self.stale_after_s <= 2 * self.heartbeat_s:
+            raise ValueError(f"stale_after_s={self.stale_after_s} is not above 2 x heartbeat_s={self.heartbeat_s}: a "
+                             "live shard would be declared crashed; raise stale_after_s")
         return self
 
     @model_validator(mode="after")

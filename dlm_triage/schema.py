@@ -43,6 +43,9 @@ the bad step included). stopped_early: the live early warning stopped it (action
 stopped_by_legacy_detector: RunConfig.legacy_detector_stop was set and the legacy top-1 detector fired (the
 paper's runner "early-stops all 60 raw traces at step 11"); never a collapse. failed: an exception; only
 written when the trainer could still write a manifest."""
+REUSABLE_STATUSES = ("completed", "diverged", "stopped_early", "stopped_by_legacy_detector")
+"""A run directory with one of these statuses and the same config hash is finished: reused, never retrained;
+a 'failed' one is run again."""
 
 # Manifest keys (all present; null where not applicable).
 MANIFEST_KEYS = (

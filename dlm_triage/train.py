@@ -48,14 +48,12 @@ from dlm_triage.schema import (
     LEGACY_FIRST_STEP,
     MANIFEST_FILENAME,
     MANIFEST_KEYS,
+    REUSABLE_STATUSES,
     STEPLOG_FILENAME,
     TOP1_CROSS_LEVELS,
 )
 
 log = logging.getLogger(__name__)
-
-REUSABLE_STATUSES = ("completed", "diverged", "stopped_early", "stopped_by_legacy_detector")
-"""A run directory with one of these statuses and the same config hash is reused; a 'failed' one is re-run."""
 
 _after_backward_hook: Callable[[int, torch.nn.Module], None] | None = None
 """Test hook (fault injection): called after backward with (step, model), before the monitors."""

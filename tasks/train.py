@@ -12,8 +12,9 @@ Two layers skip finished work:
    trainer: the task run is 'Cached'.
 2. `train_run(resume=True)`: a run directory with a manifest for the same config hash is reused
    (record['reused'] is True). This covers a cache miss, e.g. a new code version or a wiped result storage.
-A config whose run directory has no manifest is trained with `refresh_cache=True` (see `plan_runs`), so a
-cached record never points at a run directory that is gone.
+Before either, the sweep's `plan_runs` reads each config's manifest: a finished run never reaches a shard.
+Shards train with `refresh_cache=True` (they only get configs without a finished run dir), so a cached record
+never points at a run directory that is gone.
 """
 
 from __future__ import annotations
@@ -26,9 +27,6 @@ import importlib.util
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +37,14 @@ from prefect.cache_policies import CachePolicy
 
 from dlm_triage.config import ConfigError, RunConfig
 from dlm_triage.params import SweepParams, torch_threads_per_process
-from dlm_triage.pool import TrainingPool, WorkerDied
-from dlm_triage.schema import MANIFEST_FILENAME
 
-PROGRESS_LOG_EVERY_S = 15.0
-"""A training task logs 'step i/n' at most this often (plus one line with the result at the end)."""
+PROGRESS_LOG_EVERY_S_ENV = "DLM_TRIAGE_PROGRESS_LOG_EVERY_S"
+
+
+def progress_log_every_s() -> float:
+    """A training task logs 'step i/n' at most this often (plus one line with the result at the end): 15 s, or
+    $DLM_TRIAGE_PROGRESS_LOG_EVERY_S (read at each run, so shard processes started with it follow it)."""
+    return float(os.environ.get(PROGRESS_LOG_EVERY_S_ENV, "15"))
 
 RECORD_KEYS = (
     "run_id", "status", "run_dir", "final_loss", "max_grad_norm", "routed", "reused", "wall_time_s",
@@ -63,8 +64,6 @@ def is_transient(exc: BaseException | None) -> bool:
     those fail the same way again, so retrying only delays the message."""
     if exc is None or isinstance(exc, (ConfigError, ValueError, TypeError, KeyError)):
         return False
-    if isinstance(exc, WorkerDied):  # the process training it was killed or crashed: a fresh one may succeed
-        return True
     if isinstance(exc, _PERMANENT_OS_ERRORS):
         return False
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
@@ -151,36 +150,6 @@ class RunConfigCache(CachePolicy):
 
 # -- tasks -----------------------------------------------------------------------------------------
 
-GPU_TAG = "gpu"
-"""Tag of training task runs when the API has a tag concurrency limit on it (`prefect concurrency-limit create gpu
-N`, deployments/setup.sh): the limit then caps training task runs across all flow runs and machines."""
-
-
-def tag_limit_exists(tag: str) -> bool:
-    """Whether the Prefect API has a tag concurrency limit on `tag` (one API call).
-
-    Why ask instead of always tagging: every task run with a tag asks the API for a slot of each of its tags
-    before it starts, limit or no limit. On a SQLite-backed server (the ephemeral one of `dlm-triage run`, the
-    test harness) those requests collide with the run-state writes of the other training processes, get
-    'database is locked' (HTTP 503), and the client retries after 2 s: measured 2 s lost on some tasks of every
-    sweep (profiled: benchmarks/README.md, orchestration details). Without a limit the request buys nothing, so
-    the sweep tags its training runs only when a limit exists. A limit created while a sweep runs applies from
-    the next sweep.
-    An API error other than 'not found' counts as 'exists': the cap is kept rather than silently dropped.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        with get_client(sync_client=True) as client:
-            client.read_concurrency_limit_by_tag(tag)
-    except ObjectNotFound:
-        return False
-    except Exception:  # noqa: BLE001 - unknown: keep the tag (and its cap) rather than drop it
-        return True
-    return True
-
-
 def _gpu_count() -> int:
     try:
         import torch
@@ -191,34 +160,38 @@ def _gpu_count() -> int:
 
 @task(name="plan-runs")
 def plan_runs(params: SweepParams) -> dict[str, Any]:
-    """Expand the grid, place each run on a device, and split by whether a complete run dir already exists.
+    """Expand the grid and split it by whether each config's run directory is already finished.
 
-    Device: `SweepParams.placed_configs` (with device 'auto', round-robin cuda:0..N-1 over the N visible GPUs,
-    cpu without GPU).
-    Returns {'todo': [cfg dicts without a manifest], 'done': [cfg dicts with one], 'slots', 'devices',
-    'runs_dir', 'torch_threads'}.
+    Returns {'todo': [cfg dicts to train], 'done': [records of finished runs, read from their manifests],
+    'order': [run ids in the grid's order],
+    'slots': shards to train at once on this machine (1 for task_runner 'thread'; for 'process': gpu_slots, else
+    the GPUs here, else the CPU cores; None on the deployment path, decided there), 'runs_dir', 'torch_threads'}.
+    Devices: a config keeps device 'auto' until its shard claims a GPU on the machine that trains it.
     """
+    from dlm_triage.shards import finished_manifest
+
     logger = get_run_logger()
-    n_gpus = _gpu_count()
-    devices = params.devices(n_gpus)
-    configs = params.placed_configs(n_gpus)
+    configs = params.to_spec().expand()
     runs_dir = params.resolved_runs_dir()
     todo: list[dict[str, Any]] = []
     done: list[dict[str, Any]] = []
     for cfg in configs:
-        (done if (runs_dir / cfg.run_id / MANIFEST_FILENAME).exists() else todo).append(cfg.to_dict())
-    # A thread runner trains one run at a time (SweepParams explains why); the training pool one per slot.
-    slots = 1 if params.task_runner == "thread" else params.gpu_slots or (n_gpus or os.cpu_count() or 1)
-    # torch threads per training process: cores / processes, so n processes x threads <= cores.
-    threads = params.torch_threads or (
-        torch_threads_per_process(slots) if params.task_runner == "process" else None
-    )
-    logger.info(
-        "sweep of %d run(s): %d to train, %d with a complete run dir under %s; devices %s; %d at once",
-        len(configs), len(todo), len(done), runs_dir, devices, slots,
-    )
-    return {"todo": todo, "done": done, "slots": slots, "devices": devices, "runs_dir": str(runs_dir),
-            "torch_threads": threads}
+        man = finished_manifest(runs_dir, cfg)
+        if man is None:
+            todo.append(cfg.to_dict())
+        else:
+            done.append(record_from_manifest(cfg, runs_dir, man, reused=True))
+    if params.shard_deployment:
+        slots, threads = params.gpu_slots, params.torch_threads  # the GPU machines decide their threads
+    elif params.task_runner == "thread":
+        slots, threads = 1, params.torch_threads
+    else:  # one training process per slot; torch threads: cores / processes, so processes x threads <= cores
+        slots = params.gpu_slots or (_gpu_count() or os.cpu_count() or 1) if todo else 1
+        threads = params.torch_threads or torch_threads_per_process(slots)
+    logger.info("sweep of %d run(s): %d to train, %d finished under %s", len(configs), len(todo), len(done),
+                runs_dir)
+    return {"todo": todo, "done": done, "order": [c.run_id for c in configs], "slots": slots,
+            "runs_dir": str(runs_dir), "torch_threads": threads}
 
 
 @task(name="prepare-tiny-model", retries=1, retry_condition_fn=retry_transient)
@@ -259,24 +232,6 @@ def registered_threshold(db: Path, family: str) -> Any:
     return rec
 
 
-_TRAINING_POOL: ContextVar[TrainingPool | None] = ContextVar("dlm_triage_training_pool", default=None)
-
-
-@contextmanager
-def training_pool(pool: TrainingPool | None) -> Iterator[TrainingPool | None]:
-    """Training tasks submitted inside this block train on `pool` (None: in the task's own thread).
-
-    Why a context variable and not a task parameter: the pool is where a run executes, not what it computes, so
-    it stays out of the task's inputs (and the UI's parameter view); Prefect's thread runner copies the
-    submitting thread's context into each task thread, so a task sees the pool that was current at submit time.
-    """
-    token = _TRAINING_POOL.set(pool)
-    try:
-        yield pool
-    finally:
-        _TRAINING_POOL.reset(token)
-
-
 def _train_run_name() -> str:
     from prefect.runtime import task_run
 
@@ -288,7 +243,8 @@ def _train_run_name() -> str:
 
 @task(
     name="train-config",
-    # No tags here: `flows.sweep.train_configs` adds GPU_TAG when the API has a limit on it (see `tag_limit_exists`).
+    # No tags: every tagged task run asks the API for a concurrency slot before it starts. GPUs are capped per
+    # shard flow run instead (work-pool / deployment concurrency limits, deployments/README.md).
     cache_policy=RunConfigCache(),
     persist_result=True,
     result_serializer="json",
@@ -299,36 +255,31 @@ def _train_run_name() -> str:
 )
 def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
                  torch_threads: int | None = None) -> dict[str, Any]:
-    """Train one config (or reuse its complete run dir) and return a small record (never tensors).
-
-    Where: on the `training_pool` current when the task was submitted (a worker process of the sweep's pool,
-    whose workers set their torch threads themselves), else in this thread (`torch_threads` then applies here).
-    """
+    """Train one config (or reuse its complete run dir) in this process and return a small record (never
+    tensors). A `train-shard` flow run calls it for each config of its shard, so the training is this task run:
+    cancelling the flow run (which ends its process) stops it. `torch_threads` is set for this process."""
     logger = get_run_logger()
     cfg = RunConfig.from_dict(cfg_dict)
-    pool = _TRAINING_POOL.get()
     last = time.monotonic()
+    every_s = progress_log_every_s()
 
     def progress(step: int, total: int) -> None:
-        # By time, not by step: a long run says where it is every PROGRESS_LOG_EVERY_S, a short one (the
+        # By time, not by step: a long run says where it is every `every_s`, a short one (the
         # 7 s tiny runs) only logs its result below. Each log line is an API write; on a machine that also
         # hosts the server, those writes take CPU from training (benchmarks/README.md).
         nonlocal last
         now = time.monotonic()
-        if now - last >= PROGRESS_LOG_EVERY_S and step < total:
+        if now - last >= every_s and step < total:
             last = now
             logger.info("%s: step %d/%d", cfg.run_id, step, total)
 
-    if pool is not None:
-        res = pool.train(cfg, Path(runs_dir), threshold=threshold, progress=progress, resume=True)
-    else:
-        from dlm_triage.train import train_run
+    from dlm_triage.train import train_run
 
-        if torch_threads:
-            import torch
+    if torch_threads:
+        import torch
 
-            torch.set_num_threads(torch_threads)  # n processes x n threads <= cores: no oversubscription
-        res = train_run(cfg, Path(runs_dir), threshold=threshold, progress=progress, resume=True)
+        torch.set_num_threads(torch_threads)  # n processes x n threads <= cores: no oversubscription
+    res = train_run(cfg, Path(runs_dir), threshold=threshold, progress=progress, resume=True)
     record = {
         "run_id": res.run_id,
         "status": res.status,
@@ -363,6 +314,18 @@ def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
             v = None
         out[k] = v
     return out
+
+
+def record_from_manifest(cfg: RunConfig, runs_dir: str | Path, man: dict[str, Any], *, reused: bool) -> dict[str, Any]:
+    """The record of a finished run read back from its manifest (the sweep reads every record this way: the
+    manifests sit on the storage all shards share, whichever machine trained them)."""
+    return _jsonable({
+        "run_id": man["run_id"], "status": man["status"], "run_dir": str(Path(runs_dir) / cfg.run_id),
+        "final_loss": man["final_loss"], "max_grad_norm": man["max_grad_norm"],
+        "routed": bool(man["routed_for_inspection"]), "reused": reused, "wall_time_s": man["wall_time_s"],
+        "config_hash": man["config_hash"], "code_version": man["code_version"], "device": man["device"],
+        "error": None,
+    })
 
 
 def failed_record(cfg_dict: dict[str, Any], message: str | None) -> dict[str, Any]:

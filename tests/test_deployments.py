@@ -36,8 +36,13 @@ def _load_entrypoint(entrypoint: str):
 def test_prefect_yaml_entrypoints_pools_and_parameters_are_valid():
     spec = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert {"sweep", "pipeline", "ingest", "calibrate-report", "recalibrate"} <= set(deployments)
-    assert deployments["sweep"]["work_pool"]["name"] == "gpu-pool"
+    assert {"sweep", "train-shard", "pipeline", "ingest", "calibrate-report", "recalibrate"} <= set(deployments)
+    # the sweep only orchestrates (CPU pool); its shards train on the GPU pool, through the train-shard deployment
+    assert deployments["sweep"]["work_pool"]["name"] == "cpu-pool"
+    assert deployments["train-shard"]["work_pool"]["name"] == "gpu-pool"
+    shard_dep = deployments["sweep"]["parameters"]["params"]["shard_deployment"]
+    assert shard_dep == "train-shard/train-shard"
+    assert _load_entrypoint(deployments["train-shard"]["entrypoint"]).name == shard_dep.split("/")[0]
     assert deployments["ingest"]["work_pool"]["name"] == deployments["calibrate-report"]["work_pool"]["name"] == "cpu-pool"
     assert [s["cron"] for s in deployments["recalibrate"]["schedules"]] == ["0 3 * * *"]
     assert list(spec["pull"][0]) == ["prefect.deployments.steps.set_working_directory"]
@@ -146,22 +151,21 @@ def test_deploy_trigger_with_parameters_and_cron_schedule(tmp_path, tiny_model_d
 
         # independent CLI calls at once: each pays the prefect import (~5-8 s on a busy 2-core box)
         setup = [["work-pool", "create", pool, "--type", "process"] for pool in ("gpu-pool", "cpu-pool")]
-        setup.append(["concurrency-limit", "create", "gpu", "1"])
         procs = [subprocess.Popen([*cli, *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for args in setup]
         for args, proc in zip(setup, procs):
             out, _ = proc.communicate(timeout=120)
             assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{out}"
-        mark("pools + gpu limit")
+        mark("pools")
         prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=180)
         mark("deployed")
 
-        worker = subprocess.Popen([*cli, "worker", "start", "--pool", "gpu-pool", "--type", "process",
+        worker = subprocess.Popen([*cli, "worker", "start", "--pool", "cpu-pool", "--type", "process",
                                    "--prefetch-seconds", "5"], env=env, cwd=tmp_path,
                                   stdout=logs["worker"], stderr=subprocess.STDOUT, start_new_session=True)
 
         runs_dir = tmp_path / "runs"
-        parameters = {"params": {  # what the UI form sends: JSON of SweepParams
+        parameters = {"params": {  # what the UI form sends: JSON of SweepParams (here: trained in the sweep's process)
             "families": ["tiny"], "ranks": [4], "mask_ratios": [0.4, 0.6], "seeds": [3], "steps": 4,
             "batch_size": 2, "model_id": str(tiny_model_dir), "runs_dir": str(runs_dir),
             "task_runner": "thread", "gpu_slots": 1, "early_warning": False,

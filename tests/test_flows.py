@@ -179,29 +179,57 @@ def _artifact_keys(flow_run_names: list[str] | None = None) -> set[str]:
         return {a.key for a in client.read_artifacts() if a.key}
 
 
+def _shard_runs_of(parent_flow_run_id) -> list[object]:
+    """The train-shard flow runs under a sweep's flow run (subflows: their parent task run is in the sweep)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["train-shard"])),
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_flow_run_id])))
+
+
 @pytest.mark.slow
-def test_sweep_trains_then_cache_skips_and_deleted_runs_retrain(prefect_harness, tiny_model_dir, tmp_path):
+def test_sweep_trains_in_shard_runs_then_reruns_train_nothing_and_deleted_runs_retrain(prefect_harness,
+                                                                                        tiny_model_dir, tmp_path):
+    from prefect.client.orchestration import get_client
+
     from flows.sweep import sweep_flow
 
-    params = _sweep_params(tiny_model_dir, tmp_path)  # the default process pool: spawn, pickling, log forwarding
-    first = sweep_flow(params)
-    assert len(first) == 2
-    assert all(r["status"] == "completed" and not r["cached"] and not r["reused"] for r in first), first
+    # four configs, two shards in subprocesses of this machine (the local 'process' path)
+    params = _sweep_params(tiny_model_dir, tmp_path, seeds=[1, 2])
+    state = sweep_flow(params, return_state=True)
+    first = state.result()
+    assert len(first) == 4
+    assert all(r["status"] == "completed" and not r["reused"] for r in first), first
     for r in first:
         assert (Path(r["run_dir"]) / "manifest.json").is_file()
         assert r["final_loss"] is not None and math.isfinite(r["final_loss"]) and r["max_grad_norm"] > 0
+    shards = _shard_runs_of(state.state_details.flow_run_id)
+    assert len(shards) == 2 and all(fr.state.is_completed() for fr in shards), shards
+    assert sorted(len(fr.parameters["configs"]) for fr in shards) == [2, 2]
+    trained_in = {tr.name for tr in _train_task_runs([r["run_id"] for r in first]).values()}
+    assert trained_in == {f"train-{r['run_id']}" for r in first}  # one train-config task run per config
+    with get_client(sync_client=True) as client:
+        arts = {a.key: a for a in client.read_latest_artifacts() if a.key in ("sweep-progress", "sweep-shards")}
+        assert arts["sweep-progress"].data == 100.0
+        rows = json.loads(arts["sweep-shards"].data)  # the latest version: the sweep's last word
+        assert sorted((r["done"], r["runs"], r["state"]) for r in rows) == [(2, 2, "COMPLETED")] * 2
 
-    params = params.model_copy(update={"task_runner": "thread", "gpu_slots": 1})  # same keys, no spawn cost
-    second = sweep_flow(params)  # the Prefect cache answers: the trainer is not started
+    params = params.model_copy(update={"task_runner": "thread", "gpu_slots": 1})
+    state = sweep_flow(params, return_state=True)  # every run dir is finished: no shard, nothing trained
+    second = state.result()
     assert [r["run_id"] for r in second] == [r["run_id"] for r in first]
-    assert all(r["cached"] for r in second), second
+    assert all(r["reused"] for r in second), second
     assert [r["final_loss"] for r in second] == [r["final_loss"] for r in first]
+    assert _shard_runs_of(state.state_details.flow_run_id) == []
 
-    shutil.rmtree(first[0]["run_dir"])  # a cached record must not outlive its run dir
+    shutil.rmtree(first[0]["run_dir"])  # a deleted run dir is trained again, the others are kept
     third = {r["run_id"]: r for r in sweep_flow(params)}
     gone, kept = third[first[0]["run_id"]], third[first[1]["run_id"]]
-    assert not gone["cached"] and not gone["reused"] and (Path(gone["run_dir"]) / "manifest.json").is_file()
-    assert kept["cached"]
+    assert not gone["reused"] and (Path(gone["run_dir"]) / "manifest.json").is_file()
+    assert kept["reused"]
     assert gone["final_loss"] == pytest.approx(first[0]["final_loss"], rel=1e-6)  # same seed, same numbers
     assert "sweep-runs" in _artifact_keys()
 
@@ -226,46 +254,12 @@ def _train_task_runs(run_ids: list[str], timeout_s: float = 60) -> dict[str, obj
 
 
 @pytest.mark.slow
-def test_gpu_tag_and_its_cap_apply_only_when_the_limit_exists(prefect_harness, tiny_model_dir, tmp_path):
-    """Untagged training task runs cost no slot requests; with `prefect concurrency-limit create gpu 1` the
-    same sweep tags them and the server lets one train at a time, although the pool has two processes."""
-    from prefect.client.orchestration import get_client
-
-    from flows.sweep import sweep_flow
-    from tasks.train import GPU_TAG, tag_limit_exists
-
-    assert not tag_limit_exists(GPU_TAG)
-    free = sweep_flow(_sweep_params(tiny_model_dir, tmp_path / "free", steps=3, task_runner="thread",
-                                    gpu_slots=1, seeds=[11]))
-    runs = _train_task_runs([r["run_id"] for r in free])
-    assert len(runs) == 2 and all(GPU_TAG not in tr.tags for tr in runs.values()), runs
-
-    with get_client(sync_client=True) as client:
-        client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=1)
-    try:
-        assert tag_limit_exists(GPU_TAG)
-        capped = sweep_flow(_sweep_params(tiny_model_dir, tmp_path / "capped", steps=STEPS, seeds=[12]))
-        assert all(r["status"] == "completed" for r in capped), capped
-        runs = _train_task_runs([r["run_id"] for r in capped])
-        assert len(runs) == 2 and all(GPU_TAG in tr.tags for tr in runs.values()), runs
-        (a, b) = sorted(runs.values(), key=lambda tr: tr.start_time)
-        assert b.start_time >= a.end_time, (
-            f"training runs overlapped under a limit of 1: {a.name} {a.start_time}-{a.end_time}, "
-            f"{b.name} {b.start_time}-{b.end_time}")
-    finally:
-        with get_client(sync_client=True) as client:
-            client.delete_concurrency_limit_by_tag(GPU_TAG)
-    assert not tag_limit_exists(GPU_TAG)
-
-
-@pytest.mark.slow
 def test_failed_config_is_reported_and_others_complete(prefect_harness, tiny_model_dir, tmp_path):
-    from flows.sweep import train_configs_flow
+    from flows.shard import train_shard_flow
 
     good = RunConfig(model_id=str(tiny_model_dir), steps=3, batch_size=2, rank=4, seed=5)
     bad = good.replace(dataset=str(tmp_path / "missing.jsonl"), seed=6)
-    plan = {"todo": [good.to_dict(), bad.to_dict()], "done": [], "runs_dir": str(tmp_path / "runs")}
-    records = {r["run_id"]: r for r in train_configs_flow(plan, {})}
+    records = {r["run_id"]: r for r in train_shard_flow([bad.to_dict(), good.to_dict()], str(tmp_path / "runs"))}
     assert records[good.run_id]["status"] == "completed"
     failed = records[bad.run_id]
     assert failed["status"] == "task_failed" and "missing.jsonl" in failed["error"], failed
@@ -346,7 +340,7 @@ def test_recalibrate_only_groups_with_enough_new_runs(prefect_harness, tiny_mode
     assert first["ingest"]["added"] == 36 and first["due"]["due"] == ["mdlm", "tiny"]
     assert {r["group"]: r["drift"] for r in first["drift"]}["tiny"] == "new"
 
-    # the registered threshold reaches live training (ThresholdRecord through the process pool and the cache key)
+    # the registered threshold reaches live training (the ThresholdRecord through the shard run's JSON parameters and the cache key)
     from dlm_triage import store
     from flows.sweep import sweep_flow
 
@@ -386,19 +380,19 @@ def test_recalibrate_only_groups_with_enough_new_runs(prefect_harness, tiny_mode
 
 
 @pytest.mark.slow
-def test_progress_of_runs_in_pool_workers_reaches_their_task_runs_logs(prefect_harness, tiny_model_dir, tmp_path,
+def test_progress_of_runs_in_shard_processes_reaches_their_task_runs_logs(prefect_harness, tiny_model_dir, tmp_path,
                                                                         monkeypatch):
-    """Training runs in a worker process; its 'step i/n' lines must still land in the right task run's log."""
+    """Training runs in a shard subprocess; its 'step i/n' lines must land in the right task run's log."""
     import time
 
-    import tasks.train
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
 
     from flows.sweep import sweep_flow
+    from tasks.train import PROGRESS_LOG_EVERY_S_ENV
 
-    monkeypatch.setattr(tasks.train, "PROGRESS_LOG_EVERY_S", 0.0)  # every step, forwarded and logged
-    recs = sweep_flow(_sweep_params(tiny_model_dir, tmp_path, steps=5))  # two configs on two pool workers
+    monkeypatch.setenv(PROGRESS_LOG_EVERY_S_ENV, "0")  # every step (the shard processes inherit it)
+    recs = sweep_flow(_sweep_params(tiny_model_dir, tmp_path, steps=5))  # two configs in two shard processes
     runs = _train_task_runs([r["run_id"] for r in recs])
     assert len(runs) == 2
     for rec in recs:

@@ -1,0 +1,203 @@
+"""train-shard flow: train one shard of a sweep (a list of configs) one config after the other, in this process.
+
+One flow run = one GPU slot. The sweep (`flows.sweep`) starts one per shard: as runs of the `train-shard`
+deployment on the GPU work pool (any worker on any machine picks them up), or locally as subprocesses. Each
+config is a `train-config` task run inside it, trained in this process (so cancelling the flow run, which ends
+its process, stops the training), and successive runs of one base model reuse the loaded base.
+
+- A config whose run directory is already finished (a retried shard, or another worker finished it) is not
+  trained again.
+- Device: a config with device 'auto' trains on a GPU of this machine that no other shard holds (an flock per GPU,
+  released when this process ends, however it ends), or on the CPU without one.
+- Liveness: with `heartbeat_s` > 0 the flow rewrites a small lease file, `<runs_dir>/.shards/<flow run id>.json`
+  (a beat counter, the config in training, the count done), every `heartbeat_s` and after each config; the sweep
+  declares a shard whose lease stops changing (its worker or machine died) crashed and hands its unfinished
+  configs to a new shard run. (A file on the storage the shards share anyway, judged by the sweep's own clock:
+  no clock skew between machines, and no load on the Prefect server, whose event queries took up to 60 s on a
+  busy SQLite server here.)
+- Launched locally (DLM_TRIAGE_PARENT_PID set), the process exits when its parent sweep process is gone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+LEASE_DIRNAME = ".shards"
+PARENT_PID_ENV = "DLM_TRIAGE_PARENT_PID"
+
+
+@dataclass(frozen=True)
+class WireThreshold:
+    """A registered threshold as it travels in flow-run parameters (JSON): what the early warning reads."""
+
+    threshold: float
+    group: str | None = None
+    group_by: str | None = None
+    k: int | None = None
+    calibration_id: str | None = None
+
+
+def threshold_from_wire(d: dict[str, Any] | None) -> WireThreshold | None:
+    if d is None:
+        return None
+    return WireThreshold(**{k: d.get(k) for k in ("threshold", "group", "group_by", "k", "calibration_id")})
+
+
+# -- where this shard trains ------------------------------------------------------------------------------
+
+@contextmanager
+def claimed_device(wanted: str) -> Iterator[str]:
+    """The device for this shard's 'auto' configs: the first CUDA device of this machine whose lock no other
+    process holds (blocking on the first one when all are taken), or `wanted` unchanged without CUDA. The lock
+    (fcntl.flock on a file in the temp dir) ends with the process, so a killed shard frees its GPU."""
+    if wanted != "auto":
+        yield wanted
+        return
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        n = 0
+    if n == 0:
+        yield wanted
+        return
+    lock_dir = Path(tempfile.gettempdir()) / "dlm-triage-gpu-locks"
+    lock_dir.mkdir(exist_ok=True)
+    handles = []
+    try:
+        for i in [*range(n), 0]:  # a free one, else wait for cuda:0
+            fh = open(lock_dir / f"cuda-{i}.lock", "w")
+            handles.append(fh)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | (fcntl.LOCK_NB if len(handles) <= n else 0))
+            except BlockingIOError:
+                continue
+            yield f"cuda:{i}"
+            return
+    finally:
+        for fh in handles:
+            fh.close()
+
+
+def _exit_when_orphaned(parent_pid: int, every_s: float = 1.0) -> None:
+    """A local shard whose sweep process died (killed hard) stops instead of holding the machine for the rest
+    of its shard."""
+    while os.getppid() == parent_pid:
+        time.sleep(every_s)
+    os._exit(70)
+
+
+def lease_path(runs_dir: str | Path, flow_run_id: Any) -> Path:
+    """Where the shard run `flow_run_id` keeps its lease (a dot folder: ingestion skips it)."""
+    return Path(runs_dir) / LEASE_DIRNAME / f"{flow_run_id}.json"
+
+
+class _Heartbeat:
+    """Daemon thread rewriting this flow run's lease every `every_s` (0: off)."""
+
+    def __init__(self, every_s: float, shard: str, total: int, runs_dir: str) -> None:
+        from prefect.runtime import flow_run
+
+        self.every_s, self.shard, self.total = every_s, shard, total
+        self.flow_run_id = flow_run.id
+        self.path = lease_path(runs_dir, self.flow_run_id)
+        self.beats = 0
+        self.current: str | None = None
+        self.done = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dlm-triage-shard-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        if self.every_s > 0 and self.flow_run_id:
+            self.beat()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.path.unlink(missing_ok=True)
+
+    def beat(self) -> None:
+        if self.every_s <= 0 or not self.flow_run_id:
+            return
+        from dlm_triage.fsutil import write_json_atomic
+
+        self.beats += 1
+        try:
+            write_json_atomic({"beat": self.beats, "shard": self.shard, "current": self.current, "done": self.done,
+                               "total": self.total, "pid": os.getpid()}, self.path)
+        except OSError:  # a lost beat reads as silence to the sweep, never as a failure of the shard
+            pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.beat()
+
+
+# -- the flow ----------------------------------------------------------------------------------------------
+
+def _shard_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.parameters.get("shard") or "train-shard")
+
+
+@flow(name="train-shard", flow_run_name=_shard_run_name)
+def train_shard_flow(configs: list[dict[str, Any]], runs_dir: str, shard: str = "shard-0",
+                     thresholds: dict[str, Any] | None = None, torch_threads: int | None = None,
+                     heartbeat_s: float = 0.0) -> list[dict[str, Any]]:
+    """Train `configs` (RunConfig dicts) into `runs_dir`, one after the other; return one record per config
+    (failed ones included: status 'task_failed' with the error). `thresholds`: family -> registered threshold
+    (WireThreshold fields) for the live early warning."""
+    from dlm_triage.config import RunConfig
+    from dlm_triage.shards import finished_manifest
+    from tasks.train import failed_record, record_from_manifest, train_config
+
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent and parent.isdigit():
+        threading.Thread(target=_exit_when_orphaned, args=(int(parent),), daemon=True,
+                         name="dlm-triage-orphan-watch").start()
+    logger = get_run_logger()
+    thresholds = thresholds or {}
+    records: list[dict[str, Any]] = []
+    wanted = {c.get("device", "auto") for c in configs}
+    # the lease first: claiming a device imports torch (seconds), which must not read as silence
+    with _Heartbeat(heartbeat_s, shard, len(configs), runs_dir) as heartbeat, \
+            claimed_device("auto" if "auto" in wanted else "pinned") as device:
+        logger.info("%s: %d config(s) into %s; 'auto' device -> %s", shard, len(configs), runs_dir, device)
+        for cfg_dict in configs:
+            if cfg_dict.get("device", "auto") == "auto" and device not in ("auto", "pinned"):
+                cfg_dict = {**cfg_dict, "device": device}
+            cfg = RunConfig.from_dict(cfg_dict)
+            man = finished_manifest(runs_dir, cfg)
+            if man is not None:  # finished by an earlier attempt of this shard, or by another worker
+                records.append(record_from_manifest(cfg, runs_dir, man, reused=True))
+            else:
+                heartbeat.current = cfg.run_id
+                heartbeat.beat()
+                # refresh_cache: this config has no finished run dir, so no cached record may answer for it
+                state = train_config.with_options(refresh_cache=True)(cfg_dict, runs_dir, threshold_from_wire(thresholds.get(cfg.family)),
+                    torch_threads, return_state=True)
+                records.append(state.result() if state.is_completed() else failed_record(cfg_dict, state.message))
+            heartbeat.done += 1
+            heartbeat.current = None
+            heartbeat.beat()
+    return records
+
+
+if __name__ == "__main__":
+    raise SystemExit("train-shard runs shards of a sweep: start a sweep (`dlm-triage run`, `python -m flows.sweep`)")
