@@ -128,6 +128,12 @@ class SweepParams(_Params):
         "(true parallelism; each pays a spawn and its imports). 'thread': one shard inside the sweep's own "
         "process (no spawn: quickest for a handful of short runs, debugging).",
     )
+    runs_url: str | None = Field(
+        None,
+        description="Publish each finished run directory to this fsspec URL (s3://, gs://, file://, memory://), "
+        "manifest last; runs_dir is then each machine's staging folder. Empty: run dirs stay in runs_dir (a "
+        "path every machine sees, for sweeps over several machines).",
+    )
     shard_deployment: str | None = Field(
         None,
         description="Run each shard as a run of this deployment ('flow/deployment', e.g. "
@@ -232,6 +238,19 @@ class SweepParams(_Params):
                 "safe; use task_runner='process' for parallel runs, or gpu_slots=1"
             )
         return self
+
+    @field_validator("runs_url")
+    @classmethod
+    def _runs_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if "://" not in v:
+            raise ValueError(f"runs_url={v!r} is not a URL: give scheme://path (s3://bucket/runs, file:///shared/runs)"
+                             ", or set runs_dir for a plain path")
+        from dlm_triage.runstore import filesystem
+
+        filesystem(v)  # an unknown or uninstalled protocol fails here, naming the package to install
+        return v.rstrip("/")
 
     @model_validator(mode="after")
     def _heartbeat_within_staleness(self) -> "SweepParams":

@@ -52,14 +52,28 @@ def partition(configs: Sequence[RunConfig], n_shards: int) -> list[list[RunConfi
     return [s for s in shards if s]
 
 
-def finished_manifest(runs_dir: Path | str, cfg: RunConfig) -> dict[str, Any] | None:
-    """The manifest of `cfg`'s run directory if that run is finished (manifest present and valid, same config
-    hash, status completed / diverged / stopped_early), else None. Reads the manifest only (one small JSON file):
-    the sweep asks this for every config before it plans and while shards report."""
-    from dlm_triage.runlog import RunLogError, read_manifest
+def run_location(root: Path | str, run_id: str) -> str:
+    """Where run `run_id` lives under a runs root: a local path, or `<url>/<run_id>` (runstore)."""
+    from dlm_triage.runstore import is_url
 
-    try:
-        man = read_manifest(Path(runs_dir) / cfg.run_id)
-    except (RunLogError, OSError):
-        return None
+    return f"{str(root).rstrip('/')}/{run_id}" if is_url(root) else str(Path(root) / run_id)
+
+
+def finished_manifest(root: Path | str, cfg: RunConfig) -> dict[str, Any] | None:
+    """The manifest of `cfg`'s run under `root` (a runs directory, or an fsspec URL runs are published to) if that
+    run is finished (manifest present and valid, same config hash, status completed / diverged /
+    stopped_early), else None. Reads the manifest only (one small JSON file): the sweep asks this for every
+    config before it plans and while shards report."""
+    from dlm_triage.runlog import RunLogError, read_manifest
+    from dlm_triage.runstore import is_url, read_manifest_at
+
+    if is_url(root):
+        man = read_manifest_at(str(root), cfg.run_id)
+        if man is None or not {"config_hash", "status"} <= set(man):
+            return None
+    else:
+        try:
+            man = read_manifest(Path(root) / cfg.run_id)
+        except (RunLogError, OSError):
+            return None
     return man if man["config_hash"] == cfg.config_hash and man["status"] in REUSABLE_STATUSES else None

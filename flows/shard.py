@@ -104,6 +104,11 @@ def lease_path(runs_dir: str | Path, flow_run_id: Any) -> Path:
     return Path(runs_dir) / LEASE_DIRNAME / f"{flow_run_id}.json"
 
 
+def revocation_path(runs_dir: str | Path, flow_run_id: Any) -> Path:
+    """Written by the sweep when it declares this shard run crashed: the shard's process then ends itself."""
+    return Path(runs_dir) / LEASE_DIRNAME / f"{flow_run_id}.revoked"
+
+
 class _Heartbeat:
     """Daemon thread rewriting this flow run's lease every `every_s` (0: off)."""
 
@@ -113,6 +118,7 @@ class _Heartbeat:
         self.every_s, self.shard, self.total = every_s, shard, total
         self.flow_run_id = flow_run.id
         self.path = lease_path(runs_dir, self.flow_run_id)
+        self.revoked = revocation_path(runs_dir, self.flow_run_id)
         self.beats = 0
         self.current: str | None = None
         self.done = 0
@@ -145,6 +151,9 @@ class _Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
+            if self.revoked.exists():  # the sweep gave this shard's runs to another attempt: stop training now
+                get_run_logger().error("%s: revoked by the sweep (declared crashed after silence); exiting", self.shard)
+                os._exit(75)
             self.beat()
 
 
@@ -159,11 +168,13 @@ def _shard_run_name() -> str:
 @flow(name="train-shard", flow_run_name=_shard_run_name)
 def train_shard_flow(configs: list[dict[str, Any]], runs_dir: str, shard: str = "shard-0",
                      thresholds: dict[str, Any] | None = None, torch_threads: int | None = None,
-                     heartbeat_s: float = 0.0) -> list[dict[str, Any]]:
+                     heartbeat_s: float = 0.0, runs_url: str | None = None) -> list[dict[str, Any]]:
     """Train `configs` (RunConfig dicts) into `runs_dir`, one after the other; return one record per config
     (failed ones included: status 'task_failed' with the error). `thresholds`: family -> registered threshold
-    (WireThreshold fields) for the live early warning."""
+    (WireThreshold fields) for the live early warning. `runs_url`: publish each finished run there (runstore;
+    `runs_dir` is then this machine's staging folder) and skip configs already published."""
     from dlm_triage.config import RunConfig
+    from dlm_triage.runstore import publish_run
     from dlm_triage.shards import finished_manifest
     from tasks.train import failed_record, record_from_manifest, train_config
 
@@ -183,16 +194,19 @@ def train_shard_flow(configs: list[dict[str, Any]], runs_dir: str, shard: str = 
             if cfg_dict.get("device", "auto") == "auto" and device not in ("auto", "pinned"):
                 cfg_dict = {**cfg_dict, "device": device}
             cfg = RunConfig.from_dict(cfg_dict)
-            man = finished_manifest(runs_dir, cfg)
+            man = finished_manifest(runs_url or runs_dir, cfg)
             if man is not None:  # finished by an earlier attempt of this shard, or by another worker
-                records.append(record_from_manifest(cfg, runs_dir, man, reused=True))
+                records.append(record_from_manifest(cfg, runs_url or runs_dir, man, reused=True))
             else:
                 heartbeat.current = cfg.run_id
                 heartbeat.beat()
                 # refresh_cache: this config has no finished run dir, so no cached record may answer for it
                 state = train_config.with_options(refresh_cache=True)(cfg_dict, runs_dir, threshold_from_wire(thresholds.get(cfg.family)),
                     torch_threads, return_state=True)
-                records.append(state.result() if state.is_completed() else failed_record(cfg_dict, state.message))
+                record = state.result() if state.is_completed() else failed_record(cfg_dict, state.message)
+                if runs_url and state.is_completed() and finished_manifest(runs_dir, cfg) is not None:
+                    record = {**record, "run_dir": publish_run(Path(runs_dir) / cfg.run_id, runs_url)}
+                records.append(record)
             heartbeat.done += 1
             heartbeat.current = None
             heartbeat.beat()

@@ -38,7 +38,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from dlm_triage.config import RunConfig
 from dlm_triage.params import SweepParams
 from dlm_triage.shards import finished_manifest, partition
-from flows.shard import PARENT_PID_ENV, lease_path, train_shard_flow
+from flows.shard import PARENT_PID_ENV, lease_path, revocation_path, train_shard_flow
 from tasks.train import (
     _threshold_key, failed_record, plan_runs, prepare_tiny_model, record_from_manifest, registered_threshold,
     summarise_sweep,
@@ -116,6 +116,9 @@ class LocalShards:
     def alive(self, shard: ShardRun) -> bool:
         return shard.process is None or shard.process.is_alive() or shard.state in FINAL
 
+    def revoke(self, shard: ShardRun) -> None:
+        self.cancel(shard)
+
     def cancel(self, shard: ShardRun) -> None:
         p = shard.process
         if p is not None and p.is_alive():
@@ -175,6 +178,16 @@ class DeploymentShards:
     def alive(self, shard: ShardRun) -> bool:
         return shard.state != "RUNNING" or time.monotonic() - shard.started < self.stale_after_s
 
+    def revoke(self, shard: ShardRun) -> None:
+        """Fence off a shard run declared crashed: its heartbeat thread finds the revocation next to its lease and
+        ends its process (its worker may be gone, so no Cancelling state would reach it)."""
+        from dlm_triage.fsutil import write_bytes_atomic
+
+        try:
+            write_bytes_atomic(revocation_path(self.runs_dir, shard.flow_run_id), b"declared crashed by the sweep\n")
+        except OSError:
+            get_run_logger().warning("could not revoke %s: its process may train on until it ends", shard.name)
+
     def cancel(self, shard: ShardRun) -> None:
         from prefect.states import Cancelled, Cancelling
 
@@ -188,9 +201,9 @@ class DeploymentShards:
 # -- supervision ------------------------------------------------------------------------------------------
 
 def _shard_parameters(shard: ShardRun, runs_dir: str, thresholds: dict[str, Any], torch_threads: int | None,
-                      heartbeat_s: float) -> dict[str, Any]:
+                      heartbeat_s: float, runs_url: str | None) -> dict[str, Any]:
     return {"configs": shard.configs, "runs_dir": runs_dir, "shard": shard.name, "thresholds": thresholds,
-            "torch_threads": torch_threads, "heartbeat_s": heartbeat_s}
+            "torch_threads": torch_threads, "heartbeat_s": heartbeat_s, "runs_url": runs_url}
 
 
 def _task_runs_of(client: Any, flow_run_ids: list[uuid.UUID], state: str) -> dict[str, Any]:
@@ -213,8 +226,10 @@ class Supervisor:
     """Starts the shard runs, follows them to their end, retries crashed ones, publishes progress."""
 
     def __init__(self, launcher: Any, client: Any, runs_dir: str, thresholds: dict[str, Any],
-                 torch_threads: int | None, heartbeat_s: float, attempts: int, label: str) -> None:
-        self.launcher, self.client, self.runs_dir = launcher, client, runs_dir
+                 torch_threads: int | None, heartbeat_s: float, attempts: int, label: str,
+                 runs_url: str | None = None) -> None:
+        self.launcher, self.client, self.runs_dir, self.runs_url = launcher, client, runs_dir, runs_url
+        self.root = runs_url or runs_dir  # where finished runs are counted
         self.thresholds, self.torch_threads, self.heartbeat_s = thresholds, torch_threads, heartbeat_s
         self.attempts, self.label = attempts, label
         self.logger = get_run_logger()
@@ -228,7 +243,7 @@ class Supervisor:
         name = f"{self.label}-shard-{index}" + (f"-attempt-{attempt}" if attempt > 1 else "")
         shard = ShardRun(index=index, attempt=attempt, configs=configs, name=name)
         self.launcher.start(shard, _shard_parameters(shard, self.runs_dir, self.thresholds, self.torch_threads,
-                                                     self.heartbeat_s))
+                                                     self.heartbeat_s, self.runs_url))
         self.all.append(shard)
         return shard
 
@@ -265,7 +280,7 @@ class Supervisor:
 
     def _count_done(self, s: ShardRun) -> None:
         for cfg, rid in zip(s.configs, s.run_ids):
-            if rid not in self.finished and finished_manifest(self.runs_dir, RunConfig.from_dict(cfg)) is not None:
+            if rid not in self.finished and finished_manifest(self.root, RunConfig.from_dict(cfg)) is not None:
                 self.finished.add(rid)
         s.done = {rid for rid in s.run_ids if rid in self.finished}
 
@@ -283,7 +298,9 @@ class Supervisor:
         from prefect.states import Crashed
 
         ids = [s.flow_run_id] if s.flow_run_id else []
-        in_training = sorted(_task_runs_of(self.client, ids, "RUNNING"))
+        # the config it was training: its task run is still Running (a hard kill) or was crashed with it
+        in_training = sorted(set(_task_runs_of(self.client, ids, "RUNNING")) | set(_task_runs_of(self.client, ids,
+                                                                                                   "CRASHED")))
         failed = _task_runs_of(self.client, ids, "FAILED")
         rest = [c for c, rid in zip(s.configs, s.run_ids) if rid not in self.finished and rid not in failed]
         silent = s.state not in ("CRASHED", "FAILED")
@@ -302,7 +319,8 @@ class Supervisor:
                 self.client.set_flow_run_state(s.flow_run_id, Crashed(message=msg), force=True)
             except Exception:  # noqa: BLE001 - the sweep's log and its shards artifact say it anyway
                 self.logger.exception("could not mark %s crashed", s.name)
-        self.launcher.cancel(s)  # a silent run that is in fact alive must not train next to its retry
+        if silent:  # a silent run that is in fact alive (cut off, not dead) must not train next to its retry
+            self.launcher.revoke(s)
         if retry:
             self._start(s.index, s.attempt + 1, rest)
 
@@ -344,13 +362,14 @@ def train_grid(params: SweepParams, plan: dict[str, Any], thresholds: dict[str, 
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
-    todo, runs_dir = plan["todo"], plan["runs_dir"]
+    todo, runs_dir, runs_url = plan["todo"], plan["runs_dir"], plan.get("runs_url")
+    root = runs_url or runs_dir
     wire = _wire_thresholds(thresholds)
     errors: dict[str, str] = {}
     if todo and params.task_runner == "thread" and not params.shard_deployment:
         # one shard in this process, as a subflow run (no spawn)
         for rec in train_shard_flow(todo, runs_dir, shard=f"{flow_run.name or 'sweep'}-shard-0", thresholds=wire,
-                                    torch_threads=plan["torch_threads"]):
+                                    torch_threads=plan["torch_threads"], runs_url=runs_url):
             if rec["status"] == "task_failed":
                 errors[rec["run_id"]] = rec["error"]
     elif todo:
@@ -367,7 +386,8 @@ def train_grid(params: SweepParams, plan: dict[str, Any], thresholds: dict[str, 
                                   else "in subprocesses of this machine")
             sup = Supervisor(launcher, client, runs_dir, wire,
                              None if params.shard_deployment else plan["torch_threads"],
-                             params.heartbeat_s if params.shard_deployment else 0.0, params.shard_attempts, label)
+                             params.heartbeat_s if params.shard_deployment else 0.0, params.shard_attempts, label,
+                             runs_url)
             sup.run(shards)
             ids = [s.flow_run_id for s in sup.all if s.flow_run_id is not None]
             errors = {rid: tr.state.message or "failed" for rid, tr in _task_runs_of(client, ids, "FAILED").items()}
@@ -378,8 +398,8 @@ def train_grid(params: SweepParams, plan: dict[str, Any], thresholds: dict[str, 
     records = {r["run_id"]: r for r in plan["done"]}
     for cfg_dict in todo:
         cfg = RunConfig.from_dict(cfg_dict)
-        man = finished_manifest(runs_dir, cfg)
-        records[cfg.run_id] = (record_from_manifest(cfg, runs_dir, man, reused=False) if man is not None else
+        man = finished_manifest(root, cfg)
+        records[cfg.run_id] = (record_from_manifest(cfg, root, man, reused=False) if man is not None else
                                failed_record(cfg_dict, errors.get(cfg.run_id, "not trained (no finished run dir)")))
     return [records[rid] for rid in plan["order"]]  # the grid's order
 

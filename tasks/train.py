@@ -163,7 +163,7 @@ def plan_runs(params: SweepParams) -> dict[str, Any]:
     """Expand the grid and split it by whether each config's run directory is already finished.
 
     Returns {'todo': [cfg dicts to train], 'done': [records of finished runs, read from their manifests],
-    'order': [run ids in the grid's order],
+    'order': [run ids in the grid's order], 'runs_url' (None: finished runs are in runs_dir),
     'slots': shards to train at once on this machine (1 for task_runner 'thread'; for 'process': gpu_slots, else
     the GPUs here, else the CPU cores; None on the deployment path, decided there), 'runs_dir', 'torch_threads'}.
     Devices: a config keeps device 'auto' until its shard claims a GPU on the machine that trains it.
@@ -173,14 +173,15 @@ def plan_runs(params: SweepParams) -> dict[str, Any]:
     logger = get_run_logger()
     configs = params.to_spec().expand()
     runs_dir = params.resolved_runs_dir()
+    root = params.runs_url or runs_dir  # where finished runs are: the published copies when runs_url is set
     todo: list[dict[str, Any]] = []
     done: list[dict[str, Any]] = []
     for cfg in configs:
-        man = finished_manifest(runs_dir, cfg)
+        man = finished_manifest(root, cfg)
         if man is None:
             todo.append(cfg.to_dict())
         else:
-            done.append(record_from_manifest(cfg, runs_dir, man, reused=True))
+            done.append(record_from_manifest(cfg, root, man, reused=True))
     if params.shard_deployment:
         slots, threads = params.gpu_slots, params.torch_threads  # the GPU machines decide their threads
     elif params.task_runner == "thread":
@@ -188,10 +189,9 @@ def plan_runs(params: SweepParams) -> dict[str, Any]:
     else:  # one training process per slot; torch threads: cores / processes, so processes x threads <= cores
         slots = params.gpu_slots or (_gpu_count() or os.cpu_count() or 1) if todo else 1
         threads = params.torch_threads or torch_threads_per_process(slots)
-    logger.info("sweep of %d run(s): %d to train, %d finished under %s", len(configs), len(todo), len(done),
-                runs_dir)
+    logger.info("sweep of %d run(s): %d to train, %d finished under %s", len(configs), len(todo), len(done), root)
     return {"todo": todo, "done": done, "order": [c.run_id for c in configs], "slots": slots,
-            "runs_dir": str(runs_dir), "torch_threads": threads}
+            "runs_dir": str(runs_dir), "runs_url": params.runs_url, "torch_threads": threads}
 
 
 @task(name="prepare-tiny-model", retries=1, retry_condition_fn=retry_transient)
@@ -316,11 +316,14 @@ def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def record_from_manifest(cfg: RunConfig, runs_dir: str | Path, man: dict[str, Any], *, reused: bool) -> dict[str, Any]:
+def record_from_manifest(cfg: RunConfig, root: str | Path, man: dict[str, Any], *, reused: bool) -> dict[str, Any]:
     """The record of a finished run read back from its manifest (the sweep reads every record this way: the
-    manifests sit on the storage all shards share, whichever machine trained them)."""
+    manifests sit on the storage all shards share, whichever machine trained them). `root`: the runs directory
+    or the URL runs are published to."""
+    from dlm_triage.shards import run_location
+
     return _jsonable({
-        "run_id": man["run_id"], "status": man["status"], "run_dir": str(Path(runs_dir) / cfg.run_id),
+        "run_id": man["run_id"], "status": man["status"], "run_dir": run_location(root, cfg.run_id),
         "final_loss": man["final_loss"], "max_grad_norm": man["max_grad_norm"],
         "routed": bool(man["routed_for_inspection"]), "reused": reused, "wall_time_s": man["wall_time_s"],
         "config_hash": man["config_hash"], "code_version": man["code_version"], "device": man["device"],

@@ -218,7 +218,15 @@ def test_a_worker_killed_mid_shard_loses_no_finished_run_and_its_runs_finish_els
 
         victim, holder, done = _wait("a shard with one finished run", a_shard_with_a_finished_run, 600, every_s=1)
         kept = {m: m.read_bytes() for m in done}
-        os.killpg(cluster.procs[holder].pid, signal.SIGKILL)  # the machine is gone: worker and flow-run process
+        # the machine is gone: its worker and the shard's flow-run process die at once, nobody reports anything
+        training = _training_processes({str(victim.id)})
+        assert training, "the victim shard's process was not found"
+        os.killpg(cluster.procs[holder].pid, signal.SIGKILL)
+        for pid in training:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         cluster.procs[holder].wait(10)
         survivor = ({"gpu-a", "gpu-b"} - {holder}).pop()
 
@@ -227,13 +235,16 @@ def test_a_worker_killed_mid_shard_loses_no_finished_run_and_its_runs_finish_els
         assert len(list(runs.glob("*/manifest.json"))) == 6  # every run finished
         assert {m: m.read_bytes() for m in kept} == kept  # the finished ones were not retrained
         crashed = client.read_flow_run(victim.id)
-        assert crashed.state.is_crashed(), crashed.state
-        assert "crashed while training train-" in crashed.state.message, crashed.state.message
+        assert crashed.state.is_crashed(), crashed.state  # marked by the sweep: its lease went silent
         retries = [s for s in _shard_runs(client, run.id) if s.name.startswith(victim.name + "-attempt-")]
         assert len(retries) == 1 and retries[0].state.is_completed()
         assert _holder(cluster, retries[0].name) == survivor
         left = {_run_id(c) for c in retries[0].parameters["configs"]}
         assert left and not (left & {m.parent.name for m in kept})  # only the unfinished runs were handed on
+        # the UI shows the crash with the config it was training and where the rest went
+        assert "crashed while training" in crashed.state.message and retries[0].name in crashed.state.message
+        assert any(rid in crashed.state.message.split("crashed while training")[1].split(":")[0] for rid in left), \
+            crashed.state.message
     cluster.worker(holder, "gpu-pool")  # restore the pair for any later test
 
 
