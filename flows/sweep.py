@@ -304,7 +304,7 @@ class Supervisor:
         failed = _task_runs_of(self.client, ids, "FAILED")
         rest = [c for c, rid in zip(s.configs, s.run_ids) if rid not in self.finished and rid not in failed]
         silent = s.state not in ("CRASHED", "FAILED")
-        why = (f"no heartbeat for {time.monotonic() - s.started:.0f} s (its worker or machine is gone)" if silent
+        why = (f"its lease unchanged for {time.monotonic() - s.started:.0f} s (its worker or machine is gone)" if silent
                else s.message or s.state.lower())
         retry = bool(rest) and s.attempt < self.attempts
         next_name = f"{self.label}-shard-{s.index}-attempt-{s.attempt + 1}"
