@@ -495,6 +495,27 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
     """One group's block of the JSON and the arrays the cross-group parts need."""
     notes = _Notes()
     n_all = df.height
+    # the legacy warning's fire/collapse counts need no label: over every run of the group (paper 4.1 counts
+    # 816/816 configurations), including runs imported without a final loss
+    fired_all, coll_all = _col(df, "top1_warning_detected", bool), _col(df, "collapsed", bool)
+    top1_all = {"n": n_all, "n_fired": int(fired_all.sum()), "n_collapsed": int(coll_all.sum()),
+                "fire_rate": float(fired_all.mean()) if n_all else math.nan,
+                "collapse_rate": float(coll_all.mean()) if n_all else math.nan}
+    skipped: list[dict] = []
+    no_loss = int((~np.isfinite(_col(df, "final_loss")) & ~_col(df, "diverged", bool)).sum())
+    if no_loss:
+        skipped.append({"analysis": "labels and every label-based analysis (top-1 precision, max-grad "
+                                    "separation, held-out threshold, split bootstrap, step-k sweep, registry, "
+                                    "transfer)", "runs": no_loss,
+                        "why": "no final loss (imported without one, not diverged)"})
+    no_grad = int((~np.isfinite(_col(df, "max_grad_norm"))).sum())
+    if no_grad:
+        skipped.append({"analysis": "max-grad separation, held-out threshold, split bootstrap, registry "
+                                    "(these runs count as predicted negative)", "runs": no_grad,
+                        "why": "no max grad norm"})
+    for sk in skipped:
+        notes.add("skipped", "no_final_loss" if sk["why"].startswith("no final") else "no_max_grad",
+                  f"{sk['runs']} run(s) with {sk['why']}: skipped for them: {sk['analysis']}")
     df, rows, horizon_steps = _same_horizon(df, rows, notes)
     lab0 = stats.stability_labels(_col(df, "final_loss"), _col(df, "diverged", bool))
     notes.take("labels", lab0)
@@ -522,6 +543,8 @@ def _group(name: str, df: pl.DataFrame, traj: Trajectories | None, rows: np.ndar
         "horizon_steps": horizon_steps, "n_other_horizon": int(n_all - df.height - int(lab0.excluded.sum())),
     }
     out["top1"] = _top1_audit(d, lab, notes)
+    out["top1_all_runs"] = top1_all
+    out["skipped"] = skipped
 
     # max-grad separation (paper 4.1): whole-run max grad norm, unstable vs stable
     g = d["max_grad"]
@@ -838,11 +861,27 @@ def calibrate(inputs: CalibrationInputs, *, group_by: str = "family", n_resample
     prov = _provenance()
     prov.update({"parameters": params, "seed": int(seed), "snapshot": snapshot,
                  "trajectories": None if traj is None else {"n_runs": len(traj.run_ids), "n_steps": traj.n_steps}})
+    skipped_all = [{"group": nm, **sk} for nm in names for sk in groups[nm].get("skipped", [])]
+    if traj is None:
+        skipped_all.append({"group": None, "analysis": "step-k sweep (max-grad-up-to-k, loss-at-k, max-top1-up-to-k)",
+                            "runs": runs.height, "why": "no step logs"})
     result = {"calibration_id": cal_id, "created_at": created, "group_by": group_by, "group_column": gcol,
               "params": params, "snapshot": snapshot, "provenance": prov, "groups": groups,
               "transfer": transfer, "fire_step_kruskal": kw_block, "fire_step_pairwise": pairwise,
-              "ks_used": ks_used, "warnings": top_warnings}
+              "ks_used": ks_used, "skipped": skipped_all, "collapse_definitions": _collapse_definitions(runs),
+              "warnings": top_warnings}
     return _jsonable(result)
+
+
+def _collapse_definitions(runs: pl.DataFrame) -> dict[str, int]:
+    """{collapse definition: n runs} as each run recorded it (trainer manifests and imports; see
+    schema.COLLAPSE_DEFINITION and importers.COLLAPSED_MEANS); runs that recorded none are counted as such."""
+    none = "not recorded (a run without a manifest definition, e.g. synthetic or an older import)"
+    if "manifest_json" not in runs.columns or runs.height == 0:
+        return {none: runs.height} if runs.height else {}
+    d = runs.get_column("manifest_json").cast(pl.String).str.json_path_match("$.collapse_definition").fill_null(none)
+    vc = d.value_counts(sort=True)
+    return {str(k): int(v) for k, v in vc.iter_rows()}
 
 
 def _jsonable(result: dict) -> dict:

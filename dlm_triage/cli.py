@@ -577,13 +577,17 @@ def build_parser() -> argparse.ArgumentParser:
     db_arg(p)
     p.set_defaults(fn=cmd_ingest)
 
-    p = sub.add_parser("import", help="import existing logs (reference-jsonl, cells, hf-trainer, wandb-csv)")
-    p.add_argument("--format", required=True, choices=["reference-jsonl", "cells", "hf-trainer", "wandb-csv"],
+    p = sub.add_parser("import", help="import existing logs (reference-jsonl, cells, json-rows, hf-trainer, "
+                                      "wandb-csv)")
+    p.add_argument("--format", required=True,
+                   choices=["reference-jsonl", "cells", "json-rows", "hf-trainer", "wandb-csv"],
                    help="the logs' format (required)")
     p.add_argument("paths", nargs="+", type=Path, help="files or folders to import")
     p.add_argument("--family", default=None, help="family for logs that do not name one (default: none; logs without one are rejected)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="format option, e.g. config=run.json (hf-trainer) or step_col=_step (wandb-csv); "
+                   help="format option, e.g. config=run.json (hf-trainer), step_col=_step (wandb-csv), "
+                        "map='rank=lora_r' or derive='rank=run_path:_r(\\d+)' (cells, json-rows), "
+                        "collapsed_means=detector_stop (what an imported `collapsed` column means); "
                         "repeatable (default: none)")
     db_arg(p)
     p.set_defaults(fn=cmd_import)

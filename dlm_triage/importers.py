@@ -46,7 +46,7 @@ from .store import IngestReport, PreparedRun
 
 MAX_PROBLEMS_SHOWN = 20
 
-FORMATS = ("reference-jsonl", "cells", "hf-trainer", "wandb-csv")
+FORMATS = ("reference-jsonl", "cells", "json-rows", "hf-trainer", "wandb-csv")
 
 # Run-config keys an importer understands (as flags or in a config file); `lr` is an alias of learning_rate.
 CONFIG_KEYS = ("family", "model_id", "method", "rank", "alpha", "mask_ratio", "learning_rate", "seed", "steps",
@@ -54,15 +54,30 @@ CONFIG_KEYS = ("family", "model_id", "method", "rank", "alpha", "mask_ratio", "l
 _CONFIG_FLAGS = frozenset(CONFIG_KEYS) - {"family"} | {"lr", "config"}
 _WANDB_COLS = {"step_col": "_step", "loss_col": "loss", "grad_col": "grad_norm", "top1_col": None,
                "mask_col": None, "lr_col": None}
+_ROW_OPTIONS = frozenset({"map", "derive", "collapsed_means"})
 _OPTIONS: dict[str, frozenset[str]] = {
-    "reference-jsonl": _CONFIG_FLAGS - {"config"},
-    "cells": frozenset({"method", "alpha", "steps", "batch_size", "cohort"}),
+    "reference-jsonl": _CONFIG_FLAGS - {"config"} | {"collapsed_means"},
+    "cells": frozenset({"method", "alpha", "steps", "batch_size", "cohort"}) | _ROW_OPTIONS,
+    "json-rows": frozenset({"method", "alpha", "steps", "batch_size", "cohort", "rows_key"}) | _ROW_OPTIONS,
     "hf-trainer": _CONFIG_FLAGS,
     "wandb-csv": _CONFIG_FLAGS | frozenset(_WANDB_COLS),
 }
 
 CELLS_COLUMNS = ("family", "model_name", "rank", "rho", "seed", "lr", "top1_fired", "top1_fire_step",
                  "collapsed", "max_grad_norm", "final_loss")
+CELLS_OPTIONAL = ("final_loss", "max_grad_norm")
+"""Columns a per-configuration table may lack: its runs import with what they have (calibration says which
+analyses it skipped for them)."""
+CELLS_ROW_CONFIG = ("cohort", "method", "alpha", "steps", "batch_size")
+"""Run-config columns a row may carry (or get through map=/derive=); a row's value wins over the flag."""
+COLLAPSED_MEANS = {
+    "collapse": "imported `collapsed` column, read as the source's own actual-collapse flag "
+                "(collapsed_means=collapse)",
+    "detector_stop": "imported `collapsed` column, read as a legacy top-1 detector early stop "
+                     "(collapsed_means=detector_stop): such runs are status stopped_by_legacy_detector, actual "
+                     "collapse not recorded (NULL), never counted as a collapse",
+}
+"""What an imported `collapsed` value means (option collapsed_means); the text is the run's collapse_definition."""
 JSONL_REQUIRED = ("step", "loss", "max_grad_norm", "top1_token_freq", "mask_ratio")
 _NULL_TEXT = frozenset({"", "none", "null", "na", "n/a"})
 
@@ -269,6 +284,10 @@ def _finish_config(path: Path, cfg: dict[str, Any], family: str | None) -> dict[
     if cfg.get("family") in (None, "") and family is not None:
         cfg["family"] = family
     problems = _validate_config(cfg)
+    if isinstance(cfg.get("family"), str) and cfg["family"]:
+        from .groups import group_key  # one canonical spelling: 'LLaDA' and 'llada' are one family
+
+        cfg["family"] = group_key("family", cfg["family"])
     if not cfg.get("family"):
         problems.append("no model family: pass family=... (--family) or put it in the file / config file")
     if problems:
@@ -360,7 +379,8 @@ def _prepared(fmt: str, path: Path, run_id: str, content_sha: str, cfg: dict[str
         "method": cfg["method"], "rank": cfg["rank"], "alpha": cfg["alpha"], "mask_ratio": cfg["mask_ratio"],
         "learning_rate": cfg["learning_rate"], "seed": cfg["seed"], "steps": cfg["steps"],
         "batch_size": cfg["batch_size"], "config_hash": _sha(config_json), "config_json": config_json,
-        "status": "completed", "diverged_at_step": None, "routed_for_inspection": False, "routing_json": None,
+        "status": summary.get("status") or "completed", "diverged_at_step": None, "routed_for_inspection": False,
+        "routing_json": None,
         "grad_gini": None, "grad_top1_share": None, "device": None, "code_version": None,
         "manifest_json": json.dumps(manifest, sort_keys=True, default=str), "content_sha256": content_sha,
         **{k: summary.get(k) for k in ("final_loss", "max_grad_norm", "top1_step0", "top1_warning_detected",
@@ -441,20 +461,48 @@ def parse_reference_jsonl(path: Path, *, family: str | None = None, **options: A
         problems.append((None, "the file holds no steps: expected one JSON object per line"))
     if problems:
         raise LogFormatError(path, problems)
-    cfg = {k: v for k, v in options.items() if v is not None}
+    means = _collapsed_means(path, options)
+    cfg = {k: v for k, v in options.items() if v is not None and k != "collapsed_means"}
     if "lr" in cfg:
         cfg["learning_rate"] = cfg.pop("lr")
     if "model_family" in constants:
         cfg["family"] = constants["model_family"][0]
     if "rank" in constants:
         cfg["rank"] = constants["rank"][0]
+    logged_mask = np.asarray(cols["mask"], dtype=np.float64)
+    logged_mask = logged_mask[np.isfinite(logged_mask)]
+    if logged_mask.size:  # the log's own mask ratio wins: constant -> that value, varying -> its mean
+        cfg["mask_ratio"] = float(logged_mask[0]) if np.ptp(logged_mask) == 0 else float(logged_mask.mean())
     cfg = _finish_config(path, cfg, family)
     steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], cols["top1"], cols["mask"],
                          [np.nan] * len(cols["step"]))
     summary = _summarise(steps)
+    from .schema import COLLAPSE_DEFINITION
+
+    extra = {"collapse_definition": COLLAPSE_DEFINITION}
     if "collapsed" in constants:  # the log's own verdict wins over the recomputed one
-        summary["collapsed"] = constants["collapsed"][0]
-    return [_series_run("reference-jsonl", path, text, cfg, steps, summary)]
+        what = _collapsed_value(constants["collapsed"][0], means)
+        extra["collapse_definition"] = what.pop("collapse_definition")
+        summary.update(what)
+    return [_series_run("reference-jsonl", path, text, cfg, steps, summary, extra=extra)]
+
+
+def _collapsed_means(path: Path, options: Mapping[str, Any]) -> str:
+    means = options.get("collapsed_means") or "collapse"
+    if means not in COLLAPSED_MEANS:
+        raise LogFormatError(path, [(None, f"collapsed_means={means!r} is not known: use one of "
+                                           f"{sorted(COLLAPSED_MEANS)} (what the imported `collapsed` column means)")])
+    return means
+
+
+def _collapsed_value(value: bool | None, means: str) -> dict[str, Any]:
+    """Summary fields of an imported `collapsed` value under COLLAPSED_MEANS[means]."""
+    if means == "detector_stop":
+        out: dict[str, Any] = {"collapsed": None, "collapse_definition": COLLAPSED_MEANS[means]}
+        if value:
+            out.update(status="stopped_by_legacy_detector", top1_warning_detected=True)
+        return out
+    return {"collapsed": value, "collapse_definition": COLLAPSED_MEANS[means]}
 
 
 # -- cells ---------------------------------------------------------------------------------------------------
@@ -489,27 +537,167 @@ def _require_columns(path: Path, header: list[str], required: Sequence[str], fix
         raise LogFormatError(path, problems)
 
 
+def _split_spec(path: Path, name: str, spec: Any) -> list[tuple[str, str]]:
+    """'a=b;c=d' (or a mapping / list of pairs) -> [(a, b), (c, d)]."""
+    if spec is None or spec == "":
+        return []
+    if isinstance(spec, Mapping):
+        items = [(str(k), v) for k, v in spec.items()]
+    elif isinstance(spec, str):
+        items = []
+        for part in spec.split(";"):
+            if not part.strip():
+                continue
+            dst, eq, src = part.partition("=")
+            if not eq or not dst.strip() or not src.strip():
+                raise LogFormatError(path, [(None, f"{name}={spec!r}: each entry must read 'column=source' "
+                                                   "(entries separated by ';')")])
+            items.append((dst.strip(), src.strip()))
+    else:
+        items = [(str(k), v) for k, v in spec]
+    return items
+
+
+def _column_rules(path: Path, options: Mapping[str, Any], known: Sequence[str]) -> list[tuple[str, str, Any]]:
+    """The map= and derive= rules as (target, source column, compiled regex or None), validated.
+
+    map='rank=lora_r;final_loss=loss_200' takes a column from another one; derive='rank=run_path:_r(\\d+)_'
+    takes the first capture group (the whole match without one) of a regex searched in another column's text,
+    e.g. a rank or cohort encoded in a run path. Targets must be known columns."""
+    rules: list[tuple[str, str, Any]] = []
+    for dst, src in _split_spec(path, "map", options.get("map")):
+        rules.append((dst, str(src), None))
+    derive = options.get("derive")
+    pairs = ([(k, v) for k, v in derive.items()] if isinstance(derive, Mapping)
+             else _split_spec(path, "derive", derive))
+    for dst, spec in pairs:
+        if isinstance(spec, (tuple, list)) and len(spec) == 2:
+            src, pattern = spec
+        else:
+            src, sep, pattern = str(spec).partition(":")
+            if not sep:
+                raise LogFormatError(path, [(None, f"derive {dst}={spec!r}: write 'column=source:regex', e.g. "
+                                                   "rank=run_path:_r(\\d+)_")])
+        try:
+            rx = re.compile(pattern)
+        except re.error as e:
+            raise LogFormatError(path, [(None, f"derive {dst}: {pattern!r} is not a valid regex ({e})")]) from None
+        rules.append((dst, str(src).strip(), rx))
+    bad = [d for d, _, _ in rules if d not in known]
+    if bad:
+        raise LogFormatError(path, [(None, f"map/derive target(s) {bad} are not columns this format reads: use "
+                                           f"{sorted(known)}")])
+    return rules
+
+
+def _apply_rules(rules: list[tuple[str, str, Any]], rec: dict[str, Any]) -> dict[str, Any]:
+    """One record with the map/derive rules applied (raises _Bad naming the rule and the value)."""
+    out = dict(rec)
+    for dst, src, rx in rules:
+        if src not in rec:
+            raise _Bad(f"map/derive {dst} from {src!r}: the row has no column {src!r} (columns: {sorted(rec)})")
+        v = rec[src]
+        if rx is None:
+            out[dst] = v
+            continue
+        m = rx.search("" if v is None else str(v))
+        if m is None:
+            raise _Bad(f"derive {dst} from {src}={_show(v)}: {rx.pattern!r} does not match: fix the regex or the value")
+        out[dst] = m.group(1) if rx.groups else m.group(0)
+    return out
+
+
 def parse_cells(path: Path, *, family: str | None = None, **options: Any) -> list[PreparedRun]:
     """One run per CSV row (no step logs). Raises LogFormatError listing every bad row."""
     path = Path(path)
     text = _read_text(path)
     header, records = _csv_records(path, text)
-    _require_columns(path, header, CELLS_COLUMNS,
-                     f"add them (write None where unknown) so the header holds {','.join(CELLS_COLUMNS)}")
-    idx = {h: i for i, h in enumerate(header)}
-    file_sha = _sha(text)
+    rules = _column_rules(path, options, CELLS_COLUMNS + CELLS_ROW_CONFIG)
+    mapped = {d for d, _, _ in rules}
+    missing_src = sorted({src for _, src, _ in rules} - set(header))
+    if missing_src:
+        raise LogFormatError(path, [(1, f"map/derive source column(s) {missing_src} are not in the header {header}")])
+    _require_columns(path, header + sorted(mapped - set(header)), [c for c in CELLS_COLUMNS if c not in CELLS_OPTIONAL],
+                     f"add them (write None where unknown) so the header holds {','.join(CELLS_COLUMNS)}, or "
+                     "map/derive them from other columns (map=rank=lora_r, derive=rank=run_path:_r(\\d+))")
+    rows: list[tuple[int | None, dict[str, Any]]] = []
     problems: list[tuple[int | None, str]] = []
-    parsed: list[tuple[int, int, dict[str, Any]]] = []
-    row_index = 0
     for lineno, rec in records:
         if not rec or all(not f.strip() for f in rec):
             continue
-        this_row, row_index = row_index, row_index + 1
         if len(rec) != len(header):
             problems.append((lineno, f"{len(rec)} fields but the header has {len(header)}"))
+            rows.append((lineno, None))
             continue
-        v = {h: rec[i] for h, i in idx.items()}
+        rows.append((lineno, dict(zip(header, rec))))
+    return _cells_runs("cells", path, _sha(text), rows, rules, problems, family, options)
+
+
+def _rows_of_json(path: Path, data: Any, rows_key: str | None) -> list[Any]:
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        if rows_key is not None:
+            if not isinstance(data.get(rows_key), list):
+                raise LogFormatError(path, [(None, f"rows_key={rows_key!r}: the object has no list under that key "
+                                                   f"(keys: {sorted(data)})")])
+            return data[rows_key]
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) == 1:
+            return data[lists[0]]
+        raise LogFormatError(path, [(None, f"the JSON object holds {len(lists)} lists ({lists}): expected one list "
+                                           "of per-configuration records; name it with rows_key=")])
+    raise LogFormatError(path, [(None, f"a JSON {type(data).__name__}: expected an array of per-configuration "
+                                       "records, or an object holding one")])
+
+
+def parse_json_rows(path: Path, *, family: str | None = None, **options: Any) -> list[PreparedRun]:
+    """One run per record of a JSON array (or of the one array an object holds; rows_key= names it) of
+    per-configuration records with the `cells` columns (CELLS_COLUMNS; CELLS_OPTIONAL may be absent). Records
+    are numbered from 1 in messages."""
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LogFormatError(path, [(e.lineno, f"not valid JSON ({e.msg} at column {e.colno})")]) from None
+    except (ValueError, RecursionError) as e:
+        raise LogFormatError(path, [(None, f"not valid JSON ({e})")]) from None
+    records = _rows_of_json(path, data, options.get("rows_key"))
+    rules = _column_rules(path, options, CELLS_COLUMNS + CELLS_ROW_CONFIG)
+    mapped = {d for d, _, _ in rules}
+    rows: list[tuple[int | None, dict[str, Any] | None]] = []
+    problems: list[tuple[int | None, str]] = []
+    required = [c for c in CELLS_COLUMNS if c not in CELLS_OPTIONAL and c not in mapped]
+    for i, rec in enumerate(records, 1):
+        if not isinstance(rec, dict):
+            problems.append((None, f"record {i}: a JSON {type(rec).__name__}, expected an object"))
+            rows.append((None, None))
+            continue
+        missing = [c for c in required if c not in rec]
+        if missing:
+            problems.append((None, f"record {i}: missing key(s) {missing}: each record needs {required} (null "
+                                   "where unknown), or map=/derive= them from other keys"))
+            rows.append((None, None))
+            continue
+        rows.append((None, {k: (v if not isinstance(v, str) else v) for k, v in rec.items()}))
+    opts = {k: v for k, v in options.items() if k != "rows_key"}
+    return _cells_runs("json-rows", path, _sha(text), rows, rules, problems, family, opts)
+
+
+def _cells_runs(fmt: str, path: Path, file_sha: str, rows: list[tuple[int | None, dict[str, Any] | None]],
+                rules: list[tuple[str, str, Any]], problems: list[tuple[int | None, str]], family: str | None,
+                options: Mapping[str, Any]) -> list[PreparedRun]:
+    """Validate per-configuration records (cells / json-rows) into runs; every bad record is listed."""
+    means = _collapsed_means(path, options)
+    parsed: list[tuple[int | None, int, dict[str, Any]]] = []
+    for row_i, (lineno, raw) in enumerate(rows):
+        if raw is None:
+            continue
+        where = lineno if lineno is not None else None
+        label = "" if lineno is not None else f"record {row_i + 1}: "
         try:
+            v = _apply_rules(rules, raw)
             rho = _num("rho", v["rho"], required=False)
             if rho is not None and not 0.0 < rho < 1.0:
                 raise _Bad(f"rho={_show(v['rho'])} is out of range: use a number strictly between 0 and 1")
@@ -522,32 +710,45 @@ def parse_cells(path: Path, *, family: str | None = None, **options: Any) -> lis
                 "top1_warning_detected": _bool("top1_fired", v["top1_fired"]),
                 "top1_fire_step": _int("top1_fire_step", v["top1_fire_step"], required=False),
                 "collapsed": _bool("collapsed", v["collapsed"]),
-                "max_grad_norm": _num("max_grad_norm", v["max_grad_norm"]),
-                "final_loss": _num("final_loss", v["final_loss"]),
+                # a table without these imports what it has: calibration says what it skipped for such runs
+                "max_grad_norm": _num("max_grad_norm", v.get("max_grad_norm"), required=False),
+                "final_loss": _num("final_loss", v.get("final_loss"), required=False),
             }
+            row_cfg = {k: v[k] for k in CELLS_ROW_CONFIG if k in v and v[k] is not None and v[k] != ""}
         except _Bad as e:
-            problems.append((lineno, str(e)))
+            problems.append((where, f"{label}{e}"))
             continue
-        parsed.append((lineno, this_row, rec_vals))
+        parsed.append((lineno, row_i, {**rec_vals, "_cfg": row_cfg}))
     if not parsed and not problems:
-        problems.append((None, "the file holds a header but no rows"))
+        problems.append((None, "the file holds a header but no rows" if fmt == "cells" else "the file holds no records"))
     if problems:
         raise LogFormatError(path, problems)
     out = []
-    flags = {k: v for k, v in options.items() if v is not None}
+    flags = {k: v for k, v in options.items() if v is not None and k not in _ROW_OPTIONS}
+    mapping = {"map": options.get("map"), "derive": options.get("derive")} if rules else None
     for lineno, row_i, vals in parsed:
         cfg = dict(flags)
+        cfg.update(vals["_cfg"])  # the row's own config columns win over the flags
         cfg.update({k: vals[k] for k in ("family", "model_id", "rank", "mask_ratio", "seed", "learning_rate")})
-        cfg = _finish_config(path, cfg, family)
+        try:
+            cfg = _finish_config(path, cfg, family)
+        except LogFormatError as e:
+            raise LogFormatError(path, [(lineno, f"{'' if lineno else f'record {row_i + 1}: '}{why}")
+                                        for _, why in e.problems]) from None
         summary = {k: vals[k] for k in ("top1_warning_detected", "top1_fire_step", "collapsed", "max_grad_norm",
                                         "final_loss")}
+        what = _collapsed_value(vals["collapsed"], means)
+        summary.update({k: v for k, v in what.items() if k != "collapse_definition"})
         summary["n_steps"] = None
         # a cells row is a finished configuration: its identity is its config and its values (the same row
         # twice, in one file or two, is one run; an appended row is a new one)
         run_id, content = _identity("cells", cfg, summary)
+        extra = {"file_sha256": file_sha, "row": row_i, "line": lineno,
+                 "collapse_definition": what["collapse_definition"]}
+        if mapping:
+            extra["column_rules"] = mapping
         try:
-            out.append(_prepared("cells", path, run_id, content, cfg, summary, None,
-                                 {"file_sha256": file_sha, "row": row_i, "line": lineno}))
+            out.append(_prepared(fmt, path, run_id, content, cfg, summary, None, extra))
         except _Bad as e:
             problems.append((lineno, str(e)))
     if problems:
@@ -636,14 +837,14 @@ def parse_hf_trainer(path: Path, *, family: str | None = None, **options: Any) -
 
 
 def _series_run(fmt: str, path: Path, text: str, cfg: dict[str, Any], steps: pl.DataFrame,
-                summary: Mapping[str, Any] | None = None) -> PreparedRun:
+                summary: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> PreparedRun:
     """One time-series run: id from its identity (_identity), content sha over config, summary and steps."""
     summary = _summarise(steps) if summary is None else summary
     run_id, _ = _identity(fmt, cfg, _series_key(steps))
     content = _sha(json.dumps({"config": cfg, "summary": summary, "steps": _frame_sha(steps)}, sort_keys=True,
                               default=repr))
     try:
-        return _prepared(fmt, path, run_id, content, cfg, summary, steps, {"file_sha256": _sha(text)})
+        return _prepared(fmt, path, run_id, content, cfg, summary, steps, {"file_sha256": _sha(text), **(extra or {})})
     except _Bad as e:
         raise LogFormatError(path, [(None, str(e))]) from None
 
@@ -696,7 +897,7 @@ def parse_wandb_csv(path: Path, *, family: str | None = None, **options: Any) ->
 
 
 PARSERS: dict[str, Callable[..., list[PreparedRun]]] = {
-    "reference-jsonl": parse_reference_jsonl, "cells": parse_cells, "hf-trainer": parse_hf_trainer,
+    "reference-jsonl": parse_reference_jsonl, "cells": parse_cells, "json-rows": parse_json_rows, "hf-trainer": parse_hf_trainer,
     "wandb-csv": parse_wandb_csv,
 }
 

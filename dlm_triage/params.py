@@ -35,7 +35,7 @@ Normalisation = Literal["per_masked_token", "per_token", "per_token_over_p"]
 GroupBy = Literal["family", "model", "cohort", "method"]
 AlphaConvention = Literal["fixed", "per_rank"]
 EarlyWarningAction = Literal["flag", "stop"]
-ImportFormat = Literal["reference-jsonl", "cells", "hf-trainer", "wandb-csv"]
+ImportFormat = Literal["reference-jsonl", "cells", "json-rows", "hf-trainer", "wandb-csv"]
 
 # The Literals above must list exactly what config.py accepts; checked at import so they cannot drift apart.
 for _lit, _allowed in (

@@ -390,7 +390,11 @@ def definitions(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("legacy top-1 detector", f"first samples at step {schema.LEGACY_FIRST_STEP}, then every step until it "
                                   f"fires: fire step = first step >= {schema.LEGACY_FIRST_STEP} with top-1 > "
                                   f"{schema.LEGACY_TOP1_THRESHOLD}; never above it from then on = not fired"),
-        ("collapse", result.get("collapse_definition") or schema.COLLAPSE_DEFINITION),
+        ("collapse", "; ".join(f"{d} ({n} run(s))" for d, n in (result.get("collapse_definitions") or {}).items())
+         or f"{schema.COLLAPSE_DEFINITION} (the trainer's; this calibration did not record the runs' own)"),
+        ("analyses skipped", "; ".join(
+            f"{sk.get('group') or 'all groups'}: {sk.get('analysis')} for {sk.get('runs')} run(s) ({sk.get('why')})"
+            for sk in result.get("skipped") or []) or "none"),
         ("max-grad triage verdict", "supported iff the split-bootstrap lower CI bound of held-out precision "
                                     "exceeds the always-positive baseline's ceiling (upper CI bound over the "
                                     "same replicates)"),
