@@ -6,10 +6,22 @@ Formats (`import_logs(db_path, fmt, paths, ...)`):
   mask_ratio (null allowed for the last two), optional rank, model_family, collapsed. One file per run.
   `max_grad_norm` may be the step's norm or a running max: it is stored as the step's grad_norm and the
   running max is recomputed. Legacy warning/fire step/crossings/collapse use the rules of `monitors`
-  (schema.LEGACY_*); final loss = the last step's loss.
+  (schema.LEGACY_*); final loss = the last step's loss; the logged mask_ratio is the run's (its value, or the
+  mean when it varies).
 - ``cells``: CSV, one row per configuration: family,model_name,rank,rho,seed,lr,top1_fired,top1_fire_step,
   collapsed,max_grad_norm,final_loss. `None`/empty = unknown (rank, seed, ...), `True`/`False` booleans. No
-  step logs: runs only.
+  step logs: runs only. `final_loss` and `max_grad_norm` may be absent (CELLS_OPTIONAL): such runs import with
+  what they have and calibration lists what it skipped for them. Optional row columns cohort, method, alpha,
+  steps, batch_size win over the flags.
+- ``json-rows``: the same records as a JSON array, or an object holding one (``rows_key=`` names it when the
+  object holds several lists); JSON types as they are.
+- For both: ``map='rank=lora_r;final_loss=loss_200'`` takes a column from another one, and
+  ``derive='rank=run_path:_r(\\d+)_;cohort=run_path:^runs/([^/]+)/'`` the first capture group of a regex searched in
+  another column (a rank or cohort encoded in a run path); the rules are kept in the manifest.
+- ``collapsed_means`` (cells, json-rows, reference-jsonl): what an imported `collapsed` value means:
+  ``collapse`` (default: the source's actual-collapse flag) or ``detector_stop`` (the legacy detector's early
+  stop: status stopped_by_legacy_detector, collapse not recorded). Each run keeps its collapse_definition.
+- Family names are stored in one lower-case spelling (groups.group_key): 'LLaDA' and 'llada' are one family.
 - ``hf-trainer``: a transformers ``trainer_state.json``; `log_history` entries holding `loss` are training
   steps (step, loss, grad_norm, learning_rate). Run config from the flags, from ``<stem>.config.json`` beside
   the file, or from ``config=<path>`` (flags win over files).
