@@ -80,6 +80,12 @@ def test_other_params_validate_and_pipeline_chains_paths(tmp_path):
         CalibrateParams(bonferroni_m=0)
     assert CalibrateParams(bonferroni_m=6).calibrate_kwargs()["bonferroni_m"] == 6
     assert CalibrateParams().calibrate_kwargs()["bonferroni_m"] is None  # default: the groups tested
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.calibrate import calibrate_flow
+
+    form = parameter_schema(calibrate_flow).model_dump()["definitions"]["CalibrateParams"]["properties"]
+    assert form["bonferroni_m"]["default"] is None and "the paper: 6" in form["bonferroni_m"]["description"]
     with pytest.raises(pydantic.ValidationError, match="without import_format"):
         IngestParams(import_paths=[tmp_path])
     p = PipelineParams(sweep={"runs_dir": tmp_path / "runs"}, ingest={"db": tmp_path / "t.duckdb"})
