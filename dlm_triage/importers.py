@@ -352,10 +352,10 @@ def _steps_frame(step: list[int], loss: list[float], grad: list[float], top1: li
     })
 
 
-IDENTITY_PREFIX_STEPS = 3
-"""A time-series run is identified by its format, config and its first logged steps (step, loss, grad norm):
-a re-export of the same run after more steps has the same identity (and is stored as the grown run), two
-runs of one config that differ from the first step on are two runs."""
+IDENTITY_PREFIX_STEPS = 1
+"""A time-series run is identified by its format, config and its first logged step (step, loss, grad norm):
+a re-export of the same run after more steps, however short the first export was, has the same identity (and
+is stored as the grown run); two runs of one config whose first logged values differ are two runs."""
 
 
 def _frame_sha(steps: pl.DataFrame) -> str:

@@ -673,3 +673,138 @@ def test_hf_trainer_entry_lines_are_counted_in_one_pass_and_stay_exact():
     got = importers._entry_lines(text, len(history))
     expected = [i + 1 for i, line in enumerate(text.split("\n")) if line.startswith("    {")]
     assert got == expected
+
+
+# -- fuzz: no ingestion aborted by one input, no row lost or duplicated ---------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from dlm_triage.schema import MANIFEST_KEYS  # noqa: E402
+
+_RAW = st.sampled_from(["Infinity", "-Infinity", "NaN", str(2**31), str(-(2**31) - 1), str(10**30), "1e400",
+                        "7" * 5000, _deep(5000), '"no"', '"false"', '"yes"', "[]", "{}", "null", "true", "3.5",
+                        '"\\u0000"', '"x"'])
+_JSON = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=6)
+_KEYS = st.sampled_from(list(MANIFEST_KEYS)) | st.sampled_from([f"config.{k}" for k in sorted(RunConfig().to_dict())])
+_EDIT = st.tuples(_KEYS, st.one_of(_RAW.map(lambda r: ("raw", r)), _JSON.map(lambda v: ("value", v)),
+                                   st.just(("delete", None))))
+
+
+def _edit_manifest(run_dir: Path, edits) -> None:
+    m = json.loads((run_dir / MANIFEST_FILENAME).read_text())
+    raws = {}
+    for i, (key, (how, v)) in enumerate(edits):
+        target, k = (m.get("config"), key[7:]) if key.startswith("config.") else (m, key)
+        if not isinstance(target, dict):
+            continue
+        if how == "delete":
+            target.pop(k, None)
+        elif how == "raw":
+            raws[f"__DLMT_RAW_{i}__"] = v
+            target[k] = f"__DLMT_RAW_{i}__"
+        else:
+            target[k] = v
+    text = json.dumps(m)
+    for marker, raw in raws.items():
+        text = text.replace(f'"{marker}"', raw)
+    (run_dir / MANIFEST_FILENAME).write_text(text)
+
+
+@pytest.fixture(scope="module")
+def run_templates(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("fuzz-templates")
+    return [make_run(root, RunConfig(steps=6, seed=i), status="diverged" if i == 2 else "completed")
+            for i in range(4)]
+
+
+# example counts are modest on purpose (each example writes run directories and a DuckDB file): ~10 s each
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(_EDIT, max_size=3), min_size=4, max_size=4))
+def test_fuzz_manifests_never_abort_an_ingestion_or_lose_or_duplicate_a_run(run_templates, edits_per_run):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d) / "runs"
+        dirs = []
+        for src, edits in zip(run_templates, edits_per_run):
+            dst = root / src.name
+            shutil.copytree(src, dst)
+            if edits:
+                _edit_manifest(dst, edits)
+            dirs.append(dst)
+        db = Path(d) / "t.duckdb"
+        r = store.ingest_runs(db, root, quarantine_dir=Path(d) / "q")  # never raises for one bad input
+        stored = db_rows(db, "SELECT run_id, n_steps FROM runs")
+        untouched = {src.name for src, e in zip(run_templates, edits_per_run) if not e}
+        ids = [rid for rid, _ in stored]
+        assert len(ids) == len(set(ids)) == r.added
+        assert untouched <= set(ids)  # a good run is never lost beside a bad one
+        accounted = r.added + r.incomplete + len(r.quarantined) + len(r.skipped) + r.already_present
+        assert accounted == len(dirs)
+        n_steps = db_rows(db, "SELECT run_id, count(*) FROM steps GROUP BY ALL")
+        assert dict(n_steps) == {rid: n for rid, n in stored}  # every stored run has exactly its steps
+        again = store.ingest_runs(db, root, quarantine_dir=Path(d) / "q")
+        assert again.added == 0 and db_rows(db, "SELECT count(*) FROM runs") == [(len(ids),)]
+
+
+_CELL_FIELD = st.one_of(st.sampled_from(["None", "", "True", "False", "nan", "inf", str(2**31), "²", "-1", "0.5",
+                                         "1e400", "x,y", '"q"', "8"]),
+                        st.integers(-5, 40).map(str), st.floats(0.01, 100).map(repr))
+
+
+def _cells_row(seed: int, bad: list[tuple[int, str]]) -> str:
+    fields = ["llada", "m", "8", "0.5", str(seed), "1e-4", "True", "11", "False", f"{2.0 + seed}", "1.5"]
+    for i, v in bad:
+        fields[i % len(fields)] = v
+    return ",".join(fields)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.tuples(st.integers(0, 8), st.lists(st.tuples(st.integers(0, 10), _CELL_FIELD),
+                                                                 max_size=1)), min_size=1, max_size=5),
+                min_size=1, max_size=4))
+def test_fuzz_import_files_never_abort_an_import_or_lose_or_duplicate_a_row(tmp_path, files):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        paths, expected = [], set()
+        for i, rows in enumerate(files):
+            p = Path(d) / f"cells-{i}.csv"
+            p.write_text("\n".join([CELLS_HEADER] + [_cells_row(seed, bad) for seed, bad in rows]) + "\n")
+            paths.append(p)
+            try:  # the oracle: each file on its own, all or nothing
+                expected |= {q.row["run_id"] for q in importers.parse_cells(p)}
+            except importers.LogFormatError:
+                pass
+        db = Path(d) / "t.duckdb"
+        r = importers.import_logs(db, "cells", paths)  # never raises for one bad file
+        ids = [row[0] for row in db_rows(db, "SELECT run_id FROM runs")]
+        assert len(ids) == len(set(ids)) and set(ids) == expected  # nothing lost, nothing twice
+        assert r.added == len(expected)
+        grown = paths[0]
+        grown.write_text(grown.read_text() + _cells_row(99, []) + "\n")  # a file that grows by one row
+        r2 = importers.import_logs(db, "cells", paths)
+        ids2 = [row[0] for row in db_rows(db, "SELECT run_id FROM runs")]
+        assert len(ids2) == len(set(ids2)) and r2.added <= 1 and set(ids) <= set(ids2)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.integers(2, 30), st.integers(1, 30), st.booleans())
+def test_fuzz_grown_jsonl_logs_are_stored_once_at_their_longest(tmp_path, n1, extra, twice):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        db, f = Path(d) / "t.duckdb", Path(d) / "run.jsonl"
+        f.write_text(_jsonl(n1))
+        importers.import_logs(db, "reference-jsonl", [f])
+        f.write_text(_jsonl(n1 + extra))
+        copies = [f] + ([Path(d) / "copy.jsonl"] if twice else [])
+        if twice:
+            copies[1].write_text(_jsonl(n1))  # the old export beside the grown one, in the same call
+        importers.import_logs(db, "reference-jsonl", copies)
+        assert db_rows(db, "SELECT count(*), max(n_steps) FROM runs") == [(1, n1 + extra)]
+        assert db_rows(db, "SELECT count(*), count(DISTINCT step) FROM steps") == [(n1 + extra, n1 + extra)]
