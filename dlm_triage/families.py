@@ -282,6 +282,11 @@ class TinyAdapter(FamilyAdapter):
     def mask_token_id(self, tokenizer: Any) -> int:
         return int(tokenizer.mask_token_id)
 
+    def attention_mask(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:
+        from dlm_triage.tiny import full_attention_mask
+
+        return full_attention_mask(model, input_ids)  # None on transformers 5; see there for 4.x
+
     def load(self, cfg: Any, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
         from dlm_triage.tiny import ensure_tiny_model, load_tiny
 

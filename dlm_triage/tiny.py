@@ -207,6 +207,18 @@ def build_tiny_model(vocab_size: int, seed: int = 0, **overrides):
     return LlamaForCausalLM(build_tiny_config(vocab_size, **overrides))
 
 
+def full_attention_mask(model, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """None on transformers 5 (config.is_causal=False is honoured). transformers 4.x Llama ignores that flag
+    and builds a causal mask from a None/2D mask, but keeps a ready 4D mask as is: an additive zeros
+    [B, 1, L, L] there gives full attention under sdpa and eager alike (one L x L buffer per forward)."""
+    from dlm_triage.remote_code import TRANSFORMERS_5
+
+    if TRANSFORMERS_5:
+        return None
+    b, length = input_ids.shape
+    return torch.zeros(b, 1, length, length, dtype=next(model.parameters()).dtype, device=input_ids.device)
+
+
 def recipe(pretrain_steps: int) -> dict:
     return {
         "recipe_version": RECIPE_VERSION,
@@ -239,7 +251,7 @@ def masked_ce_eval(model, tok: CharTokenizer, *, n_batches: int = 4, seed: int =
             ratio = t if t is not None else (PRETRAIN["t_min"] + (1 - PRETRAIN["t_min"]) *
                                               torch.rand(ids.shape[0], generator=gen))
             noisy, mask = mask_tokens(ids, ratio, tok.mask_token_id, gen)
-            logits = model(input_ids=noisy).logits
+            logits = model(input_ids=noisy, attention_mask=full_attention_mask(model, noisy)).logits
             losses.append(float(masked_diffusion_loss(logits, ids, mask)))
     return sum(losses) / len(losses)
 
@@ -269,7 +281,7 @@ def pretrain_tiny(out_dir: Path, pretrain_steps: int, progress: Callable[[int, i
         ids = torch.tensor([tok.encode(r) for r in rows])
         t = p["t_min"] + (1 - p["t_min"]) * torch.rand(ids.shape[0], generator=gen)
         noisy, mask = mask_tokens(ids, t, tok.mask_token_id, gen)
-        loss = masked_diffusion_loss(model(input_ids=noisy).logits, ids, mask)
+        loss = masked_diffusion_loss(model(input_ids=noisy, attention_mask=full_attention_mask(model, noisy)).logits, ids, mask)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)

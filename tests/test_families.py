@@ -75,7 +75,7 @@ def test_remote_code_families_load_through_trust_remote_code(loaded, family):
     # the class comes from the checkpoint dir's own code file (dynamic module), as with a hub checkpoint
     assert type(lm.model).__module__.startswith("transformers_modules.")
     assert lm.mask_token_id == EXPECTED_MASK_ID[family]
-    assert lm.mask_token_id < lm.model.get_input_embeddings().num_embeddings
+    assert lm.mask_token_id < lm.model.config.vocab_size
     assert lm.family == family and lm.tokenizer is not None
 
 
@@ -121,7 +121,7 @@ def test_dream_attention_mask_must_be_bool_4d(loaded):
     assert adapter.forward_kwargs(lm.model, ids) == {"input_ids": ids, "use_cache": False}
 
 
-def test_mdlm_needs_timesteps_and_the_adapter_passes_them(loaded):
+def test_mdlm_needs_timesteps_ignores_them_unconditioned_and_never_predicts_the_mask(loaded):
     lm, adapter = loaded["mdlm"], get_family("mdlm")
     ids = _ids()
     with pytest.raises(TypeError):
@@ -131,24 +131,59 @@ def test_mdlm_needs_timesteps_and_the_adapter_passes_them(loaded):
     with torch.no_grad():
         zero = adapter.logits(lm.model, ids)
         half = adapter.logits(lm.model, ids, timesteps=torch.full((2,), 0.5))
-    assert not torch.allclose(zero, half)  # the timesteps really reach the model's conditioning
+    # time_conditioning false (the OWT checkpoint): the backbone zeroes sigma, timesteps never reach the logits
+    assert lm.model.config.time_conditioning is False and torch.equal(zero, half)
+    assert (zero[..., 50257] == float("-inf")).all() and torch.isfinite(zero[..., :50257]).all()  # SUBS
+    with pytest.raises(NotImplementedError):
+        lm.model.get_input_embeddings()
     assert lm.model.get_output_embeddings() is None
 
 
-def test_llada2_gets_a_4d_mask_that_keeps_attention_bidirectional(loaded):
+def test_llada2_mask_none_under_sdpa_and_full_4d_under_eager(loaded):
     lm, adapter = loaded["llada2"], get_family("llada2")
+    model = lm.model
     ids = _ids()
     other = ids.clone()
     other[:, -1] = (other[:, -1] + 1) % 30 + 5
-    mask = adapter.attention_mask(lm.model, ids)
-    assert mask.shape == (2, 1, 10, 10) and bool((mask == 1).all())
-    with torch.no_grad():
-        # With None the (mimicked) modeling file builds a causal mask: position 0 cannot see the last token ...
-        causal_a, causal_b = lm.model(input_ids=ids).logits, lm.model(input_ids=other).logits
-        # ... through the adapter it can.
-        bi_a, bi_b = adapter.logits(lm.model, ids), adapter.logits(lm.model, other)
+    assert model.config._attn_implementation == "sdpa"
+    assert adapter.attention_mask(model, ids) is None
+    try:
+        model.config._attn_implementation = "eager"
+        mask = adapter.attention_mask(model, ids)
+        assert mask.shape == (2, 1, 10, 10) and bool((mask == 1).all())
+        with torch.no_grad():
+            # under eager the (mimicked) modeling file makes None causal: position 0 cannot see the last token
+            causal_a, causal_b = model(input_ids=ids).logits, model(input_ids=other).logits
+            bi_a, bi_b = adapter.logits(model, ids), adapter.logits(model, other)
+    finally:
+        model.config._attn_implementation = "sdpa"
     assert torch.allclose(causal_a[:, 0], causal_b[:, 0])
     assert not torch.allclose(bi_a[:, 0], bi_b[:, 0])
+    with torch.no_grad():  # under sdpa None is already bidirectional
+        assert not torch.allclose(adapter.logits(model, ids)[:, 0], adapter.logits(model, other)[:, 0])
+
+
+def test_stand_in_quirks_are_those_of_the_published_files(loaded, family_dirs):
+    from dlm_triage import remote_code
+
+    ids = _ids()
+    llada = loaded["llada"]
+    with pytest.raises(AttributeError, match="use_cache"):
+        llada.model(input_ids=ids)  # reads config.use_cache, which the config lacks: the adapter passes False
+    assert llada.tokenizer.mask_token is None and llada.tokenizer.pad_token_id == llada.tokenizer.eos_token_id
+    assert loaded["llada_moe"].tokenizer.mask_token is None  # its mask id comes from '<|mask|>'
+    dream = loaded["dream"]
+    with torch.no_grad():
+        assert dream.model(input_ids=ids).past_key_values is not None  # use_cache: true in its config
+        kw = get_family("dream").forward_kwargs(dream.model, ids)
+        assert dream.model(**kw).past_key_values is None
+    for fam in ("dream", "llada2", "llada_moe"):  # rotary buffers: what the constructor's formula gives
+        mods = remote_code.rotary_modules(loaded[fam].model)
+        assert mods and all(torch.equal(m.inv_freq, remote_code.expected_inv_freq(m)) for _, m in mods), fam
+    cuda = torch.backends.cuda
+    cuda.enable_mem_efficient_sdp(True)
+    get_family("llada").load(RunConfig(family="llada", model_id=str(family_dirs["llada"])), CPU, torch.float32)
+    assert cuda.mem_efficient_sdp_enabled()  # the stand-in's constructor turned it off; the adapter restored it
 
 
 def test_no_family_passes_labels_or_reads_a_model_loss(loaded):

@@ -4,8 +4,21 @@ Each class mimics what the adapter relies on in the real checkpoint (FAMILIES.md
 q/k/v_proj + attn_out and a block MLP and LM head both named `ff_out`; LLaDA2's fused
 attention.query_key_value/dense and a Parameter router; MDLM's attn_qkv/attn_out; Dream's and LLaDA-MoE's
 q/k/v/o_proj, LLaDA-MoE's nn.Linear router `gate`), the mask ids (vocabularies large enough to hold them),
-and the quirks: Dream's right-shifted logits and its refusal of non-bool attention masks; MDLM's required
-`timesteps`; LLaDA2 turning None/2D masks causal; labels refused everywhere (the adapters must never pass them).
+and the quirks of the published files (each checked against them in tests/test_remote_code.py):
+- LLaDA: no post_init() in __init__; tie_weights(self) without arguments; forward reads config.use_cache
+  when use_cache is not passed (the config has none) and asserts no kv cache; the constructor turns
+  mem-efficient SDPA off for the whole process; tokenizer without a mask token, pad = eos.
+- Dream / LLaDA2 / LLaDA-MoE: a rotary module built through the module's own ROPE_INIT_FUNCTIONS['default']
+  (gone in transformers 5) with a non-persistent inv_freq buffer that the logits depend on, and an
+  `_init_weights` that never refills it (what from_pretrained leaves uninitialised under transformers 5).
+- Dream: right-shifted logits, refuses non-bool attention masks, reads use_cache from its config
+  (use_cache: true) and then returns a cache. LLaDA-MoE: no mask_token, '<|mask|>' in the vocabulary.
+- LLaDA2: under sdpa a None mask is bidirectional; under eager None/2D masks become causal.
+- MDLM: forward(input_ids, timesteps); timesteps zeroed when config.time_conditioning is false; no
+  post_init(); get_input_embeddings() raises NotImplementedError.
+Labels are refused everywhere (the adapters must never pass them). Not reproduced here (one module serves
+every stand-in): LLaDA2's import of is_torch_fx_available, Dream's generation-config validate, MDLM's
+flash_attn import; those are covered on the published files only.
 
 `build_family_dir(family, root)` saves config + weights + a small fast tokenizer, with `auto_map` and this file
 copied beside them (transformers' `register_for_auto_class`), so `from_pretrained(dir, trust_remote_code=True)`
@@ -24,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[MASK]", "[EOS]"]
 TOKENIZER_CHARS = " abcdefghijklmnopqrstuvwxyz0123456789.,+-=<>?'\n"
@@ -52,6 +66,25 @@ def _oracle(logits, input_ids, scale, shifted):
 def _refuse_labels(kwargs):
     if kwargs.get("labels") is not None:
         raise TypeError("labels passed to the model: the trainer must compute the masked CE itself")
+
+
+class _Rotary(nn.Module):
+    """Like the published rotary modules: rope_init_fn from the module global, non-persistent inv_freq."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.rope_type = config, "default"
+        self.rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]  # KeyError under transformers 5 unless shimmed
+        inv_freq, _ = self.rope_init_fn(config, None)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.original_inv_freq = self.inv_freq
+
+    def forward(self, x):
+        """x + a position signal built from inv_freq (so a wrong buffer changes the logits)."""
+        pos = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)[:, None] * self.inv_freq[None].float()
+        sig = torch.cat([pos.sin(), pos.cos()], dim=-1)
+        reps = -(-x.shape[-1] // sig.shape[-1])
+        return x + 0.1 * sig.repeat(1, reps)[:, : x.shape[-1]].to(x.dtype)
 
 
 class _MLP(nn.Module):
@@ -123,7 +156,9 @@ class _TinyConfig(PretrainedConfig):
     d_model: int = 16
     hidden_size: int = 16
     n_heads: int = 2
+    num_attention_heads: int = 2
     n_layers: int = 2
+    rope_theta: float = 10000.0
     oracle_scale: float = 0.0
 
 
@@ -141,15 +176,18 @@ class TinyLLaDAMoEConfig(_TinyConfig):
 
 class TinyDreamConfig(_TinyConfig):
     model_type = "tiny_dream"
+    use_cache: bool = True  # the published Dream config says so
 
 
 class TinyMDLMConfig(_TinyConfig):
     model_type = "tiny_mdlm"
+    time_conditioning: bool = False  # the OWT checkpoint's value
 
 
 class _TinyPreTrained(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = []
+    _supports_sdpa = True
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -191,16 +229,22 @@ class _LLaDAModel(nn.Module):
 class TinyLLaDAModel(_TinyPreTrained):
     config_class = TinyLLaDAConfig
 
-    def __init__(self, config):
+    def __init__(self, config):  # like the published LLaDAModelLM: no post_init()
         super().__init__(config)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)  # the published constructor does this, process-wide
         self.model = _LLaDAModel(config)
-        self.post_init()
 
     def get_input_embeddings(self):
         return self.model.transformer.wte
 
-    def forward(self, input_ids, attention_mask=None, **kwargs):  # the original ignores attention_mask
+    def tie_weights(self):  # the published signature: no arguments
+        pass
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None, **kwargs):  # attention_mask is ignored
         _refuse_labels(kwargs)
+        if use_cache is None:
+            use_cache = self.config.use_cache  # AttributeError: the config has no use_cache
+        assert not use_cache, "The kvcache is not supported for MDM."
         t = self.model.transformer
         x = t.wte(input_ids)
         for blk in t.blocks:
@@ -226,6 +270,7 @@ class _LLaDA2Layer(nn.Module):
 class _LLaDA2Backbone(nn.Module):
     def __init__(self, c):
         super().__init__()
+        self.rotary_emb = _Rotary(c)
         self.word_embeddings = nn.Embedding(c.vocab_size, c.d_model)
         self.layers = nn.ModuleList(_LLaDA2Layer(c.d_model, c.n_heads) for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.d_model)
@@ -246,9 +291,11 @@ class TinyLLaDA2Model(_TinyPreTrained):
     def forward(self, input_ids, attention_mask=None, **kwargs):
         _refuse_labels(kwargs)
         b, length = input_ids.shape
-        x = self.model.word_embeddings(input_ids)
+        x = self.model.rotary_emb(self.model.word_embeddings(input_ids))
         neg = torch.finfo(x.dtype).min
-        if attention_mask is None or attention_mask.dim() == 2:
+        if attention_mask is None and self.config._attn_implementation == "sdpa":
+            mask = None  # the published file: under sdpa a None mask stays None (bidirectional)
+        elif attention_mask is None or attention_mask.dim() == 2:
             # The quirk: like the original's _prepare_4d_causal_attention_mask*, None/2D masks become causal.
             causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
             mask = torch.zeros(length, length, dtype=x.dtype, device=x.device).masked_fill(~causal, neg)
@@ -280,6 +327,7 @@ class _QwenLayer(nn.Module):
 class _QwenBackbone(nn.Module):
     def __init__(self, c, moe):
         super().__init__()
+        self.rotary_emb = _Rotary(c)
         self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
         self.layers = nn.ModuleList(_QwenLayer(c.d_model, c.n_heads, moe) for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.d_model)
@@ -297,20 +345,25 @@ class TinyDreamModel(_TinyPreTrained):
     def get_input_embeddings(self):
         return self.model.embed_tokens
 
-    def forward(self, input_ids, attention_mask=None, **kwargs):
+    def forward(self, input_ids, attention_mask=None, use_cache=None, **kwargs):
         _refuse_labels(kwargs)
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
         if attention_mask is not None and (attention_mask.dtype != torch.bool or attention_mask.dim() != 4):
             # The real model fails here with a dtype error inside sdpa for a 2D long mask.
             raise RuntimeError(
                 f"Expected attn_mask dtype to be bool or float, got {attention_mask.dtype} "
                 f"with shape {tuple(attention_mask.shape)} (Dream needs None or a bool [B,1,L,L] mask)"
             )
-        x = self.model.embed_tokens(input_ids)
+        x = self.model.rotary_emb(self.model.embed_tokens(input_ids))
+        cache = [] if use_cache else None
         for layer in self.model.layers:
+            if cache is not None:
+                cache.append(x.detach())  # what a kv cache costs: kept per layer
             x = layer(x, attention_mask)
         logits = self.lm_head(self.model.norm(x))
         # Right-shifted: the logit at i predicts token i+1.
-        return CausalLMOutputWithPast(logits=_oracle(logits, input_ids, self.config.oracle_scale, True))
+        return CausalLMOutputWithPast(logits=_oracle(logits, input_ids, self.config.oracle_scale, True),
+                                      past_key_values=cache)
 
 
 class TinyLLaDAMoEModel(_TinyPreTrained):
@@ -327,7 +380,7 @@ class TinyLLaDAMoEModel(_TinyPreTrained):
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
         _refuse_labels(kwargs)  # the original computes a causal (shifted) loss from labels: never use it
-        x = self.model.embed_tokens(input_ids)
+        x = self.model.rotary_emb(self.model.embed_tokens(input_ids))
         for layer in self.model.layers:
             x = layer(x)
         logits = self.lm_head(self.model.norm(x))
@@ -365,13 +418,12 @@ class _MDLMBackbone(nn.Module):
 class TinyMDLMModel(_TinyPreTrained):
     config_class = TinyMDLMConfig
 
-    def __init__(self, config):
+    def __init__(self, config):  # like the published MDLM: no post_init()
         super().__init__(config)
         self.backbone = _MDLMBackbone(config)
-        self.post_init()
 
-    def get_input_embeddings(self):
-        return self.backbone.vocab_embed
+    def get_input_embeddings(self):  # the published embedding is a bare Parameter; the base class raises
+        raise NotImplementedError
 
     def get_output_embeddings(self):  # the original has none ("all-linear" would wrap the output layer)
         return None
@@ -380,6 +432,8 @@ class TinyMDLMModel(_TinyPreTrained):
         _refuse_labels(kwargs)
         if timesteps is None or timesteps.shape != (input_ids.shape[0],):
             raise ValueError(f"timesteps must be a [B] tensor, got {None if timesteps is None else tuple(timesteps.shape)}")
+        if not self.config.time_conditioning:  # the published backbone: sigma = zeros_like(sigma)
+            timesteps = torch.zeros_like(timesteps)
         c = F.silu(self.backbone.sigma_map(timesteps[:, None].to(self.backbone.sigma_map.weight.dtype)))
         x = self.backbone.vocab_embed(input_ids)
         for blk in self.backbone.blocks:
@@ -400,34 +454,59 @@ REMOTE = {
 }
 
 
-def save_fast_tokenizer(directory: Path, *, with_mask: bool = True, with_pad: bool = True):
-    """A char-level PreTrainedTokenizerFast (BPE with no merges), loadable by AutoTokenizer offline."""
+def save_fast_tokenizer(directory: Path, *, with_mask: bool = True, with_pad: bool = True,
+                        pad_is_eos: bool = False, mask_string: str | None = None):
+    """A char-level PreTrainedTokenizerFast (BPE with no merges), loadable by AutoTokenizer offline.
+    `pad_is_eos`: pad = eos (LLaDA's tokenizer). `mask_string`: a token of that name where [MASK] would be,
+    not declared as the mask token (LLaDA-MoE's '<|mask|>')."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    specials = [s for s in SPECIAL_TOKENS if (with_mask or s != "[MASK]") and (with_pad or s != "[PAD]")]
+    specials = [s for s in SPECIAL_TOKENS if (with_mask or mask_string or s != "[MASK]")
+                and (with_pad and not pad_is_eos or s != "[PAD]")]
+    specials = [mask_string if s == "[MASK]" and mask_string else s for s in specials]
     vocab = {t: i for i, t in enumerate(specials + list(TOKENIZER_CHARS))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
     kw = dict(unk_token="[UNK]", eos_token="[EOS]")
-    if with_mask:
+    if with_mask and not mask_string:
         kw["mask_token"] = "[MASK]"
-    if with_pad:
+    if pad_is_eos:
+        kw["pad_token"] = "[EOS]"
+    elif with_pad:
         kw["pad_token"] = "[PAD]"
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **kw)
+    if mask_string:
+        fast.add_special_tokens({"additional_special_tokens": [mask_string]})
     fast.save_pretrained(directory)
     return fast
+
+
+# family -> save_fast_tokenizer keywords: the published tokenizers' facts
+TOKENIZER_QUIRKS = {
+    "llada": dict(with_mask=False, pad_is_eos=True),  # no mask token; pad = eos
+    "llada_moe": dict(with_mask=False, mask_string="<|mask|>"),  # '<|mask|>' known, not declared mask_token
+}
 
 
 def build_family_dir(family: str, root: Path, *, oracle_scale: float = 0.0, seed: int = 0) -> Path:
     """Save a tiny remote-code model of `family` (config + weights + this file + tokenizer) under root/family."""
     config_cls, model_cls, auto_class, vocab = REMOTE[family]
     out = Path(root) / family
+    import sys
+
+    from dlm_triage import remote_code
+
     config_cls.register_for_auto_class()
     model_cls.register_for_auto_class(auto_class)
+    if remote_code.TRANSFORMERS_5:  # building goes through the shims loading uses (on this module's own copy)
+        remote_code._patch_module_rope(sys.modules[__name__])
+    remote_code._patch_class(family, model_cls)
     torch.manual_seed(seed)
-    model = model_cls(config_cls(vocab_size=vocab, oracle_scale=oracle_scale))
+    with remote_code.process_state_guard():  # the LLaDA stand-in flips the SDPA switch like the original
+        # tie_word_embeddings=False: transformers 4.x configs default to True and would tie the LM heads
+        model = model_cls(config_cls(vocab_size=vocab, oracle_scale=oracle_scale, tie_word_embeddings=False))
     model.save_pretrained(out)
-    save_fast_tokenizer(out)
+    save_fast_tokenizer(out, **TOKENIZER_QUIRKS.get(family, {}))
     return out
 
 
