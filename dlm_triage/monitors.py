@@ -75,18 +75,18 @@ def top1_frequency(logits: torch.Tensor, positions_mask: torch.Tensor) -> torch.
 
     `logits` [B, L, V] (aligned: logits[:, i] predicts token i), `positions_mask` [B, L] bool = the evaluated
     positions I. The frequency is POOLED over all evaluated positions of the batch (not averaged per
-    sequence): one histogram of argmax tokens over I. NaN when I is empty. No host sync.
+    sequence): one histogram of argmax tokens over I. NaN when I is empty (0 / 0). No host sync: the histogram
+    is a scatter-add of the mask over all positions (a boolean index would need the count of I on the host).
     """
     if logits.dim() != 3 or positions_mask.shape != logits.shape[:2]:
         raise ValueError(
             f"top1_frequency: logits must be [B, L, V] and positions_mask [B, L]; got {tuple(logits.shape)} "
             f"and {tuple(positions_mask.shape)}"
         )
-    pred = logits.argmax(dim=-1)[positions_mask.bool()]  # [|I|]
-    if pred.numel() == 0:
-        return torch.full((), float("nan"), dtype=torch.float32, device=logits.device)
-    counts = torch.bincount(pred, minlength=1)
-    return counts.max().to(torch.float32) / pred.numel()
+    pred = logits.argmax(dim=-1).flatten()  # [B*L]
+    w = positions_mask.flatten().to(torch.float32)
+    counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device).scatter_add_(0, pred, w)
+    return counts.max() / w.sum()
 
 
 # -- series monitors ----------------------------------------------------------------------------------

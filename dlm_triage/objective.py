@@ -1,42 +1,77 @@
-"""The masked-diffusion fine-tuning objective: external masking at ratio rho and masked cross-entropy.
+"""Training objectives: how a batch is corrupted and scored. The paper's fixed-rho masked CE and each family's
+own recipe, as named options (`RunConfig.objective`, registry `config.OBJECTIVES`).
 
-Masking (paper Eq. 1; FAMILIES.md "Objective used by the paper"): every token of x0 is replaced by the mask
-token independently with probability rho ('bernoulli'), or exactly round(rho * L_eligible) tokens per row are
-('exact'). At least one position per row is always masked (a row without one would contribute nothing and make
-'per_masked_token' undefined for a batch of one). `protect` marks positions that are never masked (Dream's
-position 0, which has no prediction after the logit shift; padding).
+Primitives (shared by every objective, and by the tiny model's pretraining):
 
-Loss, with CE_i = -log p_theta(x0_i | x_t) over masked positions M, b rows of L tokens:
+- `mask_tokens`: every eligible token of x0 is replaced by the mask token independently with probability rho
+  ('bernoulli'), or exactly round(rho * L_eligible) tokens per row are ('exact'). rho is one float or one value
+  per row. With `at_least_one` (the paper objective) a row whose draw masks nothing gets its eligible position
+  with the smallest uniform masked (a row without one would contribute nothing and make 'per_masked_token'
+  undefined for a batch of one). `protect` / `eligible` restrict which positions may be masked.
+- `token_ce`: CE_i = -log p_theta(x0_i | x_t) at every position, float32, [b, L].
+- `masked_diffusion_loss`: the paper's loss with its normalisations, CE_i over masked positions M, b x L:
+  'per_masked_token' (Eq. 1, default) sum_M CE / |M|; 'per_token' sum_M CE / (b L); 'per_token_over_p'
+  (LLaDA pretraining) sum_M CE / p_row / (b L).
 
-- 'per_masked_token' (paper Eq. 1, the default): sum_{i in M} CE_i / |M|
-- 'per_token'        : sum_{i in M} CE_i / (b * L)
-- 'per_token_over_p' (LLaDA pretraining, Nie et al. 2025 Alg. 1): sum_{i in M} CE_i / p_row(i) / (b * L), with
-  p the mask ratio of the row (a scalar, or one value per row when ratios are sampled per sequence).
+Host syncs: none on the hot path. Every check that would read a device tensor on the host (`.all()`, `.any()`,
+`int(mask.sum())`, a boolean index) runs only with `check=True` (the default for direct callers); the trainer
+validates its inputs once at setup (`Objective.check`, the data loader) and calls with `check=False`. The
+noise levels t of the sampled objectives are drawn on the host as Python floats (`random.Random`), so NaRA's
+lambda and the logged t need no device read; the masking uniforms come from a CPU `torch.Generator` (the same
+draw on every device) and are copied to the device without blocking.
 
-CE is computed in float32 on the masked positions only (bf16 logits are upcast after the gather, so a
-126k-vocabulary model does not materialise a float32 copy of the whole [b, L, V] tensor).
+Cost: the CE is taken at every position in float32 (no boolean gather, whose output size is data-dependent and
+needs a host sync). With bf16 logits that is a transient float32 copy of [b, L, V] (LLaDA-8B, 4 x 1024 tokens:
+~2 GiB) kept for the backward; the public recipes (dllm's trainers, dFactory) also take the CE at every
+position.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import importlib
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from dlm_triage.config import MASK_SAMPLINGS, NORMALISATIONS
+from dlm_triage.config import MASK_SAMPLINGS, NORMALISATIONS, OBJECTIVES
 
 
-def _ratio_per_row(mask_ratio: float | Sequence[float] | torch.Tensor, batch: int, device) -> torch.Tensor:
-    r = torch.as_tensor(mask_ratio, dtype=torch.float32, device=device)
+class ObjectiveError(ValueError):
+    """An objective that cannot run on this family, tokenizer or data; the message names the value and the fix."""
+
+
+# -- primitives ---------------------------------------------------------------------------------------------
+
+def _check_ratio(r: torch.Tensor) -> None:
+    if not torch.isfinite(r).all() or (r <= 0).any() or (r >= 1).any():
+        raise ValueError(f"mask_ratio={r.tolist()} is out of range: use values strictly between 0 and 1")
+
+
+def _ratio(mask_ratio: float | Sequence[float] | torch.Tensor, batch: int, device, check: bool) -> float | torch.Tensor:
+    """A Python float stays a float (compared on the device as a scalar, no host->device copy); a sequence or a
+    tensor becomes a float32 [batch] tensor on `device`."""
+    if isinstance(mask_ratio, (int, float)) and not isinstance(mask_ratio, bool):
+        r = float(mask_ratio)
+        if not (math.isfinite(r) and 0.0 < r < 1.0):
+            raise ValueError(f"mask_ratio={r!r} is out of range: use a number strictly between 0 and 1")
+        return r
+    r = torch.as_tensor(mask_ratio, dtype=torch.float32)
+    if r.device.type == "cpu" and torch.device(device).type != "cpu":
+        r = r.to(device, non_blocking=True)  # a host list: an async copy, no stream sync
+    else:
+        r = r.to(device)
     if r.dim() == 0:
         r = r.expand(batch)
     if r.shape != (batch,):
         raise ValueError(
             f"mask_ratio has shape {tuple(r.shape)}: give one float, or one value per row (shape ({batch},))"
         )
-    if not torch.isfinite(r).all() or (r <= 0).any() or (r >= 1).any():
-        raise ValueError(f"mask_ratio={r.tolist()} is out of range: use values strictly between 0 and 1")
+    if check:
+        _check_ratio(r)
     return r
 
 
@@ -48,13 +83,18 @@ def mask_tokens(
     *,
     sampling: str = "bernoulli",
     protect: torch.Tensor | None = None,
+    eligible: torch.Tensor | None = None,
+    at_least_one: bool = True,
+    check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask `input_ids` [b, L] at ratio rho; returns (noisy_ids, mask) with mask a bool [b, L].
 
     rho is one float or one value per row. `generator` (a torch.Generator on any device) makes the draw
     reproducible: the uniforms are drawn on the generator's device, then moved to the ids' device.
-    `protect` (bool, [L] or [b, L]) marks positions that are never masked. Every row keeps >= 1 masked
-    position: when the Bernoulli draw masks none, the eligible position with the smallest uniform is masked.
+    `protect` (bool, [L] or [b, L]) marks positions that are never masked; `eligible` (bool [b, L]) the only
+    positions that may be (e.g. the response of an SFT example). `at_least_one`: every row keeps >= 1 masked
+    position (the eligible position with the smallest uniform). `check=False` skips the checks that need a host
+    sync (rho in (0, 1) for tensor rho, every row has an eligible position): the caller validated them.
     """
     if sampling not in MASK_SAMPLINGS:
         raise ValueError(f"sampling={sampling!r} is not known: use one of {list(MASK_SAMPLINGS)}")
@@ -62,39 +102,61 @@ def mask_tokens(
         raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: give a [batch, seq_len] tensor")
     b, length = input_ids.shape
     device = input_ids.device
-    rho = _ratio_per_row(mask_ratio, b, device)
-    eligible = torch.ones(b, length, dtype=torch.bool, device=device)
+    rho = _ratio(mask_ratio, b, device, check)
+    ok = torch.ones(b, length, dtype=torch.bool, device=device) if eligible is None else eligible.to(device, torch.bool)
+    if ok.shape != (b, length):
+        raise ValueError(f"eligible has shape {tuple(ok.shape)}: give a bool tensor of shape ({b}, {length})")
     if protect is not None:
         protect = protect.to(device=device, dtype=torch.bool)
         if protect.shape not in ((length,), (b, length)):
             raise ValueError(
                 f"protect has shape {tuple(protect.shape)}: give a bool tensor of shape ({length},) or ({b}, {length})"
             )
-        eligible = eligible & ~protect.expand(b, length)
-    n_eligible = eligible.sum(dim=1)
-    if (n_eligible == 0).any():
+        ok = ok & ~protect.expand(b, length)
+    n_eligible = ok.sum(dim=1)
+    if check and (n_eligible == 0).any():
         rows = torch.nonzero(n_eligible == 0).flatten().tolist()
         raise ValueError(f"rows {rows} have every position protected: nothing can be masked; protect fewer positions")
 
     gen_device = generator.device if generator is not None else device
-    u = torch.rand(b, length, generator=generator, device=gen_device).to(device)
+    u = torch.rand(b, length, generator=generator, device=gen_device)
+    u = u.to(device, non_blocking=True) if u.device != device else u
     # Protected positions get u = 2 so they are never chosen (uniforms lie in [0, 1)).
-    u = torch.where(eligible, u, torch.full_like(u, 2.0))
+    u = torch.where(ok, u, torch.full_like(u, 2.0))
+    rho_col = rho if isinstance(rho, float) else rho[:, None]
     if sampling == "bernoulli":
-        mask = u < rho[:, None]
+        mask = u < rho_col
     else:
-        k = torch.round(rho * n_eligible.float()).long().clamp(min=1)
-        k = torch.minimum(k, n_eligible)
+        k = torch.round(rho_col * n_eligible[:, None].float()).long().clamp(min=1)
+        k = torch.minimum(k, n_eligible[:, None])
         ranks = u.argsort(dim=1).argsort(dim=1)  # rank of each position's uniform within its row
-        mask = ranks < k[:, None]
-    # At least one masked position per row: the eligible position with the smallest uniform.
-    empty = ~mask.any(dim=1)
-    if empty.any():
-        first = u.argmin(dim=1)
-        mask[empty, first[empty]] = True
-    mask &= eligible
+        mask = ranks < k
+    if at_least_one:  # without a branch on the device: OR in the row minimum where the row is empty
+        empty = ~mask.any(dim=1, keepdim=True)
+        first = u.argmin(dim=1, keepdim=True)
+        mask = mask | (empty & (torch.arange(length, device=device)[None, :] == first))
+    mask = mask & ok
     noisy = torch.where(mask, torch.full_like(input_ids, mask_token_id), input_ids)
     return noisy, mask
+
+
+def token_ce(logits: torch.Tensor, targets: torch.Tensor, *, forbid_token: int | None = None) -> torch.Tensor:
+    """CE_i = -log softmax(logits_i)[targets_i] at every position, float32 [b, L].
+
+    `forbid_token`: that token's logit is set to -inf first (MDLM's SUBS parameterisation: the mask token gets
+    zero probability, so its never-trained head row takes no mass)."""
+    z = logits.float()
+    if forbid_token is not None:
+        # A [V] comparison, not torch.tensor([id], device=...): building a device tensor from host data is a
+        # blocking copy.
+        z = z.masked_fill(torch.arange(z.shape[-1], device=z.device) == forbid_token, float("-inf"))
+    b, length, v = z.shape
+    return F.cross_entropy(z.reshape(b * length, v), targets.reshape(b * length), reduction="none").view(b, length)
+
+
+def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # where(), not values * mask: an inf CE at an unmasked position must not turn the sum into NaN (inf * 0).
+    return torch.where(mask, values, torch.zeros_like(values)).sum()
 
 
 def masked_diffusion_loss(
@@ -104,11 +166,13 @@ def masked_diffusion_loss(
     *,
     normalisation: str = "per_masked_token",
     mask_ratio: float | Sequence[float] | torch.Tensor | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Masked CE (float32) over positions where `mask` is True, normalised as named (see module docstring).
 
     logits [b, L, V] aligned so logits[:, i] predicts targets[:, i]; targets [b, L] (the clean ids x0);
-    mask bool [b, L]. `mask_ratio` (float or [b]) is required for 'per_token_over_p'.
+    mask bool [b, L]. `mask_ratio` (float or [b]) is required for 'per_token_over_p'. `check=False`: the
+    caller guarantees >= 1 masked position (no host sync to verify it).
     """
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"normalisation={normalisation!r} is not known: use one of {list(NORMALISATIONS)}")
@@ -118,17 +182,229 @@ def masked_diffusion_loss(
             f"mask {tuple(mask.shape)}; give logits [b, L, V] and targets/mask [b, L]"
         )
     mask = mask.to(torch.bool)
-    n_masked = int(mask.sum())
-    if n_masked == 0:
+    if check and not mask.any():
         raise ValueError("mask selects no position: mask at least one token per batch (mask_tokens does)")
     b, length = targets.shape
-    ce = F.cross_entropy(logits[mask].float(), targets[mask], reduction="none")  # [n_masked]
+    ce = token_ce(logits, targets)
     if normalisation == "per_masked_token":
-        return ce.sum() / n_masked
+        return _masked_sum(ce, mask) / mask.sum().clamp_min(1)
     if normalisation == "per_token":
-        return ce.sum() / (b * length)
+        return _masked_sum(ce, mask) / (b * length)
     if mask_ratio is None:
         raise ValueError("normalisation='per_token_over_p' needs mask_ratio (the p of each row): pass mask_ratio=")
-    p = _ratio_per_row(mask_ratio, b, logits.device)
-    p_pos = p[:, None].expand(b, length)[mask]
-    return (ce / p_pos).sum() / (b * length)
+    p = _ratio(mask_ratio, b, logits.device, check)
+    p_col = p if isinstance(p, float) else p[:, None]
+    return _masked_sum(ce / p_col, mask) / (b * length)
+
+
+def cart_weights(mask: torch.Tensor, p: float = 0.3) -> torch.Tensor:
+    """Dream's CART loss weight at each masked position, float32 [b, L] (0 elsewhere).
+
+    w_i = sum over unmasked j != i of 0.5 * p * (1 - p)^(|i - j| - 1): the more clean context sits close to a
+    masked token, the more its CE counts (dllm `pipelines/dream/trainer.py`, `cart_weight`, geo_p = 0.3)."""
+    length = mask.shape[1]
+    idx = torch.arange(length, device=mask.device)
+    dist = (idx[None, :] - idx[:, None]).abs()
+    geo = 0.5 * p * (1.0 - p) ** (dist - 1).clamp(min=0).float()
+    geo = geo.masked_fill(dist == 0, 0.0)
+    return ((~mask).float() @ geo.T) * mask.float()
+
+
+# -- objectives ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ObjectiveOutput:
+    """What one forward under an objective gives the trainer (device tensors; `noise_level` a host float)."""
+
+    loss: torch.Tensor
+    """0-dim float32, the loss that is backpropagated."""
+    logits: torch.Tensor
+    """[b, L, V] aligned with the clean ids (top-1 at masked positions reads them)."""
+    mask: torch.Tensor
+    """bool [b, L], the corrupted positions."""
+    noise_level: float | None
+    """The batch's t (mean over rows when t is drawn per row): logged as `mask_ratio` and NaRA's lambda. None:
+    the objective has a fixed rho; the logged mask_ratio is the realised share of masked tokens."""
+
+
+class Objective:
+    """A named objective: `check` at setup (clear errors before training), `forward` per step (no host sync).
+
+    `forward(r, x0, maskable)` reads from `r`: model, family, mask_id, generator (CPU torch.Generator: masking
+    uniforms), host_rng (random.Random: noise levels), is_nara, cfg. `maskable` (bool [b, L]) marks positions
+    that may be corrupted and are scored: the response of an SFT example (its EOS padding included), every
+    position of packed text, minus the family's protected positions.
+    """
+
+    name: str = ""
+    source: str = ""
+    samples_t: bool = True
+    """True: a noise level t is drawn per batch or row; cfg.mask_ratio (the paper's rho axis) is not used."""
+    eps: float = 1e-3
+
+    def check(self, cfg: Any, family: Any, tokenizer: Any, mask_id: int) -> None:
+        """Raise ObjectiveError when this objective cannot run with this family/tokenizer/config."""
+
+    # Per-row noise levels t (host floats) and the masking probability of each row.
+    def sample_t(self, b: int, rng: random.Random) -> list[float]:
+        return [self.eps + (1.0 - self.eps) * rng.random() for _ in range(b)]
+
+    def mask_prob(self, t: list[float]) -> list[float]:
+        return t
+
+    def forward_logits(self, r: Any, noisy: torch.Tensor) -> torch.Tensor:
+        return r.family.logits(r.model, noisy)
+
+    def reduce(self, ce: torch.Tensor, mask: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    forbid_mask_logit: bool = False
+
+    def forward(self, r: Any, x0: torch.Tensor, maskable: torch.Tensor) -> ObjectiveOutput:
+        b = x0.shape[0]
+        t_host = self.sample_t(b, r.host_rng)
+        noisy, mask = mask_tokens(x0, self.mask_prob(t_host), r.mask_id, r.generator, eligible=maskable,
+                                  at_least_one=False, check=False)
+        lam = sum(t_host) / b
+        if r.is_nara:
+            from dlm_triage import nara
+
+            nara.set_noise_level(r.model, lam)
+        logits = self.forward_logits(r, noisy)
+        ce = token_ce(logits, x0, forbid_token=r.mask_id if self.forbid_mask_logit else None)
+        t = torch.tensor(t_host, dtype=torch.float32).to(x0.device, non_blocking=True)
+        return ObjectiveOutput(self.reduce(ce, mask, maskable, t), logits, mask, lam)
+
+
+class PaperObjective(Objective):
+    """The paper's study setting (Eq. 1): every eligible token masked at the fixed ratio rho = cfg.mask_ratio
+    (cfg.mask_sampling), >= 1 masked position per row, CE on masked positions under cfg.normalisation
+    (default: per masked token)."""
+
+    name = "paper"
+    source = "the paper, Eq. 1 (/work/shared/seeds/paper-when-top1-fails.txt); FAMILIES.md 'Objective used by the paper'"
+    samples_t = False
+
+    def forward(self, r: Any, x0: torch.Tensor, maskable: torch.Tensor) -> ObjectiveOutput:
+        cfg = r.cfg
+        noisy, mask = mask_tokens(x0, cfg.mask_ratio, r.mask_id, r.generator, sampling=cfg.mask_sampling,
+                                  eligible=maskable, check=False)
+        if r.is_nara:
+            from dlm_triage import nara
+
+            nara.set_noise_level(r.model, cfg.mask_ratio)  # lambda = the batch's (nominal) mask ratio
+        logits = r.family.logits(r.model, noisy)
+        loss = masked_diffusion_loss(logits, x0, mask, normalisation=cfg.normalisation,
+                                     mask_ratio=cfg.mask_ratio, check=False)
+        return ObjectiveOutput(loss, logits, mask, None)
+
+
+class LLaDAPretrainObjective(Objective):
+    """LLaDA pretraining: t ~ U[0, 1) per sequence, p = (1 - eps) t + eps (eps = 1e-3), each token masked with
+    probability p; loss = sum over masked of CE / p, divided by b * L."""
+
+    name = "llada_pretrain"
+    source = "ML-GSAI/LLaDA GUIDELINES.md 'Pre-training' (forward_process, eps=1e-3); Nie et al. 2025 Alg. 1"
+
+    def sample_t(self, b: int, rng: random.Random) -> list[float]:
+        return [rng.random() for _ in range(b)]
+
+    def mask_prob(self, t: list[float]) -> list[float]:
+        return [(1.0 - self.eps) * x + self.eps for x in t]
+
+    def reduce(self, ce, mask, maskable, t):
+        p = (1.0 - self.eps) * t + self.eps
+        return _masked_sum(ce / p[:, None], mask) / mask.numel()
+
+
+class LLaDASFTObjective(LLaDAPretrainObjective):
+    """LLaDA SFT: as pretraining (t per sequence, p = (1 - eps) t + eps), but only response tokens are masked
+    (the prompt never is); loss = sum over masked of CE / p / (answer length of the row), averaged over the
+    batch. The answer length counts the response with its EOS padding, which is masked and trained on."""
+
+    name = "llada_sft"
+    source = "ML-GSAI/LLaDA GUIDELINES.md 'SFT' (answer_lengths include the padded <EOS>)"
+
+    def reduce(self, ce, mask, maskable, t):
+        p = (1.0 - self.eps) * t + self.eps
+        answer_len = maskable.sum(dim=1, keepdim=True).clamp_min(1).float()
+        return _masked_sum(ce / p[:, None] / answer_len, mask) / ce.shape[0]
+
+
+class MDLMObjective(Objective):
+    """MDLM (continuous time, SUBS, log-linear noise): antithetic t over the batch, t_i = (1 - eps)((u_i / b +
+    i / b) mod 1) + eps; each token masked with probability (1 - eps) t (the log-linear schedule's move
+    chance 1 - exp(-sigma(t))); the mask token's logit is -inf; loss = sum over masked of CE * dsigma/expm1(sigma)
+    (= 1 / t), divided by the number of maskable tokens (unmasked tokens contribute 0 under SUBS)."""
+
+    name = "mdlm"
+    source = ("kuleshov-group/mdlm diffusion.py (_sample_t antithetic, sampling_eps=1e-3; _subs_parameterization; "
+              "_forward_pass_diffusion weight dsigma/expm1(sigma)); noise_schedule.py LogLinearNoise(eps=1e-3)")
+    forbid_mask_logit = True
+
+    def sample_t(self, b: int, rng: random.Random) -> list[float]:
+        return [(1.0 - self.eps) * ((rng.random() / b + i / b) % 1.0) + self.eps for i in range(b)]
+
+    def mask_prob(self, t: list[float]) -> list[float]:
+        return [(1.0 - self.eps) * x for x in t]
+
+    def check(self, cfg, family, tokenizer, mask_id):
+        special = {n: getattr(tokenizer, f"{n}_token_id", None) for n in ("pad", "eos", "bos", "unk")}
+        clash = [n for n, tid in special.items() if isinstance(tid, int) and tid == mask_id]
+        if clash or getattr(family, "name", "") == "ar":
+            raise ObjectiveError(
+                f"objective='mdlm' (SUBS) sets the mask token's logit to -inf, but family {family.name!r} has no "
+                f"dedicated mask token (mask id {mask_id} is also its {'/'.join(clash) or 'fallback'} token, which "
+                "the data contains): use a model with a mask token, or objective='paper'"
+            )
+
+    def reduce(self, ce, mask, maskable, t):
+        # dsigma / expm1(sigma) for sigma(t) = -log1p(-(1 - eps) t): ((1-eps)/(1-(1-eps)t)) / ((1-eps)t/(1-(1-eps)t)) = 1/t
+        return _masked_sum(ce / t[:, None], mask) / maskable.sum().clamp_min(1)
+
+
+class LLaDA2SFTObjective(Objective):
+    """LLaDA2 SFT (dFactory): t ~ U[0.3, 0.8] per example, each response token masked with probability t (the
+    prompt never); loss = sum over masked of CE / number of masked tokens in the batch (no 1/t weight)."""
+
+    name = "llada2_sft"
+    source = ("inclusionAI/dFactory tasks/dataset/data_transform.py (sft_noise_transition, noise_range "
+              "(0.3, 0.8)); tasks/train_llada2_bd.py (loss = sum / #labels, same_token_labels)")
+    low, high = 0.3, 0.8
+
+    def sample_t(self, b: int, rng: random.Random) -> list[float]:
+        return [self.low + (self.high - self.low) * rng.random() for _ in range(b)]
+
+    def reduce(self, ce, mask, maskable, t):
+        return _masked_sum(ce, mask) / mask.sum().clamp_min(1)
+
+
+class DreamObjective(Objective):
+    """Dream (dllm's DreamTrainer on MDLMTrainer): t = eps + (1 - eps) u per row, each maskable token masked with
+    probability t (linear schedule), CART weights (geometric p = 0.3) in place of the 1/t weight; loss = sum of
+    weighted CE over masked positions divided by the number of maskable tokens in the batch ('token' norm)."""
+
+    name = "dream"
+    source = ("ZHZisZZ/dllm dllm/pipelines/dream/trainer.py (cart_weight, loss_weight_type 'cart[geo_p:0.3]'); "
+              "dllm/core/trainers/mdlm.py (time_epsilon 1e-3, loss_norm_type 'token')")
+    geo_p = 0.3
+
+    def reduce(self, ce, mask, maskable, t):
+        return _masked_sum(ce * cart_weights(mask, self.geo_p), mask) / maskable.sum().clamp_min(1)
+
+
+_BUILTIN: dict[str, type[Objective]] = {
+    c.name: c for c in (PaperObjective, LLaDAPretrainObjective, LLaDASFTObjective, MDLMObjective,
+                        LLaDA2SFTObjective, DreamObjective)
+}
+
+
+def get_objective(name: str) -> Objective:
+    """The objective registered as `name` in config.OBJECTIVES ('module:Class'), instantiated."""
+    if name not in OBJECTIVES:
+        raise ObjectiveError(f"objective={name!r} is not known: use one of {list(OBJECTIVES)}")
+    module, _, cls = OBJECTIVES[name].partition(":")
+    obj = getattr(importlib.import_module(module), cls)()
+    if obj.name != name:
+        raise RuntimeError(f"config.OBJECTIVES[{name!r}] points at {OBJECTIVES[name]}, whose name is {obj.name!r}")
+    return obj

@@ -79,3 +79,8 @@ COLLAPSE_DEFINITION = (
     "(at least one evaluated step) AND the final loss is >= the step-0 loss: the model predicts one token "
     "everywhere and did not learn"
 )
+
+OPTIONAL_MANIFEST_KEYS = ("objective", "data")
+"""Manifest keys every run of this version writes, absent from manifests written before they existed (readers
+use .get): `objective` {name, source, samples_t}; `data` the batch source's counts (format, rows, truncated
+responses, dropped tokens, the padding token)."""

@@ -12,8 +12,16 @@ logged, no update follows) | stopped_early (early warning with action 'stop') | 
 (cfg.legacy_detector_stop and the legacy top-1 detector fired; never a collapse) | failed (an exception; the
 log so far is written with the manifest, then the exception propagates).
 
-Host syncs per step: ONE `.tolist()` of the scalar monitors (needed for the NaN check and the warning), plus,
-on CUDA only, one `synchronize` before each timer read so step/monitor times mean something.
+Objective (`cfg.objective`, dlm_triage.objective, registry config.OBJECTIVES): how batch t is corrupted and
+scored: the paper's fixed rho (default), a family recipe (llada_sft, llada_pretrain, mdlm, llada2_sft, dream)
+that draws its noise level t itself (the step log's mask_ratio is then that t, and a noise-conditioned adapter's
+lambda too), or a family's own objective (diffusion_gemma). It is checked against the family, tokenizer and
+data at setup, so every problem is an error before step 0.
+
+Host syncs per step: ONE, the `.tolist()` of the packed scalar monitors (the NaN check, the live warning and the
+legacy detector need them on the host). Everything else stays on the device: the clip reuses the grad norm as a
+tensor, masking uniforms are copied without blocking, the noise levels are host floats from the start, and the
+timers are CUDA events read after that one sync (perf_counter on CPU). tests/test_host_syncs.py counts them.
 """
 
 from __future__ import annotations
@@ -38,10 +46,8 @@ from transformers.utils import logging as hf_logging
 from dlm_triage import monitors, provenance, runlog
 from dlm_triage.config import RunConfig
 from dlm_triage.early_warning import EarlyWarning, emit_routed_event
-from dlm_triage.objective import mask_tokens, masked_diffusion_loss
-from dlm_triage.peft_methods import (
-    adapter_matrices, apply_adapter, is_noise_conditioned, noise_level, save_adapter, set_noise_level,
-)
+from dlm_triage.objective import Objective, ObjectiveError, get_objective
+from dlm_triage.peft_methods import adapter_matrices, apply_adapter, is_noise_conditioned, noise_level, save_adapter
 from dlm_triage.schema import (
     ADAPTER_DIRNAME,
     COLLAPSE_DEFINITION,
@@ -83,9 +89,26 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # sync point: only so that wall-clock timers measure the GPU work
+class StepClock:
+    """Timestamps without a host sync: CUDA events on a CUDA device (read once the step's one sync has passed
+    them), perf_counter elsewhere. `ms(a, b)` needs both marks completed on the device."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> Any:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def ms(self, a: Any, b: Any) -> float:
+        return float(a.elapsed_time(b)) if self.cuda else (b - a) * 1e3
+
+    def wait(self, mark: Any) -> None:
+        if self.cuda:
+            mark.synchronize()  # sync point: once per run, after the last step, to read its end time
 
 
 @dataclass
@@ -107,6 +130,10 @@ class _Run:
     generator: torch.Generator
     noise_conditioned: bool
     """nara / lora_diffusion: the adapter needs the batch's noise level before each forward."""
+    objective: Objective
+    host_rng: random.Random
+    """Noise levels t of the sampled objectives: host floats, so neither lambda nor the log needs a device read."""
+    clock: StepClock
     legacy_fired: bool = False
     """The legacy top-1 detector has fired: from then on top-1 follows cfg.top1_every again."""
 
@@ -121,7 +148,9 @@ def _setup(cfg: RunConfig) -> _Run:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     family = get_family(cfg.family)
+    objective = get_objective(cfg.objective)
     loaded = family.load(cfg, device, dtype)
+    objective.check(cfg, family, loaded.tokenizer, loaded.mask_token_id)
     model = loaded.model
     targets = cfg.target_modules or family.attention_targets(model)
     torch.manual_seed(cfg.seed)  # adapter init depends on the seed only, not on what loading consumed
@@ -135,25 +164,37 @@ def _setup(cfg: RunConfig) -> _Run:
         raise RuntimeError(f"{cfg.run_id}: the adapter has no trainable parameter (targets {targets})")
     params = [p for _, p in matrices]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    batches = make_batches(cfg, loaded.tokenizer)
+    _check_maskable(cfg, family, batches)
     return _Run(
         cfg=cfg, device=device, dtype=dtype, family=family, model=model, tokenizer=loaded.tokenizer,
         mask_id=loaded.mask_token_id, pad_id=getattr(loaded.tokenizer, "pad_token_id", None),
-        matrices=matrices, params=params, optimizer=optimizer, batches=make_batches(cfg, loaded.tokenizer),
+        matrices=matrices, params=params, optimizer=optimizer, batches=batches,
         generator=torch.Generator().manual_seed(cfg.seed),  # masking draws, on CPU: same on every device
-        noise_conditioned=is_noise_conditioned(model),
+        noise_conditioned=is_noise_conditioned(model), objective=objective, host_rng=random.Random(cfg.seed),
+        clock=StepClock(device),
     )
+
+
+def _check_maskable(cfg: RunConfig, family: Any, batches: Any) -> None:
+    """Every row must have a position the objective may mask (checked once here: the step does not look)."""
+    protect = family.protected_positions(torch.zeros(1, cfg.seq_len, dtype=torch.long))
+    ok = batches.maskable_rows if batches.maskable_rows is not None else torch.ones(1, cfg.seq_len, dtype=torch.bool)
+    if protect is not None:
+        ok = ok & ~protect
+    if not bool(ok.any(dim=1).all()):  # host tensors, at setup
+        raise ObjectiveError(f"family {cfg.family!r} with seq_len={cfg.seq_len}: some rows have no position that "
+                             "may be masked (all prompt or protected); raise seq_len")
 
 
 # -- monitors (each its own function; all computed every step) -------------------------------------------
 
-def clean_top1(r: _Run, x0: torch.Tensor) -> torch.Tensor:
-    """Top-1 frequency on the CLEAN batch: one extra forward without grad over all non-pad positions
-    (and not the family's protected positions). Costs ~1 forward (~35% of a step); cadence cfg.top1_every.
-    Noise-conditioned adapters (NaRA, lora_diffusion): the clean batch is at noise level 0."""
-    evaluated = torch.ones_like(x0, dtype=torch.bool) if r.pad_id is None else x0 != r.pad_id
-    protect = r.family.protected_positions(x0)
-    if protect is not None:
-        evaluated &= ~protect
+def clean_top1(r: _Run, x0: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:
+    """Top-1 frequency on the CLEAN batch: one extra forward without grad over the maskable non-pad positions
+    (packed text: all but the family's protected positions; SFT: the response, not its padding). Costs ~1
+    forward (35-47 % of a step); cadence cfg.top1_every. Noise-conditioned adapters (NaRA, lora_diffusion): the
+    clean batch is at noise level 0."""
+    evaluated = maskable if r.pad_id is None else maskable & (x0 != r.pad_id)
     was_training = r.model.training
     r.model.eval()
     try:
@@ -184,64 +225,83 @@ def step_monitors(r: _Run, logits: torch.Tensor, mask: torch.Tensor, top1_from_m
 
 # -- one step ---------------------------------------------------------------------------------------------
 
-def train_step(r: _Run, step: int) -> dict[str, Any]:
-    """Forward/backward of batch `step` and its monitors; returns the step-log row (no update here)."""
-    cfg = r.cfg
-    _sync(r.device)
-    t0 = time.perf_counter()
+def device_batch(r: _Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch `step` on the run's device: (x0 [b, L], maskable [b, L] without the family's protected positions)."""
+    x0, maskable = r.batches.train_batch(step)
+    x0 = x0.to(r.device, non_blocking=True)
+    maskable = maskable.to(r.device, non_blocking=True)
+    protect = r.family.protected_positions(x0)
+    if protect is not None:
+        maskable = maskable & ~protect
+    return x0, maskable
 
-    x0 = r.batches.batch(step).to(r.device, non_blocking=True)
-    if r.noise_conditioned:
-        set_noise_level(r.model, cfg.mask_ratio)  # lambda = the batch's (nominal) mask ratio
-    own = r.family.training_loss(r.model, x0, r.generator, cfg)  # a family's own objective (DiffusionGemma)
-    if own is not None:
-        logits, loss, mask = own.logits, own.loss, own.top1_positions
-        n_masked_t, ratio_t = own.n_masked, own.mask_ratio
-    else:
-        noisy, mask = mask_tokens(x0, cfg.mask_ratio, r.mask_id, r.generator, sampling=cfg.mask_sampling,
-                                  protect=r.family.protected_positions(x0))
-        logits = r.family.logits(r.model, noisy)
-        loss = masked_diffusion_loss(logits, x0, mask, normalisation=cfg.normalisation, mask_ratio=cfg.mask_ratio)
-        n_masked_t, ratio_t = mask.sum().float(), mask.float().mean()
+
+def train_step(r: _Run, step: int) -> dict[str, Any]:
+    """Forward/backward of batch `step` and its monitors; returns the step-log row (no update here).
+
+    Private keys for the loop: `_t0` (the step's start mark) and `_grad_norm` (the pre-clip norm, a device
+    tensor, so the clip needs no host->device copy)."""
+    cfg, clock = r.cfg, r.clock
+    t0 = clock.mark()
+
+    x0, maskable = device_batch(r, step)
+    out = r.objective.forward(r, x0, maskable)
     r.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    out.loss.backward()
     if _after_backward_hook is not None:
         _after_backward_hook(step, r.model)
 
-    _sync(r.device)
-    t_mon = time.perf_counter()
+    t_mon = clock.mark()
     top1_source = r.family.top1_source
-    mon = step_monitors(r, logits, mask, top1_from_masked=top1_source in ("masked", "canvas"))
-    dev = loss.device
-    top1 = mon["top1_freq"].to(dev).float() if "top1_freq" in mon else loss.new_full((), math.nan, dtype=torch.float32)
-    packed = torch.cat([  # everything the step-log row needs, in one tensor: one device->host copy per step
-        torch.stack([loss.detach().float(), mon["grad_norm"].to(dev), top1, n_masked_t.to(dev), ratio_t.to(dev)]),
-        mon["matrix_grad_norms"].to(dev),
-    ]).tolist()  # sync point: the one per step
-    loss_v, grad_v, top1_v, n_masked, rho = packed[:5]
-    mat = packed[5:]
-    monitor_ms = (time.perf_counter() - t_mon) * 1e3
-
-    top1_forward_ms = 0.0
+    top1_pos = out.top1_positions if out.top1_positions is not None else out.mask
+    mon = step_monitors(r, out.logits, top1_pos, top1_from_masked=top1_source in ("masked", "canvas"))
+    dev = out.loss.device
+    top1 = mon["top1_freq"].to(dev).float() if "top1_freq" in mon else out.loss.new_full((), math.nan, dtype=torch.float32)
+    t_mon_end = clock.mark()
+    t_top1 = t_top1_end = None
     # the legacy detector samples every step from step 11 until it fires: one extra forward per such step
     detector_sample = step >= LEGACY_FIRST_STEP and not r.legacy_fired
     if top1_source == "clean" and (step % cfg.top1_every == 0 or detector_sample):
-        t_top1 = time.perf_counter()
-        top1_v = float(clean_top1(r, x0))  # sync point
-        top1_forward_ms = (time.perf_counter() - t_top1) * 1e3
+        t_top1 = clock.mark()
+        top1 = clean_top1(r, x0, maskable).to(dev).float()
+        t_top1_end = clock.mark()
+    n_masked_t = out.n_masked if out.n_masked is not None else out.mask.sum().float()
+    if out.noise_level is not None:
+        ratio_t = out.loss.new_full((), out.noise_level, dtype=torch.float32)
+    else:
+        ratio_t = out.mask_ratio if out.mask_ratio is not None else out.mask.float().mean()
+    packed = torch.cat([  # everything the step-log row needs, in one tensor: one device->host copy per step
+        torch.stack([out.loss.detach().float(), mon["grad_norm"].to(dev), top1, n_masked_t.to(dev).float(),
+                     ratio_t.to(dev).float()]),
+        mon["matrix_grad_norms"].to(dev),
+    ]).tolist()  # this is a CPU-GPU sync point: the one per step
+    loss_v, grad_v, top1_v, n_masked, rho = packed[:5]
+    mat = packed[5:]
+    monitor_ms = clock.ms(t_mon, t_mon_end)
+    top1_forward_ms = clock.ms(t_top1, t_top1_end) if t_top1 is not None else 0.0
 
     return {
         "step": step, "loss": loss_v, "grad_norm": grad_v, "max_grad_norm": math.nan, "top1_freq": top1_v,
         "mask_ratio": rho, "n_masked": int(n_masked), "lr": r.optimizer.param_groups[0]["lr"],
         "clipped": bool(grad_v > cfg.clip_grad_norm), "step_time_ms": math.nan, "monitor_time_ms": monitor_ms,
-        "top1_forward_ms": top1_forward_ms, "matrix_grad_norms": mat, "_t0": t0,
+        "top1_forward_ms": top1_forward_ms, "matrix_grad_norms": mat, "_t0": t0, "_grad_norm": mon["grad_norm"],
     }
 
 
-def clip_and_update(r: _Run, grad_norm: float) -> None:
-    """Clip at cfg.clip_grad_norm reusing the pre-clip norm already computed (no second norm pass), then step."""
-    torch.nn.utils.clip_grads_with_norm_(r.params, r.cfg.clip_grad_norm, torch.tensor(grad_norm))
+def clip_and_update(r: _Run, grad_norm: torch.Tensor | float) -> None:
+    """Clip at cfg.clip_grad_norm reusing the pre-clip norm already computed (no second norm pass), then step.
+    Give the norm as the device tensor of the step (a float is copied to the device: a blocking copy)."""
+    if not isinstance(grad_norm, torch.Tensor):
+        grad_norm = torch.tensor(grad_norm)
+    torch.nn.utils.clip_grads_with_norm_(r.params, r.cfg.clip_grad_norm, grad_norm)
     r.optimizer.step()
+
+
+def _close_step_times(r: _Run, rows: list[dict[str, Any]], next_start: Any) -> None:
+    """Step time of the last row = its start mark to `next_start` (the next step's start, or the run's end)."""
+    if rows and "_t0" in rows[-1]:
+        rows[-1]["step_time_ms"] = r.clock.ms(rows[-1].pop("_t0"), next_start)
+        rows[-1].pop("_grad_norm", None)
 
 
 # -- the run ------------------------------------------------------------------------------------------------
@@ -310,6 +370,7 @@ def train_run(
         r = _setup(cfg)
         for step in range(cfg.steps + 1):
             row = train_step(r, step)
+            _close_step_times(r, rows, row["_t0"])  # the previous step ended where this one started
             running_max = max(running_max, row["grad_norm"] if math.isfinite(row["grad_norm"]) else math.inf)
             row["max_grad_norm"] = running_max
 
@@ -331,19 +392,27 @@ def train_run(
                 status, reason = "stopped_by_legacy_detector", (
                     f"legacy top-1 detector fired at step {step} (top-1 {row['top1_freq']:.3f} > 0.5)")
             elif step < cfg.steps:
-                clip_and_update(r, row["grad_norm"])
+                clip_and_update(r, row["_grad_norm"])
 
-            _sync(r.device)
-            row["step_time_ms"] = (time.perf_counter() - row.pop("_t0")) * 1e3
             rows.append(row)
             if progress is not None:
                 progress(step, cfg.steps)
             if status != "completed":
                 log.warning("%s: %s (%s)", cfg.run_id, status, reason)
                 break
+        end = r.clock.mark()
+        r.clock.wait(end)
+        _close_step_times(r, rows, end)
     except Exception as e:
         status, reason = "failed", f"{type(e).__name__}: {e}"
         if rows and r is not None:
+            try:
+                end = r.clock.mark()
+                r.clock.wait(end)
+                _close_step_times(r, rows, end)
+            except Exception:  # a device error: the partial log keeps NaN step times
+                for row in rows:
+                    row.pop("_t0", None), row.pop("_grad_norm", None)
             _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=False)
         else:
             _discard_partial_run(run_dir)  # failed before step 0 (e.g. a target that matches nothing)
@@ -422,6 +491,9 @@ def build_manifest(cfg: RunConfig, r: _Run, steps: pl.DataFrame, status: str, re
         "top1_warning_detected": detected, "top1_fire_step": fire_step,
         **{f"top1_cross_{round(level * 100):03d}": monitors.first_crossing(top1, level) for level in TOP1_CROSS_LEVELS},
         "top1_source": r.family.top1_source,
+        "objective": {"name": r.objective.name, "source": r.objective.source,
+                      "samples_t": r.objective.samples_t},
+        "data": getattr(r.batches, "stats", None),
         # a detector stop ends the run on top-1 alone: never a collapse
         "collapsed": status != "stopped_by_legacy_detector" and monitors.is_collapsed(top1, loss),
         "collapse_definition": COLLAPSE_DEFINITION,
