@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, NoReturn, Sequence
 
 from dlm_triage import paths
 from dlm_triage.groups import GROUP_BY_COLUMNS
-from dlm_triage.config import ConfigError, RunConfig
+from dlm_triage.config import OBJECTIVES, ConfigError, RunConfig
 from dlm_triage.schema import MANIFEST_FILENAME
 
 # The embedded default sweep (`dlm-triage run`): the tiny family, 2 ranks x 4 mask ratios x 3 learning rates x 3
@@ -130,10 +130,15 @@ def _sweep_params(args: argparse.Namespace, defaults: dict[str, Any] | None = No
         v = getattr(args, name, None)
         if v:
             data[name] = v
-    for name in ("steps", "batch_size", "gpu_slots", "model_id", "dataset", "cohort", "device"):
+    for name in ("steps", "batch_size", "seq_len", "gpu_slots", "model_id", "dataset", "cohort", "device",
+                 "objective"):
         v = getattr(args, name, None)
         if v is not None:
             data[name] = v
+    from dlm_triage.config import draws_own_t
+
+    if data.get("objective") and draws_own_t(data["objective"]) and not getattr(args, "mask_ratios", None):
+        data.pop("mask_ratios", None)  # a default grid's rho axis; the objective draws t itself
     data["runs_dir"] = str(args.out / "runs")
     data["db"] = str(args.out / "triage.duckdb")
     return SweepParams(**data)
@@ -549,7 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training tasks at once (default: the number of GPUs, or of CPU cores without GPU)")
         p.add_argument("--model-id", dest="model_id", help="HF hub id or local path (default: the family's own; "
                        "tiny: the locally pretrained model)")
-        p.add_argument("--dataset", help="'tiny-shifted' or a text/JSONL file" + dflt("dataset"))
+        p.add_argument("--seq-len", dest="seq_len", type=int, help="tokens per training sequence" + dflt("seq_len"))
+        p.add_argument("--dataset", help="'tiny-shifted', 'tiny-instruct' (embedded SFT set) or a text/JSONL file "
+                       "(SFT rows: prompt/response or messages)" + dflt("dataset"))
+        p.add_argument("--objective", choices=list(OBJECTIVES),
+                       help="training objective: paper (fixed rho) or a family recipe (default: each family's "
+                       "own, else paper)")
         p.add_argument("--cohort", help="label for --group-by cohort (default: none)")
         p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps" + dflt("device"))
 

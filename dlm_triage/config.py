@@ -24,11 +24,47 @@ MASK_SAMPLINGS = ("bernoulli", "exact")
 ALPHA_CONVENTIONS = ("fixed", "per_rank")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 EARLY_WARNING_ACTIONS = ("flag", "stop")
+CHAT_TEMPLATES = ("auto", "require", "none")
+
+# Training objectives: name -> "module:Class" (imported on use by objective.get_objective, so this module stays
+# free of torch). Adding an objective is one line here; its class sets `name` to the key.
+OBJECTIVES: dict[str, str] = {
+    "paper": "dlm_triage.objective:PaperObjective",
+    "llada_pretrain": "dlm_triage.objective:LLaDAPretrainObjective",
+    "llada_sft": "dlm_triage.objective:LLaDASFTObjective",
+    "mdlm": "dlm_triage.objective:MDLMObjective",
+    "llada2_sft": "dlm_triage.objective:LLaDA2SFTObjective",
+    "dream": "dlm_triage.objective:DreamObjective",
+    "diffusion_gemma": "dlm_triage.objective:DiffusionGemmaObjective",
+}
+FAMILY_OBJECTIVES = {"diffusion_gemma": ("diffusion_gemma",)}
+"""Families with their own objective: the only objectives they can run, the first their default (others: 'paper').
+The family's own objective needs that family's model (objective -> family, checked too)."""
+
+
+def draws_own_t(objective: str) -> bool:
+    """True for the objectives of this registry that draw t themselves and ignore rho (llada_sft, mdlm, ...):
+    their runs refuse mask_ratio / mask_sampling / normalisation and are named by the objective. A family's own
+    objective (diffusion_gemma) keeps the run id and knobs it had before objectives were named."""
+    return objective not in FIXED_RHO_OBJECTIVES and not any(objective in v for v in FAMILY_OBJECTIVES.values())
+
+
+def default_objective(family: str) -> str:
+    """The objective a run of `family` gets when none is set: the family's own, else 'paper'."""
+    return FAMILY_OBJECTIVES.get(family, ("paper",))[0]
+FIXED_RHO_OBJECTIVES = frozenset({"paper"})
+"""Objectives that mask at the fixed ratio cfg.mask_ratio (the sweep's mask_ratios axis); every other objective
+draws its noise level t itself and logs it as the step's mask_ratio."""
+
+# The clean-batch top-1 forward (families whose top-1 source is 'clean') costs ~1 forward, 35-47 % of a step
+# when it runs: every step on the tiny model (cheap), every 5th step on real models (~7-9 % of training time).
+TOP1_EVERY_DEFAULT = {"tiny": 1}
+TOP1_EVERY_REAL_MODELS = 5
 
 # Fields that do not change what a run computes (placement and output location only).
 HASH_EXCLUDED = frozenset({"device", "adapter_dir", "save_adapter"})
 # Fields hashed only when they differ from their default, so adding one keeps every existing run id.
-HASH_ONLY_WHEN_SET = {"legacy_detector_stop": False}
+HASH_ONLY_WHEN_SET = {"legacy_detector_stop": False, "chat_template": "auto", "packing": True}
 # Method-specific fields hashed only for their method, so adding one leaves every other run's hash (its cache
 # key and run id) as it was.
 METHOD_ONLY_FIELDS = {"lora_diffusion_schedule": "lora_diffusion"}
@@ -79,11 +115,20 @@ class RunConfig:
     clip_grad_norm: float = 0.5
     """Clip threshold; the logged grad norm is always the pre-clip global L2 norm."""
     normalisation: str = "per_masked_token"
-    """'per_masked_token' (paper Eq. 1), 'per_token' (masked CE sum / (b*L)), 'per_token_over_p' (LLaDA pretraining: CE/p / (b*L))."""
-    top1_every: int = 1
-    """Cadence (steps) of the top-1 monitor's extra clean-batch forward for clean-batch families (costs ~1 forward)."""
+    """'per_masked_token' (paper Eq. 1), 'per_token' (masked CE sum / (b*L)), 'per_token_over_p' (LLaDA pretraining: CE/p / (b*L)). Objective 'paper' only."""
+    objective: str | None = None
+    """Training objective (config.OBJECTIVES): 'paper' (fixed rho, Eq. 1), 'llada_sft', 'llada_pretrain', 'mdlm',
+    'llada2_sft', 'dream', 'diffusion_gemma'. None: the family's own (diffusion_gemma) or 'paper'. Hashed only when
+    it is not that default."""
+    top1_every: int | None = None
+    """Cadence (steps) of the top-1 monitor's extra clean-batch forward for clean-batch families (costs ~1 forward,
+    35-47 % of a step when it runs). None: 1 for the tiny family, 5 for real models (~7-9 % of training time)."""
     dataset: str = "tiny-shifted"
-    """'tiny-shifted' (the embedded synthetic fine-tuning task) or a path to a UTF-8 text / JSONL file."""
+    """'tiny-shifted', 'tiny-instruct' (embedded SFT set) or a path: UTF-8 text, JSONL with "text", or SFT JSONL with "prompt"/"response" or "messages"."""
+    chat_template: str = "auto"
+    """SFT rendering: 'auto' (the tokenizer's chat template when it has one, else prompt + newline + response), 'require' (error without one), 'none'."""
+    packing: bool = True
+    """Plain text: pack documents into seq_len windows (True) or one document per row, padded with EOS (False)."""
     dtype: str = "auto"
     """'auto': bf16 on CUDA with bf16 support, float32 otherwise."""
     device: str = "auto"
@@ -114,6 +159,11 @@ class RunConfig:
         # (tuple("q_proj") would split it into characters)
         if isinstance(tm, list):
             object.__setattr__(self, "target_modules", tuple(tm))
+        fam = self.family if isinstance(self.family, str) else ""  # a bad family is reported by _validate_run
+        if self.objective is None:
+            object.__setattr__(self, "objective", default_objective(fam))
+        if self.top1_every is None:  # resolved here, so the stored config and the hash hold the cadence used
+            object.__setattr__(self, "top1_every", TOP1_EVERY_DEFAULT.get(fam, TOP1_EVERY_REAL_MODELS))
         problems = _validate_run(self)
         if problems:
             raise ConfigError(problems)
@@ -161,22 +211,25 @@ class RunConfig:
         """sha256 of the canonical JSON of the hashed fields (and the schema version)."""
         payload = {k: v for k, v in self.to_dict().items()
                    if k not in HASH_EXCLUDED and not (k in HASH_ONLY_WHEN_SET and v == HASH_ONLY_WHEN_SET[k])
-                   and METHOD_ONLY_FIELDS.get(k, self.method) == self.method}
+                   and METHOD_ONLY_FIELDS.get(k, self.method) == self.method
+                   and not (k == "objective" and v == default_objective(self.family))}
         payload["_schema"] = CONFIG_SCHEMA_VERSION
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     @property
     def run_id(self) -> str:
-        """Stable, readable id: family-method-r{rank}-m{rho}-s{seed}-{hash12}."""
-        return (
-            f"{self.family}-{self.method}-r{self.rank}-m{self.mask_ratio:g}-s{self.seed}-"
-            f"{self.config_hash[:12]}"
-        )
+        """Stable, readable id: family-method-r{rank}-m{rho}-s{seed}-{hash12} (objective 'paper'), or
+        family-method-r{rank}-{objective}-s{seed}-{hash12} for objectives that draw t themselves."""
+        noise = self.objective if draws_own_t(self.objective) else f"m{self.mask_ratio:g}"
+        return f"{self.family}-{self.method}-r{self.rank}-{noise}-s{self.seed}-{self.config_hash[:12]}"
 
     @property
     def effective_alpha(self) -> float:
         return self.alpha * self.rank if self.alpha_convention == "per_rank" else self.alpha
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
 def _is_real(x: Any) -> bool:
@@ -227,6 +280,26 @@ def _validate_run(c: RunConfig) -> list[str]:
     choice("alpha_convention", c.alpha_convention, ALPHA_CONVENTIONS)
     choice("dtype", c.dtype, DTYPES)
     choice("early_warning_action", c.early_warning_action, EARLY_WARNING_ACTIONS)
+    choice("objective", c.objective, list(OBJECTIVES))
+    choice("chat_template", c.chat_template, CHAT_TEMPLATES)
+    if not isinstance(c.packing, bool):
+        p.append(f"packing={c.packing!r} is invalid: use true or false")
+    own = FAMILY_OBJECTIVES.get(c.family)
+    if own is not None and c.objective in OBJECTIVES and c.objective not in own:
+        p.append(f"objective={c.objective!r} cannot run on family {c.family!r}, which has its own corruption and loss: "
+                 f"use objective={own[0]!r} (or leave objective unset)")
+    owners = [f for f, objs in FAMILY_OBJECTIVES.items() if c.objective in objs]
+    if owners and c.family not in owners:
+        p.append(f"objective={c.objective!r} needs the {owners[0]!r} family's model: set family={owners[0]!r} or "
+                 "pick another objective")
+    if c.objective in OBJECTIVES and draws_own_t(c.objective):
+        for name in ("mask_ratio", "mask_sampling", "normalisation"):
+            if getattr(c, name) != _FIELD_DEFAULTS[name]:
+                p.append(
+                    f"{name}={getattr(c, name)!r} applies to objective='paper' only: objective={c.objective!r} "
+                    f"draws its noise level t itself and has its own normalisation; leave {name} at "
+                    f"{_FIELD_DEFAULTS[name]!r} or use objective='paper'"
+                )
     int_range("rank", c.rank, 1, 4096)
     int_range("steps", c.steps, 1, 10_000_000)
     int_range("batch_size", c.batch_size, 1, 65_536)

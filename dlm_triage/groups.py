@@ -3,7 +3,8 @@
 Calibration, the threshold registry, the inspection queue, the report and scheduled recalibration all name a
 run's group with `group_keys` / `group_key` (a polars expression, `group_key_expr`), never with SQL of their own:
 
-- `group_by` picks the column: family -> `family`, model -> `model_id`, cohort -> `cohort`, method -> `method`
+- `group_by` picks the column: family -> `family`, model -> `model_id`, cohort -> `cohort`, method -> `method`,
+  objective -> `objective`
   (`GROUP_BY_COLUMNS`);
 - the value as text; a family compares case-insensitively and is spelled in lower case ("LLaDA" and "llada" are
   one group, named "llada", the spelling of `config.FAMILIES`);
@@ -22,7 +23,8 @@ import polars as pl
 __all__ = ["GROUP_BY_COLUMNS", "NULL_GROUP", "group_column", "group_key_expr", "group_keys", "group_key",
            "with_group", "runs_with_groups", "runs_since_calibration", "group_run_ids"]
 
-GROUP_BY_COLUMNS: dict[str, str] = {"family": "family", "model": "model_id", "cohort": "cohort", "method": "method"}
+GROUP_BY_COLUMNS: dict[str, str] = {"family": "family", "model": "model_id", "cohort": "cohort", "method": "method",
+                                   "objective": "objective"}
 """--group-by value -> the `runs` column it reads."""
 CASE_INSENSITIVE = frozenset({"family"})
 """Groupings whose values compare case-insensitively (spelled in lower case)."""

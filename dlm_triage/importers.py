@@ -388,6 +388,7 @@ def _prepared(fmt: str, path: Path, run_id: str, content_sha: str, cfg: dict[str
     row = {
         "run_id": run_id, "source": f"import:{fmt}", "source_path": str(path.resolve()),
         "family": cfg["family"], "model_id": cfg["model_id"], "cohort": cfg["cohort"] or "",
+        "objective": cfg.get("objective"),  # a foreign log's recipe is unknown unless it says
         "method": cfg["method"], "rank": cfg["rank"], "alpha": cfg["alpha"], "mask_ratio": cfg["mask_ratio"],
         "learning_rate": cfg["learning_rate"], "seed": cfg["seed"], "steps": cfg["steps"],
         "batch_size": cfg["batch_size"], "config_hash": _sha(config_json), "config_json": config_json,

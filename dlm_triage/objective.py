@@ -223,15 +223,22 @@ class ObjectiveOutput:
     mask: torch.Tensor
     """bool [b, L], the corrupted positions."""
     noise_level: float | None
-    """The batch's t (mean over rows when t is drawn per row): logged as `mask_ratio` and NaRA's lambda. None:
-    the objective has a fixed rho; the logged mask_ratio is the realised share of masked tokens."""
+    """The batch's t (mean over rows when t is drawn per row): logged as `mask_ratio` and the lambda of a
+    noise-conditioned adapter (NaRA, lora_diffusion). None: the objective has a fixed rho; the logged mask_ratio
+    is `mask_ratio` below, or the realised share of masked tokens."""
+    top1_positions: torch.Tensor | None = None
+    """Where top-1 at masked positions is read (None: `mask`)."""
+    n_masked: torch.Tensor | None = None
+    """0-dim, the step log's n_masked (None: mask.sum())."""
+    mask_ratio: torch.Tensor | None = None
+    """0-dim, the step log's mask_ratio when noise_level is None (None: the share of masked tokens)."""
 
 
 class Objective:
     """A named objective: `check` at setup (clear errors before training), `forward` per step (no host sync).
 
     `forward(r, x0, maskable)` reads from `r`: model, family, mask_id, generator (CPU torch.Generator: masking
-    uniforms), host_rng (random.Random: noise levels), is_nara, cfg. `maskable` (bool [b, L]) marks positions
+    uniforms), host_rng (random.Random: noise levels), noise_conditioned, cfg. `maskable` (bool [b, L]) marks positions
     that may be corrupted and are scored: the response of an SFT example (its EOS padding included), every
     position of packed text, minus the family's protected positions.
     """
@@ -266,10 +273,10 @@ class Objective:
         noisy, mask = mask_tokens(x0, self.mask_prob(t_host), r.mask_id, r.generator, eligible=maskable,
                                   at_least_one=False, check=False)
         lam = sum(t_host) / b
-        if r.is_nara:
-            from dlm_triage import nara
+        if r.noise_conditioned:
+            from dlm_triage.peft_methods import set_noise_level
 
-            nara.set_noise_level(r.model, lam)
+            set_noise_level(r.model, lam)
         logits = self.forward_logits(r, noisy)
         ce = token_ce(logits, x0, forbid_token=r.mask_id if self.forbid_mask_logit else None)
         t = torch.tensor(t_host, dtype=torch.float32).to(x0.device, non_blocking=True)
@@ -289,10 +296,10 @@ class PaperObjective(Objective):
         cfg = r.cfg
         noisy, mask = mask_tokens(x0, cfg.mask_ratio, r.mask_id, r.generator, sampling=cfg.mask_sampling,
                                   eligible=maskable, check=False)
-        if r.is_nara:
-            from dlm_triage import nara
+        if r.noise_conditioned:
+            from dlm_triage.peft_methods import set_noise_level
 
-            nara.set_noise_level(r.model, cfg.mask_ratio)  # lambda = the batch's (nominal) mask ratio
+            set_noise_level(r.model, cfg.mask_ratio)  # lambda = the batch's (nominal) mask ratio
         logits = r.family.logits(r.model, noisy)
         loss = masked_diffusion_loss(logits, x0, mask, normalisation=cfg.normalisation,
                                      mask_ratio=cfg.mask_ratio, check=False)
@@ -393,10 +400,33 @@ class DreamObjective(Objective):
         return _masked_sum(ce * cart_weights(mask, self.geo_p), mask) / maskable.sum().clamp_min(1)
 
 
-_BUILTIN: dict[str, type[Objective]] = {
-    c.name: c for c in (PaperObjective, LLaDAPretrainObjective, LLaDASFTObjective, MDLMObjective,
-                        LLaDA2SFTObjective, DreamObjective)
-}
+class DiffusionGemmaObjective(Objective):
+    """DiffusionGemma's own SFT objective (NeMo AutoModel's recipe; uniform-noise canvas corruption, block-causal
+    canvas, diffusion CE + encoder CE, self-conditioning): `dlm_triage.diffusion_gemma.training_loss`, with the
+    response (maskable) positions as its supervised positions. Only the diffusion_gemma family runs it
+    (config.FAMILY_OBJECTIVES). t is drawn inside on the device-independent generator, so the step logs the
+    corrupted share of the supervised tokens as mask_ratio, and a noise-conditioned adapter's lambda is
+    cfg.mask_ratio (nominal)."""
+
+    name = "diffusion_gemma"
+    source = ("NeMo AutoModel DiffusionGemmaSFTRecipe (corrupt_uniform_random, BlockDiffusionCrossEntropyLoss, "
+              "encoder_ar_loss); dlm_triage/diffusion_gemma.py")
+
+    def check(self, cfg, family, tokenizer, mask_id):
+        if getattr(family, "name", "") != "diffusion_gemma":
+            raise ObjectiveError(f"objective='diffusion_gemma' needs the diffusion_gemma family's model, not "
+                                 f"{family.name!r}: set family='diffusion_gemma' or pick another objective")
+
+    def forward(self, r: Any, x0: torch.Tensor, maskable: torch.Tensor) -> ObjectiveOutput:
+        from dlm_triage import diffusion_gemma
+
+        if r.noise_conditioned:
+            from dlm_triage.peft_methods import set_noise_level
+
+            set_noise_level(r.model, r.cfg.mask_ratio)
+        own = diffusion_gemma.training_loss(r.model, x0, r.generator, supervised=maskable)
+        return ObjectiveOutput(own.loss, own.logits, own.top1_positions, None, top1_positions=own.top1_positions,
+                               n_masked=own.n_masked, mask_ratio=own.mask_ratio)
 
 
 def get_objective(name: str) -> Objective:

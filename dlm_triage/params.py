@@ -25,14 +25,17 @@ from dlm_triage.config import (
     FAMILIES,
     METHODS,
     NORMALISATIONS,
+    OBJECTIVES,
     RunConfig,
     SweepSpec,
+    draws_own_t,
 )
 
 Family = Literal["tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar", "diffusion_gemma"]
 Method = Literal["lora", "rslora", "dora", "pissa", "nara", "lora_diffusion"]
 Normalisation = Literal["per_masked_token", "per_token", "per_token_over_p"]
-GroupBy = Literal["family", "model", "cohort", "method"]
+GroupBy = Literal["family", "model", "cohort", "method", "objective"]
+ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]  # follows config.OBJECTIVES
 AlphaConvention = Literal["fixed", "per_rank"]
 EarlyWarningAction = Literal["flag", "stop"]
 ImportFormat = Literal["reference-jsonl", "cells", "json-rows", "hf-trainer", "wandb-csv"]
@@ -90,6 +93,12 @@ class SweepParams(_Params):
     )
     normalisation: Normalisation = Field(
         "per_masked_token", description="Masked-CE normalisation: per_masked_token is the paper's Eq. 1."
+    )
+    objective: ObjectiveName | None = Field(
+        None,
+        description="Training objective: 'paper' (fixed rho from mask_ratios, Eq. 1) or a family recipe "
+        "(llada_sft, llada_pretrain, mdlm, llada2_sft, dream), which draws its noise level t itself: "
+        "mask_ratios then stays unset. Empty: each family's default ('paper'; diffusion_gemma its own).",
     )
     model_id: str | None = Field(
         None, description="HF hub id or local path; empty: the family default (tiny: the local pretrained model)."
@@ -260,6 +269,16 @@ class SweepParams(_Params):
         return self
 
     @model_validator(mode="after")
+    def _mask_ratios_belong_to_paper(self) -> "SweepParams":
+        if self.objective is not None and draws_own_t(self.objective) and "mask_ratios" in self.model_fields_set:
+            raise ValueError(
+                f"mask_ratios={self.mask_ratios} is the sweep axis of objective='paper'; objective="
+                f"{self.objective!r} draws its noise level t per batch itself (logged as mask_ratio): drop "
+                "mask_ratios, or use objective='paper'"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _whole_grid(self) -> "SweepParams":
         # Validate every expanded RunConfig now (SweepSpec does), so a bad combination fails before the flow
         # starts; ConfigError is a ValueError, so it reaches the UI/CLI as a validation error naming the values.
@@ -283,6 +302,8 @@ class SweepParams(_Params):
             "early_warning_step": self.early_warning_step,
             "device": self.device,
         }
+        if self.objective is not None:
+            b["objective"] = self.objective
         b.update(self.extra)
         return b
 
@@ -292,7 +313,9 @@ class SweepParams(_Params):
             families=tuple(self.families),
             methods=tuple(self.methods),
             ranks=tuple(self.ranks),
-            mask_ratios=tuple(self.mask_ratios),
+            # t-sampled objectives do not use rho: one value (RunConfig's default) instead of the axis
+            mask_ratios=(RunConfig.mask_ratio,) if self.objective is not None and draws_own_t(self.objective)
+            else tuple(self.mask_ratios),
             learning_rates=tuple(self.learning_rates),
             seeds=tuple(self.seeds),
             base=self.base(),

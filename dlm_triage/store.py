@@ -33,7 +33,7 @@ import polars as pl
 from . import schema
 from .config import ConfigError, RunConfig
 
-DB_SCHEMA_VERSION = 1
+DB_SCHEMA_VERSION = 2
 
 _RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS runs (
     family VARCHAR,
     model_id VARCHAR,
     cohort VARCHAR,
+    objective VARCHAR,
     method VARCHAR,
     rank INTEGER,
     alpha DOUBLE,
@@ -100,10 +101,18 @@ _DDL = [
         created_at TIMESTAMP NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (calibration_id, group_name))""",
 ]
 
+# Upgrades of an existing database, by the version they reach (applied in order, in one transaction).
+_MIGRATIONS: dict[int, list[str]] = {
+    # 2: the training objective of each run (RunConfig.objective); runs stored before it existed ran 'paper'.
+    2: ["ALTER TABLE runs ADD COLUMN IF NOT EXISTS objective VARCHAR",
+        "UPDATE runs SET objective = coalesce(json_extract_string(config_json, '$.objective'), 'paper') "
+        "WHERE objective IS NULL AND source = 'dlm-triage'"],
+}
+
 # Column order and polars dtypes of the rows `_write_batch` inserts into `runs` (importers build the same rows).
 RUNS_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String, "source": pl.String, "source_path": pl.String, "family": pl.String,
-    "model_id": pl.String, "cohort": pl.String, "method": pl.String, "rank": pl.Int32, "alpha": pl.Float64,
+    "model_id": pl.String, "cohort": pl.String, "objective": pl.String, "method": pl.String, "rank": pl.Int32, "alpha": pl.Float64,
     "mask_ratio": pl.Float64, "learning_rate": pl.Float64, "seed": pl.Int64, "steps": pl.Int32,
     "batch_size": pl.Int32, "config_hash": pl.String, "config_json": pl.String, "status": pl.String,
     "final_loss": pl.Float64, "max_grad_norm": pl.Float64, "top1_step0": pl.Float64,
@@ -326,6 +335,10 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection, *, read_only: bool, db_path: 
     try:
         for ddl in _DDL:
             con.execute(ddl)
+        if has_version and found is not None:
+            for version in range(found + 1, DB_SCHEMA_VERSION + 1):
+                for sql in _MIGRATIONS.get(version, []):
+                    con.execute(sql)
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [DB_SCHEMA_VERSION, _now()])
         con.commit()
     except BaseException:
@@ -551,7 +564,8 @@ def _manifest_row(run_dir: Path, manifest: dict, source_path: str | None = None)
         row = {
             "run_id": m["run_id"], "source": "dlm-triage",
             "source_path": str(run_dir.resolve()) if source_path is None else source_path,
-            "family": cfg.family, "model_id": cfg.model_id, "cohort": cfg.cohort, "method": cfg.method,
+            "family": cfg.family, "model_id": cfg.model_id, "cohort": cfg.cohort, "objective": cfg.objective,
+            "method": cfg.method,
             "rank": cfg.rank, "alpha": float(cfg.alpha), "mask_ratio": float(cfg.mask_ratio),
             "learning_rate": float(cfg.learning_rate), "seed": cfg.seed, "steps": cfg.steps,
             "batch_size": cfg.batch_size, "config_hash": str(m["config_hash"]),

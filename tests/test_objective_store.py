@@ -1,0 +1,69 @@
+"""The objective of a run reaches DuckDB (a column of `runs`, back-filled in databases made before it existed)
+and calibration groups by it."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlm_triage import calibrate, store
+from dlm_triage.config import RunConfig
+from dlm_triage.train import train_run
+
+
+@pytest.fixture(scope="module")
+def two_recipes(tiny_model_dir, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    base = dict(model_id=str(tiny_model_dir), steps=3, batch_size=2, seq_len=48, device="cpu", save_adapter=False)
+    ids = {}
+    for objective, dataset in (("paper", "tiny-shifted"), ("llada_sft", "tiny-instruct")):
+        for seed in (1, 2, 3):
+            res = train_run(RunConfig(objective=objective, dataset=dataset, seed=seed, **base), runs)
+            ids[res.run_id] = objective
+    return runs, ids
+
+
+def test_runs_table_records_the_objective(two_recipes, tmp_path):
+    runs, ids = two_recipes
+    db = tmp_path / "t.duckdb"
+    store.ingest_runs(db, runs)
+    con = store.connect(db, read_only=True)
+    try:
+        got = dict(con.execute("SELECT run_id, objective FROM runs").fetchall())
+    finally:
+        con.close()
+    assert got == ids
+
+
+def test_a_version_1_database_is_upgraded_and_back_filled(two_recipes, tmp_path):
+    runs, ids = two_recipes
+    db = tmp_path / "old.duckdb"
+    store.ingest_runs(db, runs)
+    con = store.connect(db)
+    try:  # make it what a version-1 database is: no objective column, version 1
+        con.execute("ALTER TABLE runs DROP COLUMN objective")
+        con.execute("DELETE FROM schema_version")
+        con.execute("INSERT INTO schema_version VALUES (1, now())")
+    finally:
+        con.close()
+    con = store.connect(db)
+    try:
+        got = dict(con.execute("SELECT run_id, objective FROM runs").fetchall())
+        versions = [v for (v,) in con.execute("SELECT version FROM schema_version ORDER BY version").fetchall()]
+    finally:
+        con.close()
+    assert got == ids  # back-filled from each run's stored config
+    assert versions == [1, store.DB_SCHEMA_VERSION]
+
+
+def test_calibration_groups_by_objective(two_recipes, tmp_path):
+    runs, ids = two_recipes
+    db = tmp_path / "c.duckdb"
+    store.ingest_runs(db, runs)
+    con = store.connect(db, read_only=True)
+    try:
+        inputs = store.load_calibration_inputs(con)
+    finally:
+        con.close()
+    result = calibrate.calibrate(inputs, group_by="objective", n_resamples=10, stepk_resamples=10, ks=(1, 2))
+    assert result["group_by"] == "objective"
+    assert set(result["groups"]) == {"paper", "llada_sft"}
