@@ -76,7 +76,7 @@ RUN_COLUMNS = (
     "run_id", "source", "family", "model_id", "cohort", "method", "rank", "alpha", "mask_ratio",
     "learning_rate", "seed", "steps", "status", "final_loss", "max_grad_norm", "top1_step0",
     "top1_warning_detected", "top1_fire_step", "collapsed", "diverged_at_step", "routed_for_inspection",
-    "routing_json", "ingested_at",
+    "routing_json", "ingested_at", "objective",
 )
 CONFIG_COLUMNS = ("family", "cohort", "method", "rank", "alpha", "mask_ratio", "learning_rate", "seed")
 
@@ -661,7 +661,7 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
     steps = None
     if ids:
         con.register("_report_ids", pl.DataFrame({"run_id": ids}).to_arrow())
-        steps = _pl(con, "SELECT s.run_id, s.step, s.loss, s.grad_norm, s.top1_freq FROM steps s "
+        steps = _pl(con, "SELECT s.run_id, s.step, s.loss, s.grad_norm, s.top1_freq, s.mask_ratio FROM steps s "
                          "JOIN _report_ids USING (run_id) ORDER BY s.run_id, s.step")
         con.unregister("_report_ids")
         if steps.height == 0:
@@ -847,10 +847,34 @@ def _fig_stepk(data: _Data, notes: list[str]) -> bytes:
     return _png(fig)
 
 
+T_BIN = 0.1
+"""Width of the noise-level bins of the rank x mask figure for objectives that draw t per batch."""
+
+
+def _binned_realised_t(data: _Data) -> pl.DataFrame:
+    """data.runs with `mask_ratio` replaced, for runs whose objective draws t itself (llada_sft, mdlm, ...), by
+    the t logged at the step of the run's max grad norm, binned to T_BIN (bin centres): their configured rho is
+    a placeholder, the noise level that produced the max-grad is what the figure should place."""
+    from dlm_triage.config import draws_own_t
+
+    runs = data.runs
+    if "objective" not in runs.columns or data.steps is None or "mask_ratio" not in data.steps.columns:
+        return runs
+    sampled = [r for r, o in zip(runs["run_id"].to_list(), runs["objective"].to_list()) if o and draws_own_t(o)]
+    if not sampled:
+        return runs
+    at_max = (data.steps.filter(pl.col("run_id").is_in(sampled) & pl.col("grad_norm").is_finite())
+              .sort("grad_norm", descending=True).group_by("run_id").first()
+              .select("run_id", (((pl.col("mask_ratio") / T_BIN).floor().clip(0, 1 / T_BIN - 1) + 0.5) * T_BIN)
+                      .round(3).alias("_t_bin")))
+    return (runs.join(at_max, on="run_id", how="left")
+            .with_columns(pl.coalesce("_t_bin", "mask_ratio").alias("mask_ratio")).drop("_t_bin"))
+
+
 def _fig_heatmap(data: _Data, notes: list[str]) -> bytes:
     if "rank" not in data.runs.columns:
         raise _Missing("runs have no rank column")
-    runs = data.runs.filter(pl.col("rank").is_not_null() & pl.col("mask_ratio").is_not_null()
+    runs = _binned_realised_t(data).filter(pl.col("rank").is_not_null() & pl.col("mask_ratio").is_not_null()
                             & pl.col("monitor").is_not_null() & (pl.col("monitor") > 0))
     if runs.height == 0:
         raise _Missing("no run has a rank, a mask ratio and a positive max-grad value")
@@ -1280,7 +1304,8 @@ _CAPTIONS = {
                        "loss is the label itself.",
     "rank_mask_heatmap": "Median max-grad per (LoRA rank, mask ratio) cell within one model at one learning "
                          "rate (one panel per group | model | learning rate; never pooled), log colour scale; "
-                         "n = runs per cell; grey = no runs in that cell.",
+                         "n = runs per cell; grey = no runs in that cell. Runs whose objective draws t per batch "
+                         "(llada_sft, mdlm, ...) sit at the t of their max-grad step, binned to 0.1.",
     "top1_trajectories": "Top-1 frequency from step 0: median and IQR over runs, plus the three runs with the "
                          "highest (red) and lowest (blue) final loss. Dashed: the legacy 0.5 threshold; dotted: "
                          "the legacy detector's first sample (step 11). Curves already above 0.5 at step 0 show "

@@ -67,3 +67,17 @@ def test_calibration_groups_by_objective(two_recipes, tmp_path):
     result = calibrate.calibrate(inputs, group_by="objective", n_resamples=10, stepk_resamples=10, ks=(1, 2))
     assert result["group_by"] == "objective"
     assert set(result["groups"]) == {"paper", "llada_sft"}
+
+
+def test_rank_mask_figure_places_t_sampled_runs_at_the_t_of_their_max_grad_step():
+    import polars as pl
+
+    from dlm_triage import report
+
+    runs = pl.DataFrame({"run_id": ["a", "b", "c"], "objective": ["llada_sft", "paper", None],
+                         "mask_ratio": [0.5, 0.15, 0.3]})
+    steps = pl.DataFrame({"run_id": ["a", "a", "a", "b", "b", "c"], "step": [0, 1, 2, 0, 1, 0],
+                          "grad_norm": [1.0, 3.0, 2.0, 9.0, 1.0, 4.0], "mask_ratio": [0.33, 0.71, 0.2, 0.15, 0.15, 0.3]})
+    data = report._Data(calibration={}, result={}, runs=runs, steps=steps, monitor_label="", notes=[])
+    out = dict(zip(*report._binned_realised_t(data).select("run_id", "mask_ratio").to_dict(as_series=False).values()))
+    assert out == {"a": 0.75, "b": 0.15, "c": 0.3}  # a: t 0.71 at its max grad -> bin [0.7, 0.8); others as set

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dlm_triage import families, objective as obj
-from dlm_triage.config import OBJECTIVES, ConfigError, RunConfig
+from dlm_triage.config import OBJECTIVES, ConfigError, RunConfig, draws_own_t
 from dlm_triage.objective import ObjectiveError, cart_weights, get_objective, token_ce
 from dlm_triage.runlog import read_run
 from dlm_triage.train import _setup, device_batch, train_run
@@ -24,6 +24,7 @@ TARGETS = torch.tensor([[0, 1, 0], [1, 0, 1]])
 MASK = torch.tensor([[True, False, True], [False, True, False]])
 MASKABLE = torch.tensor([[True, True, True], [False, True, True]])
 T = torch.tensor([0.25, 0.5])
+TINY_OBJECTIVES = sorted(o for o in OBJECTIVES if o == "paper" or draws_own_t(o))  # not a family's own
 
 
 def _ce(z_true, z_other):
@@ -111,7 +112,7 @@ def test_noise_level_ranges():
 
 # -- on the tiny model: what gets masked ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+@pytest.mark.parametrize("name", TINY_OBJECTIVES)
 def test_prompt_never_masked_and_eos_padding_is(tiny_model_dir, name):
     cfg = RunConfig(model_id=str(tiny_model_dir), batch_size=8, seq_len=48, device="cpu", save_adapter=False,
                     objective=name, dataset="tiny-instruct", steps=2)
@@ -133,7 +134,7 @@ def test_prompt_never_masked_and_eos_padding_is(tiny_model_dir, name):
     assert masked_pad > 0  # the EOS padding is masked and predicted
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+@pytest.mark.parametrize("name", TINY_OBJECTIVES)
 def test_the_tiny_family_trains_under_every_objective(tiny_model_dir, tmp_path, name):
     sft = name in ("llada_sft", "llada2_sft")
     cfg = RunConfig(model_id=str(tiny_model_dir), batch_size=4, seq_len=48, device="cpu", save_adapter=False,
@@ -191,3 +192,35 @@ def test_top1_every_default_is_every_step_on_tiny_and_every_fifth_on_real_models
     assert RunConfig().top1_every == 1
     assert RunConfig(family="llada").top1_every == 5
     assert RunConfig(family="llada", top1_every=2).top1_every == 2
+
+
+def test_diffusion_gemma_is_its_family_s_objective_and_trains_on_sft_data(tmp_path):
+    from dlm_triage.tiny_diffusion_gemma import save_tiny_diffusion_gemma
+
+    model_dir = save_tiny_diffusion_gemma(tmp_path / "dg", seed=1)
+    assert RunConfig(family="diffusion_gemma").objective == "diffusion_gemma"  # its default
+    with pytest.raises(ConfigError, match="objective='paper' cannot run on family 'diffusion_gemma'"):
+        RunConfig(family="diffusion_gemma", objective="paper")
+    cfg = RunConfig(family="diffusion_gemma", model_id=str(model_dir), dataset="tiny-instruct", seq_len=48,
+                    batch_size=2, steps=2, device="cpu", save_adapter=False)
+    r = _setup(cfg)
+    x0, maskable = device_batch(r, 0)
+    out = r.objective.forward(r, x0, maskable)
+    assert torch.equal(out.top1_positions, maskable)  # supervised = the response; the prompt never scored
+    assert 0 <= float(out.mask_ratio) <= 1
+    res = train_run(cfg, tmp_path / "runs")
+    assert res.status == "completed"
+    assert read_run(res.run_dir).manifest["objective"]["name"] == "diffusion_gemma"
+
+
+def test_sweep_params_objective_and_the_rho_axis():
+    from dlm_triage.params import SweepParams
+
+    p = SweepParams(objective="llada_sft", dataset="tiny-instruct", seq_len=48, ranks=[4], seeds=[7, 42])
+    cfgs = p.to_spec().expand()
+    assert len(cfgs) == 2 and {c.objective for c in cfgs} == {"llada_sft"}  # no rho axis: one run per rank x seed
+    with pytest.raises(ValueError, match="mask_ratios=.* is the sweep axis of objective='paper'"):
+        SweepParams(objective="mdlm", mask_ratios=[0.2, 0.4])
+    mixed = SweepParams(families=["tiny", "diffusion_gemma"], ranks=[4], seeds=[7], mask_ratios=[0.5])
+    assert {(c.family, c.objective) for c in mixed.to_spec().expand()} == {
+        ("tiny", "paper"), ("diffusion_gemma", "diffusion_gemma")}  # unset: each family's default
