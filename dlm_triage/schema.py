@@ -62,10 +62,13 @@ MANIFEST_KEYS = (
     "steplog", "steplog_sha256", "adapter_path", "monitor_overhead",
 )
 
-OPTIONAL_MANIFEST_KEYS = ("grad_concentration",)
+OPTIONAL_MANIFEST_KEYS = ("grad_concentration", "objective", "data", "early_warning")
 """Written by the trainer, not required of a manifest (older run directories lack them).
 grad_concentration: {definition name: {gini, top_share, n_steps, definition}} for both definitions of
-monitors.CONCENTRATION_DEFINITIONS; grad_gini/grad_top1_share are its 'paper_last10_steps' values."""
+monitors.CONCENTRATION_DEFINITIONS; grad_gini/grad_top1_share are its 'paper_last10_steps' values.
+objective: {name, source, samples_t} of the run's objective. data: the batch source's counts (format, rows,
+truncated responses, dropped tokens, the padding token). early_warning: what the live warning used or why none
+was active (written when the trainer knows it)."""
 
 # The legacy top-1 detector (paper 4.1, 4.5, Limitations): "The legacy detector samples at step 11 and fires in
 # every configuration because the threshold (0.5) is below the corpus-wide initialization distribution". It
@@ -79,8 +82,3 @@ COLLAPSE_DEFINITION = (
     "(at least one evaluated step) AND the final loss is >= the step-0 loss: the model predicts one token "
     "everywhere and did not learn"
 )
-
-OPTIONAL_MANIFEST_KEYS = ("objective", "data")
-"""Manifest keys every run of this version writes, absent from manifests written before they existed (readers
-use .get): `objective` {name, source, samples_t}; `data` the batch source's counts (format, rows, truncated
-responses, dropped tokens, the padding token)."""
