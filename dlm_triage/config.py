@@ -284,15 +284,16 @@ def _validate_run(c: RunConfig) -> list[str]:
     choice("chat_template", c.chat_template, CHAT_TEMPLATES)
     if not isinstance(c.packing, bool):
         p.append(f"packing={c.packing!r} is invalid: use true or false")
-    own = FAMILY_OBJECTIVES.get(c.family)
-    if own is not None and c.objective in OBJECTIVES and c.objective not in own:
+    known_objective = isinstance(c.objective, str) and c.objective in OBJECTIVES
+    own = FAMILY_OBJECTIVES.get(c.family) if isinstance(c.family, str) else None
+    if own is not None and known_objective and c.objective not in own:
         p.append(f"objective={c.objective!r} cannot run on family {c.family!r}, which has its own corruption and loss: "
                  f"use objective={own[0]!r} (or leave objective unset)")
-    owners = [f for f, objs in FAMILY_OBJECTIVES.items() if c.objective in objs]
+    owners = [f for f, objs in FAMILY_OBJECTIVES.items() if known_objective and c.objective in objs]
     if owners and c.family not in owners:
         p.append(f"objective={c.objective!r} needs the {owners[0]!r} family's model: set family={owners[0]!r} or "
                  "pick another objective")
-    if c.objective in OBJECTIVES and draws_own_t(c.objective):
+    if known_objective and draws_own_t(c.objective):
         for name in ("mask_ratio", "mask_sampling", "normalisation"):
             if getattr(c, name) != _FIELD_DEFAULTS[name]:
                 p.append(
