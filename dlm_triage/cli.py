@@ -166,6 +166,66 @@ def _print_ingest(report: Any) -> None:
         print(f"  skipped {path}: {why}")
 
 
+def _g(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def run_summary(result: Mapping[str, Any], *, live: Mapping[str, tuple[Any, str]], routed: Mapping[str, int],
+                runs: Sequence[Mapping[str, Any]], report_html: Any, out_flag: str = "") -> list[str]:
+    """The end of `dlm-triage run`: the runs, then one line per group (its live threshold or why none, runs
+    routed, precision [CI] of the registered rule vs the always-positive baseline ceiling), then what to type
+    next. `live`: {group: store.live_threshold(...)}; `routed`: {group: queued runs}; `out_flag`: ' --out X'
+    when the output root is not the default."""
+    n_status = {st: sum(1 for r in runs if r.get("status") == st) for st in ("completed", "diverged",
+                                                                                "stopped_early")}
+    failed = len(runs) - sum(n_status.values())
+    lines = [f"{len(runs)} runs: {n_status['completed']} completed, {n_status['diverged']} diverged, "
+             f"{n_status['stopped_early']} stopped early, {failed} failed",
+             f"calibration {result.get('calibration_id')} (by {result.get('group_by', 'family')}):"]
+    for name, g in (result.get("groups") or {}).items():
+        reg = g.get("registry") or {}
+        rec, why = live.get(name, (None, ""))
+        rule = f"max-grad-up-to-{reg['k']}" if reg.get("k") is not None else "whole-run max grad"
+        evidence = (f"precision {_g(reg.get('precision'))} [{_g(reg.get('precision_ci_low'))}, "
+                    f"{_g(reg.get('precision_ci_high'))}] vs baseline ceiling {_g(reg.get('baseline_ceiling'))}")
+        if reg.get("status") == "accepted" and rec is not None and rec.calibration_id == result.get("calibration_id"):
+            head = f"live threshold {rule} >= {rec.threshold:.4g}"
+        elif rec is not None:
+            head = (f"this calibration registered none ({'; '.join(reg.get('rejection_reasons') or ()) or 'rejected'});"
+                    f" the earlier threshold {rec.threshold:.4g} of {rec.calibration_id} stays live")
+        else:
+            head = "no live threshold: " + ("; ".join(reg.get("rejection_reasons") or ()) or why)
+        lines.append(f"  {name} (n={g.get('n')}, {g.get('n_unstable')} unstable): {head}; "
+                     f"{routed.get(name, 0)} run(s) routed to inspection; {evidence}")
+    lines += [f"report: {report_html}", "next:",
+              f"  dlm-triage{out_flag} queue           the runs to inspect, most severe first",
+              f"  dlm-triage{out_flag} thresholds      every calibration's thresholds and why each is (not) live",
+              f"  dlm-triage{out_flag} sweep --seeds 1,2,3,4,5 && dlm-triage{out_flag} ingest && "
+              f"dlm-triage{out_flag} calibrate   more runs, then recalibrate"]
+    return lines
+
+
+def _print_run_summary(result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], db: Path, report_html: Any,
+                       out: Path) -> None:
+    from dlm_triage import groups, store
+
+    group_by = result.get("group_by", "family")
+    con = store.connect(db, read_only=True)
+    try:
+        live = {g: store.live_threshold(con, g, group_by=group_by) for g in result.get("groups") or {}}
+        q = store.inspection_queue(con)
+    finally:
+        con.close()
+    routed: dict[str, int] = {}
+    if q.height and groups.group_column(group_by) in q.columns:
+        for k in groups.group_keys(q, group_by).to_list():
+            routed[k] = routed.get(k, 0) + 1
+    default_out = out.resolve() == paths.out_root().resolve()
+    flag = "" if default_out else f" --out {out}"
+    for line in run_summary(result, live=live, routed=routed, runs=runs, report_html=report_html, out_flag=flag):
+        print(line)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _quiet_prefect()
     from dlm_triage.params import CalibrateParams, IngestParams, PipelineParams, ReportParams
@@ -185,6 +245,9 @@ def cmd_run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     from flows.pipeline import pipeline_flow
 
+    from dlm_triage.console import route_console_logging
+
+    route_console_logging()  # Prefect's console logs above the progress bar, state lines in the UI only
     stop, t = _progress_watcher(out / "runs", [c.run_id for c in configs], "training")
     try:
         result = pipeline_flow(params)
@@ -193,13 +256,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         t.join()
     runs = result["runs"]
     failed = [r for r in runs if r.get("status") not in ("completed", "diverged", "stopped_early")]
-    report = result["report"]
     print()
-    print(f"runs:        {len(runs)} ({sum(1 for r in runs if r.get('status') == 'completed')} completed, "
-          f"{sum(1 for r in runs if r.get('status') == 'diverged')} diverged, {len(failed)} failed)")
-    print(f"database:    {(out / 'triage.duckdb').resolve()}")
-    print(f"calibration: {Path(result['calibration'].get('json_path')).resolve()}")
-    print(f"report:      {report.get('html')}")
+    cal = json.loads(Path(result["calibration"]["json_path"]).read_text())
+    _print_run_summary(cal, runs, out / "triage.duckdb", result["report"].get("html"), out)
     for r in failed:
         print(f"  failed {r.get('run_id')}: {r.get('error')}", file=sys.stderr)
     return 1 if failed else 0
@@ -213,6 +272,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = sweep.to_spec().expand()
     from flows.sweep import sweep_flow
 
+    from dlm_triage.console import route_console_logging
+
+    route_console_logging()
     stop, t = _progress_watcher(args.out / "runs", [c.run_id for c in configs], "training")
     try:
         records = sweep_flow(sweep)
@@ -220,7 +282,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         stop.set()
         t.join()
     bad = [r for r in records if r.get("status") not in ("completed", "diverged", "stopped_early")]
-    print(f"{len(records)} runs in {(args.out / 'runs').resolve()}; {len(bad)} failed")
+    flag = "" if args.out.resolve() == paths.out_root().resolve() else f" --out {args.out}"
+    print(f"{len(records)} runs in {(args.out / 'runs').resolve()}; {len(bad)} failed\n"
+          f"next: dlm-triage{flag} ingest && dlm-triage{flag} calibrate && dlm-triage{flag} report")
     for r in bad:
         print(f"  failed {r.get('run_id')}: {r.get('error')}", file=sys.stderr)
     return 1 if bad else 0
@@ -258,7 +322,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     with tqdm(total=cfg.steps + 1, desc=cfg.run_id, unit="step", file=sys.stderr) as bar:
         res = train_run(cfg, args.out / "runs", threshold=threshold,
                         progress=lambda step, total: bar.update(step + 1 - bar.n))
-    print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(res).items()}, indent=2))
+    ew = "routed to inspection" if res.routed_for_inspection else "not routed"
+    print(f"{res.run_id}: {res.status}{' (reused)' if res.reused else ''}, final loss {_g(res.final_loss)}, "
+          f"max grad {_g(res.max_grad_norm)}, {ew}, {res.wall_time_s:.1f} s\n  {res.run_dir}")
     return 0
 
 

@@ -219,10 +219,12 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """Stable, readable id: family-method-r{rank}-m{rho}-s{seed}-{hash12} (objective 'paper'), or
-        family-method-r{rank}-{objective}-s{seed}-{hash12} for objectives that draw t themselves."""
+        """Stable, readable id: family-method-r{rank}-m{rho}-lr{learning rate}-s{seed}-{hash12} (objective
+        'paper'), or family-method-r{rank}-{objective}-lr{learning rate}-s{seed}-{hash12} for objectives that draw
+        t themselves: every axis a sweep varies is readable in it (two runs never differ by their hash alone)."""
         noise = self.objective if draws_own_t(self.objective) else f"m{self.mask_ratio:g}"
-        return f"{self.family}-{self.method}-r{self.rank}-{noise}-s{self.seed}-{self.config_hash[:12]}"
+        return (f"{self.family}-{self.method}-r{self.rank}-{noise}-lr{self.learning_rate:g}-s{self.seed}-"
+                f"{self.config_hash[:12]}")
 
     @property
     def effective_alpha(self) -> float:

@@ -295,7 +295,8 @@ def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
         "error": None,
     }
     logger.info("%s: %s%s, final loss %s, max grad %s%s", res.run_id, res.status,
-                " (reused run dir)" if res.reused else "", res.final_loss, res.max_grad_norm,
+                " (reused run dir)" if res.reused else "",
+                *("n/a" if v is None else f"{v:.4g}" for v in (res.final_loss, res.max_grad_norm)),
                 ", ROUTED for inspection" if res.routed_for_inspection else "")
     return _jsonable(record)
 

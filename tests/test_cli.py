@@ -205,7 +205,7 @@ def test_queue_is_sorted_by_severity_fitted_to_the_terminal_with_outcome(queued,
     assert table[1].startswith("ended before k") and short[:20] in table[1]
     assert all(len(x) <= 70 for x in lines[:3])
     assert any("not shown at this width" in x for x in lines)
-    assert any("ended at step 10 before k=25" in x for x in lines)
+    assert "ended at step 10 before k=25" in " ".join(" ".join(lines).split())  # the reasons, wrapped to fit
 
 
 def test_queue_into_a_closed_pipe_has_no_traceback(queued):
@@ -218,3 +218,71 @@ def test_queue_into_a_closed_pipe_has_no_traceback(queued):
     p = subprocess.run(f"'{sys.executable}' -m dlm_triage.cli --out '{out}' queue | head -1", shell=True,
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.stdout.startswith("outcome") and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+# -- the end of `dlm-triage run` --------------------------------------------------------------------------------
+
+def test_end_of_run_summary_gives_the_per_group_answer_and_the_next_commands(tmp_path):
+    from datetime import datetime
+
+    from dlm_triage import store
+    from dlm_triage.calibrate import calibrate
+    from dlm_triage.cli import run_summary
+    from dlm_triage.synthetic import paper_corpus, synthetic_inputs
+
+    accepted = calibrate(paper_corpus(n_steps=30), ks=(25,), n_resamples=200, stepk_resamples=20)
+    reg = accepted["groups"]["llada"]["registry"]
+    rec = store.ThresholdRecord("llada", "family", "max_grad_norm", 25, reg["threshold"], None, None, 671,
+                                accepted["calibration_id"], datetime.now())
+    runs = [{"status": "completed"}] * 3 + [{"status": "diverged"}, {"status": "failed"}]
+    text = "\n".join(run_summary(accepted, live={"llada": (rec, "")}, routed={"llada": 7}, runs=runs,
+                                 report_html="/r/report.html", out_flag=" --out /tmp/x"))
+    assert text.startswith("5 runs: 3 completed, 1 diverged, 0 stopped early, 1 failed")
+    line = next(x for x in text.splitlines() if x.startswith("  llada"))
+    assert f"live threshold max-grad-up-to-25 >= {reg['threshold']:.4g}" in line and "7 run(s) routed" in line
+    assert (f"precision {reg['precision']:.3g} [{reg['precision_ci_low']:.3g}, {reg['precision_ci_high']:.3g}] "
+            f"vs baseline ceiling {reg['baseline_ceiling']:.3g}") in line
+    assert "dlm-triage --out /tmp/x queue" in text and "dlm-triage --out /tmp/x thresholds" in text
+    assert "{" not in text  # numbers rounded, no dict or record repr
+    # a rejected group says why, and that the earlier live threshold stays in force
+    rejected = calibrate(synthetic_inputs({"llada": 40}, n_steps=30, seed=1), ks=(25,), n_resamples=50,
+                         stepk_resamples=10)
+    assert rejected["groups"]["llada"]["registry"]["status"] == "rejected"
+    line = next(x for x in run_summary(rejected, live={"llada": (rec, "")}, routed={}, runs=runs,
+                                       report_html="r.html") if x.startswith("  llada"))
+    assert "this calibration registered none (" in line and f"of {rec.calibration_id} stays live" in line
+    line = next(x for x in run_summary(rejected, live={"llada": (None, "")}, routed={}, runs=runs,
+                                       report_html="r.html") if x.startswith("  llada"))
+    assert "no live threshold: " in line and "baseline ceiling" in line and "0 run(s) routed" in line
+
+
+def test_console_routes_logs_above_the_bar_quiets_state_lines_and_repeats(capsys):
+    import logging
+    import sys
+
+    from tqdm import tqdm
+
+    from dlm_triage.console import route_console_logging
+
+    root = logging.getLogger()
+    h = logging.StreamHandler(sys.stderr)
+    root.addHandler(h)
+    try:
+        assert h in route_console_logging() and h in route_console_logging()  # idempotent
+        with tqdm(total=3, desc="training", file=sys.stderr) as bar:
+            bar.update(1)
+            task = logging.getLogger("prefect.task_runs")
+            for _ in range(3):
+                task.warning("no threshold registered for family tiny; early warning off")
+            task.info("Finished in state Completed()")  # a state line: the UI keeps it, the console does not
+            task.info("tiny-lora-r4-m0.3-lr0.01-s1-abc: step 7/30")  # the bar shows progress
+            task.error("Finished in state Failed('boom')")
+            task.error("Finished in state Failed('boom')")  # errors are never folded
+    finally:
+        root.removeHandler(h)
+    err = capsys.readouterr().err
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and not x.startswith("training")]
+    assert lines == ["no threshold registered for family tiny; early warning off",
+                     "Finished in state Failed('boom')", "Finished in state Failed('boom')"]
+    # each log line stands on its own line, never glued to the bar's
+    assert all("training" not in x for x in lines)
