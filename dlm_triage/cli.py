@@ -245,15 +245,17 @@ def cmd_run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     from flows.pipeline import pipeline_flow
 
-    from dlm_triage.console import route_console_logging
+    from dlm_triage.console import CONSOLE_ENV, route_console_logging
 
     route_console_logging()  # Prefect's console logs above the progress bar, state lines in the UI only
+    os.environ[CONSOLE_ENV] = "bar"  # shard subprocesses clear the bar's line before they print
     stop, t = _progress_watcher(out / "runs", [c.run_id for c in configs], "training")
     try:
         result = pipeline_flow(params)
     finally:
         stop.set()
         t.join()
+        os.environ.pop(CONSOLE_ENV, None)
     runs = result["runs"]
     failed = [r for r in runs if r.get("status") not in ("completed", "diverged", "stopped_early")]
     print()
@@ -272,15 +274,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = sweep.to_spec().expand()
     from flows.sweep import sweep_flow
 
-    from dlm_triage.console import route_console_logging
+    from dlm_triage.console import CONSOLE_ENV, route_console_logging
 
     route_console_logging()
+    os.environ[CONSOLE_ENV] = "bar"  # shard subprocesses clear the bar's line before they print
     stop, t = _progress_watcher(args.out / "runs", [c.run_id for c in configs], "training")
     try:
         records = sweep_flow(sweep)
     finally:
         stop.set()
         t.join()
+        os.environ.pop(CONSOLE_ENV, None)
     bad = [r for r in records if r.get("status") not in ("completed", "diverged", "stopped_early")]
     flag = "" if args.out.resolve() == paths.out_root().resolve() else f" --out {args.out}"
     print(f"{len(records)} runs in {(args.out / 'runs').resolve()}; {len(bad)} failed\n"

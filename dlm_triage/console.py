@@ -8,8 +8,8 @@
   progress) are dropped from the console only; the API handler still sends them to the Prefect UI. A message
   already shown (same level and text) is shown once.
 - `route_console_logging()`: put both on the root logger's console handlers (Prefect's included).
-- `clear_line_handler()`: for training worker processes, which write to the same terminal without knowing the
-  bar: each record starts by clearing the line (the bar is redrawn on its next tick).
+- `route_child_console_logging()`: in a sweep's shard processes, which write to the same terminal without
+  knowing the bar: the same filter, and each record starts by clearing the line (the bar redraws on its tick).
 
 No Prefect import: the handlers are found by what they are (stream handlers on the root logger).
 """
@@ -17,11 +17,13 @@ No Prefect import: the handlers are found by what they are (stream handlers on t
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from typing import TextIO
 
-__all__ = ["BarStream", "ConsoleFilter", "route_console_logging", "clear_line_handler"]
+__all__ = ["BarStream", "ClearLineStream", "ConsoleFilter", "route_console_logging", "route_child_console_logging",
+           "CONSOLE_ENV"]
 
 _STATE_LINES = ("Finished in state Completed", "Finished in state Cached", "Created task run",
                 "Submitting task run", "Executing ")
@@ -75,7 +77,7 @@ class ConsoleFilter(logging.Filter):
         return True
 
 
-def route_console_logging() -> list[logging.Handler]:
+def route_console_logging(stream_class: type[BarStream] = BarStream) -> list[logging.Handler]:
     """Route the root logger's terminal handlers through `BarStream` with one `ConsoleFilter`; returns them.
 
     Prefect's console handler prints through a rich Console: its file is swapped (rich writes each record in
@@ -91,7 +93,7 @@ def route_console_logging() -> list[logging.Handler]:
             continue
         if getattr(h, "stream", None) not in (sys.stderr, sys.stdout):
             continue
-        stream = BarStream(h.stream)
+        stream = stream_class(h.stream)
         console = getattr(h, "console", None)
         if console is not None and hasattr(console, "file"):
             console.file = stream
@@ -102,16 +104,23 @@ def route_console_logging() -> list[logging.Handler]:
     return routed
 
 
-class _ClearLine(logging.StreamHandler):
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.stream.isatty():
-            self.stream.write("\r\x1b[K")  # the parent's progress bar may be on this line: clear it first
-        super().emit(record)
+class ClearLineStream(BarStream):
+    """For processes that share the terminal with another process's progress bar (a sweep's shard runs): each
+    write starts by clearing the line the bar may be on; the bar is redrawn on its next tick."""
+
+    def write(self, s: str) -> int:
+        if s.strip():
+            self.file.write(("\r\x1b[K" if self.isatty() else "") + s)
+        return len(s)
 
 
-def clear_line_handler(level: int = logging.WARNING) -> logging.Handler:
-    """A stderr handler for worker processes that share the terminal with the parent's progress bar."""
-    h = _ClearLine(sys.stderr)
-    h.setLevel(level)
-    h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    return h
+CONSOLE_ENV = "DLM_TRIAGE_CONSOLE"
+"""Set to 'bar' by `dlm-triage run`/`sweep` while their progress bar is drawn; child processes inherit it."""
+
+
+def route_child_console_logging() -> list[logging.Handler]:
+    """In a child process of a CLI sweep (CONSOLE_ENV='bar'): the same filter, lines that clear the bar's line.
+    Elsewhere (a worker of a deployment, a test) nothing changes."""
+    if os.environ.get(CONSOLE_ENV) != "bar":
+        return []
+    return route_console_logging(stream_class=ClearLineStream)

@@ -182,6 +182,9 @@ def train_shard_flow(configs: list[dict[str, Any]], runs_dir: str, shard: str = 
     if parent and parent.isdigit():
         threading.Thread(target=_exit_when_orphaned, args=(int(parent),), daemon=True,
                          name="dlm-triage-orphan-watch").start()
+    from dlm_triage.console import route_child_console_logging
+
+    route_child_console_logging()  # under `dlm-triage run`: state lines to the UI only, never on the bar's line
     logger = get_run_logger()
     thresholds = thresholds or {}
     records: list[dict[str, Any]] = []
