@@ -217,11 +217,17 @@ def _verdict_top1(result: Mapping[str, Any]) -> Verdict:
 def _verdict_maxgrad(result: Mapping[str, Any]) -> Verdict:
     ok, bad, undefined, parts = [], [], [], []
     for name, g in result.get("groups", {}).items():
-        lo, hi = _num(g, "split_bootstrap", "precision_ci_low"), _num(g, "split_bootstrap", "precision_ci_high")
-        base = _baseline_ceiling(g)
+        # the rule that is registered (threshold at its k) when the calibration carries its own CI: the verdict,
+        # the per-group table, the registry and the live warning then judge one rule; else the whole-run one
+        own = "precision_ci_low" in (g.get("registry") or {})
+        src, ci_src = ("registry", "registry") if own else ("heldout", "split_bootstrap")
+        lo, hi = _num(g, ci_src, "precision_ci_low"), _num(g, ci_src, "precision_ci_high")
+        base = _num(g, "registry", "baseline_ceiling") if own else _baseline_ceiling(g)
+        k = _heldout_k(g) if own else None
         parts.append(
-            f"{name}: held-out precision {_fmt(_num(g, 'heldout', 'precision'))}, recall "
-            f"{_fmt(_num(g, 'heldout', 'recall'))}, F1 {_fmt(_num(g, 'heldout', 'f1'))}; split-bootstrap "
+            f"{name} ({f'max-grad-up-to-{k}' if k is not None else 'whole-run max grad'}): held-out precision "
+            f"{_fmt(_num(g, src, 'precision'))}, recall "
+            f"{_fmt(_num(g, src, 'recall'))}, F1 {_fmt(_num(g, src, 'f1'))}; split-bootstrap "
             f"precision CI {_ci(lo, hi)} vs baseline ceiling {_fmt(base)} (baseline median "
             f"{_fmt(_num(g, 'split_bootstrap', 'baseline_precision_median'))}); median ratio "
             f"{_fmt(_num(g, 'maxgrad', 'median_ratio'))}x, p_Bonf {_fmt(_num(g, 'maxgrad', 'mw_p_bonferroni'))} "

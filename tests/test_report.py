@@ -266,3 +266,24 @@ def test_calibration_without_groups_renders_every_figure_missing(tmp_path):
     assert text.count("Figure missing") == 5 and "no run had a finite final loss" in text
     assert "Runs routed to inspection (0)" in text
     assert all(v.verdict == "not evaluable" for v in verdicts({"groups": {}}))
+
+
+def test_verdict_table_and_registry_judge_one_rule():
+    """The per-group row and the max-grad verdict read the registered rule (threshold at k=25, its own held-out
+    metrics and split-bootstrap CI), the very numbers the registry accepted or rejected."""
+    from dlm_triage.calibrate import calibrate
+    from dlm_triage.synthetic import paper_corpus, synthetic_inputs
+
+    for inp, status in ((paper_corpus(n_steps=30), "accepted"), (synthetic_inputs({"llada": 40}, n_steps=30, seed=1),
+                                                                  "rejected")):
+        res = calibrate(inp, ks=(25,), n_resamples=200, stepk_resamples=20)
+        reg = res["groups"]["llada"]["registry"]
+        assert reg["status"] == status
+        row = threshold_table(res)[0]
+        assert (row["threshold"], row["k"], row["precision"], row["recall"], row["f1"]) == (
+            reg["threshold"], 25, reg["precision"], reg["recall"], reg["f1"])
+        assert (row["precision_ci_low"], row["baseline_ceiling"], row["live"]) == (
+            reg["precision_ci_low"], reg["baseline_ceiling"], status)
+        v = next(v for v in verdicts(res) if v.recommendation == "Use max-grad triage")
+        assert "max-grad-up-to-25" in v.evidence[0]
+        assert (v.verdict == "supported") == (status == "accepted") == (row["triage"] == "supported")
