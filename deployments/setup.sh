@@ -5,9 +5,18 @@
 #   deployments/setup.sh --no-workers
 #   GPU_SLOTS=32 RESULT_STORAGE_URL=s3://bucket/dlm-triage/results deployments/setup.sh --no-workers
 #
-# Needs PREFECT_API_URL pointing at your server (e.g. `prefect server start --host 0.0.0.0` elsewhere, then
-# `prefect config set PREFECT_API_URL=http://<server>:4200/api`). Other GPU machines only run
+# Needs PREFECT_API_URL pointing at your server: `prefect server start --host 127.0.0.1` on this machine, then
+# `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`. Other GPU machines only run
 # `prefect worker start --pool gpu-pool --limit <their GPUs>` (see README.md); run this script once, anywhere.
+#
+# Security: whoever reaches the API can start deployments, and their parameters choose model_id (loaded with
+# the checkpoint's own code for remote-code families), dataset, runs_dir, db and adapter paths. Keep the server
+# on 127.0.0.1. To serve other machines, either start it with basic authentication
+# (`PREFECT_SERVER_API_AUTH_STRING='user:password' prefect server start --host <LAN address>`; workers and
+# clients then set `PREFECT_API_AUTH_STRING` to the same value) or put it behind an authenticating reverse
+# proxy; `--host 0.0.0.0` without either exposes it to the whole network. Remote code runs only for model ids
+# on the allow-list (the families' known checkpoints and local directories; add more with
+# DLM_TRIAGE_TRUSTED_MODELS=org/model,org/* in the workers' environment, dlm_triage/trust.py).
 #
 # GPU_SLOTS: GPUs of ALL machines together (default: this machine's): the gpu-pool's concurrency limit, so at
 #   most that many train-shard runs train at once, whichever workers hold them.

@@ -113,6 +113,16 @@ def model_source(model: nn.Module) -> str:
         return cls.__name__
 
 
+def _check_trusted(adapter: "FamilyAdapter", model_id: str) -> None:
+    from dlm_triage.trust import KNOWN_REMOTE_CODE_IDS, UntrustedModelError, check_trusted
+
+    known = KNOWN_REMOTE_CODE_IDS | {a.default_model_id for a in _REGISTRY.values() if a.default_model_id}
+    try:
+        check_trusted(adapter.name, model_id, known)
+    except UntrustedModelError as e:
+        raise FamilyError(str(e)) from None
+
+
 class FamilyAdapter:
     """Base adapter: AutoModel-style loading, fixed or tokenizer mask id, unshifted logits, no attention mask."""
 
@@ -238,6 +248,8 @@ class FamilyAdapter:
 
     def load(self, cfg: Any, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
         device = torch.device(device)
+        if self.trust_remote_code and (cfg.model_id or self.default_model_id):
+            _check_trusted(self, cfg.model_id or self.default_model_id)  # before any download or code runs
         model_id = self.model_id(cfg)
         try:
             tokenizer = self.load_tokenizer(model_id)
@@ -305,6 +317,8 @@ class RemoteCodeAdapter(FamilyAdapter):
 
     def load(self, cfg: Any, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
         device = torch.device(device)
+        if cfg.model_id or self.default_model_id:  # a model id is code to run: the allow-list (trust.py) first
+            _check_trusted(self, cfg.model_id or self.default_model_id)
         model_id = self.model_id(cfg)
         try:
             local = Path(model_id).expanduser()

@@ -808,3 +808,34 @@ def test_fuzz_grown_jsonl_logs_are_stored_once_at_their_longest(tmp_path, n1, ex
         importers.import_logs(db, "reference-jsonl", copies)
         assert db_rows(db, "SELECT count(*), max(n_steps) FROM runs") == [(1, n1 + extra)]
         assert db_rows(db, "SELECT count(*), count(DISTINCT step) FROM steps") == [(n1 + extra, n1 + extra)]
+
+
+# -- remote code only from the allow-list -------------------------------------------------------------------
+
+def test_remote_code_runs_only_for_allow_listed_ids_and_local_directories(tmp_path, monkeypatch):
+    from dlm_triage import trust
+    from dlm_triage.families import FamilyError, get_family
+
+    monkeypatch.delenv(trust.TRUSTED_MODELS_ENV, raising=False)
+    llada = get_family("llada")
+    cfg = RunConfig(family="llada", model_id="attacker/innocent-looking-model", steps=2)
+    with pytest.raises(FamilyError, match="not on the allow-list") as e:
+        llada.load(cfg, "cpu", __import__("torch").float32)  # refused before anything is downloaded or run
+    assert trust.TRUSTED_MODELS_ENV in str(e.value)
+    assert trust.is_trusted("GSAI-ML/LLaDA-8B-Instruct") and trust.is_trusted(str(tmp_path))
+    assert not trust.is_trusted("attacker/innocent-looking-model")
+    monkeypatch.setenv(trust.TRUSTED_MODELS_ENV, "myorg/*, other/model")
+    assert trust.is_trusted("myorg/llada-ft") and trust.is_trusted("other/model")
+    assert not trust.is_trusted("myorgx/llada") and not trust.is_trusted("attacker/innocent-looking-model")
+    # families that never run remote code are not restricted
+    assert get_family("ar").trust_remote_code is False
+
+
+def test_setup_script_binds_locally_and_documents_authentication():
+    text = (REPO / "deployments" / "setup.sh").read_text()
+    assert all(line.lstrip().startswith("#") and "without either" in line
+               for line in text.splitlines() if "0.0.0.0" in line)  # named only as what not to do
+    assert "--host 127.0.0.1" in text and "PREFECT_SERVER_API_AUTH_STRING" in text
+    assert "DLM_TRIAGE_TRUSTED_MODELS" in text
+    readme = (REPO / "deployments" / "README.md").read_text()
+    assert "PREFECT_SERVER_API_AUTH_STRING" in readme and "DLM_TRIAGE_TRUSTED_MODELS" in readme
