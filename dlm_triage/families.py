@@ -333,6 +333,11 @@ class RemoteCodeAdapter(FamilyAdapter):
             model = self._from_pretrained(cls, config, model_id, device, dtype, applied)
         except RemoteCodeError as e:
             raise FamilyError(str(e)) from e
+        except ImportError as e:  # a hub id: transformers' own check of the downloaded file's imports
+            missing = getattr(e, "name", None) or ""
+            fix = self.package_hints.get(missing) or remote_code.INSTALL_HINT.get(missing) or "install it"
+            raise FamilyError(f"family {self.name!r}: the checkpoint's code for {model_id!r} needs a package "
+                              f"that is not installed ({e}). Fix: {fix}") from e
         except OSError as e:
             raise self._load_error(model_id, e) from e
         mask_id = self.mask_token_id(tokenizer)

@@ -26,7 +26,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from importlib.metadata import version as _dist_version
 
@@ -317,5 +317,3 @@ def check_packages(family: str, files: list[Path], hints: dict[str, str] | None 
         raise RemoteCodeError(f"family {family!r}: the checkpoint's code ({names}) imports {missing} at module "
                               f"level, not installed here. Fix: {fixes}")
 
-
-Repair = Callable[[nn.Module], None]

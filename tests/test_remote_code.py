@@ -233,3 +233,28 @@ def test_requested_target_the_published_class_lacks_fails_before_training(ckpt, 
     with pytest.raises(FamilyError, match=r"family 'llada'.*\['o_proj'\].*LLaDAModelLM in modeling_llada\.py"):
         train_run(cfg, tmp_path)
     assert not any(tmp_path.rglob("manifest.json"))
+
+
+def test_one_process_loads_llada_then_llada_moe_with_each_its_own_config_class(ckpt):
+    # LLaDA's configuration_llada.py registers model_type 'llada' with AutoConfig; LLaDA-MoE's published config
+    # uses the same model_type. A long-lived worker that trained LLaDA must still build LLaDA-MoE's own config.
+    llada = _load("llada", ckpt("llada"))
+    moe = _load("llada_moe", ckpt("llada_moe"))
+    assert type(llada.model.config).__module__.endswith("configuration_llada")
+    assert type(moe.model.config).__module__.endswith("configuration_lladamoe")
+    assert moe.model.config.model_type == llada.model.config.model_type == "llada"
+
+
+def test_cli_train_on_a_published_checkpoint_as_a_user_would(ckpt, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = ckpt("llada")
+    env = {**os.environ, "DLM_TRIAGE_OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dlm_triage.cli", "train", "--set", "family=llada", "--set", f"model_id={path}",
+           "--set", "steps=2", "--set", "batch_size=2", "--set", "seq_len=16", "--set", "device=cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    manifests = list((tmp_path / "out").rglob("manifest.json"))
+    assert len(manifests) == 1 and json.loads(manifests[0].read_text())["status"] == "completed"
