@@ -5,8 +5,9 @@ write the step log and the manifest (atomically, manifest last: `runlog`).
 
 Step t (schema.py): batch t -> mask at rho -> logits -> masked CE -> backward -> monitors on the gradient of
 the weights after t updates -> NaN/Inf check -> live early warning -> clip -> update t+1 (not after the last
-step). A family with its own corruption and loss (DiffusionGemma: `family.training_loss`) replaces the three
-steps from masking to the CE; its record says where top-1 is read and what the mask columns log. Monitors run every step, whatever the clip setting: the logged grad norm is the pre-clip global L2 norm
+step). The objective (below) replaces the three steps from masking to the CE; its output says where top-1 is
+read and what the mask columns log. Monitors run every step, whatever the clip setting: the logged grad norm is
+the pre-clip global L2 norm
 over the adapter parameters. Statuses: completed | diverged (a non-finite loss or grad norm; the bad step is
 logged, no update follows) | stopped_early (early warning with action 'stop') | stopped_by_legacy_detector
 (cfg.legacy_detector_stop and the legacy top-1 detector fired; never a collapse) | failed (an exception; the
