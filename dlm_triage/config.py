@@ -64,7 +64,7 @@ TOP1_EVERY_REAL_MODELS = 5
 # Fields that do not change what a run computes (placement and output location only).
 HASH_EXCLUDED = frozenset({"device", "adapter_dir", "save_adapter"})
 # Fields hashed only when they differ from their default, so adding one keeps every existing run id.
-HASH_ONLY_WHEN_SET = {"legacy_detector_stop": False, "chat_template": "auto", "packing": True}
+HASH_ONLY_WHEN_SET = {"legacy_detector_stop": False, "chat_template": "auto", "packing": True, "block_size": 0}
 # Method-specific fields hashed only for their method, so adding one leaves every other run's hash (its cache
 # key and run id) as it was.
 METHOD_ONLY_FIELDS = {"lora_diffusion_schedule": "lora_diffusion"}
@@ -128,6 +128,9 @@ class RunConfig:
     chat_template: str = "auto"
     """SFT rendering: 'auto' (the tokenizer's chat template when it has one, else prompt + newline + response), 'require' (error without one), 'none'."""
     packing: bool = True
+    block_size: int = 0
+    """objective='llada2_sft' only: 0 = full attention; B > 0 = dFactory's block-diffusion training (noisy and clean
+    copies side by side, block-diagonal / offset block-causal / block-causal mask; dFactory ships B = 32)."""
     """Plain text: pack documents into seq_len windows (True) or one document per row, padded with EOS (False)."""
     dtype: str = "auto"
     """'auto': bf16 on CUDA with bf16 support, float32 otherwise."""
@@ -309,6 +312,10 @@ def _validate_run(c: RunConfig) -> list[str]:
     int_range("seq_len", c.seq_len, 2, 1_048_576)
     int_range("seed", c.seed, 0, 2**63 - 1)
     int_range("top1_every", c.top1_every, 1, 10_000_000)
+    int_range("block_size", c.block_size, 0, 1_048_576)
+    if _is_int(c.block_size) and c.block_size > 0 and c.objective != "llada2_sft":
+        p.append(f"block_size={c.block_size} is LLaDA2's block-diffusion training: use it with objective='llada2_sft', "
+                 "or leave block_size at 0")
     int_range("early_warning_step", c.early_warning_step, 0, 10_000_000)
     if not _is_real(c.mask_ratio) or not 0.0 < c.mask_ratio < 1.0:
         p.append(f"mask_ratio={c.mask_ratio!r} is out of range: use a number strictly between 0 and 1")

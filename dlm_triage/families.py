@@ -199,8 +199,9 @@ class FamilyAdapter:
             kw["attention_mask"] = mask
         return kw
 
-    def logits(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-        out = model(**self.forward_kwargs(model, input_ids))
+    def logits(self, model: nn.Module, input_ids: torch.Tensor, **overrides: Any) -> torch.Tensor:
+        """`overrides` replace forward kwargs (an objective's own 4D attention mask and position ids)."""
+        out = model(**{**self.forward_kwargs(model, input_ids), **overrides})
         logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
         if logits.dim() != 3 or logits.shape[:2] != input_ids.shape:
             raise FamilyError(

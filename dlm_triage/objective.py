@@ -259,7 +259,7 @@ class Objective:
     def mask_prob(self, t: list[float]) -> list[float]:
         return t
 
-    def forward_logits(self, r: Any, noisy: torch.Tensor) -> torch.Tensor:
+    def forward_logits(self, r: Any, noisy: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         return r.family.logits(r.model, noisy)
 
     def reduce(self, ce: torch.Tensor, mask: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -277,7 +277,7 @@ class Objective:
             from dlm_triage.peft_methods import set_noise_level
 
             set_noise_level(r.model, lam)
-        logits = self.forward_logits(r, noisy)
+        logits = self.forward_logits(r, noisy, x0)
         ce = token_ce(logits, x0, forbid_token=r.mask_id if self.forbid_mask_logit else None)
         t = torch.tensor(t_host, dtype=torch.float32).to(x0.device, non_blocking=True)
         return ObjectiveOutput(self.reduce(ce, mask, maskable, t), logits, mask, lam)
@@ -370,17 +370,67 @@ class MDLMObjective(Objective):
         return _masked_sum(ce / t[:, None], mask) / maskable.sum().clamp_min(1)
 
 
+def block_diffusion_keep(length: int, block_size: int, device=None) -> torch.Tensor:
+    """dFactory's block-diffusion training mask over [noisy copy | clean copy] (2L x 2L, bool, True = attend).
+
+    Position q < L is noisy (block q // B), q >= L clean (block (q - L) // B). Noisy attends noisy of its own
+    block (block diagonal) and clean of earlier blocks (offset block-causal); clean attends clean of its own and
+    earlier blocks (block-causal)."""
+    idx = torch.arange(2 * length, device=device)
+    clean = idx >= length
+    block = torch.where(clean, idx - length, idx) // block_size
+    bq, bk, cq, ck = block[:, None], block[None, :], clean[:, None], clean[None, :]
+    diagonal = (bq == bk) & (cq == ck)
+    offset_causal = (bq > bk) & ck & ~cq
+    causal = (bq >= bk) & ck & cq
+    return diagonal | offset_causal | causal
+
+
 class LLaDA2SFTObjective(Objective):
     """LLaDA2 SFT (dFactory): t ~ U[0.3, 0.8] per example, each response token masked with probability t (the
-    prompt never); loss = sum over masked of CE / number of masked tokens in the batch (no 1/t weight)."""
+    prompt never); loss = sum over masked of CE / number of masked tokens in the batch (no 1/t weight).
+
+    cfg.block_size B > 0: dFactory's block-diffusion training. The model sees [noisy | clean] (2L tokens,
+    position ids 0..L-1 twice) under `block_diffusion_keep` as an additive float mask (0 / -inf, the model's
+    dtype), and the loss reads the logits of the noisy half. The families whose forward takes that 4D mask and
+    position ids: tiny (Llama under sdpa/eager) and llada2 (as dFactory calls it, sdpa)."""
 
     name = "llada2_sft"
     source = ("inclusionAI/dFactory tasks/dataset/data_transform.py (sft_noise_transition, noise_range "
-              "(0.3, 0.8)); tasks/train_llada2_bd.py (loss = sum / #labels, same_token_labels)")
+              "(0.3, 0.8)); tasks/train_llada2_bd.py (loss = sum / #labels, same_token_labels; "
+              "block_diffusion_mask, block_size 32 in configs/sft/llada2_mini_bd_sft.yaml)")
     low, high = 0.3, 0.8
+    BLOCK_FAMILIES = ("tiny", "llada2")
+
+    def __init__(self) -> None:
+        self._mask_cache: dict[tuple, torch.Tensor] = {}
 
     def sample_t(self, b: int, rng: random.Random) -> list[float]:
         return [self.low + (self.high - self.low) * rng.random() for _ in range(b)]
+
+    def check(self, cfg, family, tokenizer, mask_id):
+        bs = getattr(cfg, "block_size", 0)
+        if bs and family.name not in self.BLOCK_FAMILIES:
+            raise ObjectiveError(
+                f"block_size={bs} (block diffusion) needs a model whose forward takes a 4D attention mask and "
+                f"position ids; family {family.name!r} is not one of {list(self.BLOCK_FAMILIES)}: set block_size=0")
+
+    def forward_logits(self, r: Any, noisy: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        bs = getattr(r.cfg, "block_size", 0)
+        if not bs:
+            return r.family.logits(r.model, noisy)
+        b, length = noisy.shape
+        dtype = next(r.model.parameters()).dtype
+        key = (length, bs, noisy.device, dtype)
+        if key not in self._mask_cache:  # built once per shape: a step allocates no mask
+            keep = block_diffusion_keep(length, bs, noisy.device)
+            self._mask_cache[key] = torch.zeros(keep.shape, dtype=dtype, device=noisy.device).masked_fill(
+                ~keep, float("-inf"))[None, None]
+        pos = torch.arange(length, device=noisy.device).repeat(2)[None].expand(b, -1)
+        full = torch.cat([noisy, x0], dim=1)
+        logits = r.family.logits(r.model, full, attention_mask=self._mask_cache[key].expand(b, -1, -1, -1),
+                                 position_ids=pos)
+        return logits[:, :length]
 
     def reduce(self, ce, mask, maskable, t):
         return _masked_sum(ce, mask) / mask.sum().clamp_min(1)

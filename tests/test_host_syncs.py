@@ -147,3 +147,11 @@ def test_cuda_step_raises_on_no_hidden_sync(tiny_model_dir, objective):
         torch.cuda.set_sync_debug_mode(0)
         torch.Tensor.tolist = orig
     assert n_tolist == [1]
+
+
+def test_block_diffusion_step_has_exactly_one_host_sync(tiny_model_dir):
+    cfg = RunConfig(model_id=str(tiny_model_dir), steps=4, batch_size=2, seq_len=48, device="cpu",
+                    save_adapter=False, objective="llada2_sft", dataset="tiny-instruct", block_size=8)
+    r = train._setup(cfg)
+    train.train_step(r, 0)
+    assert [n for n, _ in _step_syncs(r, 1)] == ["tolist"]

@@ -224,3 +224,45 @@ def test_sweep_params_objective_and_the_rho_axis():
     mixed = SweepParams(families=["tiny", "diffusion_gemma"], ranks=[4], seeds=[7], mask_ratios=[0.5])
     assert {(c.family, c.objective) for c in mixed.to_spec().expand()} == {
         ("tiny", "paper"), ("diffusion_gemma", "diffusion_gemma")}  # unset: each family's default
+
+
+# -- LLaDA2 block diffusion ------------------------------------------------------------------------------------
+
+def test_block_diffusion_mask_matches_dfactory_definition_written_as_loops():
+    length, bs = 6, 2
+    keep = obj.block_diffusion_keep(length, bs)
+    for q in range(2 * length):
+        for k in range(2 * length):
+            cq, ck = q >= length, k >= length
+            bq, bk = (q - length * cq) // bs, (k - length * ck) // bs
+            ref = (bq == bk and cq == ck) or (bq > bk and ck and not cq) or (bq >= bk and ck and cq)
+            assert bool(keep[q, k]) == ref, (q, k)
+
+
+def test_block_diffusion_noisy_block_sees_only_earlier_clean_blocks(tiny_model_dir, tmp_path):
+    cfg = RunConfig(model_id=str(tiny_model_dir), batch_size=2, seq_len=16, device="cpu", save_adapter=False,
+                    objective="llada2_sft", block_size=4, steps=2)
+    r = _setup(cfg)
+    r.model.eval()
+    x0, _ = device_batch(r, 0)
+    noisy = x0.clone()
+    noisy[:, ::3] = r.mask_id
+    with torch.no_grad():
+        base = r.objective.forward_logits(r, noisy, x0)
+        x1 = x0.clone()
+        x1[:, 5] = (x1[:, 5] + 1) % 40 + 3  # a clean token in block 1 (positions 4..7)
+        moved = (r.objective.forward_logits(r, noisy, x1) - base).abs().amax(dim=(0, 2))
+    assert base.shape[:2] == (2, 16)
+    assert (moved[:8] == 0).all()  # blocks 0 and 1 never see clean block 1
+    assert (moved[8:] > 0).all()   # blocks 2 and 3 do
+
+
+def test_block_diffusion_trains_and_is_refused_where_it_does_not_apply(tiny_model_dir, tmp_path):
+    cfg = RunConfig(model_id=str(tiny_model_dir), batch_size=2, seq_len=48, device="cpu", save_adapter=False,
+                    objective="llada2_sft", dataset="tiny-instruct", block_size=8, steps=3)
+    assert cfg.config_hash != cfg.replace(block_size=0).config_hash
+    assert train_run(cfg, tmp_path).status == "completed"
+    with pytest.raises(ConfigError, match="block_size=8 is LLaDA2's block-diffusion training"):
+        RunConfig(objective="llada_sft", block_size=8)
+    with pytest.raises(ObjectiveError, match="family 'dream' is not one of"):
+        get_objective("llada2_sft").check(cfg.replace(family="dream"), families.get_family("dream"), None, 0)
