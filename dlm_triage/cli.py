@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping, NoReturn, Sequence
 from dlm_triage import paths
 from dlm_triage.groups import GROUP_BY_COLUMNS
 from dlm_triage.config import OBJECTIVES, ConfigError, RunConfig
-from dlm_triage.schema import MANIFEST_FILENAME
+from dlm_triage.schema import MANIFEST_FILENAME, REUSABLE_STATUSES
 
 # The embedded default sweep (`dlm-triage run`): the tiny family, 2 ranks x 4 mask ratios x 3 learning rates x 3
 # seeds = 72 runs. The learning-rate axis is what makes some runs really go bad (with one lr, tiny runs differ
@@ -176,11 +176,12 @@ def run_summary(result: Mapping[str, Any], *, live: Mapping[str, tuple[Any, str]
     routed, precision [CI] of the registered rule vs the always-positive baseline ceiling), then what to type
     next. `live`: {group: store.live_threshold(...)}; `routed`: {group: queued runs}; `out_flag`: ' --out X'
     when the output root is not the default."""
-    n_status = {st: sum(1 for r in runs if r.get("status") == st) for st in ("completed", "diverged",
-                                                                                "stopped_early")}
+    n_status = {st: sum(1 for r in runs if r.get("status") == st) for st in REUSABLE_STATUSES}
     failed = len(runs) - sum(n_status.values())
     lines = [f"{len(runs)} runs: {n_status['completed']} completed, {n_status['diverged']} diverged, "
-             f"{n_status['stopped_early']} stopped early, {failed} failed",
+             f"{n_status['stopped_early']} stopped early, "
+             + (f"{n_status['stopped_by_legacy_detector']} stopped by the legacy detector, "
+                if n_status["stopped_by_legacy_detector"] else "") + f"{failed} failed",
              f"calibration {result.get('calibration_id')} (by {result.get('group_by', 'family')}):"]
     for name, g in (result.get("groups") or {}).items():
         reg = g.get("registry") or {}
@@ -257,7 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         t.join()
         os.environ.pop(CONSOLE_ENV, None)
     runs = result["runs"]
-    failed = [r for r in runs if r.get("status") not in ("completed", "diverged", "stopped_early")]
+    failed = [r for r in runs if r.get("status") not in REUSABLE_STATUSES]
     print()
     cal = json.loads(Path(result["calibration"]["json_path"]).read_text())
     _print_run_summary(cal, runs, out / "triage.duckdb", result["report"].get("html"), out)
@@ -285,7 +286,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         stop.set()
         t.join()
         os.environ.pop(CONSOLE_ENV, None)
-    bad = [r for r in records if r.get("status") not in ("completed", "diverged", "stopped_early")]
+    bad = [r for r in records if r.get("status") not in REUSABLE_STATUSES]
     flag = "" if args.out.resolve() == paths.out_root().resolve() else f" --out {args.out}"
     print(f"{len(records)} runs in {(args.out / 'runs').resolve()}; {len(bad)} failed\n"
           f"next: dlm-triage{flag} ingest && dlm-triage{flag} calibrate && dlm-triage{flag} report")

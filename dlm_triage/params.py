@@ -111,6 +111,9 @@ class SweepParams(_Params):
         "flag", description="When max-grad at step k crosses the registered threshold: flag the run, or stop it."
     )
     early_warning_step: int = Field(25, ge=0, description="Step k of the live early warning.")
+    legacy_detector_stop: bool = Field(
+        False, description="End a run when the legacy top-1 detector fires (status stopped_by_legacy_detector, "
+                           "never a collapse), as the paper's runner did; off: the detector is only logged.")
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other RunConfig field, e.g. {\"clip_grad_norm\": 1.0, \"top1_every\": 5}.",
@@ -300,6 +303,7 @@ class SweepParams(_Params):
             "cohort": self.cohort,
             "early_warning_action": self.early_warning_action,
             "early_warning_step": self.early_warning_step,
+            "legacy_detector_stop": self.legacy_detector_stop,
             "device": self.device,
         }
         if self.objective is not None:

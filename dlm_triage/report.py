@@ -722,14 +722,20 @@ def _largest(data: _Data, names: Sequence[str], notes: list[str], what: str) -> 
 
 def _fig_top1(data: _Data, notes: list[str]) -> bytes:
     groups = data.result.get("groups", {})
-    names = [g for g in groups if _num(groups[g], "top1", "fire_rate") is not None]
+
+    def rate(g: str, key: str) -> float | None:
+        # over every run of the group (no label needed: runs imported without a final loss count too)
+        v = _num(groups[g], "top1_all_runs", key)
+        return _num(groups[g], "top1", key) if v is None else v
+
+    names = [g for g in groups if rate(g, "fire_rate") is not None]
     if not names:
         raise _Missing("no group has a top-1 fire rate (top-1 frequency was not logged for these runs)")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(names) + 3), 3.8), layout="constrained")
     x = np.arange(len(names))
-    fire = [_num(groups[g], "top1", "fire_rate") for g in names]
-    coll = [_num(groups[g], "top1", "collapse_rate") or 0.0 for g in names]
+    fire = [rate(g, "fire_rate") for g in names]
+    coll = [rate(g, "collapse_rate") or 0.0 for g in names]
     w = 0.38
     b1 = ax.bar(x - w / 2, fire, w, color="#ff7f0e", label="top-1 warning fired")
     b2 = ax.bar(x + w / 2, coll, w, color="#2ca02c", label="actually collapsed")
@@ -737,7 +743,8 @@ def _fig_top1(data: _Data, notes: list[str]) -> bytes:
         for b, v in zip(bars, vals):
             ax.annotate(f"{100 * v:.0f}%", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom",
                         fontsize=8, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(x, [f"{g}\n(n={groups[g].get('n')})" for g in names])
+    ax.set_xticks(x, [f"{g}\n(n={(groups[g].get('top1_all_runs') or {}).get('n', groups[g].get('n'))})"
+                      for g in names])
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("share of runs")
     ax.set_title("Top-1 warning fire rate vs actual collapse rate")

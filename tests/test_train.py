@@ -43,7 +43,7 @@ def test_200_step_run_is_fast_and_complete(tiny_model_dir, tmp_path):
     rec = read_run(run_dir)
     steps, man = rec.steps, rec.manifest
     assert list(steps.columns) == list(STEP_COLUMNS) and steps.height == 201
-    assert set(man) == set(MANIFEST_KEYS) | set(OPTIONAL_MANIFEST_KEYS)
+    assert set(MANIFEST_KEYS) <= set(man) <= set(MANIFEST_KEYS) | set(OPTIONAL_MANIFEST_KEYS)
     assert man["config_hash"] == cfg.config_hash and man["config"] == cfg.to_dict()
     assert man["final_loss"] == pytest.approx(steps["loss"][-1]) == pytest.approx(res.final_loss)
     assert man["max_grad_norm"] == pytest.approx(steps["grad_norm"].max()) == pytest.approx(res.max_grad_norm)
@@ -218,3 +218,6 @@ def test_legacy_detector_option_keeps_existing_run_ids():
     assert base.config_hash != RunConfig(legacy_detector_stop=True).config_hash
     with pytest.raises(Exception, match="legacy_detector_stop"):
         RunConfig(legacy_detector_stop="yes")
+    from dlm_triage.params import SweepParams  # the sweep form / CLI spec carries the option to every run
+
+    assert all(c.legacy_detector_stop for c in SweepParams(legacy_detector_stop=True).to_spec().expand())
