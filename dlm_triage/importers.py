@@ -693,7 +693,7 @@ def parse_json_rows(path: Path, *, family: str | None = None, **options: Any) ->
                                    "where unknown), or map=/derive= them from other keys"))
             rows.append((None, None))
             continue
-        rows.append((None, {k: (v if not isinstance(v, str) else v) for k, v in rec.items()}))
+        rows.append((None, rec))
     opts = {k: v for k, v in options.items() if k != "rows_key"}
     return _cells_runs("json-rows", path, _sha(text), rows, rules, problems, family, opts)
 
@@ -707,8 +707,7 @@ def _cells_runs(fmt: str, path: Path, file_sha: str, rows: list[tuple[int | None
     for row_i, (lineno, raw) in enumerate(rows):
         if raw is None:
             continue
-        where = lineno if lineno is not None else None
-        label = "" if lineno is not None else f"record {row_i + 1}: "
+        label = "" if lineno is not None else f"record {row_i + 1}: "  # JSON records have no line
         try:
             v = _apply_rules(rules, raw)
             rho = _num("rho", v["rho"], required=False)
@@ -729,7 +728,7 @@ def _cells_runs(fmt: str, path: Path, file_sha: str, rows: list[tuple[int | None
             }
             row_cfg = {k: v[k] for k in CELLS_ROW_CONFIG if k in v and v[k] is not None and v[k] != ""}
         except _Bad as e:
-            problems.append((where, f"{label}{e}"))
+            problems.append((lineno, f"{label}{e}"))
             continue
         parsed.append((lineno, row_i, {**rec_vals, "_cfg": row_cfg}))
     if not parsed and not problems:
