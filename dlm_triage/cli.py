@@ -201,8 +201,8 @@ def run_summary(result: Mapping[str, Any], *, live: Mapping[str, tuple[Any, str]
     lines += [f"report: {report_html}", "next:",
               f"  dlm-triage{out_flag} queue           the runs to inspect, most severe first",
               f"  dlm-triage{out_flag} thresholds      every calibration's thresholds and why each is (not) live",
-              f"  dlm-triage{out_flag} sweep --seeds 1,2,3,4,5 && dlm-triage{out_flag} ingest && "
-              f"dlm-triage{out_flag} calibrate   more runs, then recalibrate"]
+              f"  dlm-triage{out_flag} run [same axes] --seeds S1,S2,...   more seeds: finished runs are reused, "
+              "the calibration redone"]
     return lines
 
 
