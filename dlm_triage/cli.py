@@ -56,9 +56,9 @@ EMBEDDED_DEFAULT_SWEEP: dict[str, Any] = {
 QUEUE_COLUMNS = ("outcome", "run_id", "max_grad_up_to_k", "threshold", "k", "family", "learning_rate", "rank",
                  "mask_ratio", "seed", "status", "final_loss", "method")
 """Most important first: a narrow terminal drops columns from the end."""
-THRESHOLD_COLUMNS = ("created_at", "calibration_id", "group_by", "group_name", "k", "threshold", "n", "n_unstable",
-                     "precision", "recall", "f1", "precision_ci_low", "precision_ci_high", "baseline_ceiling",
-                     "accepted")
+THRESHOLD_COLUMNS = ("group_name", "live", "k", "threshold", "precision", "precision_ci", "baseline_ceiling",
+                     "calibration_id", "created_at", "n", "n_unstable", "recall", "f1", "group_by")
+"""Most important first: a narrow terminal drops columns from the end."""
 
 
 def _progress_watcher(runs_dir: Path, run_ids: Sequence[str], desc: str) -> tuple[threading.Event, threading.Thread]:
@@ -402,15 +402,6 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(df: Any, columns: Sequence[str], **fmt: Any) -> None:
-    """`columns` of `df` (those it has), every row, as a plain terminal table: no shape or dtype lines."""
-    import polars as pl
-
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, tbl_hide_dataframe_shape=True,
-                   tbl_hide_column_data_types=True, float_precision=4, **fmt):
-        print(df.select([c for c in columns if c in df.columns]))
-
-
 def _cell(v: Any) -> str:
     if v is None:
         return "-"
@@ -483,12 +474,21 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
         h = store.threshold_history(con, args.group)
     finally:
         con.close()
+    if args.json:
+        print(h.write_json())
+        return 0
     if h.is_empty():
         print("no threshold registered yet: run `dlm-triage calibrate`")
         return 0
     # one rule per row: the registered threshold at k, its own held-out metrics and precision CI, judged against
     # the always-positive baseline ceiling (the numbers the report's per-group table shows)
-    _print_table(h, THRESHOLD_COLUMNS)
+    import shutil
+
+    rows = [{**r, "live": "accepted" if r["accepted"] else "rejected",
+             "precision_ci": f"[{_cell(r['precision_ci_low'])}, {_cell(r['precision_ci_high'])}]",
+             "created_at": str(r["created_at"])[:19]} for r in h.to_dicts()]
+    for line in _fit_table(rows, THRESHOLD_COLUMNS, shutil.get_terminal_size((120, 24)).columns):
+        print(line)
     rejected = h.filter(~h["accepted"])
     if rejected.height:
         print("rejected (never live):")
@@ -701,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("thresholds", help="threshold registry: every calibration's thresholds")
     db_arg(p)
     p.add_argument("--group", default=None, help="only this group (default: all)")
+    p.add_argument("--json", action="store_true", help="every column of every threshold, as JSON")
     p.set_defaults(fn=cmd_thresholds)
 
     p = sub.add_parser("connect", help="LoRA-Curve: loss along linear and Bezier paths between two runs' adapters")
