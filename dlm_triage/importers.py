@@ -35,17 +35,22 @@ for reference-jsonl and cells, values in the log itself win and flags fill what 
 Every problem names the file and the line (1-based) and says what to do. A bad file never half-loads: it is
 parsed and validated completely before anything is written, its problems are reported in
 `IngestReport.quarantined` (or raised with `strict=True`), and the good files go in in one transaction.
-Re-importing the same file adds nothing: the run_id derives from the file's sha256 (+ the row for cells) and
-the content hash also covers the config options, so the same file with another config is a conflict.
+Identity from content, not from the file: a time-series run's id is its format + config + first logged step
+(`_identity`), a cells row's its config + values. Re-importing a file adds nothing; a grown re-export (more
+steps) replaces its shorter self in the import's transaction; a cells file with appended rows adds only those;
+the same run from two files, or a row repeated inside one, is stored once and listed in
+`IngestReport.duplicates`. Integers must fit their columns (Int32 steps, ranks, fire steps).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -292,14 +297,31 @@ def _config_from_files_and_flags(path: Path, options: Mapping[str, Any], family:
     return cfg
 
 
+@functools.lru_cache(maxsize=1024)
+def _family_key(name: str) -> str:
+    """groups.group_key for a family name (one canonical spelling: 'LLaDA' and 'llada' are one family), cached:
+    a cells file repeats a handful of names over many rows, and each call builds a polars frame (~0.3 ms)."""
+    from .groups import group_key
+
+    return group_key("family", name)
+
+
+def _resolved(path: Path) -> str:
+    """str(path.resolve()), once per file and working directory (a cells file resolves its path per row)."""
+    return _resolved_in(path, os.getcwd())
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved_in(path: Path, cwd: str) -> str:
+    return str(path.resolve())
+
+
 def _finish_config(path: Path, cfg: dict[str, Any], family: str | None) -> dict[str, Any]:
     if cfg.get("family") in (None, "") and family is not None:
         cfg["family"] = family
     problems = _validate_config(cfg)
     if isinstance(cfg.get("family"), str) and cfg["family"]:
-        from .groups import group_key  # one canonical spelling: 'LLaDA' and 'llada' are one family
-
-        cfg["family"] = group_key("family", cfg["family"])
+        cfg["family"] = _family_key(cfg["family"])
     if not cfg.get("family"):
         problems.append("no model family: pass family=... (--family) or put it in the file / config file")
     if problems:
@@ -386,7 +408,7 @@ def _prepared(fmt: str, path: Path, run_id: str, content_sha: str, cfg: dict[str
     config_json = json.dumps(cfg, sort_keys=True, default=str)
     manifest = {"source": f"import:{fmt}", "source_path": str(path), **extra, "config": cfg, **summary}
     row = {
-        "run_id": run_id, "source": f"import:{fmt}", "source_path": str(path.resolve()),
+        "run_id": run_id, "source": f"import:{fmt}", "source_path": _resolved(path),
         "family": cfg["family"], "model_id": cfg["model_id"], "cohort": cfg["cohort"] or "",
         "objective": cfg.get("objective"),  # a foreign log's recipe is unknown unless it says
         "method": cfg["method"], "rank": cfg["rank"], "alpha": cfg["alpha"], "mask_ratio": cfg["mask_ratio"],
