@@ -227,7 +227,7 @@ def load_class(family: str, model_dir: str | Path, auto_class: str) -> tuple[Any
             f"family {family!r}: the config.json of {model_dir} names no {auto_class if not ref else 'AutoConfig'} "
             f"in auto_map (it has {sorted(auto_map)}); use the checkpoint's published config.json or the family "
             "that matches it")
-    # The checkpoint's own config class, not AutoConfig's pick by model_type (see families.RemoteCodeAdapter).
+    # The checkpoint's own config class, not AutoConfig's pick by model_type (see families_remote.RemoteCodeAdapter).
     config = get_class_from_dynamic_module(config_ref, str(model_dir)).from_pretrained(str(model_dir))
     cls = get_class_from_dynamic_module(ref, str(model_dir))
     if TRANSFORMERS_5 and family in SHIMS["rope_default"][0]:
