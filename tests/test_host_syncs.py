@@ -155,3 +155,21 @@ def test_block_diffusion_step_has_exactly_one_host_sync(tiny_model_dir):
     r = train._setup(cfg)
     train.train_step(r, 0)
     assert [n for n, _ in _step_syncs(r, 1)] == ["tolist"]
+
+
+@pytest.mark.parametrize("family, objective", [("llada", "llada_sft"), ("dream", "dream"), ("mdlm", "mdlm"),
+                                               ("llada2", "llada2_sft"), ("llada_moe", "paper")])
+def test_stand_in_family_steps_have_exactly_one_host_sync(tmp_path, family, objective):
+    """The remote-code stand-ins (tests/tiny_families.py): Dream's shifted logits and protected position 0, MDLM's
+    top-1 at masked positions and SUBS, LLaDA2's explicit 4D mask, LLaDA's tokenizer without a mask token."""
+    from tiny_families import build_family_dir
+
+    model_dir = build_family_dir(family, tmp_path)
+    sft = objective.endswith("_sft")
+    cfg = RunConfig(family=family, model_id=str(model_dir), steps=4, batch_size=2, seq_len=32, device="cpu",
+                    save_adapter=False, objective=objective, dataset="tiny-instruct" if sft else "tiny-shifted",
+                    top1_every=1)
+    r = train._setup(cfg)
+    train.train_step(r, 0)
+    calls = _step_syncs(r, 1)
+    assert [n for n, _ in calls] == ["tolist"], calls
