@@ -325,7 +325,10 @@ def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
         con.close()
     assert [c[0] for c in cal] == [result["calibration"]["calibration_id"]]
     assert json.loads(Path(result["calibration"]["json_path"]).read_text())["groups"].keys() == {"tiny"}
-    assert Path(result["report"]["html"]).is_file() and Path(result["report"]["html"]).parent == out
+    # Reports live per calibration id, with out/latest pointing at the newest one (nothing is overwritten).
+    html = Path(result["report"]["html"])
+    assert html.is_file() and html.parent == out / result["calibration"]["calibration_id"]
+    assert (out / "latest").resolve() == html.parent.resolve()
     assert {"sweep-runs", "ingest-summary", "calibration-summary", "calibration-thresholds",
             "triage-report"} <= _artifact_keys()
 
