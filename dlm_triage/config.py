@@ -80,6 +80,14 @@ class ConfigError(ValueError):
         super().__init__(f"invalid {where} ({len(self.problems)} problem(s)):\n{lines}")
 
 
+def check_noise_level(lam: float, method: str) -> float:
+    """The noise level lambda a noise-conditioned adapter (NaRA, lora_diffusion) is given: a mask ratio in [0, 1]."""
+    lam = float(lam)
+    if not math.isfinite(lam) or not 0.0 <= lam <= 1.0:
+        raise ValueError(f"noise level {lam!r} is invalid: {method}'s lambda is a mask ratio in [0, 1]")
+    return lam
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One LoRA/PEFT fine-tune of a masked diffusion LM under the masked-diffusion objective."""

@@ -42,7 +42,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from dlm_triage.config import RunConfig, parse_rank_schedule
+from dlm_triage.config import RunConfig, check_noise_level, parse_rank_schedule
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,7 @@ def _state_of(model: nn.Module) -> _NoiseState:
 
 def set_noise_level(model: nn.Module, lam: float) -> None:
     """Set lambda (the batch's mask ratio) and so the active rank for the following forwards."""
-    lam = float(lam)
-    if not math.isfinite(lam) or not 0.0 <= lam <= 1.0:
-        raise ValueError(f"noise level {lam!r} is invalid: lora_diffusion's lambda is a mask ratio in [0, 1]")
+    lam = check_noise_level(lam, "lora_diffusion")
     state = _state_of(model)
     state.lam, state.k = lam, state.schedule.active_rank(lam)
 

@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from dlm_triage.config import RunConfig
+from dlm_triage.config import RunConfig, check_noise_level
 
 FOURIER_DIM = 64
 FOURIER_SCALE = 16.0
@@ -130,9 +130,7 @@ def _core_of(model: nn.Module) -> NaRACore:
 
 def set_noise_level(model: nn.Module, lam: float) -> None:
     """Set lambda (the batch's mask ratio) for the following forwards."""
-    lam = float(lam)
-    if not math.isfinite(lam) or not 0.0 <= lam <= 1.0:
-        raise ValueError(f"noise level {lam!r} is invalid: NaRA's lambda is a mask ratio in [0, 1]")
+    lam = check_noise_level(lam, "NaRA")
     core = _core_of(model)
     core.lam = lam
     core.invalidate()
