@@ -61,10 +61,11 @@ draws its noise level t itself and logs it as the step's mask_ratio."""
 TOP1_EVERY_DEFAULT = {"tiny": 1}
 TOP1_EVERY_REAL_MODELS = 5
 
-# Fields that do not change what a run computes (placement and output location only).
-HASH_EXCLUDED = frozenset({"device", "adapter_dir", "save_adapter"})
+# Fields that do not change what a run computes (placement, memory strategy and output location only).
+HASH_EXCLUDED = frozenset({"device", "adapter_dir", "save_adapter", "gradient_checkpointing"})
 # Fields hashed only when they differ from their default, so adding one keeps every existing run id.
-HASH_ONLY_WHEN_SET = {"legacy_detector_stop": False, "chat_template": "auto", "packing": True, "block_size": 0}
+HASH_ONLY_WHEN_SET = {"legacy_detector_stop": False, "chat_template": "auto", "packing": True, "block_size": 0,
+                      "grad_accum_steps": 1}
 # Method-specific fields hashed only for their method, so adding one leaves every other run's hash (its cache
 # key and run id) as it was.
 METHOD_ONLY_FIELDS = {"lora_diffusion_schedule": "lora_diffusion"}
@@ -115,6 +116,15 @@ class RunConfig:
     steps: int = 200
     """Optimizer updates. The log holds steps 0..steps: step t is measured at the weights after t updates."""
     batch_size: int = 4
+    """Sequences per micro-batch (one forward/backward)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (effective batch = batch_size * grad_accum_steps; the paper's LLaDA runs:
+    4 x 16 = 64). The accumulated gradient is that of ONE batch of the effective size under `normalisation`
+    (per_masked_token divides by the masked count of the whole effective batch); monitors read it once per
+    optimizer step, before the clip, and the log keeps one row per optimizer step. Hashed only when > 1."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward instead of storing them (~30 % more compute, activation
+    memory of ~one layer): the HF API where the model supports it, else the family's own (LLaDA). Not hashed."""
     seq_len: int = 32
     """Tokens per training sequence (sequences are packed/truncated to this length)."""
     seed: int = 42
@@ -317,6 +327,9 @@ def _validate_run(c: RunConfig) -> list[str]:
     int_range("rank", c.rank, 1, 4096)
     int_range("steps", c.steps, 1, 10_000_000)
     int_range("batch_size", c.batch_size, 1, 65_536)
+    int_range("grad_accum_steps", c.grad_accum_steps, 1, 65_536)
+    if not isinstance(c.gradient_checkpointing, bool):
+        p.append(f"gradient_checkpointing={c.gradient_checkpointing!r} is invalid: use true or false")
     int_range("seq_len", c.seq_len, 2, 1_048_576)
     int_range("seed", c.seed, 0, 2**63 - 1)
     int_range("top1_every", c.top1_every, 1, 10_000_000)

@@ -212,6 +212,47 @@ class FamilyAdapter:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 
+    # -- memory ----------------------------------------------------------------------------------------
+    def load_options(self, cfg: Any) -> tuple:
+        """Whatever else in `cfg` changes what `load` returns (beyond family, model_id, dtype and device): part
+        of the resident-model cache key (dlm_triage.resident). None here."""
+        return ()
+
+    def set_gradient_checkpointing(self, model: nn.Module, enable: bool) -> str | None:
+        """Turn activation checkpointing on or off on the BASE model (before the adapter wraps it); returns the
+        mechanism used ('hf') or None when turned off. Non-reentrant (use_reentrant=False): it needs no input
+        that requires grad, so gradients reach the adapters through a frozen embedding; the input hook HF adds
+        for PEFT is registered anyway where the model exposes its input embedding, and removed on off. A model
+        without HF support raises, naming the family and the fix."""
+        has_hooks = bool(getattr(model, "_require_grads_hooks", None)) or hasattr(model, "_require_grads_hook")
+        supported = bool(getattr(model, "supports_gradient_checkpointing", False))
+        # transformers 5.x names it activation_checkpointing_*; 4.57 only has gradient_checkpointing_*
+        # (a deprecated alias in 5.x that warns)
+        if not enable:
+            if supported:
+                off = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+                off()
+            if has_hooks:
+                model.disable_input_require_grads()
+            return None
+        if not supported:
+            raise FamilyError(
+                f"family {self.name!r}: {type(model).__name__} does not support gradient checkpointing through "
+                "the HF API and the family has no mechanism of its own: set gradient_checkpointing=false "
+                "(and lower batch_size, raising grad_accum_steps to keep the effective batch)"
+            )
+        on = getattr(model, "activation_checkpointing_enable", None)
+        if on is not None:
+            on(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not (getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook")):
+            try:  # 5.x registered it already; a second call would leak the first hooks
+                model.enable_input_require_grads()
+            except (NotImplementedError, AttributeError):  # no get_input_embeddings (MDLM): not needed, see above
+                pass
+        return "hf"
+
     # -- loading ---------------------------------------------------------------------------------------
     def model_id(self, cfg: Any, *, check: bool = True) -> str:
         """The checkpoint to load: cfg.model_id or the family default. `check`: a hub id that is not cached while
@@ -238,14 +279,12 @@ class FamilyAdapter:
         kwargs: dict[str, Any] = {"dtype": dtype}
         if self.trust_remote_code:
             kwargs["trust_remote_code"] = True
-        # Several GPUs: let accelerate spread a large model (device_map='auto'); otherwise one device.
+        # Several GPUs: let accelerate spread a large model (device_map='auto'). One device: weights are
+        # materialised straight onto it (device_map={"": device}); a load to CPU then .to(device) would hold a
+        # full CPU copy first (16 GB of host memory for LLaDA-8B in bf16).
         spread = device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1
-        if spread:
-            kwargs["device_map"] = "auto"
-        model = auto.from_pretrained(model_id, **kwargs)
-        if not spread:
-            model = model.to(device)
-        return model
+        kwargs["device_map"] = "auto" if spread else {"": device}
+        return auto.from_pretrained(model_id, **kwargs)
 
     def load(self, cfg: Any, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
         device = torch.device(device)
@@ -300,11 +339,16 @@ class TinyAdapter(FamilyAdapter):
 
         return full_attention_mask(model, input_ids)  # None on transformers 5; see there for 4.x
 
+    def model_id(self, cfg: Any, *, check: bool = True) -> str:
+        from dlm_triage.tiny import ensure_tiny_model
+
+        return str(Path(cfg.model_id).expanduser() if cfg.model_id else ensure_tiny_model())
+
     def load(self, cfg: Any, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
-        from dlm_triage.tiny import ensure_tiny_model, load_tiny
+        from dlm_triage.tiny import load_tiny
 
         device = torch.device(device)
-        path = Path(cfg.model_id).expanduser() if cfg.model_id else ensure_tiny_model()
+        path = Path(self.model_id(cfg))
         model, tok = load_tiny(path, device=device, dtype=dtype)
         return LoadedModel(model, tok, self.mask_token_id(tok), family=self.name, model_id=str(path),
                            dtype=dtype, device=device)

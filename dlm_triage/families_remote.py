@@ -65,8 +65,8 @@ class RemoteCodeAdapter(FamilyAdapter):
                          applied: list[str]) -> nn.Module:
         kwargs: dict[str, Any] = {"dtype": dtype, "config": config}
         spread = device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1
-        if spread:
-            kwargs["device_map"] = "auto"
+        # one device: weights straight onto it, no full host copy first (16 GB for LLaDA-8B in bf16)
+        kwargs["device_map"] = "auto" if spread else {"": device}
         with remote_code.process_state_guard():
             model = cls.from_pretrained(model_id, **kwargs)
         applied = applied + remote_code.after_load(self.name, model)
@@ -75,7 +75,7 @@ class RemoteCodeAdapter(FamilyAdapter):
         if self.name == "llada":
             applied.append("mem_efficient_sdp_restored")
         model._dlm_triage_compat_applied = tuple(applied)
-        return model if spread else model.to(device)
+        return model
 
 
 class LLaDAAdapter(RemoteCodeAdapter):
@@ -89,6 +89,27 @@ class LLaDAAdapter(RemoteCodeAdapter):
     mask_token = "<|mdm_mask|>"  # not the tokenizer's mask_token (it has none); pad = eos = 126081
     targets = ("q_proj", "k_proj", "v_proj", "attn_out")
     forward_extras = {"use_cache": False}
+
+    def set_gradient_checkpointing(self, model: nn.Module, enable: bool) -> str | None:
+        """The published LLaDAModelLM declares no HF checkpointing support (`gradient_checkpointing_enable`
+        raises); its own activation checkpointing lives on the inner LLaDAModel (`model.model`):
+        `set_activation_checkpointing(ActivationCheckpointingStrategy.whole_layer)`, which checkpoints each
+        block with torch.utils.checkpoint(use_reentrant=False). Copies that add HF support are driven the same
+        way (their HF hook calls the same method)."""
+        inner = getattr(model, "model", None)
+        if not hasattr(inner, "set_activation_checkpointing"):
+            return super().set_gradient_checkpointing(model, enable)
+        if not enable:
+            inner.set_activation_checkpointing(None)
+            return None
+        import sys
+
+        # The strategy enum lives in the checkpoint's configuration module (imported by the modeling module);
+        # it is a str enum, so its value string compares equal where the enum cannot be found.
+        modeling = sys.modules.get(type(inner).__module__)
+        strategy_enum = getattr(modeling, "ActivationCheckpointingStrategy", None)
+        inner.set_activation_checkpointing(strategy_enum.whole_layer if strategy_enum is not None else "whole_layer")
+        return "llada_activation_checkpointing"
 
 
 class LLaDA2Adapter(RemoteCodeAdapter):

@@ -184,6 +184,17 @@ def apply_lora_diffusion(model: nn.Module, cfg: RunConfig, targets: Sequence[str
     return model
 
 
+def remove_lora_diffusion(model: nn.Module) -> nn.Module:
+    """Undo `apply_lora_diffusion` in place: every residual wrapper back to its base module (the same object),
+    the noise state and the metadata removed. `requires_grad` of the base stays as applied (frozen)."""
+    _state_of(model)
+    for name, module in wrapped_modules(model):
+        _set_submodule(model, name, module.base)
+    model.__dict__.pop(STATE_ATTR, None)
+    model.__dict__.pop("_lora_diffusion_meta", None)
+    return model
+
+
 def lora_diffusion_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in model.state_dict().items()
             if k.endswith((".lora_diffusion_A", ".lora_diffusion_B"))}

@@ -83,9 +83,18 @@ def top1_frequency(logits: torch.Tensor, positions_mask: torch.Tensor) -> torch.
             f"top1_frequency: logits must be [B, L, V] and positions_mask [B, L]; got {tuple(logits.shape)} "
             f"and {tuple(positions_mask.shape)}"
         )
-    pred = logits.argmax(dim=-1).flatten()  # [B*L]
+    return top1_frequency_of_predictions(logits.argmax(dim=-1), positions_mask, logits.shape[-1])
+
+
+def top1_frequency_of_predictions(pred_ids: torch.Tensor, positions_mask: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """`top1_frequency` from the argmax ids [B, L] already taken (what the trainer keeps per micro-batch, so
+    micro-batches pool into one histogram without holding their logits); `n_classes` = the vocabulary size."""
+    if pred_ids.shape != positions_mask.shape:
+        raise ValueError(f"top1_frequency: pred_ids {tuple(pred_ids.shape)} and positions_mask "
+                         f"{tuple(positions_mask.shape)} must have the same shape")
+    pred = pred_ids.flatten()  # [B*L]
     w = positions_mask.flatten().to(torch.float32)
-    counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device).scatter_add_(0, pred, w)
+    counts = torch.zeros(n_classes, dtype=torch.float32, device=pred_ids.device).scatter_add_(0, pred, w)
     return counts.max() / w.sum()
 
 

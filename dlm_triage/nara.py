@@ -92,6 +92,11 @@ class NaRACore(nn.Module):
     def invalidate(self) -> None:
         self._cached = None
 
+    def refresh(self) -> None:
+        """Compute C for the coming root forward now, outside every layer: under activation checkpointing a
+        layer's recomputation must save what its first run saved, so C cannot be built inside the first layer."""
+        self._cached = None if self.lam is None else self.core(self.lam)
+
 
 class NaRALinear(nn.Module):
     """A frozen nn.Linear plus s * B C(lambda) A x. The core is held by reference (not a submodule), so the
@@ -172,11 +177,27 @@ def apply_nara(model: nn.Module, cfg: RunConfig, targets: Sequence[str], *, scal
     for name in sorted({n for hits in found.values() for n in hits}):
         _set_submodule(model, name, NaRALinear(model.get_submodule(name), cfg.rank, scale, core))
     check_wrapped(model, targets, "nara_A")
-    # One C per root forward: drop the cached C before every forward of the whole model.
-    model.register_forward_pre_hook(lambda module, args: core.invalidate())
+    # One C per root forward, computed before every forward of the whole model (see NaRACore.refresh).
+    model._nara_hook = model.register_forward_pre_hook(lambda module, args: core.refresh())
     model._nara_meta = {"rank": cfg.rank, "eta": cfg.nara_eta, "scale": scale, "targets": list(targets),
                         "fourier_dim": FOURIER_DIM, "fourier_scale": FOURIER_SCALE,
                         "fourier_two_pi": FOURIER_TWO_PI, "hidden": list(HIDDEN)}
+    return model
+
+
+def remove_nara(model: nn.Module) -> nn.Module:
+    """Undo `apply_nara` in place: every NaRALinear back to its base Linear (the same module object), the
+    shared core, its pre-hook and the metadata removed. `requires_grad` of the base stays as apply_nara left it
+    (frozen). Returns `model`."""
+    _core_of(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, NaRALinear):
+            _set_submodule(model, name, module.base)
+    delattr(model, CORE_ATTR)
+    hook = model.__dict__.pop("_nara_hook", None)
+    if hook is not None:
+        hook.remove()
+    model.__dict__.pop("_nara_meta", None)
     return model
 
 

@@ -265,6 +265,12 @@ class Objective:
     def reduce(self, ce: torch.Tensor, mask: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def normaliser(self, cfg: Any, out: "ObjectiveOutput", maskable: torch.Tensor) -> torch.Tensor:
+        """What this objective divides its batch sum by (0-dim float32, on the device, before its clamp to >= 1):
+        additive over sub-batches, so gradient accumulation weights micro-batch j by D_j / sum D and k
+        micro-batches give the loss of one batch of k*b (train.py). Default: the number of rows."""
+        return out.loss.new_full((), float(maskable.shape[0]), dtype=torch.float32)
+
     forbid_mask_logit: bool = False
 
     def forward(self, r: Any, x0: torch.Tensor, maskable: torch.Tensor) -> ObjectiveOutput:
@@ -305,6 +311,11 @@ class PaperObjective(Objective):
                                      mask_ratio=cfg.mask_ratio, check=False)
         return ObjectiveOutput(loss, logits, mask, None)
 
+    def normaliser(self, cfg, out, maskable):
+        if cfg.normalisation == "per_masked_token":
+            return out.mask.sum().float()
+        return out.loss.new_full((), float(out.mask.numel()), dtype=torch.float32)  # b * L
+
 
 class LLaDAPretrainObjective(Objective):
     """LLaDA pretraining: t ~ U[0, 1) per sequence, p = (1 - eps) t + eps (eps = 1e-3), each token masked with
@@ -323,6 +334,9 @@ class LLaDAPretrainObjective(Objective):
         p = (1.0 - self.eps) * t + self.eps
         return _masked_sum(ce / p[:, None], mask) / mask.numel()
 
+    def normaliser(self, cfg, out, maskable):
+        return out.loss.new_full((), float(out.mask.numel()), dtype=torch.float32)  # b * L
+
 
 class LLaDASFTObjective(LLaDAPretrainObjective):
     """LLaDA SFT: as pretraining (t per sequence, p = (1 - eps) t + eps), but only response tokens are masked
@@ -336,6 +350,9 @@ class LLaDASFTObjective(LLaDAPretrainObjective):
         p = (1.0 - self.eps) * t + self.eps
         answer_len = maskable.sum(dim=1, keepdim=True).clamp_min(1).float()
         return _masked_sum(ce / p[:, None] / answer_len, mask) / ce.shape[0]
+
+    def normaliser(self, cfg, out, maskable):
+        return out.loss.new_full((), float(maskable.shape[0]), dtype=torch.float32)  # rows
 
 
 class MDLMObjective(Objective):
@@ -368,6 +385,9 @@ class MDLMObjective(Objective):
     def reduce(self, ce, mask, maskable, t):
         # dsigma / expm1(sigma) for sigma(t) = -log1p(-(1 - eps) t): ((1-eps)/(1-(1-eps)t)) / ((1-eps)t/(1-(1-eps)t)) = 1/t
         return _masked_sum(ce / t[:, None], mask) / maskable.sum().clamp_min(1)
+
+    def normaliser(self, cfg, out, maskable):
+        return maskable.sum().float()
 
 
 def block_diffusion_keep(length: int, block_size: int, device=None) -> torch.Tensor:
@@ -435,6 +455,9 @@ class LLaDA2SFTObjective(Objective):
     def reduce(self, ce, mask, maskable, t):
         return _masked_sum(ce, mask) / mask.sum().clamp_min(1)
 
+    def normaliser(self, cfg, out, maskable):
+        return out.mask.sum().float()
+
 
 class DreamObjective(Objective):
     """Dream (dllm's DreamTrainer on MDLMTrainer): t = eps + (1 - eps) u per row, each maskable token masked with
@@ -448,6 +471,9 @@ class DreamObjective(Objective):
 
     def reduce(self, ce, mask, maskable, t):
         return _masked_sum(ce * cart_weights(mask, self.geo_p), mask) / maskable.sum().clamp_min(1)
+
+    def normaliser(self, cfg, out, maskable):
+        return maskable.sum().float()
 
 
 class DiffusionGemmaObjective(Objective):
@@ -474,6 +500,8 @@ class DiffusionGemmaObjective(Objective):
             from dlm_triage.peft_methods import set_noise_level
 
             set_noise_level(r.model, r.cfg.mask_ratio)
+        # normaliser: the default (rows): its loss has two parts with their own counts, so accumulated
+        # micro-batches are weighted equally (exact only when those counts match across micro-batches)
         own = diffusion_gemma.training_loss(r.model, x0, r.generator, supervised=maskable)
         return ObjectiveOutput(own.loss, own.logits, own.top1_positions, None, top1_positions=own.top1_positions,
                                n_masked=own.n_masked, mask_ratio=own.mask_ratio)

@@ -394,11 +394,12 @@ def load_tiny(model_dir: Path, device: torch.device | str = "cpu", dtype: torch.
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json; pass a directory built by ensure_tiny_model() "
                                 "or model_id=None for the default tiny model")
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    # straight onto the device (no host copy first: this loader also serves Llama-shaped models of ~1B)
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map={"": torch.device(device)})
     if getattr(model.config, "is_causal", True):
         raise ValueError(f"{model_dir}: config.is_causal is not False, so attention would be causal; rebuild the "
                          "tiny model with ensure_tiny_model()")
-    return model.to(device), CharTokenizer.from_pretrained(model_dir)
+    return model, CharTokenizer.from_pretrained(model_dir)
 
 
 def read_recipe(model_dir: Path) -> dict:

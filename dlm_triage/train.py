@@ -23,10 +23,26 @@ Host syncs per step: ONE, the `.tolist()` of the packed scalar monitors (the NaN
 legacy detector need them on the host). Everything else stays on the device: the clip reuses the grad norm as a
 tensor, masking uniforms are copied without blocking, the noise levels are host floats from the start, and the
 timers are CUDA events read after that one sync (perf_counter on CPU). tests/test_host_syncs.py counts them.
+
+Gradient accumulation (cfg.grad_accum_steps = k micro-batches of cfg.batch_size = b): optimizer step t trains on
+micro-batches t*k .. t*k+k-1 of the batch stream, the rows of batch t of a run with batch size k*b, corrupted
+with the same generator draws in the same order. Normalisation rule: the accumulated gradient is the gradient
+of the EFFECTIVE batch's loss, sum_j S_j / sum_j D_j, where S_j / D_j is micro-batch j's loss under the
+objective and D_j its normaliser (`Objective.normaliser`: the masked count for the paper's per_masked_token,
+b*L for per_token, the maskable count for MDLM/Dream, rows for LLaDA SFT, ...). So micro-batch j enters with
+weight w_j = D_j / sum D, and k micro-batches equal one batch of k*b up to float rounding (a plain mean of the
+micro-batch losses would weight a token of a sparsely masked micro-batch more). As sum D is known only after
+the last forward, micro-batch j backpropagates L_j * D_j / c with c = k * D_0 (so the gradients keep their usual
+scale; no fp16 overflow) and the accumulated gradient is multiplied by c / sum D at the end (on the device: no
+host sync). Objectives that draw t per batch (MDLM's antithetic t) stratify within each micro-batch, and
+DiffusionGemma's two-part loss is weighted by rows: equal to the big batch only in distribution. The logged loss
+is sum_j w_j L_j; n_masked, mask_ratio and top-1 pool every micro-batch; the monitors read the accumulated,
+pre-clip gradient once per optimizer step; the log keeps one row per optimizer step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -44,7 +60,7 @@ import polars as pl
 import torch
 from transformers.utils import logging as hf_logging
 
-from dlm_triage import monitors, provenance, runlog
+from dlm_triage import monitors, provenance, resident, runlog
 from dlm_triage.config import RunConfig
 from dlm_triage.early_warning import EarlyWarning, emit_routed_event
 from dlm_triage.objective import Objective, ObjectiveError, get_objective
@@ -76,6 +92,12 @@ class RunResult:
     routed_for_inspection: bool
     wall_time_s: float
     reused: bool
+    load_time_s: float | None = None
+    """Wall time of this run's base-model load; 0.0 when the base was resident; None for a reused run dir."""
+    train_time_s: float | None = None
+    """Wall time of the steps (setup, load and the final writes excluded); None for a reused run dir."""
+    model_resident: bool | None = None
+    """The base model came from the process's resident cache (dlm_triage.resident): no load this run."""
 
 
 # -- setup ------------------------------------------------------------------------------------------------
@@ -137,6 +159,12 @@ class _Run:
     clock: StepClock
     legacy_fired: bool = False
     """The legacy top-1 detector has fired: from then on top-1 follows cfg.top1_every again."""
+    lease: Any = None
+    """resident.Lease of the base model: released (the base handed back clean) when the run ends."""
+    checkpointing: str | None = None
+    """The gradient-checkpointing mechanism in use (families.FamilyAdapter.set_gradient_checkpointing), or None."""
+    train_s: float | None = None
+    """Wall time of the steps, set when they end (manifest monitor_overhead.train_s)."""
 
 
 def _setup(cfg: RunConfig) -> _Run:
@@ -150,31 +178,39 @@ def _setup(cfg: RunConfig) -> _Run:
     dtype = resolve_dtype(cfg.dtype, device)
     family = get_family(cfg.family)
     objective = get_objective(cfg.objective)
-    loaded = family.load(cfg, device, dtype)
-    objective.check(cfg, family, loaded.tokenizer, loaded.mask_token_id)
-    model = loaded.model
-    targets = cfg.target_modules or family.attention_targets(model)
-    torch.manual_seed(cfg.seed)  # adapter init depends on the seed only, not on what loading consumed
-    with warnings.catch_warnings():
-        # peft 0.21 calls transformers' deprecated is_gradient_checkpointing once per wrap: not ours to fix
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = apply_adapter(model, cfg, targets)  # freezes the base; raises on a target that matches nothing
-    model.train()
-    matrices = adapter_matrices(model)
-    if not matrices:
-        raise RuntimeError(f"{cfg.run_id}: the adapter has no trainable parameter (targets {targets})")
-    params = [p for _, p in matrices]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    batches = make_batches(cfg, loaded.tokenizer)
-    _check_maskable(cfg, family, batches)
-    return _Run(
-        cfg=cfg, device=device, dtype=dtype, family=family, model=model, tokenizer=loaded.tokenizer,
-        mask_id=loaded.mask_token_id, pad_id=getattr(loaded.tokenizer, "pad_token_id", None),
-        matrices=matrices, params=params, optimizer=optimizer, batches=batches,
-        generator=torch.Generator().manual_seed(cfg.seed),  # masking draws, on CPU: same on every device
-        noise_conditioned=is_noise_conditioned(model), objective=objective, host_rng=random.Random(cfg.seed),
-        clock=StepClock(device),
-    )
+    lease = resident.acquire(cfg, family, device, dtype)  # the resident base, or a load (kept resident)
+    wrapped = None
+    try:
+        loaded = lease.loaded
+        objective.check(cfg, family, loaded.tokenizer, loaded.mask_token_id)
+        model = loaded.model
+        checkpointing = lease.enable_gradient_checkpointing() if cfg.gradient_checkpointing else None
+        targets = cfg.target_modules or family.attention_targets(model)
+        lease.before_adapter(cfg.method, targets)  # PiSSA rewrites the target weights: saved for the release
+        torch.manual_seed(cfg.seed)  # adapter init depends on the seed only, not on what loading consumed
+        with warnings.catch_warnings():
+            # peft 0.21 calls transformers' deprecated is_gradient_checkpointing once per wrap: not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            wrapped = apply_adapter(model, cfg, targets)  # freezes the base; raises on a target matching nothing
+        wrapped.train()
+        matrices = adapter_matrices(wrapped)
+        if not matrices:
+            raise RuntimeError(f"{cfg.run_id}: the adapter has no trainable parameter (targets {targets})")
+        params = [p for _, p in matrices]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        batches = make_batches(cfg, loaded.tokenizer)
+        _check_maskable(cfg, family, batches)
+        return _Run(
+            cfg=cfg, device=device, dtype=dtype, family=family, model=wrapped, tokenizer=loaded.tokenizer,
+            mask_id=loaded.mask_token_id, pad_id=getattr(loaded.tokenizer, "pad_token_id", None),
+            matrices=matrices, params=params, optimizer=optimizer, batches=batches,
+            generator=torch.Generator().manual_seed(cfg.seed),  # masking draws, on CPU: same on every device
+            noise_conditioned=is_noise_conditioned(wrapped), objective=objective, host_rng=random.Random(cfg.seed),
+            clock=StepClock(device), lease=lease, checkpointing=checkpointing,
+        )
+    except BaseException:
+        lease.release(wrapped)
+        raise
 
 
 def _check_maskable(cfg: RunConfig, family: Any, batches: Any) -> None:
@@ -190,37 +226,49 @@ def _check_maskable(cfg: RunConfig, family: Any, batches: Any) -> None:
 
 # -- monitors (each its own function; all computed every step) -------------------------------------------
 
-def clean_top1(r: _Run, x0: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:
+def clean_top1(r: _Run, x0: torch.Tensor | list[torch.Tensor],
+               maskable: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """Top-1 frequency on the CLEAN batch: one extra forward without grad over the maskable non-pad positions
     (packed text: all but the family's protected positions; SFT: the response, not its padding). Costs ~1
-    forward (35-47 % of a step); cadence cfg.top1_every. Noise-conditioned adapters (NaRA, lora_diffusion): the
-    clean batch is at noise level 0."""
-    evaluated = maskable if r.pad_id is None else maskable & (x0 != r.pad_id)
+    forward (35-47 % of a step); cadence cfg.top1_every. Lists of micro-batches are evaluated one forward each
+    and pooled into one histogram. Noise-conditioned adapters (NaRA, lora_diffusion): the clean batch is at
+    noise level 0."""
+    xs, ms = (x0, maskable) if isinstance(x0, list) else ([x0], [maskable])
+    preds, evaluated, vocab = [], [], 0
     was_training = r.model.training
     r.model.eval()
     try:
         with torch.no_grad():
-            if r.noise_conditioned:
-                with noise_level(r.model, 0.0):
-                    logits = r.family.logits(r.model, x0)
-            else:
-                logits = r.family.logits(r.model, x0)
+            for x, m in zip(xs, ms):
+                if r.noise_conditioned:
+                    with noise_level(r.model, 0.0):
+                        logits = r.family.logits(r.model, x)
+                else:
+                    logits = r.family.logits(r.model, x)
+                preds.append(logits.argmax(dim=-1))
+                evaluated.append(m if r.pad_id is None else m & (x != r.pad_id))
+                vocab = logits.shape[-1]
+                del logits  # one micro-batch of logits alive at a time
     finally:
         r.model.train(was_training)
-    return monitors.top1_frequency(logits, evaluated)
+    return monitors.top1_frequency_of_predictions(_cat(preds), _cat(evaluated), vocab)
 
 
-def step_monitors(r: _Run, logits: torch.Tensor, mask: torch.Tensor, top1_from_masked: bool) -> dict[str, torch.Tensor]:
-    """Gradient monitors (+ top-1 on the training logits at masked positions when that is the family's
-    source: free). Tensors only: no host sync here."""
+def _cat(xs: list[torch.Tensor]) -> torch.Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs)
+
+
+def step_monitors(r: _Run, preds: torch.Tensor | None, positions: torch.Tensor, vocab: int) -> dict[str, torch.Tensor]:
+    """Gradient monitors on the accumulated gradient (+ top-1 of the training predictions `preds` [B, L] at
+    `positions` when that is the family's source: free). Tensors only: no host sync here."""
     matrix_norms = monitors.matrix_grad_norms(r.matrices)  # one fused foreach kernel over the adapter grads
     out = {
         # == monitors.global_grad_norm(r.params) (tested), without a second pass over the gradients
         "grad_norm": torch.linalg.vector_norm(matrix_norms),
         "matrix_grad_norms": matrix_norms,
     }
-    if top1_from_masked:
-        out["top1_freq"] = monitors.top1_frequency(logits.detach(), mask)
+    if preds is not None:
+        out["top1_freq"] = monitors.top1_frequency_of_predictions(preds, positions, vocab)
     return out
 
 
@@ -237,42 +285,83 @@ def device_batch(r: _Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x0, maskable
 
 
+def _micro_batch(r: _Run, x0: torch.Tensor, maskable: torch.Tensor, keep_preds: bool) -> dict[str, Any]:
+    """One micro-batch's objective forward (no backward): its loss, normaliser and what the log pools."""
+    out = r.objective.forward(r, x0, maskable)
+    return {
+        "out": out, "loss": out.loss, "D": r.objective.normaliser(r.cfg, out, maskable),
+        "preds": out.logits.detach().argmax(dim=-1) if keep_preds else None,
+        "positions": out.top1_positions if out.top1_positions is not None else out.mask,
+        "n_masked": (out.n_masked if out.n_masked is not None else out.mask.sum()).float(),
+        "vocab": out.logits.shape[-1],
+    }
+
+
+def _ratio(out: Any) -> torch.Tensor:
+    if out.noise_level is not None:
+        return out.loss.new_full((), out.noise_level, dtype=torch.float32)
+    return (out.mask_ratio if out.mask_ratio is not None else out.mask.float().mean()).float()
+
+
 def train_step(r: _Run, step: int) -> dict[str, Any]:
-    """Forward/backward of batch `step` and its monitors; returns the step-log row (no update here).
+    """Forward/backward of the cfg.grad_accum_steps micro-batches of optimizer step `step` (gradients
+    accumulated, module docstring) and the monitors on the accumulated gradient; returns the step-log row (no
+    update here).
 
     Private keys for the loop: `_t0` (the step's start mark) and `_grad_norm` (the pre-clip norm, a device
     tensor, so the clip needs no host->device copy)."""
     cfg, clock = r.cfg, r.clock
+    k = cfg.grad_accum_steps
     t0 = clock.mark()
 
-    x0, maskable = device_batch(r, step)
-    out = r.objective.forward(r, x0, maskable)
+    batches = [device_batch(r, step * k + j) for j in range(k)]
+    top1_source = r.family.top1_source
+    keep_preds = top1_source in ("masked", "canvas")
     r.optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
+    parts, c = [], None
+    for j, (x0, maskable) in enumerate(batches):
+        mb = _micro_batch(r, x0, maskable, keep_preds)
+        if k == 1:
+            mb["loss"].backward()
+        else:
+            if c is None:
+                c = (k * mb["D"]).clamp_min(1.0)  # ~ sum D: the weights below stay near 1/k
+            (mb["loss"] * (mb["D"] / c)).backward()  # accumulates into .grad
+        mb["ratio"] = _ratio(mb["out"])
+        mb["loss"] = mb["loss"].detach()
+        del mb["out"]  # logits and graph of one micro-batch at a time
+        parts.append(mb)
+    if k > 1:
+        D_total = torch.stack([mb["D"] for mb in parts]).sum()
+        scale = c / D_total.clamp_min(1.0)
+        torch._foreach_mul_([p.grad for p in r.params if p.grad is not None], scale.to(r.params[0].device))
+        loss_t = torch.stack([mb["loss"] * mb["D"] for mb in parts]).sum() / D_total.clamp_min(1.0)
+    else:
+        loss_t = parts[0]["loss"]
     if _after_backward_hook is not None:
         _after_backward_hook(step, r.model)
 
     t_mon = clock.mark()
-    top1_source = r.family.top1_source
-    top1_pos = out.top1_positions if out.top1_positions is not None else out.mask
-    mon = step_monitors(r, out.logits, top1_pos, top1_from_masked=top1_source in ("masked", "canvas"))
-    dev = out.loss.device
-    top1 = mon["top1_freq"].to(dev).float() if "top1_freq" in mon else out.loss.new_full((), math.nan, dtype=torch.float32)
+    positions = _cat([mb["positions"] for mb in parts])
+    preds = _cat([mb["preds"] for mb in parts]) if keep_preds else None
+    mon = step_monitors(r, preds, positions, parts[0]["vocab"])
+    dev = loss_t.device
+    top1 = mon["top1_freq"].to(dev).float() if "top1_freq" in mon else loss_t.new_full((), math.nan, dtype=torch.float32)
     t_mon_end = clock.mark()
     t_top1 = t_top1_end = None
     # the legacy detector samples every step from step 11 until it fires: one extra forward per such step
     detector_sample = step >= LEGACY_FIRST_STEP and not r.legacy_fired
     if top1_source == "clean" and (step % cfg.top1_every == 0 or detector_sample):
         t_top1 = clock.mark()
-        top1 = clean_top1(r, x0, maskable).to(dev).float()
+        top1 = clean_top1(r, [x for x, _ in batches], [m for _, m in batches]).to(dev).float()
         t_top1_end = clock.mark()
-    n_masked_t = out.n_masked if out.n_masked is not None else out.mask.sum().float()
-    if out.noise_level is not None:
-        ratio_t = out.loss.new_full((), out.noise_level, dtype=torch.float32)
-    else:
-        ratio_t = out.mask_ratio if out.mask_ratio is not None else out.mask.float().mean()
+    n_masked_t = torch.stack([mb["n_masked"] for mb in parts]).sum() if k > 1 else parts[0]["n_masked"]
+    if k == 1:
+        ratio_t = parts[0]["ratio"]
+    else:  # pooled: noise levels averaged by rows, realised shares by positions (equal-size micro-batches)
+        ratio_t = torch.stack([mb["ratio"].to(dev) for mb in parts]).mean()
     packed = torch.cat([  # everything the step-log row needs, in one tensor: one device->host copy per step
-        torch.stack([out.loss.detach().float(), mon["grad_norm"].to(dev), top1, n_masked_t.to(dev).float(),
+        torch.stack([loss_t.float(), mon["grad_norm"].to(dev), top1, n_masked_t.to(dev).float(),
                      ratio_t.to(dev).float()]),
         mon["matrix_grad_norms"].to(dev),
     ]).tolist()  # this is a CPU-GPU sync point: the one per step
@@ -367,8 +456,10 @@ def train_run(
     status, reason, routing = "completed", None, None
     r: _Run | None = None
     running_max = -math.inf
+    t_train = None
     try:
         r = _setup(cfg)
+        t_train = time.perf_counter()
         for step in range(cfg.steps + 1):
             row = train_step(r, step)
             _close_step_times(r, rows, row["_t0"])  # the previous step ended where this one started
@@ -404,19 +495,25 @@ def train_run(
         end = r.clock.mark()
         r.clock.wait(end)
         _close_step_times(r, rows, end)
+        r.train_s = time.perf_counter() - t_train
     except Exception as e:
         status, reason = "failed", f"{type(e).__name__}: {e}"
-        if rows and r is not None:
-            try:
-                end = r.clock.mark()
-                r.clock.wait(end)
-                _close_step_times(r, rows, end)
-            except Exception:  # a device error: the partial log keeps NaN step times
-                for row in rows:
-                    row.pop("_t0", None), row.pop("_grad_norm", None)
-            _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=False)
-        else:
-            _discard_partial_run(run_dir)  # failed before step 0 (e.g. a target that matches nothing)
+        try:
+            if rows and r is not None:
+                r.train_s = time.perf_counter() - t_train
+                try:
+                    end = r.clock.mark()
+                    r.clock.wait(end)
+                    _close_step_times(r, rows, end)
+                except Exception:  # a device error: the partial log keeps NaN step times
+                    for row in rows:
+                        row.pop("_t0", None), row.pop("_grad_norm", None)
+                _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=False)
+            else:
+                _discard_partial_run(run_dir)  # failed before step 0 (e.g. a target that matches nothing)
+        finally:
+            if r is not None:
+                r.lease.release(r.model)  # the base back clean for the process's next run (or evicted)
         raise
     try:
         man = _finish(cfg, r, run_dir, rows, status, reason, routing, started_at, t_start, save=cfg.save_adapter,
@@ -424,7 +521,11 @@ def train_run(
     except OSError:  # disk full / unwritable: no partial adapter or orphan step log left to look like a result
         _discard_partial_run(run_dir)
         raise
-    return _result_from_manifest(run_dir, man, reused=False)
+    finally:
+        r.lease.release(r.model)  # after the adapter is saved: the base back clean for the next run
+    res = _result_from_manifest(run_dir, man, reused=False)
+    return dataclasses.replace(res, load_time_s=r.lease.load_s, train_time_s=r.train_s,
+                               model_resident=r.lease.resident)
 
 
 def _discard_partial_run(run_dir: Path) -> None:
@@ -513,6 +614,12 @@ def build_manifest(cfg: RunConfig, r: _Run, steps: pl.DataFrame, status: str, re
             "top1_forward_ms_mean": float(top1_evaluated.mean()) if top1_evaluated.size else 0.0,
             "top1_every": cfg.top1_every,
             "top1_source": r.family.top1_source,
+            # where the run's wall time went besides the steps (resident base: no load)
+            "model_load_s": r.lease.load_s if r.lease is not None else None,
+            "model_resident": r.lease.resident if r.lease is not None else None,
+            "train_s": r.train_s,
+            "grad_accum_steps": cfg.grad_accum_steps,
+            "gradient_checkpointing": r.checkpointing,
         },
     }
     missing = [k for k in MANIFEST_KEYS if k not in man and k not in ("schema_version", "steplog", "steplog_sha256",

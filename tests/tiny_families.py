@@ -30,11 +30,13 @@ perfectly trained model in miniature, so alignment (logits[:, i] predicts token 
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -215,15 +217,29 @@ class _LLaDABlock(nn.Module):
         return x + self.mlp(self.ff_norm(x))
 
 
+class ActivationCheckpointingStrategy(str, Enum):  # LLaDA's own (a str enum in its configuration file)
+    whole_layer = "whole_layer"
+
+
 class _LLaDAModel(nn.Module):
+    """LLaDA quirks kept here: its own activation checkpointing (`set_activation_checkpointing`; the HF API
+    raises, PreTrainedModel.supports_gradient_checkpointing is False) and the process-wide
+    `enable_mem_efficient_sdp(False)` its constructor calls."""
+
     def __init__(self, c):
         super().__init__()
+        self.activation_checkpointing_strategy = None
+        torch.backends.cuda.enable_flash_sdp(True)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(c.vocab_size, c.d_model),
             blocks=nn.ModuleList(_LLaDABlock(c.d_model, c.n_heads) for _ in range(c.n_layers)),
             ln_f=nn.LayerNorm(c.d_model),
             ff_out=nn.Linear(c.d_model, c.vocab_size, bias=False),  # the LM head, also named ff_out
         ))
+
+    def set_activation_checkpointing(self, strategy):
+        self.activation_checkpointing_strategy = strategy
 
 
 class TinyLLaDAModel(_TinyPreTrained):
@@ -247,8 +263,9 @@ class TinyLLaDAModel(_TinyPreTrained):
         assert not use_cache, "The kvcache is not supported for MDM."
         t = self.model.transformer
         x = t.wte(input_ids)
+        whole = self.model.activation_checkpointing_strategy == ActivationCheckpointingStrategy.whole_layer
         for blk in t.blocks:
-            x = blk(x)
+            x = checkpoint(blk, x, use_reentrant=False) if whole else blk(x)
         logits = t.ff_out(t.ln_f(x))
         return CausalLMOutputWithPast(logits=_oracle(logits, input_ids, self.config.oracle_scale, False))
 
