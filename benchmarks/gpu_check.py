@@ -103,12 +103,13 @@ def gemma_builder():
 
     if "diffusion_gemma" not in FAMILIES:
         return None, "this dlm_triage has no 'diffusion_gemma' family"
-    sys.path.insert(0, str(ROOT / "tests"))
     try:
-        from gemma_families import build_diffusion_gemma_dir  # noqa: PLC0415
+        import transformers.models.diffusion_gemma  # noqa: F401,PLC0415
+
+        from dlm_triage.tiny_diffusion_gemma import save_tiny_diffusion_gemma  # noqa: PLC0415
     except Exception as e:
-        return None, f"no tiny DiffusionGemma builder (tests/gemma_families.py): {type(e).__name__}: {e}"
-    return build_diffusion_gemma_dir, None
+        return None, f"no DiffusionGemma here: {type(e).__name__}: {e}"
+    return save_tiny_diffusion_gemma, None
 
 
 # -- measuring ----------------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def configurations(args, work: Path) -> tuple[list[tuple[str, dict]], list[dict]
     else:
         try:
             todo.append(("diffusion_gemma", dict(family="diffusion_gemma", model_id=str(build_g(work / "gemma")),
-                                                 batch_size=4, seq_len=min(seq, 64))))
+                                                 batch_size=4, seq_len=32)))
         except Exception as e:
             skipped.append({"name": "diffusion_gemma",
                             "skipped": f"building the tiny checkpoint failed: {type(e).__name__}: {e}"})

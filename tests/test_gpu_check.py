@@ -43,7 +43,7 @@ def test_cpu_dry_run_trains_and_writes_every_figure(tmp_path):
     data = json.loads(out.read_text())
     assert data["dry_run"] is True and "DRY RUN" in data["note"] and data["steps_per_run"] == 3
     rows = {r["name"]: r for r in data["results"]}
-    assert set(rows) == {"llama_1b", "llama_1b_checkpointing_accum"}
+    assert set(rows) == {"llama_1b", "llama_1b_checkpointing_accum", "diffusion_gemma"}  # shipped natively
     for r in rows.values():
         assert r["status"] == "completed" and r["loss_finite"], r
         for key in ("model_load_s", "train_s", "step_ms_median", "monitor_overhead_pct", "load_share_of_run"):
@@ -54,5 +54,4 @@ def test_cpu_dry_run_trains_and_writes_every_figure(tmp_path):
     acc = rows["llama_1b_checkpointing_accum"]
     assert acc["gradient_checkpointing"] == "hf" and acc["grad_accum_steps"] == 2 and acc["batch_size"] == 2
     skipped = {s["name"]: s["skipped"] for s in data["skipped"]}
-    assert "DLM_TRIAGE_REMOTE_CODE is not set" in skipped["llada"]
-    assert "diffusion_gemma" in skipped
+    assert "DLM_TRIAGE_REMOTE_CODE is not set" in skipped["llada"] and "diffusion_gemma" not in skipped

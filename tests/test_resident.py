@@ -56,7 +56,7 @@ def assert_clean(base, model_dir):
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
-@pytest.mark.parametrize("first_method", ["lora", "pissa", "nara", "dora"])
+@pytest.mark.parametrize("first_method", ["lora", "pissa", "nara", "dora", "lora_diffusion", "rslora"])
 def test_second_run_on_the_resident_base_equals_the_same_run_on_a_fresh_load(tiny_model_dir, tmp_path, first_method):
     first = train.train_run(cfg_of(tiny_model_dir, method=first_method, seed=1), tmp_path / "a")
     second = train.train_run(cfg_of(tiny_model_dir, seed=2), tmp_path / "a")
@@ -91,6 +91,15 @@ def test_nara_leaves_the_base_clean(tiny_model_dir, tmp_path):
     base = the_base()
     assert not nara.is_nara_model(base)
     assert not any(isinstance(m, nara.NaRALinear) for m in base.modules())
+    assert_clean(base, tiny_model_dir)
+
+
+def test_lora_diffusion_leaves_the_base_clean(tiny_model_dir, tmp_path):
+    from dlm_triage import lora_diffusion
+
+    train.train_run(cfg_of(tiny_model_dir, method="lora_diffusion", steps=1), tmp_path)
+    base = the_base()
+    assert not lora_diffusion.is_lora_diffusion_model(base) and not lora_diffusion.wrapped_modules(base)
     assert_clean(base, tiny_model_dir)
 
 

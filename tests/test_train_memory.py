@@ -214,3 +214,18 @@ def test_nara_trains_under_checkpointing(tiny_model_dir):
         out[gc] = (row["loss"], flat(grads))
     assert out[True][0] == out[False][0] and math.isfinite(out[True][0])
     torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-6, atol=0)
+
+
+def test_a_family_with_its_own_objective_accumulates_too(tmp_path):
+    """DiffusionGemma's own loss: micro-batch losses enter with weight 1/k; one row per optimizer step, the
+    masked count pooled."""
+    pytest.importorskip("transformers.models.diffusion_gemma", reason="this transformers has no DiffusionGemma")
+    from dlm_triage.tiny_diffusion_gemma import save_tiny_diffusion_gemma
+
+    dg = save_tiny_diffusion_gemma(tmp_path / "dg", seed=3)
+    cfg = cfg_of(dg, family="diffusion_gemma", batch_size=1, grad_accum_steps=2, seq_len=32, steps=2)
+    res = train.train_run(cfg, tmp_path / "runs")
+    steps = read_run(res.run_dir).steps
+    assert res.status == "completed" and steps.height == 3
+    assert np.isfinite(steps["loss"].to_numpy()).all() and (steps["n_masked"].to_numpy() >= 0).all()
+    assert ((steps["mask_ratio"].to_numpy() >= 0) & (steps["mask_ratio"].to_numpy() <= 1)).all()
