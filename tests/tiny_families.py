@@ -222,15 +222,14 @@ class ActivationCheckpointingStrategy(str, Enum):  # LLaDA's own (a str enum in 
 
 
 class _LLaDAModel(nn.Module):
-    """LLaDA quirks kept here: its own activation checkpointing (`set_activation_checkpointing`; the HF API
+    """LLaDA's inner model: its own activation checkpointing (`set_activation_checkpointing`; the HF API
     raises, PreTrainedModel.supports_gradient_checkpointing is False) and the process-wide
-    `enable_mem_efficient_sdp(False)` its constructor calls."""
+    `enable_flash_sdp(True)` the published constructor calls beside `enable_mem_efficient_sdp(False)`."""
 
     def __init__(self, c):
         super().__init__()
         self.activation_checkpointing_strategy = None
         torch.backends.cuda.enable_flash_sdp(True)
-        torch.backends.cuda.enable_mem_efficient_sdp(False)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(c.vocab_size, c.d_model),
             blocks=nn.ModuleList(_LLaDABlock(c.d_model, c.n_heads) for _ in range(c.n_layers)),
