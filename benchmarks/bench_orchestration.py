@@ -15,7 +15,8 @@
       threads, calling `dlm_triage.train.train_run` directly.
     Every arm pays its worker processes' spawn and imports; none pays the one-time Prefect import, server and
     worker start-up, which are reported apart. With `--repeat` R the arms rotate order per round so drifting
-    machine load hits all alike. Per-task overhead = (arm - plain) / N; ratio = arm / plain - 1. `--default-size`: the default sweep of `dlm-triage run` (72 configs, at its own
+    machine load hits all alike. Per-task overhead = (arm - plain) / N; ratio = arm / plain - 1.
+    `--default-size`: the default sweep of `dlm-triage run` (72 configs, at its own
     200 steps unless `--steps` says otherwise). The < 5 % target is judged on the default sweep only; with fewer
     steps per run (e.g. `--steps 30 --name orchestration_short`) the same fixed and per-task costs weigh more:
     a stress figure, reported, not judged.

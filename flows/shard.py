@@ -204,8 +204,9 @@ def train_shard_flow(configs: list[dict[str, Any]], runs_dir: str, shard: str = 
                 heartbeat.current = cfg.run_id
                 heartbeat.beat()
                 # refresh_cache: this config has no finished run dir, so no cached record may answer for it
-                state = train_config.with_options(refresh_cache=True)(cfg_dict, runs_dir, threshold_from_wire(thresholds.get(cfg.family)),
-                    torch_threads, return_state=True)
+                train = train_config.with_options(refresh_cache=True)
+                state = train(cfg_dict, runs_dir, threshold_from_wire(thresholds.get(cfg.family)), torch_threads,
+                              return_state=True)
                 record = state.result() if state.is_completed() else failed_record(cfg_dict, state.message)
                 if runs_url and state.is_completed() and finished_manifest(runs_dir, cfg) is not None:
                     record = {**record, "run_dir": publish_run(Path(runs_dir) / cfg.run_id, runs_url)}

@@ -59,7 +59,7 @@ class ShardRun:
     process: Any = None
     state: str = "SCHEDULED"
     message: str = ""
-    started: float = field(default_factory=time.monotonic)
+    last_alive: float = field(default_factory=time.monotonic)  # monotonic time of its last sign of life
     done: set[str] = field(default_factory=set)
     final: bool = False
 
@@ -162,7 +162,7 @@ class DeploymentShards:
             fr = runs.get(s.flow_run_id)
             if fr is not None:
                 if s.state != "RUNNING" and fr.state.type.value == "RUNNING":
-                    s.started = time.monotonic()  # silence is counted from the start of this attempt
+                    s.last_alive = time.monotonic()  # silence is counted from the start of this attempt
                 s.state, s.message = fr.state.type.value, fr.state.message or ""
         for s in shards:  # a lease that changed since the last poll: alive now, by this process's clock
             if s.state != "RUNNING":
@@ -173,10 +173,10 @@ class DeploymentShards:
                 continue
             if lease != self._leases.get(s.flow_run_id):
                 self._leases[s.flow_run_id] = lease
-                s.started = time.monotonic()
+                s.last_alive = time.monotonic()
 
     def alive(self, shard: ShardRun) -> bool:
-        return shard.state != "RUNNING" or time.monotonic() - shard.started < self.stale_after_s
+        return shard.state != "RUNNING" or time.monotonic() - shard.last_alive < self.stale_after_s
 
     def revoke(self, shard: ShardRun) -> None:
         """Fence off a shard run declared crashed: its heartbeat thread finds the revocation next to its lease and
@@ -250,10 +250,10 @@ class Supervisor:
     def run(self, shards: list[list[dict[str, Any]]]) -> None:
         self.total = sum(len(s) for s in shards)
         self.progress_id = create_progress_artifact(0.0, key="sweep-progress",
-                                                    description=f"0 of {self.total} run(s) trained")
-        for i, configs in enumerate(shards):
-            self._start(i, 1, configs)
+                                                    description=f"0 of {self.total} run(s) finished")
         try:
+            for i, configs in enumerate(shards):
+                self._start(i, 1, configs)
             while True:
                 active = [s for s in self.all if not s.final]
                 if not active:
@@ -304,8 +304,8 @@ class Supervisor:
         failed = _task_runs_of(self.client, ids, "FAILED")
         rest = [c for c, rid in zip(s.configs, s.run_ids) if rid not in self.finished and rid not in failed]
         silent = s.state not in ("CRASHED", "FAILED")
-        why = (f"its lease unchanged for {time.monotonic() - s.started:.0f} s (its worker or machine is gone)" if silent
-               else s.message or s.state.lower())
+        why = (f"its lease unchanged for {time.monotonic() - s.last_alive:.0f} s (its worker or machine is gone)"
+               if silent else s.message or s.state.lower())
         retry = bool(rest) and s.attempt < self.attempts
         next_name = f"{self.label}-shard-{s.index}-attempt-{s.attempt + 1}"
         msg = (f"shard run {s.name} crashed while training {', '.join(in_training) or 'no config'}: {why}; "

@@ -1,8 +1,9 @@
 """Prefect flows for real, under one session harness (`prefect_harness`, ~12-20 s once), on the tiny model.
 
 Pure parts first (parameter validation, the retry policy, threshold drift): no Prefect server needed.
-Then: the sweep trains, a re-run is answered by the Prefect cache, a deleted run dir is retrained, a failed
-config is reported while the others complete, a ConfigError is not retried while an OSError is, and the
+Then: the sweep trains its shards as train-shard subflow runs in subprocesses (progress artifacts per shard), a
+re-run starts no shard and trains nothing, a deleted run dir is retrained, a failed config is reported while the
+others of its shard complete, a ConfigError is not retried while an OSError is, and the
 pipeline produces a DuckDB with every run and step, a calibration, a report and the artifacts.
 """
 
