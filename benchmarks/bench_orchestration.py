@@ -779,9 +779,10 @@ def markdown(r: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "Method: both arms train the same configs into fresh run dirs in one process; the sweep's training pool "
-        "and the plain pool both spawn their workers (start-up and imports counted in both). Wall clock on a shared "
-        "2-core machine: compare arms within a round; the rounds alternate order.",
+        "Method: every arm trains the same configs into fresh run dirs in one run of this script; the plain pool, "
+        "the local sweep's shard subprocesses and the worker's shard processes all spawn (start-up and imports "
+        "counted in each). Wall clock on a shared 2-core machine: compare arms within a round; the rounds rotate "
+        "the arms' order.",
         "",
     ]
     return "\n".join(lines)

@@ -119,6 +119,12 @@ class LocalShards:
     def revoke(self, shard: ShardRun) -> None:
         self.cancel(shard)
 
+    def finish(self, shard: ShardRun) -> None:
+        """Wait for a finished shard's process to exit (its engine reports the final state just before), so no
+        exited child is left unreaped."""
+        if shard.process is not None:
+            shard.process.join(30)
+
     def cancel(self, shard: ShardRun) -> None:
         p = shard.process
         if p is not None and p.is_alive():
@@ -177,6 +183,9 @@ class DeploymentShards:
 
     def alive(self, shard: ShardRun) -> bool:
         return shard.state != "RUNNING" or time.monotonic() - shard.last_alive < self.stale_after_s
+
+    def finish(self, shard: ShardRun) -> None:
+        """Nothing to wait for: the shard's process belongs to its worker."""
 
     def revoke(self, shard: ShardRun) -> None:
         """Fence off a shard run declared crashed: its heartbeat thread finds the revocation next to its lease and
@@ -288,8 +297,10 @@ class Supervisor:
         """Final states end a shard run; a crash (or silence) hands its unfinished configs to a new attempt."""
         if s.state == "COMPLETED":
             s.final = True
+            self.launcher.finish(s)
         elif s.state == "CANCELLED":
             s.final = True
+            self.launcher.finish(s)
             self.logger.warning("shard run %s was cancelled: %s", s.name, s.message)
         elif s.state in ("CRASHED", "FAILED") or not self.launcher.alive(s):
             self._crashed(s)
