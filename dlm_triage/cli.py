@@ -36,21 +36,8 @@ from typing import Any, Iterable, Mapping, NoReturn, Sequence
 from dlm_triage import paths
 from dlm_triage.groups import GROUP_BY_COLUMNS
 from dlm_triage.config import OBJECTIVES, ConfigError, RunConfig
+from dlm_triage.defaults import EMBEDDED_DEFAULT_SWEEP  # the one definition of `run`'s default sweep
 from dlm_triage.schema import MANIFEST_FILENAME, REUSABLE_STATUSES
-
-# The embedded default sweep (`dlm-triage run`): the tiny family, 2 ranks x 4 mask ratios x 3 learning rates x 3
-# seeds = 72 runs. The learning-rate axis is what makes some runs really go bad (with one lr, tiny runs differ
-# little: ENVIRONMENT-NOTES.md), so the calibration has unstable runs to find.
-EMBEDDED_DEFAULT_SWEEP: dict[str, Any] = {
-    "families": ["tiny"],
-    "methods": ["lora"],
-    "ranks": [4, 16],
-    "mask_ratios": [0.15, 0.4, 0.65, 0.9],
-    "learning_rates": [1e-3, 1e-2, 5e-2],
-    "seeds": [7, 42, 1337],
-    "steps": 200,
-    "batch_size": 4,
-}
 
 
 QUEUE_COLUMNS = ("outcome", "run_id", "max_grad_up_to_k", "threshold", "k", "family", "learning_rate", "rank",

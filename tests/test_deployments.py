@@ -55,6 +55,25 @@ def test_prefect_yaml_entrypoints_pools_and_parameters_are_valid():
             model.model_validate(value)
 
 
+def test_deployment_defaults_are_the_embedded_default_of_dlm_triage_run():
+    from dlm_triage.defaults import EMBEDDED_DEFAULT_SWEEP
+    from dlm_triage.params import PipelineParams, SweepParams
+
+    spec = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    sweep = dict(deployments["sweep"]["parameters"]["params"])
+    assert sweep.pop("shard_deployment") == "train-shard/train-shard"  # the one difference: where shards train
+    pipeline = deployments["pipeline"]["parameters"]["params"]["sweep"]
+    run_default = SweepParams(**EMBEDDED_DEFAULT_SWEEP)
+    for name, form in (("sweep", sweep), ("pipeline", pipeline)):
+        assert form == EMBEDDED_DEFAULT_SWEEP, f"deployment {name!r} differs from `dlm-triage run`'s default"
+        # the same grid once validated: the UI form trains the runs `dlm-triage run` trains (same run ids)
+        assert [c.run_id for c in SweepParams(**form).to_spec().expand()] == \
+            [c.run_id for c in run_default.to_spec().expand()]
+    assert PipelineParams.model_validate(deployments["pipeline"]["parameters"]["params"]).sweep.families == \
+        EMBEDDED_DEFAULT_SWEEP["families"]
+
+
 def test_k8s_template_declares_every_placeholder_and_requests_a_gpu():
     tpl = json.loads((DEPLOY / "k8s-gpu-job-template.json").read_text())
     used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(tpl["job_configuration"])))
