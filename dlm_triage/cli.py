@@ -170,21 +170,10 @@ def run_summary(result: Mapping[str, Any], *, live: Mapping[str, tuple[Any, str]
              + (f"{n_status['stopped_by_legacy_detector']} stopped by the legacy detector, "
                 if n_status["stopped_by_legacy_detector"] else "") + f"{failed} failed",
              f"calibration {result.get('calibration_id')} (by {result.get('group_by', 'family')}):"]
-    for name, g in (result.get("groups") or {}).items():
-        reg = g.get("registry") or {}
-        rec, why = live.get(name, (None, ""))
-        rule = f"max-grad-up-to-{reg['k']}" if reg.get("k") is not None else "whole-run max grad"
-        evidence = (f"precision {_g(reg.get('precision'))} [{_g(reg.get('precision_ci_low'))}, "
-                    f"{_g(reg.get('precision_ci_high'))}] vs baseline ceiling {_g(reg.get('baseline_ceiling'))}")
-        if reg.get("status") == "accepted" and rec is not None and rec.calibration_id == result.get("calibration_id"):
-            head = f"live threshold {rule} >= {rec.threshold:.4g}"
-        elif rec is not None:
-            head = (f"this calibration registered none ({'; '.join(reg.get('rejection_reasons') or ()) or 'rejected'});"
-                    f" the earlier threshold {rec.threshold:.4g} of {rec.calibration_id} stays live")
-        else:
-            head = "no live threshold: " + ("; ".join(reg.get("rejection_reasons") or ()) or why)
-        lines.append(f"  {name} (n={g.get('n')}, {g.get('n_unstable')} unstable): {head}; "
-                     f"{routed.get(name, 0)} run(s) routed to inspection; {evidence}")
+    from dlm_triage.report import group_answers
+
+    lines += ["  " + a.line for a in group_answers(result, routed=routed,
+                                                   live={g: rec for g, (rec, _why) in live.items()})]
     lines += [f"report: {report_html}", "next:",
               f"  dlm-triage{out_flag} queue           the runs to inspect, most severe first",
               f"  dlm-triage{out_flag} thresholds      every calibration's thresholds and why each is (not) live",

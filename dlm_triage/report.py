@@ -456,6 +456,57 @@ def threshold_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass(frozen=True)
+class GroupAnswer:
+    """The one-line answer for one group: what the report, the end of `dlm-triage run` and the Prefect summary
+    artifact lead with."""
+
+    group: str
+    live: bool
+    """A threshold routes this group's runs now (this calibration's, or an earlier one that stays in force)."""
+    line: str
+
+
+def _g3(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3g}"
+
+
+def group_answers(result: Mapping[str, Any], *, routed: Mapping[str, int] | None = None,
+                  live: Mapping[str, Any] | None = None) -> list[GroupAnswer]:
+    """One line per group: its live threshold (rule and value) or why none, the runs routed to inspection, and
+    the registered rule's held-out precision [split-bootstrap CI] against the always-positive baseline ceiling.
+
+    `routed`: {group: runs in the inspection queue} (None: not counted). `live`: {group: the record
+    `store.live_threshold` returns (or None)}; without it the answer is this calibration's registry alone. The
+    numbers are `threshold_table`'s: one rule per row, the same as the per-group table and the registry.
+    """
+    cal_id = result.get("calibration_id")
+    out = []
+    for row in threshold_table(result):
+        name = row["group"]
+        rule = f"max-grad-up-to-{row['k']}" if row["k"] is not None else "whole-run max grad"
+        reasons = "; ".join(row["rejection_reasons"]) or row["triage"]
+        rec = (live or {}).get(name) if live is not None else None
+        if live is None:
+            is_live = row["live"] == "accepted" and row["threshold"] is not None
+            head = (f"live threshold {rule} >= {row['threshold']:.4g}" if is_live
+                    else f"no live threshold: {reasons}")
+        elif rec is not None and getattr(rec, "calibration_id", None) == cal_id and row["live"] == "accepted":
+            is_live, head = True, f"live threshold {rule} >= {rec.threshold:.4g}"
+        elif rec is not None:
+            is_live = True
+            head = (f"this calibration registered none ({reasons}); the earlier threshold {rec.threshold:.4g} of "
+                    f"{rec.calibration_id} stays live")
+        else:
+            is_live, head = False, f"no live threshold: {reasons}"
+        n_routed = "" if routed is None else f"; {routed.get(name, 0)} run(s) routed to inspection"
+        evidence = (f"precision {_g3(row['precision'])} [{_g3(row['precision_ci_low'])}, "
+                    f"{_g3(row['precision_ci_high'])}] vs baseline ceiling {_g3(row['baseline_ceiling'])}")
+        out.append(GroupAnswer(name, is_live, f"{name} (n={row['n']}, {row['n_unstable']} unstable): {head}"
+                                              f"{n_routed}; {evidence}"))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # tables -> Markdown / HTML
 def _md_cell(x: Any) -> str:
@@ -505,10 +556,6 @@ def _threshold_rows(result: Mapping[str, Any]) -> list[list[Any]]:
             for r in threshold_table(result)]
 
 
-WARNINGS_SHOWN = 4
-"""Per group, this many warnings are shown in full; the rest (often one line per step-k split count) fold away."""
-
-
 def _warnings(result: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
     """[(scope, messages)]: the calibration's own warnings ('all groups'), then each group's."""
     out = [("all groups", [str(w) for w in result.get("warnings") or []])]
@@ -533,29 +580,55 @@ def _md_warnings(result: Mapping[str, Any], *, limit: int | None) -> list[str]:
     return lines + [""]
 
 
+def _warning_kind(msg: str) -> str:
+    """What a warning is about, for grouping: its source before the first '[', '.' or ':' ('stepk[k=5].loss: ..'
+    -> 'stepk'), the degenerate-group and registry notes under their own names."""
+    head = msg.split(":", 1)[0] if ":" in msg else "other"
+    return head.split("[", 1)[0].split(".", 1)[0].strip() or "other"
+
+
 def _html_warnings(result: Mapping[str, Any]) -> str:
+    """Every warning, collapsed under one line that counts them per scope; inside, grouped by scope (all groups,
+    then each group) and by kind (one line per step-k split count folds into one 'stepk' line)."""
     ws = _warnings(result)
     if not ws:
         return "<section id='warnings' class='note'>No calibration warnings.</section>"
-    parts = [f"<section class='warnings' id='warnings'><h2>&#9888; {sum(len(w) for _, w in ws)} calibration "
-             "warning(s)</h2>"]
+    total = sum(len(w) for _, w in ws)
+    counts = ", ".join(f"{html.escape(scope)} {len(msgs)}" for scope, msgs in ws)
+    parts = [f"<details class='warnings' id='warnings'><summary>&#9888; {total} calibration warning(s) "
+             f"({counts}): what the numbers above rest on; open to read</summary>"]
     for scope, msgs in ws:
-        parts.append(f"<h3>{html.escape(scope)} ({len(msgs)})</h3><ul>"
-                     + "".join(f"<li>{html.escape(m)}</li>" for m in msgs[:WARNINGS_SHOWN]) + "</ul>")
-        if len(msgs) > WARNINGS_SHOWN:
-            parts.append(f"<details><summary>{len(msgs) - WARNINGS_SHOWN} more</summary><ul>"
-                         + "".join(f"<li>{html.escape(m)}</li>" for m in msgs[WARNINGS_SHOWN:]) + "</ul></details>")
-    return "".join(parts) + "</section>"
+        kinds: dict[str, list[str]] = {}
+        for m in msgs:
+            kinds.setdefault(_warning_kind(m), []).append(m)
+        parts.append(f"<h3>{html.escape(scope)} ({len(msgs)})</h3>")
+        for kind, km in kinds.items():
+            parts.append(f"<details class='wkind'><summary>{html.escape(kind)} ({len(km)})</summary><ul>"
+                         + "".join(f"<li>{html.escape(m)}</li>" for m in km) + "</ul></details>")
+    return "".join(parts) + "</details>"
 
 
-def summary_markdown(result: Mapping[str, Any]) -> str:
-    """Short Markdown for a Prefect markdown artifact: warnings, verdict table, per-group thresholds."""
+def _html_answers(answers: Sequence[GroupAnswer]) -> str:
+    if not answers:
+        return ("<section id='answer'><h2>Answer</h2><p class='missing'>No group was calibrated: nothing to "
+                "answer (see the warnings).</p>")
+    items = "".join(f"<li class='{'live' if a.live else 'none'}'>{html.escape(a.line)}</li>" for a in answers)
+    return f"<section id='answer'><h2>Answer, per group</h2><ul class='answers'>{items}</ul>"
+
+
+def summary_markdown(result: Mapping[str, Any], *, routed: Mapping[str, int] | None = None,
+                     live: Mapping[str, Any] | None = None) -> str:
+    """Markdown for a Prefect markdown artifact, answer first: one line per group (`group_answers`), the
+    verdict table and the per-group rules, then the warnings (a few per scope; the report has them all)."""
     lines = [f"# dlm-triage calibration `{result.get('calibration_id', '?')}`",
-             f"Grouped by **{result.get('group_by', '?')}**, {len(_group_names(result))} group(s).", ""]
-    lines += _md_warnings(result, limit=2)
-    lines += ["## Verdicts", "", _md_table(VERDICT_HEADERS, [
+             f"Grouped by **{result.get('group_by', '?')}**, {len(_group_names(result))} group(s).", "",
+             "## Answer, per group", ""]
+    lines += [f"- {'**live**' if a.live else '**none**'} {a.line}" for a in group_answers(
+        result, routed=routed, live=live)] or ["No group was calibrated."]
+    lines += ["", "## Verdicts", "", _md_table(VERDICT_HEADERS, [
         (v.recommendation, f"**{v.verdict}**", v.evidence, v.detail) for v in verdicts(result)]), "",
         "## Per-group max-grad thresholds", "", _md_table(THRESHOLD_HEADERS, _threshold_rows(result)), ""]
+    lines += _md_warnings(result, limit=2)
     return "\n".join(lines)
 
 
@@ -1056,6 +1129,17 @@ def _inspection_rows(con: duckdb.DuckDBPyConnection, data: _Data) -> pl.DataFram
                                                                              nulls_last=True)
 
 
+def _routed_counts(q: pl.DataFrame) -> dict[str, int]:
+    """{group: runs in this calibration's inspection queue}."""
+    return {str(g): n for g, n in q.group_by("group").len().iter_rows()} if q.height else {}
+
+
+def _live_records(con: duckdb.DuckDBPyConnection, data: _Data) -> dict[str, Any]:
+    """{group: the threshold the live early warning uses now (store.live_threshold), or None}."""
+    group_by = data.result.get("group_by") or data.calibration["group_by"] or "family"
+    return {g: store.live_threshold(con, g, group_by=group_by)[0] for g in _group_names(data.result)}
+
+
 def _queue_outcomes(q: pl.DataFrame) -> list[str]:
     """'llada: 176 routed - 70 unstable, 86 mid-band, 20 stable (false alarms)' per group."""
     parts = []
@@ -1089,6 +1173,10 @@ h3{font-size:15px;margin:22px 0 6px}
 .warnings{background:#fff4e5;border:1px solid #f0a33a;border-left:6px solid #e8890c;padding:10px 16px;margin:16px 0;
  border-radius:4px}.warnings h2{border:0;margin:4px 0;font-size:16px;color:#8a4b00}.warnings li{margin:3px 0}
 .warnings h3{margin:10px 0 2px;font-size:14px;color:#8a4b00}.warnings ul{margin:2px 0}
+details.warnings>summary{cursor:pointer;color:#8a4b00;font-weight:600}details.wkind{margin:2px 0 2px 12px}
+ul.answers{list-style:none;padding:0;margin:8px 0 12px}ul.answers li{padding:7px 12px;margin:4px 0;
+ border-radius:4px;font-size:15px}ul.answers li.live{background:#e8f5ea;border-left:6px solid #1b7a2e}
+ul.answers li.none{background:#f4f4f6;border-left:6px solid #8a8f9c}
 .note{background:#eef4fb;border-left:4px solid #5b8bd0;padding:6px 12px;margin:8px 0;color:#28406a;border-radius:3px}
 .missing{background:#f7f7f7;border:1px dashed #b0b6c2;padding:14px 16px;margin:8px 0;color:#4a5060;border-radius:4px}
 .tablewrap{overflow-x:auto;margin:8px 0}
@@ -1181,6 +1269,7 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         data = _load_data(con, calibration_id)
         queue = _inspection_rows(con, data)
         conn = _connectivity(con, data)
+        live = _live_records(con, data) if calibration_id is None else None
     finally:
         con.close()
     out = output_dir(out_dir, str(data.calibration["calibration_id"]))
@@ -1227,7 +1316,9 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                     f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
                     f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>",
                     f"<h1>dlm-triage calibration report</h1><p class='meta'>{meta}</p>"]
-    h.append(_html_warnings(result))
+    routed = _routed_counts(queue)
+    answers = group_answers(result, routed=routed, live=live)
+    h.append(_html_answers(answers) + _html_warnings(result) + "</section>")
     h.append("<section id='verdicts'><h2>Verdicts</h2>"
              "<p>Each verdict is computed from this calibration's numbers (rules in <code>dlm_triage/report.py"
              "</code>).</p>"
@@ -1276,6 +1367,7 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     # ---- Markdown (same tables, relative figure links)
     md = ["# dlm-triage calibration report", "", meta.replace("<code>", "`").replace("</code>", "`")
           .replace("<b>", "**").replace("</b>", "**"), ""]
+    md += ["## Answer, per group", "", *([f"- {a.line}" for a in answers] or ["No group was calibrated."]), ""]
     md += _md_warnings(result, limit=None)
     md += ["## Verdicts", "", _md_table(VERDICT_HEADERS, [(v.recommendation, f"**{v.verdict}**", v.evidence,
                                                           v.detail) for v in vs]), "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import html.parser
 import json
 import re
 import struct
@@ -22,7 +23,7 @@ from dlm_triage import calibrate, report, store, synthetic
 from dlm_triage.report import ReportError, summary_markdown, threshold_table, verdicts, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ("id='warnings'", "id='verdicts'", "id='definitions'", "id='thresholds'", "id='inspection'", "id='figures'",
+SECTIONS = ("id='answer'", "id='warnings'", "id='verdicts'", "id='definitions'", "id='thresholds'", "id='inspection'", "id='figures'",
             "id='provenance'")
 
 
@@ -138,6 +139,76 @@ def test_inspection_queue_lists_routed_runs_with_reasons(full_report):
         assert f"<td>{run_id}</td>" in text
     assert "routed live during training" in text  # routed_for_inspection set by the live early warning
     assert "max-grad-up-to-25" in text and "outcome:" in text
+
+
+class _Outline(html.parser.HTMLParser):
+    """The report's elements in document order: (tag, attrs, text) of each answer line, warning box and
+    verdict table, enough to check what a reader sees first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[tuple[str, dict, str]] = []
+        self._li: dict | None = None
+        self._text: list[str] = []
+        self._in_answers = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "ul" and a.get("class") == "answers":
+            self._in_answers = True
+        elif tag == "li" and self._in_answers:
+            self._li, self._text = a, []
+        elif a.get("id") == "warnings" or (tag == "table" and a.get("class") == "verdicts") or tag == "h2":
+            self.order.append((tag, a, ""))
+
+    def handle_endtag(self, tag):
+        if tag == "li" and self._li is not None:
+            self.order.append(("answer", self._li, "".join(self._text)))
+            self._li = None
+        elif tag == "ul":
+            self._in_answers = False
+
+    def handle_data(self, data):
+        if self._li is not None:
+            self._text.append(data)
+
+
+def test_first_section_is_one_verdict_line_per_group_before_any_warning(full_report):
+    db, paths = full_report
+    outline = _Outline()
+    outline.feed(paths.html.read_text())
+    con = store.connect(db, read_only=True)
+    try:
+        res = json.loads(con.execute("SELECT result_json FROM calibrations").fetchall()[0][0])
+        queue = store.inspection_queue(con, calibration_id=res["calibration_id"])
+    finally:
+        con.close()
+    kinds = [k for k, _a, _t in outline.order]
+    first_warning = next(i for i, (k, a, _t) in enumerate(outline.order) if a.get("id") == "warnings")
+    answers = [(i, t) for i, (k, _a, t) in enumerate(outline.order) if k == "answer"]
+    assert kinds[0] == "h2" and [t for _i, t in answers] and kinds.index("answer") == 1  # the first section
+    assert len(answers) == len(res["groups"]) and all(i < first_warning for i, _t in answers)
+    assert first_warning < kinds.index("table")  # the verdict table comes after the collapsed warnings
+    # the warnings are there but folded (a <details> that is not open), every one of them counted
+    tag, attrs, _ = outline.order[first_warning]
+    assert tag == "details" and "open" not in attrs
+    n_warn = len(res.get("warnings") or []) + sum(len(g.get("warnings") or []) for g in res["groups"].values())
+    assert f"{n_warn} calibration warning(s)" in paths.html.read_text()
+    routed = dict(queue.group_by("family").len().iter_rows())
+    for (_i, line), (name, g) in zip(answers, res["groups"].items()):
+        reg = g["registry"]
+        assert line.startswith(f"{name} (n={g['n']}, {g['n_unstable']} unstable): ")
+        assert f"{routed.get(name, 0)} run(s) routed to inspection" in line
+        assert (f"precision {reg['precision']:.3g} [{reg['precision_ci_low']:.3g}, {reg['precision_ci_high']:.3g}]"
+                f" vs baseline ceiling {reg['baseline_ceiling']:.3g}") in line
+        if reg["status"] == "accepted":  # the latest calibration: its accepted thresholds are the live ones
+            assert f"live threshold max-grad-up-to-{reg['k']} >= {reg['threshold']:.4g}" in line
+        else:
+            assert f"no live threshold: {reg['rejection_reasons'][0]}" in line
+    statuses = {g["registry"]["status"] for g in res["groups"].values()}
+    assert statuses == {"accepted", "rejected"}, statuses  # the corpus exercises both kinds of line
+    md = paths.markdown.read_text()
+    assert md.index("## Answer, per group") < md.index("calibration warning(s)") < md.index("## Verdicts")
 
 
 def test_verdicts_follow_the_data(tmp_path):
