@@ -126,6 +126,21 @@ def save_tokenizer(family: str, out: Path) -> None:
         hf_logging.set_verbosity(level)
 
 
+def save_dream_tokenizer(out: Path) -> None:
+    """Files for the published remote *slow* tokenizer (tokenization_dream.DreamTokenizer, byte-level BPE):
+    a character vocab.json, an empty merges.txt, and its specials at their real ids."""
+    eos, _, mask, ids = TOKENIZER_FACTS["dream"]
+    byte_level = {" ": "\u0120", "\n": "\u010a"}  # GPT-2 byte-level spellings of space and newline
+    (out / "vocab.json").write_text(json.dumps({byte_level.get(c, c): i for i, c in enumerate(CHARS)}))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    added = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
+                      "single_word": False} for t, i in ids.items()}
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+        "tokenizer_class": "DreamTokenizer", "eos_token": eos, "pad_token": eos, "unk_token": eos,
+        "bos_token": None, "mask_token": mask, "added_tokens_decoder": added}, indent=2))
+
+
 def randomize_(model: torch.nn.Module, seed: int) -> None:
     """Deterministic random values for every parameter and float persistent buffer (norm weights near 1)."""
     g = torch.Generator().manual_seed(seed)
@@ -152,7 +167,10 @@ def build_checkpoint(family: str, out: Path, *, seed: int = 0) -> Path:
         shutil.copy2(f, out / f.name)
     cfg = tiny_config(family, src)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    save_tokenizer(family, out)
+    if family == "dream" and (src / "tokenization_dream.py").is_file():
+        save_dream_tokenizer(out)  # the published remote slow tokenizer class, loaded with trust_remote_code
+    else:
+        save_tokenizer(family, out)
     if family == "dream":  # Dream's from_pretrained reads generation_config.json (the checkpoint ships one)
         eos, _, _, ids = TOKENIZER_FACTS[family]
         (out / "generation_config.json").write_text(json.dumps(

@@ -66,6 +66,9 @@ def test_loads_the_published_class_through_the_adapter(ckpt, family):
     assert (path / CODE_FILES[family][0]).read_bytes() == (src / CODE_FILES[family][0]).read_bytes()
     assert lm.mask_token_id == MASK_ID[family]
     assert set(lm.compat) == _expected_shims(family)
+    if family == "dream" and (src / "tokenization_dream.py").is_file():  # its remote slow tokenizer
+        assert type(lm.tokenizer).__name__ == "DreamTokenizer"
+        assert lm.tokenizer.convert_tokens_to_ids("<|mask|>") == MASK_ID["dream"]
     cfg = json.loads((path / "config.json").read_text())
     assert lm.model.config.vocab_size == cfg["vocab_size"] or cfg.get("embedding_size") == lm.model.config.vocab_size
 
@@ -258,3 +261,16 @@ def test_cli_train_on_a_published_checkpoint_as_a_user_would(ckpt, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     manifests = list((tmp_path / "out").rglob("manifest.json"))
     assert len(manifests) == 1 and json.loads(manifests[0].read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_sweep_shard_trains_every_family_one_after_another(ckpt, prefect_harness, tmp_path):
+    # the sweep's unit of work: one shard process trains its configs in order (here every family's published
+    # code in one process, so any process-wide state one family's code leaves behind meets the next family)
+    from flows.shard import train_shard_flow
+
+    families = [f for f in FAMILIES if remote_code_dir(f) is not None]
+    cfgs = [RunConfig(family=f, model_id=str(ckpt(f)), steps=2, batch_size=2, seq_len=16, rank=4, device="cpu",
+                      dtype="float32").to_dict() for f in families]
+    records = train_shard_flow(cfgs, str(tmp_path / "runs"))
+    assert [r["status"] for r in records] == ["completed"] * len(families), records
