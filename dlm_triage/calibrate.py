@@ -50,7 +50,7 @@ import numpy as np
 import polars as pl
 
 from dlm_triage import groups as groups_mod
-from dlm_triage import stats
+from dlm_triage import runsummary, stats
 from dlm_triage.fsutil import write_json_atomic
 
 __all__ = [
@@ -282,10 +282,7 @@ def stepk_predictors(traj: Trajectories, rows: np.ndarray, ks: Sequence[int]) ->
     step = traj.step[idx]
     run_max = {}
     for name, values in (("max_grad", traj.grad_norm[idx]), ("max_top1", traj.top1[idx])):
-        # running max within each run with NaN skipped (-inf stands for "nothing yet", turned back into NaN)
-        v = pl.DataFrame({"seg": seg, "v": np.where(np.isnan(values), -np.inf, values)})
-        m = v.select(pl.col("v").cum_max().over("seg")).to_series().to_numpy()
-        run_max[name] = np.where(np.isneginf(m), np.nan, m)
+        run_max[name] = runsummary.running_max(values, seg)  # within each run, NaN (not logged) skipped
     loss = traj.loss[idx]
     # key orders entries by (run, step): the last entry <= k of run s is searchsorted(key, (s, k), 'right') - 1
     key = (seg << 32) + (step + 2**31)

@@ -22,6 +22,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from dlm_triage.runsummary import fold_max_grad
+
 log = logging.getLogger(__name__)
 
 EVENT_NAME = "dlm_triage.run.routed_for_inspection"
@@ -115,8 +117,7 @@ class EarlyWarning:
 
         A non-finite grad norm counts as +inf (a diverging run is above any threshold).
         """
-        value = float(grad_norm)
-        self.max_so_far = max(self.max_so_far, value if math.isfinite(value) else math.inf)
+        self.max_so_far = fold_max_grad(self.max_so_far, grad_norm)
         if self.threshold is None or self.evaluated or step < self.k:
             return None
         self.evaluated = True

@@ -58,7 +58,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from . import store
+from . import runsummary, store
 from .store import IngestReport, PreparedRun
 
 MAX_PROBLEMS_SHOWN = 20
@@ -333,40 +333,10 @@ def _finish_config(path: Path, cfg: dict[str, Any], family: str | None) -> dict[
 
 # -- monitors summary of a step log -------------------------------------------------------------------------
 
-def _summarise(steps: pl.DataFrame) -> dict[str, Any]:
-    """Run-level monitors from a step log: final loss, max grad, top-1 legacy warning/crossings/collapse."""
-    step = steps["step"].to_numpy().astype(np.int64)
-    loss = steps["loss"].to_numpy()
-    grad = steps["grad_norm"].to_numpy()
-    top1 = steps["top1_freq"].to_numpy()
-    finite_loss = loss[np.isfinite(loss)]
-    out: dict[str, Any] = {
-        "final_loss": float(finite_loss[-1]) if finite_loss.size else None,
-        "max_grad_norm": float(np.nanmax(grad)) if np.isfinite(grad).any() else None,
-        "n_steps": int(steps.height),
-        "top1_step0": None, "top1_warning_detected": None, "top1_fire_step": None,
-        "top1_cross_050": None, "top1_cross_080": None, "top1_cross_095": None, "collapsed": None,
-    }
-    if np.isfinite(top1).any():
-        from . import monitors  # imports torch: only paid when a log has top-1 values
-        from .schema import TOP1_CROSS_LEVELS
-
-        fired, fire_step = monitors.legacy_warning(top1, step)
-        out.update(
-            top1_step0=float(top1[0]) if step[0] == 0 and np.isfinite(top1[0]) else None,
-            top1_warning_detected=fired, top1_fire_step=fire_step,
-            collapsed=monitors.is_collapsed(top1, loss),
-        )
-        for level, key in zip(TOP1_CROSS_LEVELS, ("top1_cross_050", "top1_cross_080", "top1_cross_095")):
-            out[key] = monitors.first_crossing(top1, level, step)
-    return out
-
-
 def _steps_frame(step: list[int], loss: list[float], grad: list[float], top1: list[float],
                  mask: list[float], lr: list[float]) -> pl.DataFrame:
     g = np.asarray(grad, dtype=np.float64)
-    # running max over the steps seen so far; NaN (not logged) steps carry the previous max
-    running = np.fmax.accumulate(g) if g.size else g
+    running = runsummary.max_grad_so_far(g)  # NaN (not logged) steps carry the previous max
     return pl.DataFrame({
         "step": pl.Series(step, dtype=pl.Int32), "loss": np.asarray(loss, dtype=np.float64),
         "grad_norm": g, "max_grad_norm": running, "top1_freq": np.asarray(top1, dtype=np.float64),
@@ -511,7 +481,7 @@ def parse_reference_jsonl(path: Path, *, family: str | None = None, **options: A
     cfg = _finish_config(path, cfg, family)
     steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], cols["top1"], cols["mask"],
                          [np.nan] * len(cols["step"]))
-    summary = _summarise(steps)
+    summary = runsummary.summarise(steps).row()  # a foreign log's status is unknown: never 'diverged'
     from .schema import COLLAPSE_DEFINITION
 
     extra = {"collapse_definition": COLLAPSE_DEFINITION}
@@ -873,7 +843,7 @@ def parse_hf_trainer(path: Path, *, family: str | None = None, **options: Any) -
 def _series_run(fmt: str, path: Path, text: str, cfg: dict[str, Any], steps: pl.DataFrame,
                 summary: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> PreparedRun:
     """One time-series run: id from its identity (_identity), content sha over config, summary and steps."""
-    summary = _summarise(steps) if summary is None else summary
+    summary = runsummary.summarise(steps).row() if summary is None else summary
     run_id, _ = _identity(fmt, cfg, _series_key(steps))
     content = _sha(json.dumps({"config": cfg, "summary": summary, "steps": _frame_sha(steps)}, sort_keys=True,
                               default=repr))

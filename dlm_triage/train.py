@@ -60,7 +60,7 @@ import polars as pl
 import torch
 from transformers.utils import logging as hf_logging
 
-from dlm_triage import monitors, provenance, resident, runlog
+from dlm_triage import monitors, provenance, resident, runlog, runsummary
 from dlm_triage.config import RunConfig
 from dlm_triage.early_warning import EarlyWarning, emit_routed_event
 from dlm_triage.objective import Objective, ObjectiveError, get_objective
@@ -73,7 +73,6 @@ from dlm_triage.schema import (
     MANIFEST_KEYS,
     REUSABLE_STATUSES,
     STEPLOG_FILENAME,
-    TOP1_CROSS_LEVELS,
 )
 
 log = logging.getLogger(__name__)
@@ -406,10 +405,6 @@ def _reusable(run_dir: Path, cfg: RunConfig) -> runlog.RunRecord | None:
     return rec
 
 
-def _finite_or_none(x: float | None) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
 def _result_from_manifest(run_dir: Path, man: dict[str, Any], reused: bool) -> RunResult:
     return RunResult(
         run_id=man["run_id"], run_dir=run_dir, status=man["status"], final_loss=man["final_loss"],
@@ -463,7 +458,7 @@ def train_run(
         for step in range(cfg.steps + 1):
             row = train_step(r, step)
             _close_step_times(r, rows, row["_t0"])  # the previous step ended where this one started
-            running_max = max(running_max, row["grad_norm"] if math.isfinite(row["grad_norm"]) else math.inf)
+            running_max = runsummary.fold_max_grad(running_max, row["grad_norm"])
             row["max_grad_norm"] = running_max
 
             bad = monitors.finite_or_diverged(row["loss"], row["grad_norm"])
@@ -569,13 +564,7 @@ def build_manifest(cfg: RunConfig, r: _Run, steps: pl.DataFrame, status: str, re
                    routing: dict | None, started_at: datetime, t_start: float,
                    adapter_path: Path | None) -> dict[str, Any]:
     """Every key of schema.MANIFEST_KEYS (null where not applicable; runlog fills the step-log keys)."""
-    loss = steps["loss"].to_numpy()
-    grad = steps["grad_norm"].to_numpy()
-    top1 = steps["top1_freq"].to_numpy()
-    finite_grad = grad[np.isfinite(grad)]
-    detected, fire_step = monitors.legacy_warning(top1)
-    mat = np.array(steps["matrix_grad_norms"].to_list(), dtype=np.float64).reshape(steps.height, len(r.matrices))
-    conc = monitors.gradient_concentration(mat)  # the paper's (grad_gini, grad_top1_share) and ours, named
+    summary = runsummary.summarise(steps, status=status)  # the one run summary (final loss ... Gini)
     prov = provenance.collect(str(r.device))
     step_ms, mon_ms = steps["step_time_ms"].to_numpy(), steps["monitor_time_ms"].to_numpy()
     top1_ms = steps["top1_forward_ms"].to_numpy()
@@ -587,25 +576,17 @@ def build_manifest(cfg: RunConfig, r: _Run, steps: pl.DataFrame, status: str, re
         "device": str(r.device), "dtype": str(r.dtype).removeprefix("torch."), "hostname": prov["hostname"],
         "started_at": started_at.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
         "wall_time_s": time.perf_counter() - t_start,
-        "final_loss": _finite_or_none(float(loss[-1])),
-        "max_grad_norm": _finite_or_none(float(finite_grad.max())) if finite_grad.size else None,
-        "top1_step0": _finite_or_none(float(top1[0])),
-        "top1_warning_detected": detected, "top1_fire_step": fire_step,
-        **{f"top1_cross_{round(level * 100):03d}": monitors.first_crossing(top1, level) for level in TOP1_CROSS_LEVELS},
+        **{k: getattr(summary, k) for k in runsummary.ROW_FIELDS if k != "n_steps"},  # n_steps_logged: runlog
         "top1_source": r.family.top1_source,
         "objective": {"name": r.objective.name, "source": r.objective.source,
                       "samples_t": r.objective.samples_t},
         "data": getattr(r.batches, "stats", None),
-        # a detector stop ends the run on top-1 alone: never a collapse
-        "collapsed": status != "stopped_by_legacy_detector" and monitors.is_collapsed(top1, loss),
         "collapse_definition": COLLAPSE_DEFINITION,
         "diverged_at_step": int(steps.height - 1) if status == "diverged" else None,
         "routed_for_inspection": routing is not None, "routing": routing,
         "matrix_names": [name for name, _ in r.matrices],
-        "grad_gini": conc["paper_last10_steps"]["gini"],
-        "grad_top1_share": conc["paper_last10_steps"]["top_share"],
-        "grad_concentration": {name: {**v, "definition": monitors.CONCENTRATION_DEFINITIONS[name]}
-                               for name, v in conc.items()},
+        "grad_gini": summary.grad_gini, "grad_top1_share": summary.grad_top1_share,
+        "grad_concentration": summary.grad_concentration,
         "adapter_path": str(adapter_path) if adapter_path is not None else None,
         "monitor_overhead": {
             "monitor_ms_mean": float(mon_ms.mean()),

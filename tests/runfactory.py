@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from dlm_triage import monitors, schema, store
+from dlm_triage import runsummary, schema, store
 from dlm_triage.config import RunConfig
 from dlm_triage.runlog import write_run_atomic
 
@@ -34,7 +34,7 @@ def make_steps(cfg: RunConfig, *, n_rows: int | None = None, unstable: bool = Fa
         mats[-1] = [float("nan")] * len(MATRIX_NAMES)
     return pl.DataFrame({
         "step": np.arange(n, dtype=np.int32), "loss": loss, "grad_norm": grad,
-        "max_grad_norm": np.maximum.accumulate(np.nan_to_num(grad, nan=np.inf)), "top1_freq": top1,
+        "max_grad_norm": runsummary.max_grad_so_far(grad, diverged=diverge), "top1_freq": top1,
         "mask_ratio": np.full(n, cfg.mask_ratio), "n_masked": np.full(n, 16, dtype=np.int64),
         "lr": np.full(n, cfg.learning_rate), "clipped": grad > cfg.clip_grad_norm,
         "step_time_ms": np.full(n, 10.0), "monitor_time_ms": np.full(n, 0.1), "top1_forward_ms": np.zeros(n),
@@ -44,23 +44,19 @@ def make_steps(cfg: RunConfig, *, n_rows: int | None = None, unstable: bool = Fa
 
 def make_manifest(cfg: RunConfig, steps: pl.DataFrame, *, status: str = "completed",
                   routed: bool = False) -> dict:
-    top1 = steps["top1_freq"].to_numpy()
-    # the one definition of the legacy detector (first sample at step 11, then every step until it fires)
-    fired, fire_step = monitors.legacy_warning(top1, steps["step"].to_numpy())
+    summary = runsummary.summarise(steps, status=status)  # the trainer's summary of the same log
     return {
         "schema_version": schema.MANIFEST_SCHEMA_VERSION, "run_id": cfg.run_id, "config": cfg.to_dict(),
         "config_hash": cfg.config_hash, "status": status, "status_reason": None, "code_version": "test",
         "packages": {}, "seed": cfg.seed, "device": "cpu", "dtype": "float32", "hostname": "test",
         "started_at": "2026-01-01T00:00:00", "finished_at": "2026-01-01T00:01:00", "wall_time_s": 60.0,
-        "n_steps_logged": steps.height, "final_loss": float(steps["loss"][-1]),
-        "max_grad_norm": float(steps["grad_norm"].max()), "top1_step0": float(top1[0]),
-        "top1_warning_detected": fired, "top1_fire_step": fire_step,
-        "top1_cross_050": monitors.first_crossing(top1, 0.5), "top1_cross_080": monitors.first_crossing(top1, 0.8),
-        "top1_cross_095": monitors.first_crossing(top1, 0.95), "top1_source": "clean",
-        "collapsed": False, "collapse_definition": schema.COLLAPSE_DEFINITION,
+        "n_steps_logged": steps.height,
+        **{k: getattr(summary, k) for k in runsummary.ROW_FIELDS if k != "n_steps"}, "top1_source": "clean",
+        "collapse_definition": schema.COLLAPSE_DEFINITION,
         "diverged_at_step": steps.height - 1 if status == "diverged" else None,
         "routed_for_inspection": routed,
         "routing": {"k": 25, "threshold": 1.0, "max_grad_up_to_k": 2.0} if routed else None,
+        # fixed concentration values (not the log's): storage tests read these exact numbers back
         "matrix_names": MATRIX_NAMES, "grad_gini": 0.3, "grad_top1_share": 0.4,
         "steplog": schema.STEPLOG_FILENAME, "steplog_sha256": "", "adapter_path": None, "monitor_overhead": None,
     }
