@@ -3,7 +3,7 @@
 The trainer (`train.build_manifest`), every importer (`importers`) and the test factory (`tests/runfactory.py`)
 call `summarise`; nothing else derives these numbers from a step log. Max-grad up to step k, the quantity the
 live warning, calibration and the inspection queue read, is `max_grad_so_far` here (its live, one-step form is
-`fold_max_grad`; SQL reads the stored `steps.max_grad_norm` column this function wrote, `store.MAX_GRAD_UP_TO_SQL`).
+`fold_max_grad`; SQL calls the DuckDB macro `MAX_GRAD_UP_TO_MACRO`, which reads the column they wrote).
 
 What a NaN in a step log means depends on where the row is:
 - on the last row of a diverged run it is the bad measurement that ended the run (the trainer keeps that step);
@@ -23,7 +23,7 @@ import polars as pl
 
 from dlm_triage.schema import TOP1_CROSS_LEVELS
 
-__all__ = ["RunSummary", "summarise", "running_max", "max_grad_so_far", "fold_max_grad", "ROW_FIELDS"]
+__all__ = ["RunSummary", "summarise", "running_max", "max_grad_so_far", "fold_max_grad", "MAX_GRAD_UP_TO_MACRO", "ROW_FIELDS"]
 
 ROW_FIELDS = ("final_loss", "max_grad_norm", "n_steps", "top1_step0", "top1_warning_detected", "top1_fire_step",
               "top1_cross_050", "top1_cross_080", "top1_cross_095", "collapsed")
@@ -88,6 +88,16 @@ def max_grad_so_far(grad_norm: Sequence[float] | np.ndarray, *, diverged: bool =
     if diverged and g.size and not np.isfinite(g[-1]):
         g[-1] = np.inf
     return running_max(g)
+
+
+MAX_GRAD_UP_TO_MACRO = """
+CREATE OR REPLACE TEMP MACRO max_grad_up_to(rid, k) AS (
+    SELECT CASE WHEN isnan(v) THEN NULL ELSE v END FROM (
+        SELECT arg_max(s.max_grad_norm, s.step) AS v FROM steps s WHERE s.run_id = rid AND s.step <= k))
+"""
+"""`max_grad_so_far` where SQL needs it: `max_grad_up_to(run_id, k)` reads the stored running max
+(`steps.max_grad_norm`, written by `max_grad_so_far` / `fold_max_grad`) at the run's last logged step <= k;
+NULL when the run logged no grad norm up to k. `store.connect` defines it on every connection."""
 
 
 def fold_max_grad(so_far: float, grad_norm: float) -> float:

@@ -30,7 +30,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from . import schema
+from . import runsummary, schema
 from .config import ConfigError, RunConfig
 
 DB_SCHEMA_VERSION = 2
@@ -261,6 +261,7 @@ def connect(db_path: str | Path, *, read_only: bool = False, timeout_s: float = 
     try:
         _check_attached_file(con, db_path)
         _ensure_schema(con, read_only=read_only, db_path=db_path)
+        con.execute(runsummary.MAX_GRAD_UP_TO_MACRO)  # a TEMP macro: per connection, read-only ones too
     except BaseException:
         con.close()
         raise
@@ -1271,8 +1272,7 @@ def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | No
                     WITH t AS (SELECT * FROM _dlmt_th WHERE group_by = ?),
                     m AS (
                         SELECT r.run_id, t.group_by, t.group_name, t.k, t.threshold, t.calibration_id,
-                               (SELECT max(s.grad_norm) FROM steps s WHERE s.run_id = r.run_id AND s.step <= t.k)
-                                   AS up_to_k,
+                               max_grad_up_to(r.run_id, t.k) AS up_to_k,
                                r.max_grad_norm AS whole_run,
                                (SELECT max(s.step) FROM steps s WHERE s.run_id = r.run_id) AS last_step
                         FROM runs r JOIN _dlmt_keys g USING (run_id) JOIN t ON g.group_name = t.group_name)
