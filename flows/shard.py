@@ -15,6 +15,9 @@ its process, stops the training), and successive runs of one base model reuse th
   configs to a new shard run. (A file on the storage the shards share anyway, judged by the sweep's own clock:
   no clock skew between machines, and no load on the Prefect server, whose event queries took up to 60 s on a
   busy SQLite server here.)
+- Artifacts on the shard run's own page: a progress bar (configs done / its configs, after each config) and, at
+  the end, a table with one row per config (status, trained or reused, final loss, error). The sweep's page has
+  the sweep-wide ones ('sweep-progress', 'sweep-shards').
 - Launched locally (DLM_TRIAGE_PARENT_PID set), the process exits when its parent sweep process is gone.
 """
 
@@ -157,6 +160,46 @@ class _Heartbeat:
             self.beat()
 
 
+class _ShardArtifacts:
+    """This shard run's own artifacts, on its flow run page: a progress bar (runs done / its configs), updated
+    after each config, and at the end a table with one row per config. Best effort: the run dirs are the record,
+    so a server that cannot take an artifact costs a warning, never the shard."""
+
+    def __init__(self, shard: str, total: int) -> None:
+        self.shard, self.total, self.done, self.id = shard, total, 0, None
+        self._call(self._create)
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - an artifact is a view, never a reason to stop training
+            get_run_logger().warning("%s: artifact not updated (%s: %s)", self.shard, type(exc).__name__, exc)
+
+    def _text(self) -> str:
+        return f"{self.shard}: {self.done} of {self.total} config(s) done (trained, reused or failed)"
+
+    def _create(self) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.id = create_progress_artifact(0.0, description=self._text())
+
+    def step(self) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        self.done += 1
+        if self.id is not None:
+            self._call(update_progress_artifact, self.id, 100.0 * self.done / max(1, self.total), self._text())
+
+    def table(self, records: list[dict[str, Any]]) -> None:
+        from prefect.artifacts import create_table_artifact
+
+        rows = [{"run_id": r["run_id"], "status": r["status"], "how": "failed" if r["status"] == "task_failed" else
+                 "reused run dir" if r.get("reused") else "trained", "final_loss": r.get("final_loss"),
+                 "max_grad_norm": r.get("max_grad_norm"), "device": r.get("device"),
+                 "error": (r.get("error") or "")[:500]} for r in records]
+        self._call(lambda: create_table_artifact(table=rows, description=self._text()))
+
+
 # -- the flow ----------------------------------------------------------------------------------------------
 
 def _shard_run_name() -> str:
@@ -193,6 +236,7 @@ def train_shard_flow(configs: list[dict[str, Any]], runs_dir: str, shard: str = 
     with _Heartbeat(heartbeat_s, shard, len(configs), runs_dir) as heartbeat, \
             claimed_device("auto" if "auto" in wanted else "pinned") as device:
         logger.info("%s: %d config(s) into %s; 'auto' device -> %s", shard, len(configs), runs_dir, device)
+        artifacts = _ShardArtifacts(shard, len(configs))
         for cfg_dict in configs:
             if cfg_dict.get("device", "auto") == "auto" and device not in ("auto", "pinned"):
                 cfg_dict = {**cfg_dict, "device": device}
@@ -214,6 +258,8 @@ def train_shard_flow(configs: list[dict[str, Any]], runs_dir: str, shard: str = 
             heartbeat.done += 1
             heartbeat.current = None
             heartbeat.beat()
+            artifacts.step()
+        artifacts.table(records)
     return records
 
 

@@ -223,6 +223,15 @@ def test_sweep_trains_in_shard_runs_then_reruns_train_nothing_and_deleted_runs_r
         assert arts["sweep-progress"].data == 100.0
         rows = json.loads(arts["sweep-shards"].data)  # the latest version: the sweep's last word
         assert sorted((r["done"], r["runs"], r["state"]) for r in rows) == [(2, 2, "COMPLETED")] * 2
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        for fr in shards:  # each shard run's page: its own progress bar and a row per config
+            own = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+                any_=[fr.id])))
+            assert [a.data for a in own if a.type == "progress"] == [100.0], own
+            (table,) = [json.loads(a.data) for a in own if a.type == "table"]
+            assert sorted(r["run_id"] for r in table) == sorted(
+                RunConfig.from_dict(c).run_id for c in fr.parameters["configs"])
 
     params = params.model_copy(update={"task_runner": "thread", "gpu_slots": 1})
     state = sweep_flow(params, return_state=True)  # every run dir is finished: no shard, nothing trained
@@ -417,3 +426,64 @@ def test_progress_of_runs_in_shard_processes_reaches_their_task_runs_logs(prefec
                     break
                 time.sleep(0.5)
         assert wanted <= got, f"missing progress lines {sorted(wanted - got)}; the task run logged {sorted(got)}"
+
+
+@pytest.mark.slow
+def test_a_killed_local_shard_shows_crashed_naming_its_run_and_its_rest_trains_in_a_new_attempt(
+        prefect_harness, tiny_model_dir, tmp_path):
+    """The local path (shards in subprocesses): SIGKILL one shard process mid-training. The sweep marks its flow
+    run Crashed with the run it was training and hands its unfinished configs to an '-attempt-2' shard run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from flows.sweep import sweep_flow
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        TaskRunFilter, TaskRunFilterName, TaskRunFilterState, TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    params = _sweep_params(tiny_model_dir, tmp_path, seeds=[1, 2], steps=150)  # 4 configs, 2 shards of 2
+    names = [f"train-{c.run_id}" for c in params.to_spec().expand()]
+    killed: list[int] = []
+
+    def kill_one_shard_in_training():
+        deadline = time.monotonic() + 300
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline and not killed:
+                # shard processes: spawned children of this one; both in training once two of this sweep's
+                # train-config task runs are Running
+                shard_procs = [p for p in psutil.Process().children(recursive=True)
+                               if any("spawn_main" in part for part in p.cmdline())]
+                training = client.read_task_runs(task_run_filter=TaskRunFilter(
+                    name=TaskRunFilterName(any_=names),
+                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING]))))
+                if len(shard_procs) == 2 and len(training) == 2:
+                    os.kill(shard_procs[0].pid, signal.SIGKILL)
+                    killed.append(shard_procs[0].pid)
+                time.sleep(0.3)
+
+    killer = threading.Thread(target=kill_one_shard_in_training, daemon=True)
+    killer.start()
+    state = sweep_flow(params, return_state=True)
+    killer.join(5)
+    assert killed, "no shard process was found training"
+    recs = state.result()
+    assert [r["status"] for r in recs] == ["completed"] * 4, recs  # the killed shard's runs finished elsewhere
+    shards = {fr.name: fr for fr in _shard_runs_of(state.state_details.flow_run_id)}
+    crashed = [fr for fr in shards.values() if fr.state.is_crashed()]
+    assert len(crashed) == 1, {n: fr.state for n, fr in shards.items()}
+    (victim,) = crashed
+    retry = shards[f"{victim.name}-attempt-2"]
+    assert retry.state.is_completed()
+    msg = victim.state.message
+    in_training = msg.split("crashed while training ")[1].split(":")[0]
+    handed_on = {RunConfig.from_dict(c).run_id for c in retry.parameters["configs"]}
+    assert in_training in handed_on, msg  # the UI names the run it crashed in, and that run trained again
+    assert "its process exited with code -9" in msg and retry.name in msg, msg
+    assert handed_on <= {RunConfig.from_dict(c).run_id for c in victim.parameters["configs"]}
