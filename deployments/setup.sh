@@ -20,9 +20,10 @@
 #
 # GPU_SLOTS: GPUs of ALL machines together (default: this machine's): the gpu-pool's concurrency limit, so at
 #   most that many train-shard runs train at once, whichever workers hold them.
-# RESULT_STORAGE_URL: shared Prefect result storage (the training cache), an fsspec URL (s3://, gs://, a shared
-#   path); saved as the RemoteFileSystem block 'dlm-triage-results' and set for the workers started here
-#   (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK; set the same on the other machines' workers).
+# RESULT_STORAGE_URL: shared Prefect result storage (the training cache): an fsspec URL (s3://, gs://) or an
+#   absolute path every machine mounts; saved as the block 'dlm-triage-results' and set as
+#   PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK in both pools' default env, so the flow runs of every worker on every
+#   machine use it (deployments/result_storage.py).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -51,13 +52,8 @@ done
 prefect work-pool set-concurrency-limit "$GPU_POOL" "$GPU_SLOTS"
 
 if [[ -n "${RESULT_STORAGE_URL:-}" ]]; then
-  python - "$RESULT_STORAGE_URL" <<'PY'
-import sys
-from prefect.filesystems import RemoteFileSystem
-RemoteFileSystem(basepath=sys.argv[1]).save("dlm-triage-results", overwrite=True)
-PY
-  export PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK="remote-file-system/dlm-triage-results"
-  echo "result storage: $RESULT_STORAGE_URL (block $PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK)"
+  BLOCK=$(python "$REPO/deployments/result_storage.py" "$RESULT_STORAGE_URL" "$GPU_POOL" "$CPU_POOL")
+  echo "result storage: $RESULT_STORAGE_URL (block $BLOCK, set as $GPU_POOL's and $CPU_POOL's default env)"
 fi
 
 prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml

@@ -39,11 +39,15 @@ class Cluster:
             "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "5",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
-            "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "results"),  # one shared result storage for all workers
+            # one shared result storage for all workers: set on the pools by setup.sh (RESULT_STORAGE_URL below);
+            # each process's own default lies elsewhere, so a record found there came through the pools' env
+            "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "unshared-results"),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "DLM_TRIAGE_REPO": str(REPO),
             "DLM_TRIAGE_OUT": str(tmp / "out"),
             "OMP_NUM_THREADS": "1",
         }
+        self.results = tmp / "shared-results"
         self.cli = [sys.executable, "-m", "prefect"]
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
@@ -71,10 +75,11 @@ class Cluster:
         port = self.api.rsplit(":", 1)[1].split("/")[0]
         self.spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", port])
         _wait("the server's /health", lambda: self.procs["server"].poll() is None and _healthy(self.api), 180)
-        for pool in ("gpu-pool", "cpu-pool"):
-            self.prefect("work-pool", "create", pool, "--type", "process")
-        self.prefect("work-pool", "set-concurrency-limit", "gpu-pool", "2")  # what setup.sh does: GPUs in all
-        self.prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=240)
+        # the shipped one-time setup: pools, the GPU cap for both "machines", shared result storage, deploy --all
+        r = subprocess.run(["bash", str(REPO / "deployments" / "setup.sh"), "--no-workers"], cwd=REPO,
+                           env={**self.env, "GPU_SLOTS": "2", "RESULT_STORAGE_URL": str(self.results)},
+                           capture_output=True, text=True, timeout=400)
+        assert r.returncode == 0, f"setup.sh failed:\n{r.stdout}\n{r.stderr}"
         for name in ("gpu-a", "gpu-b"):
             self.worker(name, "gpu-pool")
         self.worker("cpu", "cpu-pool")
@@ -128,6 +133,16 @@ def _shard_runs(client, sweep_id) -> list:
         flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[sweep_id])))
 
 
+def _artifacts(client, flow_run_id) -> list:
+    """The artifacts a flow run created (every version), oldest first."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+        any_=[flow_run_id])), sort=ArtifactSort.CREATED_DESC)
+    return arts[::-1]
+
+
 def _holder(cluster: Cluster, flow_run_name: str) -> str | None:
     """Which worker ran this flow run: the one that logged it "submitted to infrastructure" (both workers may try
     to submit a run; the server lets one of them, and the other logs an aborted submission)."""
@@ -166,10 +181,31 @@ def test_a_sweep_spreads_over_both_workers_and_a_rerun_trains_nothing(cluster, t
         assert holders == {"gpu-a", "gpu-b"}, f"both workers must run a shard, got {holders}"
         assert sorted(len(s.parameters["configs"]) for s in shards) == [3, 3]
         mtimes = {p: p.stat().st_mtime_ns for p in manifests}
-        latest = {a.key: a for a in client.read_latest_artifacts() if a.key in ("sweep-progress", "sweep-shards")}
-        assert latest["sweep-progress"].data == 100.0
-        rows = json.loads(latest["sweep-shards"].data)  # as the shards reported, per shard
-        assert sorted((r["done"], r["runs"], r["state"]) for r in rows) == [(3, 3, "COMPLETED")] * 2
+        # setup.sh's shared result storage: the pools carry it, and every train-config record was persisted there
+        for pool in ("gpu-pool", "cpu-pool"):
+            env = client.read_work_pool(pool).base_job_template["variables"]["properties"]["env"]["default"]
+            assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "local-file-system/dlm-triage-results", env
+        assert client.read_work_pool("gpu-pool").concurrency_limit == 2
+        stored = [p for p in cluster.results.rglob("*") if p.is_file()]
+        assert len(stored) >= 6, stored  # one record per trained config (the cache's metadata beside them)
+        assert not (cluster.tmp / "unshared-results").exists() or not any(
+            (cluster.tmp / "unshared-results").rglob("*")), "a record went to a process's own storage"
+        # the UI's view, read back from the server: the sweep's progress bar (updated in place) ...
+        arts = _artifacts(client, run.id)
+        (progress,) = [a for a in arts if a.type == "progress"]
+        assert progress.key == "sweep-progress" and progress.data == 100.0
+        assert progress.description.startswith("6 of 6 run(s) finished"), progress.description
+        # ... and its per-shard table, a new version each time what the shards report changes
+        tables = [json.loads(a.data) for a in arts if a.key == "sweep-shards"]
+        assert len(tables) >= 2, tables
+        assert sum(r["done"] for r in tables[0]) < 6  # the first version: before the shards had finished
+        assert sorted((r["done"], r["runs"], r["state"]) for r in tables[-1]) == [(3, 3, "COMPLETED")] * 2
+        for s in shards:  # each shard run's own page: its progress bar and one row per config it trained
+            own = _artifacts(client, s.id)
+            assert [a.data for a in own if a.type == "progress"] == [100.0], own
+            (table,) = [json.loads(a.data) for a in own if a.type == "table"]
+            assert sorted(r["run_id"] for r in table) == sorted(_run_id(c) for c in s.parameters["configs"])
+            assert {(r["status"], r["how"]) for r in table} == {("completed", "trained")}, table
 
         again = client.create_flow_run_from_deployment(dep.id, parameters=cluster.sweep_parameters(runs, 3, [1, 2, 3]))
         assert _final(client, again.id, 300).state.is_completed()
