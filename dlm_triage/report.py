@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import html
 import io
 import json
@@ -50,6 +49,7 @@ import numpy as np
 import polars as pl
 
 from dlm_triage import groups, store
+from dlm_triage.calinputs import run_ids_sha256
 from dlm_triage.fsutil import output_dir, point_latest, write_bytes_atomic
 from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
 
@@ -723,7 +723,7 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
         params.append(str(snap["max_ingested_at"]))
     runs = groups.with_group(_pl(con, sql + " ORDER BY run_id", params), group_by)  # the one group key
     runs = runs.filter(pl.col("group").is_in(_group_names(result)))
-    ids_sha = hashlib.sha256("\n".join(sorted(runs["run_id"].to_list())).encode()).hexdigest()
+    ids_sha = run_ids_sha256(runs["run_id"].to_list())
     if snap.get("run_ids_sha256") and snap["run_ids_sha256"] != ids_sha:
         notes.append(f"The calibration saw {snap.get('n_runs')} runs; the database now holds {runs.height} "
                      "runs of its groups (runs were added or removed since): figures and the inspection queue use "

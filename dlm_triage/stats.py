@@ -104,6 +104,8 @@ class Labels:
 PERCENTILE_METHOD = "linear"
 """How the label percentiles interpolate: numpy's 'linear' (Hyndman-Fan type 7, R's default): the q-th
 percentile of n sorted values is x[h] with h = q (n - 1), linearly interpolated between neighbours."""
+LABEL_QUANTILES = {"unstable": 0.9, "stable": 0.5}
+"""The label percentiles of LABEL_RULE (P90, the median), as calibration records them."""
 LABEL_RULE = ("unstable iff final_loss >= P90 or diverged; stable iff final_loss <= P50 (the median); else "
               "mid-band (excluded from stable/unstable contrasts). Percentiles over the group's non-diverged runs "
               f"with a finite final loss, numpy method '{PERCENTILE_METHOD}' (Hyndman-Fan type 7)")
@@ -122,8 +124,8 @@ def label_masks(loss: np.ndarray, diverged: np.ndarray, unstable_threshold: floa
     return unstable, stable
 
 
-def stability_labels(final_loss, diverged=None, *, unstable_quantile: float = 0.9,
-                     stable_quantile: float = 0.5) -> Labels:
+def stability_labels(final_loss, diverged=None, *, unstable_quantile: float = LABEL_QUANTILES["unstable"],
+                     stable_quantile: float = LABEL_QUANTILES["stable"]) -> Labels:
     """Label runs by LABEL_RULE: unstable iff loss >= P90 or diverged; stable iff loss <= median; else mid-band.
 
     Percentiles (PERCENTILE_METHOD) come from the non-diverged runs with a finite final loss (paper 4.1:

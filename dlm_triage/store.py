@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from . import runsummary, schema
+from .calinputs import snapshot_of
 from .config import ConfigError, RunConfig
 
 DB_SCHEMA_VERSION = 2
@@ -1021,11 +1022,11 @@ def load_calibration_inputs(con: duckdb.DuckDBPyConnection, *, where: str | None
     """Runs (one row per run, `diverged` = status == 'diverged') and their step trajectories for calibrate.py.
 
     `where` is a SQL predicate over `runs` columns (e.g. "family = 'tiny'"). Trajectories are held long
-    (calibrate.Trajectories.from_long: one entry per stored step, runs in `runs`' order): memory is bounded by
+    (calinputs.Trajectories.from_long: one entry per stored step, runs in `runs`' order): memory is bounded by
     the rows stored, whatever the step numbers (W&B `_step` or HF global steps in the millions). None when none
     of the selected runs has a step log.
     """
-    from .calibrate import CalibrationInputs, Trajectories
+    from .calinputs import CalibrationInputs, Trajectories
 
     pred = f"WHERE ({where})" if where else ""
     runs = _pl(con, f"SELECT *, status = 'diverged' AS diverged FROM runs {pred} ORDER BY run_id")
@@ -1060,13 +1061,8 @@ def _finite_or_none(x: Any) -> float | None:
 
 
 def _snapshot(con: duckdb.DuckDBPyConnection) -> dict:
-    ids = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
-    max_at = con.execute("SELECT max(ingested_at) FROM runs").fetchall()[0][0]
-    return {
-        "n_runs": len(ids),
-        "run_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-        "max_ingested_at": None if max_at is None else max_at.isoformat(),
-    }
+    """The snapshot of every stored run (calinputs.snapshot_of), for a result saved without its own."""
+    return snapshot_of(_pl(con, "SELECT run_id, ingested_at FROM runs ORDER BY run_id"))
 
 
 DEGENERATE_FLAGS = frozenset({"degenerate", "constant_final_loss"})

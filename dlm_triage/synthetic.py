@@ -26,7 +26,7 @@ from typing import Mapping
 import numpy as np
 import polars as pl
 
-from dlm_triage.calibrate import CalibrationInputs, Trajectories
+from dlm_triage.calinputs import CalibrationInputs, Trajectories
 from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
 from dlm_triage.stats import concentration
 
