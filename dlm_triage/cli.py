@@ -610,9 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cohort", help="label for --group-by cohort (default: none)")
         p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps" + dflt("device"))
 
-    n_default = math.prod(len(EMBEDDED_DEFAULT_SWEEP[a]) for a in
-                          ("families", "methods", "ranks", "mask_ratios", "learning_rates", "seeds"))
-    p = sub.add_parser("run", help=f"the whole pipeline on the embedded default (tiny family, {n_default} runs)")
+    from dlm_triage.defaults import n_default_runs
+
+    p = sub.add_parser("run", help="the whole pipeline on the embedded default (families "
+                       f"{', '.join(EMBEDDED_DEFAULT_SWEEP['families'])}: {n_default_runs()} runs)")
     axes(p, EMBEDDED_DEFAULT_SWEEP)
     p.add_argument("--seed", type=int, default=0, help="calibration resampling seed")
     p.set_defaults(fn=cmd_run)

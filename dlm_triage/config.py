@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-FAMILIES = ("tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar", "diffusion_gemma")
+FAMILIES = ("tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar", "diffusion_gemma",
+            "tiny_ar", "tiny_gemma")
 METHODS = ("lora", "rslora", "dora", "pissa", "nara", "lora_diffusion")
 NORMALISATIONS = ("per_masked_token", "per_token", "per_token_over_p")
 MASK_SAMPLINGS = ("bernoulli", "exact")
@@ -37,7 +38,7 @@ OBJECTIVES: dict[str, str] = {
     "dream": "dlm_triage.objective:DreamObjective",
     "diffusion_gemma": "dlm_triage.objective:DiffusionGemmaObjective",
 }
-FAMILY_OBJECTIVES = {"diffusion_gemma": ("diffusion_gemma",)}
+FAMILY_OBJECTIVES = {"diffusion_gemma": ("diffusion_gemma",), "tiny_gemma": ("diffusion_gemma",)}
 """Families with their own objective: the only objectives they can run, the first their default (others: 'paper').
 The family's own objective needs that family's model (objective -> family, checked too)."""
 
@@ -392,6 +393,20 @@ def _validate_run(c: RunConfig) -> list[str]:
 SWEEP_AXES = ("family", "method", "rank", "mask_ratio", "learning_rate", "seed")
 
 
+NOISE_LEVEL_METHODS = frozenset({"nara", "lora_diffusion"})
+"""Methods whose adapter is given the noise level: a family's own objective passes them cfg.mask_ratio."""
+
+
+def _ignores_mask_ratio(d: Mapping[str, Any]) -> bool:
+    """True for a combination whose run never reads mask_ratio: a family's own objective (DiffusionGemma draws
+    its corruption itself) with a method that is not given the noise level. The sweep's rho axis then collapses
+    to the default instead of training the same run once per rho under different ids."""
+    fam = d.get("family")
+    obj = d.get("objective") or (default_objective(fam) if isinstance(fam, str) else None)
+    own = any(obj in objs for objs in FAMILY_OBJECTIVES.values())
+    return own and d.get("method", "lora") not in NOISE_LEVEL_METHODS
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """A grid of run configurations: the product of the axes, on top of `base`.
@@ -445,6 +460,8 @@ class SweepSpec:
         for combo in itertools.product(*values):
             d = dict(self.base)
             d.update(zip(names, combo))
+            if _ignores_mask_ratio(d):  # one run, not one identical copy per rho
+                d["mask_ratio"] = _FIELD_DEFAULTS["mask_ratio"]
             if isinstance(d.get("target_modules"), list):  # a string stays a string (and is refused)
                 d["target_modules"] = tuple(d["target_modules"])
             yield d

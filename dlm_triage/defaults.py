@@ -27,3 +27,14 @@ EMBEDDED_DEFAULT_SWEEP: dict[str, Any] = {
 def embedded_default_sweep() -> dict[str, Any]:
     """A fresh copy of the default sweep's fields (callers may update it)."""
     return {k: list(v) if isinstance(v, list) else v for k, v in EMBEDDED_DEFAULT_SWEEP.items()}
+
+
+
+def n_default_runs() -> int:
+    """Runs of the default grid once expanded (a family whose objective ignores rho trains one run per rho-free
+    cell, not one per rho)."""
+    from dlm_triage.config import SweepSpec
+
+    d = embedded_default_sweep()
+    axes = {a: tuple(d.pop(a)) for a in ("families", "methods", "ranks", "mask_ratios", "learning_rates", "seeds")}
+    return len(SweepSpec(**axes, base=d).expand())

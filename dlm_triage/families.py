@@ -425,9 +425,36 @@ class ARAdapter(FamilyAdapter):
         return _targets_by_model_type(model, _AR_TARGETS, self.name)
 
 
+class TinyARAdapter(ARAdapter):
+    """The embedded AR control (paper 4.3): the tiny family's Llama shape and tokenizer with causal attention,
+    pretrained locally with next-token CE (`dlm_triage.tiny`, kind 'ar'); fine-tuned under the same masked CE as
+    the tiny family through ARAdapter's realigned logits. model_id None -> the cached pretrained model."""
+
+    name = "tiny_ar"
+    default_model_id = None
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def attention_targets(self, model: nn.Module) -> tuple[str, ...]:
+        return check_targets(model, self.targets, family=self.name)
+
+    def model_id(self, cfg: Any, *, check: bool = True) -> str:
+        from dlm_triage.tiny import ensure_tiny_model
+
+        return str(Path(cfg.model_id).expanduser() if cfg.model_id else ensure_tiny_model(kind="ar"))
+
+    def load(self, cfg: Any, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
+        from dlm_triage.tiny import load_tiny
+
+        device = torch.device(device)
+        path = Path(self.model_id(cfg))
+        model, tok = load_tiny(path, device=device, dtype=dtype, causal=True)
+        return LoadedModel(model, tok, self.mask_token_id(tok), family=self.name, model_id=str(path),
+                           dtype=dtype, device=device)
+
+
 _REGISTRY: dict[str, FamilyAdapter] = {
     a.name: a
-    for a in (TinyAdapter(), GenericMLMAdapter(), ARAdapter())
+    for a in (TinyAdapter(), GenericMLMAdapter(), ARAdapter(), TinyARAdapter())
 }
 
 
@@ -435,6 +462,7 @@ _REGISTRY: dict[str, FamilyAdapter] = {
 # first use, not here (an import cycle otherwise).
 _MODULE_FAMILIES = {
     "diffusion_gemma": ("dlm_triage.families_diffusion_gemma", "DiffusionGemmaAdapter"),
+    "tiny_gemma": ("dlm_triage.families_diffusion_gemma", "TinyGemmaAdapter"),
     # the checkpoints that ship their own modeling code (compat shims: dlm_triage/remote_code.py)
     "llada": ("dlm_triage.families_remote", "LLaDAAdapter"),
     "llada2": ("dlm_triage.families_remote", "LLaDA2Adapter"),

@@ -147,3 +147,16 @@ class DiffusionGemmaAdapter(FamilyAdapter):
                       cfg: Any = None) -> objective.ObjectiveOutput:
         """The family's own objective on a batch of packed text (every position supervised)."""
         return objective.training_loss(model, x0, generator)
+
+
+class TinyGemmaAdapter(DiffusionGemmaAdapter):
+    """The embedded tiny DiffusionGemma (transformers' own classes, `dlm_triage.tiny_diffusion_gemma`), pretrained
+    locally with the family's own objective; model_id None -> the cached pretrained model."""
+
+    name = "tiny_gemma"
+    default_model_id = None
+
+    def model_id(self, cfg: Any, *, check: bool = True) -> str:
+        from dlm_triage.tiny_diffusion_gemma import ensure_tiny_diffusion_gemma
+
+        return str(Path(cfg.model_id).expanduser() if cfg.model_id else ensure_tiny_diffusion_gemma())

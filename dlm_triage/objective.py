@@ -489,7 +489,9 @@ class DiffusionGemmaObjective(Objective):
               "encoder_ar_loss); dlm_triage/diffusion_gemma.py")
 
     def check(self, cfg, family, tokenizer, mask_id):
-        if getattr(family, "name", "") != "diffusion_gemma":
+        from dlm_triage.config import FAMILY_OBJECTIVES
+
+        if self.name not in FAMILY_OBJECTIVES.get(getattr(family, "name", ""), ()):
             raise ObjectiveError(f"objective='diffusion_gemma' needs the diffusion_gemma family's model, not "
                                  f"{family.name!r}: set family='diffusion_gemma' or pick another objective")
 

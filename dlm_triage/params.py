@@ -31,7 +31,8 @@ from dlm_triage.config import (
     draws_own_t,
 )
 
-Family = Literal["tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar", "diffusion_gemma"]
+Family = Literal["tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar", "diffusion_gemma",
+                 "tiny_ar", "tiny_gemma"]
 Method = Literal["lora", "rslora", "dora", "pissa", "nara", "lora_diffusion"]
 Normalisation = Literal["per_masked_token", "per_token", "per_token_over_p"]
 GroupBy = Literal["family", "model", "cohort", "method", "objective"]

@@ -11,6 +11,10 @@ The fine-tuning task (`tiny_finetune_texts`) is related but shifted: subtraction
 addition, new sentence templates over the same words, so the pretrained model starts well above its
 pretraining loss and LoRA has something to learn (and a large lr can blow it up).
 
+The AR control (`kind='ar'`, family `tiny_ar`, paper 4.3): the same Llama shape and tokenizer with causal
+attention, pretrained on the same corpus with next-token CE, so the fine-tuning compares architectures under one
+masked CE (the AR family realigns its logits: `families.ARAdapter`).
+
 `ensure_tiny_model` builds into a temporary directory next to the target, writes `recipe.json` last, and
 renames the directory into place under a file lock, so concurrent callers build once and never see half a model.
 """
@@ -35,6 +39,9 @@ RECIPE_VERSION = 1
 DEFAULT_PRETRAIN_STEPS = 600  # ~53 s on one idle CPU core (88 ms/step); masked CE ~1.9 nats vs uniform 4.43
 TOKENIZER_FILENAME = "tiny_tokenizer.json"
 RECIPE_FILENAME = "recipe.json"
+KINDS = ("dlm", "ar")
+"""'dlm': bidirectional, masked-diffusion pretraining (the tiny family); 'ar': causal, next-token pretraining (the
+tiny_ar control)."""
 
 PAD, MASK, UNK = "[PAD]", "[MASK]", "[UNK]"
 SPECIALS = (PAD, MASK, UNK)
@@ -190,21 +197,21 @@ def _sample_rows(rng: random.Random, sentence: Callable[[random.Random], str], b
 
 # -- model --------------------------------------------------------------------------------------------
 
-def build_tiny_config(vocab_size: int, **overrides):
+def build_tiny_config(vocab_size: int, *, causal: bool = False, **overrides):
     from transformers import LlamaConfig
 
     kw = dict(MODEL_KWARGS)
     kw.update(overrides)
     cfg = LlamaConfig(vocab_size=vocab_size, pad_token_id=0, bos_token_id=None, eos_token_id=None, **kw)
-    cfg.is_causal = False  # bidirectional attention (kept through save/from_pretrained)
+    cfg.is_causal = causal  # False: bidirectional attention (kept through save/from_pretrained)
     return cfg
 
 
-def build_tiny_model(vocab_size: int, seed: int = 0, **overrides):
+def build_tiny_model(vocab_size: int, seed: int = 0, *, causal: bool = False, **overrides):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(build_tiny_config(vocab_size, **overrides))
+    return LlamaForCausalLM(build_tiny_config(vocab_size, causal=causal, **overrides))
 
 
 def full_attention_mask(model, input_ids: torch.Tensor) -> torch.Tensor | None:
@@ -219,19 +226,46 @@ def full_attention_mask(model, input_ids: torch.Tensor) -> torch.Tensor | None:
     return torch.zeros(b, 1, length, length, dtype=next(model.parameters()).dtype, device=input_ids.device)
 
 
-def recipe(pretrain_steps: int) -> dict:
-    return {
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not a tiny model kind: use one of {list(KINDS)}")
+    return kind
+
+
+def recipe(pretrain_steps: int, kind: str = "dlm") -> dict:
+    r = {
         "recipe_version": RECIPE_VERSION,
         "pretrain_steps": pretrain_steps,
         "model": MODEL_KWARGS,
         "pretrain": PRETRAIN,
         "chars": CHARS,
     }
+    if _check_kind(kind) != "dlm":  # the dlm recipe (and so its cache key) stays as it was
+        r["kind"] = kind
+    return r
 
 
-def recipe_key(pretrain_steps: int) -> str:
-    blob = json.dumps(recipe(pretrain_steps), sort_keys=True).encode()
-    return f"tiny-dlm-v{RECIPE_VERSION}-s{pretrain_steps}-{hashlib.sha256(blob).hexdigest()[:10]}"
+def recipe_key(pretrain_steps: int, kind: str = "dlm") -> str:
+    blob = json.dumps(recipe(pretrain_steps, kind), sort_keys=True).encode()
+    return f"tiny-{kind}-v{RECIPE_VERSION}-s{pretrain_steps}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+def next_token_ce_eval(model, tok: CharTokenizer, *, n_batches: int = 4, seed: int = 99,
+                       finetune: bool = False) -> float:
+    """Mean next-token CE (nats per token) of a causal tiny model on held-out rows (the AR control's eval)."""
+    import torch.nn.functional as F
+
+    rng = random.Random(f"eval-{seed}")
+    sentence = _finetune_sentence if finetune else _pretrain_sentence
+    device = next(model.parameters()).device
+    losses = []
+    with torch.no_grad():
+        for _ in range(n_batches):
+            ids = torch.tensor([tok.encode(r) for r in _sample_rows(rng, sentence, PRETRAIN["batch_size"],
+                                                                     PRETRAIN["seq_len"])], device=device)
+            logits = model(input_ids=ids).logits
+            losses.append(float(F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())))
+    return sum(losses) / len(losses)
 
 
 def masked_ce_eval(model, tok: CharTokenizer, *, n_batches: int = 4, seed: int = 99, finetune: bool = False,
@@ -256,13 +290,19 @@ def masked_ce_eval(model, tok: CharTokenizer, *, n_batches: int = 4, seed: int =
     return sum(losses) / len(losses)
 
 
-def pretrain_tiny(out_dir: Path, pretrain_steps: int, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Build and pretrain the tiny model on CPU (deterministic), save model + tokenizer to out_dir. Returns stats."""
+def pretrain_tiny(out_dir: Path, pretrain_steps: int, progress: Callable[[int, int], None] | None = None,
+                  kind: str = "dlm") -> dict:
+    """Build and pretrain the tiny model on CPU (deterministic), save model + tokenizer to out_dir. Returns stats.
+    kind 'dlm': masked-diffusion CE on a bidirectional model; 'ar': next-token CE on a causal one (same rows,
+    optimiser and schedule)."""
+    import torch.nn.functional as F
+
     from dlm_triage.objective import mask_tokens, masked_diffusion_loss
 
+    causal = _check_kind(kind) == "ar"
     p = PRETRAIN
     tok = CharTokenizer()
-    model = build_tiny_model(tok.vocab_size, seed=p["seed"])
+    model = build_tiny_model(tok.vocab_size, seed=p["seed"], causal=causal)
     model.train()
     rng = random.Random(f"pretrain-batches-{p['seed']}")
     gen = torch.Generator().manual_seed(p["seed"])
@@ -279,9 +319,14 @@ def pretrain_tiny(out_dir: Path, pretrain_steps: int, progress: Callable[[int, i
     for step in range(pretrain_steps):
         rows = _sample_rows(rng, _pretrain_sentence, p["batch_size"], p["seq_len"])
         ids = torch.tensor([tok.encode(r) for r in rows])
-        t = p["t_min"] + (1 - p["t_min"]) * torch.rand(ids.shape[0], generator=gen)
-        noisy, mask = mask_tokens(ids, t, tok.mask_token_id, gen)
-        loss = masked_diffusion_loss(model(input_ids=noisy, attention_mask=full_attention_mask(model, noisy)).logits, ids, mask)
+        if causal:
+            logits = model(input_ids=ids).logits
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        else:
+            t = p["t_min"] + (1 - p["t_min"]) * torch.rand(ids.shape[0], generator=gen)
+            noisy, mask = mask_tokens(ids, t, tok.mask_token_id, gen)
+            loss = masked_diffusion_loss(model(input_ids=noisy, attention_mask=full_attention_mask(model, noisy)).logits,
+                                         ids, mask)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -297,10 +342,14 @@ def pretrain_tiny(out_dir: Path, pretrain_steps: int, progress: Callable[[int, i
         "pretrain_wall_s": round(train_s, 2),
         "ms_per_step": round(1000 * train_s / max(1, pretrain_steps), 1),
         "final_train_loss_avg20": sum(losses[-20:]) / len(losses[-20:]) if losses else None,
-        "eval_masked_ce_pretrain": masked_ce_eval(model, tok),
-        "eval_masked_ce_finetune": masked_ce_eval(model, tok, finetune=True),
         "uniform_ce": math.log(tok.vocab_size),
     }
+    if causal:
+        stats["eval_next_token_ce_pretrain"] = next_token_ce_eval(model, tok)
+        stats["eval_next_token_ce_finetune"] = next_token_ce_eval(model, tok, finetune=True)
+    else:
+        stats["eval_masked_ce_pretrain"] = masked_ce_eval(model, tok)
+        stats["eval_masked_ce_finetune"] = masked_ce_eval(model, tok, finetune=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return stats
@@ -339,8 +388,10 @@ def ensure_tiny_model(
     *,
     pretrain_steps: int = DEFAULT_PRETRAIN_STEPS,
     progress: Callable[[int, int], None] | None = None,
+    kind: str = "dlm",
 ) -> Path:
     """Return the directory of the pretrained tiny model (HF format + tiny tokenizer), building it once.
+    `kind`: 'dlm' (the tiny family) or 'ar' (the tiny_ar control), see KINDS.
 
     cache_dir defaults to `dlm_triage.paths.cache_root() / "models"`; the model lives in
     `cache_dir / recipe_key(pretrain_steps)`. A directory counts as built when it holds `recipe.json`
@@ -348,12 +399,23 @@ def ensure_tiny_model(
     """
     if not isinstance(pretrain_steps, int) or isinstance(pretrain_steps, bool) or pretrain_steps < 0:
         raise ValueError(f"pretrain_steps={pretrain_steps!r} is invalid: use an integer >= 0")
+    return ensure_built(cache_dir, recipe_key(pretrain_steps, kind), recipe(pretrain_steps, kind),
+                        lambda tmp: pretrain_tiny(tmp, pretrain_steps, progress, kind), seed=PRETRAIN["seed"])
+
+
+def ensure_built(cache_dir: Path | None, key: str, recipe_meta: dict, build: Callable[[Path], dict], *,
+                 seed: int) -> Path:
+    """`cache_dir / key`, built once by `build(tmp_dir) -> stats` (a locally pretrained model of any kind).
+
+    The directory counts as built when it holds `recipe.json` (written last, with `recipe_meta` and the stats);
+    the build runs in a temporary directory next to it under a file lock and is renamed into place, so
+    concurrent callers build once and never see half a model. cache_dir None: `paths.cache_root() / "models"`.
+    """
     if cache_dir is None:
         from dlm_triage.paths import cache_root
 
         cache_dir = cache_root() / "models"
     cache_dir = Path(cache_dir).expanduser()
-    key = recipe_key(pretrain_steps)
     target = cache_dir / key
     if (target / RECIPE_FILENAME).is_file():
         return target
@@ -369,11 +431,11 @@ def ensure_tiny_model(
             shutil.rmtree(target)
         # Build deterministically: own RNG state, restored afterwards so callers' seeds are unaffected.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(PRETRAIN["seed"])
+            torch.manual_seed(seed)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir))
             try:
-                stats = pretrain_tiny(tmp, pretrain_steps, progress)
-                meta = {"key": key, "recipe": recipe(pretrain_steps), "stats": stats,
+                stats = build(tmp)
+                meta = {"key": key, "recipe": recipe_meta, "stats": stats,
                         "torch": torch.__version__, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
                 with open(tmp / RECIPE_FILENAME, "w", encoding="utf-8") as fh:
                     json.dump(meta, fh, indent=1, sort_keys=True)
@@ -386,8 +448,10 @@ def ensure_tiny_model(
     return target
 
 
-def load_tiny(model_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer) from a directory made by `ensure_tiny_model` (or any saved tiny model)."""
+def load_tiny(model_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
+              causal: bool = False):
+    """Load (model, tokenizer) from a directory made by `ensure_tiny_model` (or any saved tiny model); `causal`:
+    the AR control's model (kind 'ar'), whose attention must be causal."""
     from transformers import LlamaForCausalLM
 
     model_dir = Path(model_dir)
@@ -396,9 +460,10 @@ def load_tiny(model_dir: Path, device: torch.device | str = "cpu", dtype: torch.
                                 "or model_id=None for the default tiny model")
     # straight onto the device (no host copy first: this loader also serves Llama-shaped models of ~1B)
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map={"": torch.device(device)})
-    if getattr(model.config, "is_causal", True):
-        raise ValueError(f"{model_dir}: config.is_causal is not False, so attention would be causal; rebuild the "
-                         "tiny model with ensure_tiny_model()")
+    if bool(getattr(model.config, "is_causal", True)) != causal:
+        has, kind = ("causal", "dlm") if not causal else ("bidirectional", "ar")
+        raise ValueError(f"{model_dir}: config.is_causal says this model's attention is {has}, the wrong kind here; "
+                         f"use the family of that kind, or rebuild with ensure_tiny_model(kind={kind!r})")
     return model, CharTokenizer.from_pretrained(model_dir)
 
 

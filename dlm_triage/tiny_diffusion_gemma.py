@@ -9,13 +9,20 @@ to the decoder (the checkpoint's `tie_word_embeddings`), and a one-layer vision 
 tokenizer (`dlm_triage.tiny.CharTokenizer`, [PAD]=0); the three image special ids sit past its vocabulary, so
 no text token is ever read as an image placeholder.
 
-Random init: enough for the family's load/forward/LoRA tests and the end-to-end run. A pretrained variant (the
-tiny family's recipe under the DiffusionGemma objective) can reuse `build_tiny_diffusion_gemma`.
+`save_tiny_diffusion_gemma`: random init, enough for the family's load/forward/LoRA tests.
+`ensure_tiny_diffusion_gemma`: the `tiny_gemma` family's default model, pretrained locally on the tiny family's
+corpus (`dlm_triage.tiny`) with DiffusionGemma's own objective (`diffusion_gemma.training_loss`: uniform-noise
+canvas, diffusion CE + encoder CE, self-conditioning) and the tiny family's optimiser and schedule; cached like
+the tiny model (`tiny.ensure_built`).
 """
 
 from __future__ import annotations
 
+import math
+import random
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -70,3 +77,79 @@ def save_tiny_diffusion_gemma(out_dir: Path | str, seed: int = 0) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+PRETRAIN_STEPS = 300
+"""Pretraining updates of the tiny_gemma default model (batch 16 x 32 tokens)."""
+PRETRAIN = dict(batch_size=16, seq_len=32, lr=3e-3, warmup=30, weight_decay=0.01, seed=1234, clip=1.0)
+RECIPE_VERSION = 1
+
+
+def recipe(pretrain_steps: int) -> dict:
+    from dlm_triage.tiny import CHARS
+
+    return {"recipe_version": RECIPE_VERSION, "pretrain_steps": pretrain_steps, "text": TEXT_KWARGS,
+            "vision": VISION_KWARGS, "canvas_length": CANVAS_LENGTH, "pretrain": PRETRAIN, "chars": CHARS}
+
+
+def pretrain_tiny_diffusion_gemma(out_dir: Path, pretrain_steps: int,
+                                  progress: Callable[[int, int], None] | None = None) -> dict:
+    """Build the tiny model, pretrain it on the tiny corpus with the family's own objective (CPU, deterministic),
+    save model + tokenizer to out_dir. Returns stats."""
+    from dlm_triage import diffusion_gemma
+    from dlm_triage.tiny import CharTokenizer, _pretrain_sentence, _sample_rows
+
+    p = PRETRAIN
+    tok = CharTokenizer()
+    model = build_tiny_diffusion_gemma(tok.vocab_size, seed=p["seed"])
+    model.train()
+    rng = random.Random(f"pretrain-batches-{p['seed']}")
+    gen = torch.Generator().manual_seed(p["seed"])
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=p["lr"], weight_decay=p["weight_decay"], betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10% (the tiny family's schedule)
+        if step < p["warmup"]:
+            return p["lr"] * (step + 1) / p["warmup"]
+        frac = (step - p["warmup"]) / max(1, pretrain_steps - p["warmup"])
+        return p["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(pretrain_steps):
+        ids = torch.tensor([tok.encode(r) for r in _sample_rows(rng, _pretrain_sentence, p["batch_size"],
+                                                                 p["seq_len"])])
+        loss = diffusion_gemma.training_loss(model, ids, gen).loss
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, p["clip"])
+        opt.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, pretrain_steps)
+    train_s = time.perf_counter() - t0
+    model.eval()
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return {"pretrain_wall_s": round(train_s, 2), "ms_per_step": round(1000 * train_s / max(1, pretrain_steps), 1),
+            "first_train_loss": losses[0] if losses else None,
+            "final_train_loss_avg20": sum(losses[-20:]) / len(losses[-20:]) if losses else None}
+
+
+def ensure_tiny_diffusion_gemma(cache_dir: Path | None = None, *, pretrain_steps: int = PRETRAIN_STEPS,
+                                progress: Callable[[int, int], None] | None = None) -> Path:
+    """The directory of the pretrained tiny DiffusionGemma (the tiny_gemma family's default), built once."""
+    import hashlib
+    import json
+
+    from dlm_triage.tiny import ensure_built
+
+    if not isinstance(pretrain_steps, int) or isinstance(pretrain_steps, bool) or pretrain_steps < 0:
+        raise ValueError(f"pretrain_steps={pretrain_steps!r} is invalid: use an integer >= 0")
+    meta = recipe(pretrain_steps)
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:10]
+    key = f"tiny-gemma-v{RECIPE_VERSION}-s{pretrain_steps}-{digest}"
+    return ensure_built(cache_dir, key, meta, lambda tmp: pretrain_tiny_diffusion_gemma(tmp, pretrain_steps, progress),
+                        seed=PRETRAIN["seed"])

@@ -415,11 +415,16 @@ def train_grid(params: SweepParams, plan: dict[str, Any], thresholds: dict[str, 
     return [records[rid] for rid in plan["order"]]  # the grid's order
 
 
+LOCAL_MODEL_KINDS = {"tiny": "dlm", "tiny_ar": "ar", "tiny_gemma": "gemma"}
+"""Families whose default model is pretrained here on first use (dlm_triage.tiny kinds)."""
+
+
 @flow(name="sweep")
 def sweep_flow(params: SweepParams = SweepParams()) -> list[dict[str, Any]]:
     """Train every config of the grid; return one small record per config (failed ones included)."""
-    if "tiny" in params.families and params.model_id is None and not params.shard_deployment:
-        prepare_tiny_model()  # on the deployment path each GPU machine builds its own on first use
+    if params.model_id is None and not params.shard_deployment:  # the deployment path: each machine builds its own
+        for kind in [LOCAL_MODEL_KINDS[f] for f in params.families if f in LOCAL_MODEL_KINDS]:
+            prepare_tiny_model(kind)
     plan = plan_runs(params)
     thresholds = (
         {family: registered_threshold(params.resolved_db(), family) for family in params.families}

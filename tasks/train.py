@@ -195,20 +195,24 @@ def plan_runs(params: SweepParams) -> dict[str, Any]:
 
 
 @task(name="prepare-tiny-model", retries=1, retry_condition_fn=retry_transient)
-def prepare_tiny_model() -> str:
-    """Build (once; later a no-op) the tiny family's default model before training fans out, so parallel
-    training processes find it instead of waiting on its lock."""
+def prepare_tiny_model(kind: str = "dlm") -> str:
+    """Build (once; later a no-op) a locally pretrained default model (kind 'dlm': the tiny family's, 'ar': the
+    tiny_ar control's, 'gemma': tiny_gemma's) before training fans out, so parallel training processes find it instead of waiting on
+    its lock."""
     from dlm_triage.tiny import ensure_tiny_model
+    from dlm_triage.tiny_diffusion_gemma import ensure_tiny_diffusion_gemma
 
     logger = get_run_logger()
     every = 100
+    what = "tiny model" if kind == "dlm" else f"tiny {kind} model"
 
     def progress(step: int, total: int) -> None:
         if step % every == 0 or step == total:
-            logger.info("pretraining the tiny model: step %d/%d", step, total)
+            logger.info("pretraining the %s: step %d/%d", what, step, total)
 
-    path = ensure_tiny_model(progress=progress)
-    logger.info("tiny model ready at %s", path)
+    path = ensure_tiny_diffusion_gemma(progress=progress) if kind == "gemma" else \
+        ensure_tiny_model(progress=progress, kind=kind)
+    logger.info("%s ready at %s", what, path)
     return str(path)
 
 

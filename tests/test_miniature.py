@@ -1,0 +1,95 @@
+"""The embedded miniature: three tiny families built locally (a bidirectional Llama DLM, a DiffusionGemma from
+transformers' own classes, a causal Llama AR control), each pretrained here and fine-tuned on the embedded SFT
+set, and the default grid `dlm-triage run` trains over them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dlm_triage.config import RunConfig, SweepSpec
+from dlm_triage.defaults import EMBEDDED_DEFAULT_SWEEP, n_default_runs
+from dlm_triage.families import get_family
+from dlm_triage.params import SweepParams
+from dlm_triage.tiny import ensure_tiny_model, load_tiny, read_recipe, recipe_key
+from dlm_triage.train import train_run
+
+
+@pytest.fixture(scope="module")
+def ar_dir(tmp_path_factory):
+    return ensure_tiny_model(tmp_path_factory.mktemp("ar-cache"), pretrain_steps=3, kind="ar")
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory):
+    from dlm_triage.tiny_diffusion_gemma import ensure_tiny_diffusion_gemma
+
+    return ensure_tiny_diffusion_gemma(tmp_path_factory.mktemp("gemma-cache"), pretrain_steps=3)
+
+
+def test_the_ar_control_is_the_tiny_shape_with_causal_attention_pretrained_next_token(ar_dir, tiny_model_dir):
+    model, tok = load_tiny(ar_dir, causal=True)
+    assert model.config.is_causal is True and model.config.hidden_size == 128
+    meta = read_recipe(ar_dir)
+    assert meta["recipe"]["kind"] == "ar" and "eval_next_token_ce_pretrain" in meta["stats"]
+    assert recipe_key(3, "ar") != recipe_key(3) and recipe_key(3).startswith("tiny-dlm-")  # the dlm key as it was
+    # causal: a change at the last position leaves every earlier logit as it was; bidirectional: it does not
+    ids = torch.tensor([tok.encode("the cat sat on the mat.")])
+    later = ids.clone()
+    later[0, -1] = tok.encode("x")[0]
+    dlm, _ = load_tiny(tiny_model_dir)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits[0, :-1], model(input_ids=later).logits[0, :-1], atol=1e-5)
+        assert not torch.allclose(dlm(input_ids=ids).logits[0, :-1], dlm(input_ids=later).logits[0, :-1], atol=1e-5)
+    with pytest.raises(ValueError, match="causal"):
+        load_tiny(ar_dir)  # the DLM loader refuses the AR model
+    with pytest.raises(ValueError, match="bidirectional"):
+        load_tiny(tiny_model_dir, causal=True)
+
+
+@pytest.mark.parametrize("family", ["tiny_ar", "tiny_gemma"])
+def test_local_families_fine_tune_on_the_embedded_sft_set(family, ar_dir, gemma_dir, tmp_path):
+    model_dir = ar_dir if family == "tiny_ar" else gemma_dir
+    cfg = RunConfig(family=family, model_id=str(model_dir), dataset="tiny-instruct", seq_len=48, steps=3,
+                    save_adapter=False, learning_rate=1e-2)
+    assert cfg.objective == ("diffusion_gemma" if family == "tiny_gemma" else "paper")
+    res = train_run(cfg, tmp_path)
+    m = json.loads((tmp_path / cfg.run_id / "manifest.json").read_text())
+    assert m["status"] == "completed" and m["config"]["family"] == family and m["n_steps_logged"] == 4
+    assert res.max_grad_norm > 0
+    adapter = get_family(family)
+    assert adapter.name == family and adapter.default_model_id is None  # model_id None: built here, no hub
+
+
+def test_local_families_resolve_their_default_model_without_the_hub(monkeypatch, ar_dir, gemma_dir):
+    from dlm_triage import tiny, tiny_diffusion_gemma
+
+    monkeypatch.setattr(tiny, "ensure_tiny_model", lambda **kw: ar_dir if kw.get("kind") == "ar" else None)
+    monkeypatch.setattr(tiny_diffusion_gemma, "ensure_tiny_diffusion_gemma", lambda **kw: gemma_dir)
+    assert get_family("tiny_ar").model_id(RunConfig(family="tiny_ar")) == str(ar_dir)
+    assert get_family("tiny_gemma").model_id(RunConfig(family="tiny_gemma")) == str(gemma_dir)
+
+
+def test_a_family_that_ignores_rho_trains_once_per_cell_not_once_per_rho():
+    spec = SweepSpec(families=("tiny", "tiny_gemma"), ranks=(4,), mask_ratios=(0.15, 0.5, 0.85),
+                     learning_rates=(1e-3, 1e-2), seeds=(7,))
+    by = {}
+    for c in spec.expand():
+        by.setdefault(c.family, []).append(c)
+    assert len(by["tiny"]) == 3 * 2 and len(by["tiny_gemma"]) == 2  # no identical copies under three run ids
+    assert {c.mask_ratio for c in by["tiny_gemma"]} == {RunConfig.mask_ratio}
+    # a noise-conditioned adapter is given cfg.mask_ratio as its noise level: the axis stays
+    nara = SweepSpec(families=("tiny_gemma",), methods=("nara",), ranks=(4,), mask_ratios=(0.15, 0.85), seeds=(7,))
+    assert len(nara.expand()) == 2
+
+
+def test_the_embedded_default_is_the_miniature():
+    configs = SweepParams(**EMBEDDED_DEFAULT_SWEEP).to_spec().expand()
+    assert len(configs) == n_default_runs()
+    fams = {c.family for c in configs}
+    assert {"tiny", "tiny_gemma", "tiny_ar"} <= fams  # two DLM architectures and the AR control
+    assert {c.dataset for c in configs} == {"tiny-instruct"}  # the SFT layout: prompt never masked, padded response
+    assert {c.objective for c in configs if c.family != "tiny_gemma"} == {"paper"}  # one masked CE for DLM and AR
+    assert len({c.learning_rate for c in configs}) >= 3 and len({c.steps for c in configs}) == 1
