@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlm_triage.targets import linear_module_names, module_matches
 
 
 class FamilyError(ValueError):
@@ -83,14 +84,9 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
     return table[dtype]
 
 
-def module_matches(name: str, target: str) -> bool:
-    """PEFT's rule for a string target: the module name equals it or ends with '.' + target."""
-    return name == target or name.endswith("." + target)
-
-
 def check_targets(model: nn.Module, targets: tuple[str, ...], *, family: str) -> tuple[str, ...]:
     """Raise when a target matches no Linear-like module (PEFT would skip it silently); return the targets."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+    names = linear_module_names(model)
     missing = [t for t in targets if not any(module_matches(n, t) for n in names)]
     if missing:
         examples = sorted({n.rsplit(".", 1)[-1] for n in names})[:30]

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from dlm_triage.config import RunConfig, check_noise_level, parse_rank_schedule
+from dlm_triage.targets import check_wrapped, resolve_targets
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,6 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def apply_lora_diffusion(model: nn.Module, cfg: RunConfig, targets: Sequence[str]) -> nn.Module:
     """Wrap every module matching `targets` with a LoRADiffusionResidual; freeze everything else. Returns `model`."""
-    from dlm_triage.peft_methods import check_wrapped, resolve_targets
-
     if is_lora_diffusion_model(model):
         raise ValueError("model already has a lora_diffusion adapter: apply it to a fresh base model")
     found = resolve_targets(model, targets)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from dlm_triage.config import RunConfig, check_noise_level
+from dlm_triage.targets import check_wrapped, resolve_targets
 
 FOURIER_DIM = 64
 FOURIER_SCALE = 16.0
@@ -161,8 +162,6 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def apply_nara(model: nn.Module, cfg: RunConfig, targets: Sequence[str], *, scale: float = DEFAULT_SCALE) -> nn.Module:
     """Replace every nn.Linear matching `targets` by a NaRALinear; freeze everything else. Returns `model`."""
-    from dlm_triage.peft_methods import check_wrapped, resolve_targets
-
     if is_nara_model(model):
         raise ValueError("model already has a NaRA adapter: apply it to a fresh base model")
     found = resolve_targets(model, targets)

@@ -2,8 +2,8 @@
 LoRA-Diffusion via `dlm_triage.lora_diffusion`.
 
 Targets are always explicit module-name suffixes ('q_proj' matches 'model.layers.0.self_attn.q_proj'), the
-rule peft uses for a list of names. peft silently skips a name that matches nothing on some paths (FAMILIES.md,
-paper App. A), so every target is checked twice: before wrapping (it must name at least one Linear module)
+rule peft uses for a list of names (`dlm_triage.targets`). peft silently skips a name that matches nothing on
+some paths (paper App. A), so every target is checked twice: before wrapping (it must name at least one Linear module)
 and after (at least one module under that name must have received an adapter). A miss raises
 `AdapterTargetError` naming the target and listing the module-name suffixes the model does have.
 
@@ -26,54 +26,10 @@ import torch
 from torch import nn
 
 from dlm_triage.config import RunConfig
+from dlm_triage.targets import AdapterTargetError, available_suffixes, check_wrapped, resolve_targets
 
 ADAPTER_META = "dlm_triage_adapter.json"
 PEFT_METHODS = ("lora", "rslora", "dora", "pissa")
-
-
-class AdapterTargetError(ValueError):
-    """A requested target module matched nothing (or received no adapter)."""
-
-
-def _matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
-
-
-def _linear_like(module: nn.Module) -> bool:
-    # nn.Linear and GPT-2 style Conv1D (weight [in, out]); both are what peft's LoRA wraps.
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
-def available_suffixes(model: nn.Module) -> list[str]:
-    """Sorted unique last name components of the model's Linear-like modules (what a target can name)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and _linear_like(m)})
-
-
-def resolve_targets(model: nn.Module, targets: Sequence[str]) -> dict[str, list[str]]:
-    """target -> the Linear-like module names it matches. Raises AdapterTargetError if any target matches none."""
-    if not targets:
-        raise AdapterTargetError("no target modules given: pass e.g. ('q_proj', 'v_proj'), or the family's attention targets")
-    names = [name for name, m in model.named_modules() if name and _linear_like(m)]
-    found = {t: [n for n in names if _matches(n, t)] for t in targets}
-    missing = [t for t, hits in found.items() if not hits]
-    if missing:
-        raise AdapterTargetError(
-            f"target module(s) {missing} match no Linear module of {type(model).__name__}: "
-            f"use names from {available_suffixes(model)} (set RunConfig.target_modules, or fix the family's "
-            "attention_targets)"
-        )
-    return found
-
-
-def check_wrapped(model: nn.Module, targets: Sequence[str], marker: str) -> None:
-    """After wrapping: every target names at least one module that carries `marker` (e.g. 'lora_A')."""
-    wrapped = [name for name, m in model.named_modules() if hasattr(m, marker)]
-    missing = [t for t in targets if not any(_matches(n, t) for n in wrapped)]
-    if missing:
-        raise AdapterTargetError(
-            f"target module(s) {missing} received no adapter after wrapping (peft skipped them): "
-            f"wrapped modules: {sorted({n.rsplit('.', 1)[-1] for n in wrapped})}; available: {available_suffixes(model)}"
-        )
 
 
 def lora_config(cfg: RunConfig, targets: Sequence[str]):
