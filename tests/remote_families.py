@@ -142,11 +142,13 @@ def save_dream_tokenizer(out: Path) -> None:
 
 
 def randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Deterministic random values for every parameter and float persistent buffer (norm weights near 1)."""
+    """Deterministic random values for every parameter and float persistent buffer (norm weights near 1),
+    except rotary `inv_freq`: a published checkpoint saves its formula's values (MDLM's is persistent), so the
+    tiny one does too and the load checks can compare it with the formula."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.state_dict(keep_vars=True).items()):
-            if not p.is_floating_point():
+            if not p.is_floating_point() or name.endswith("inv_freq"):
                 continue
             noise = torch.randn(p.shape, generator=g) * 0.05
             p.copy_((1.0 + noise) if "norm" in name.lower() and p.dim() == 1 else noise)

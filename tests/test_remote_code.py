@@ -85,13 +85,20 @@ def test_loaded_checkpoint_computes_what_its_weights_define(ckpt, family):
     for name, buf in model.named_buffers():
         if name not in saved:
             assert torch.equal(buf, ref_buffers[name]), name
-    for name, m in remote_code.rotary_modules(model):
-        c = m.config
-        head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        dim = int(head * (getattr(c, "partial_rotary_factor", None) or 1.0))
-        theta = getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"]
+    rotary = [name for name, _ in model.named_buffers() if name.endswith("inv_freq")]
+    assert bool(rotary) == (family != "llada"), rotary  # LLaDA computes its rotary tables in a cache, no buffer
+    for name in rotary:
+        buf = model.get_buffer(name)
+        c = model.config
+        if family == "mdlm":  # persistent, saved with the weights; Rotary(hidden_dim // n_heads), base 10000
+            dim, theta = c.hidden_dim // c.n_heads, 10_000.0
+        else:  # non-persistent, rebuilt at load: the 'default' RoPE of the module's own config
+            c = model.get_submodule(name.rsplit(".", 1)[0]).config
+            head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+            dim = int(head * (getattr(c, "partial_rotary_factor", None) or 1.0))
+            theta = getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"]
         formula = 1.0 / (float(theta) ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        torch.testing.assert_close(m.inv_freq.double(), formula, rtol=1e-6, atol=0), name
+        torch.testing.assert_close(buf.double(), formula, rtol=1e-6, atol=0, msg=name)
     adapter = get_family(family)
     with torch.no_grad():
         got, want = adapter.logits(model, _ids()), adapter.logits(ref, _ids())
@@ -274,3 +281,44 @@ def test_a_sweep_shard_trains_every_family_one_after_another(ckpt, prefect_harne
                       dtype="float32").to_dict() for f in families]
     records = train_shard_flow(cfgs, str(tmp_path / "runs"))
     assert [r["status"] for r in records] == ["completed"] * len(families), records
+
+
+FIRST_IN_LAYER0 = {"llada": "blocks.0.attn_norm", "dream": "layers.0.input_layernorm",
+                   "llada2": "layers.0.input_layernorm", "llada_moe": "layers.0.input_layernorm"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing_on_the_published_class_recomputes_and_changes_no_number(ckpt, family, tmp_path):
+    from dlm_triage import train
+
+    def cfg(gc):
+        return RunConfig(family=family, model_id=str(ckpt(family)), steps=1, batch_size=2, seq_len=16, rank=4,
+                         device="cpu", dtype="float32", top1_every=10**6, gradient_checkpointing=gc)
+
+    if family == "mdlm":  # the published MDLM has neither the HF API nor a mechanism of its own
+        with pytest.raises(FamilyError, match=r"family 'mdlm'.*MDLM does not support.*gradient_checkpointing=false"):
+            train.train_run(cfg(True), tmp_path)
+        assert not any(tmp_path.rglob("manifest.json"))
+        return
+    if family == "llada":  # the published LLaDAModelLM refuses the HF API: the adapter drives its own
+        # transformers 4.57 says 'gradient', 5.x 'activation'
+        with pytest.raises(ValueError, match=r"LLaDAModelLM does not support (gradient|activation) checkpointing"):
+            _load("llada", ckpt("llada")).model.gradient_checkpointing_enable()
+    out = {}
+    for gc in (False, True):
+        r = train._setup(cfg(gc))
+        try:
+            assert r.checkpointing == (None if not gc else "llada_activation_checkpointing" if family == "llada"
+                                       else "hf")
+            block = next(m for n, m in r.model.named_modules() if n.endswith(FIRST_IN_LAYER0[family]))
+            calls = []
+            handle = block.register_forward_pre_hook(lambda *a: calls.append(1))
+            row = train.train_step(r, 0)
+            handle.remove()
+            # minus the clean-batch top-1 forward at step 0 (no grad, so nothing to recompute)
+            out[gc] = (len(calls) - 1, row["loss"], torch.cat([p.grad.flatten() for p in r.params]))
+        finally:
+            r.lease.release(r.model)
+    assert out[False][0] == 1 and out[True][0] == 2  # layer 0 runs again in the backward, only when on
+    assert out[True][1] == out[False][1]
+    torch.testing.assert_close(out[True][2], out[False][2], rtol=1e-6, atol=0)
