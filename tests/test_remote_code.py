@@ -322,3 +322,54 @@ def test_gradient_checkpointing_on_the_published_class_recomputes_and_changes_no
     assert out[False][0] == 1 and out[True][0] == 2  # layer 0 runs again in the backward, only when on
     assert out[True][1] == out[False][1]
     torch.testing.assert_close(out[True][2], out[False][2], rtol=1e-6, atol=0)
+
+
+def _tiny_run(family, path, **kw):
+    base = dict(family=family, model_id=str(path), steps=2, batch_size=2, seq_len=16, rank=4, device="cpu",
+                dtype="float32", top1_every=1)
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_accumulated_micro_batches_give_the_big_batch_gradient_on_the_published_class(ckpt, family):
+    # k=2 micro-batches of 2 against one batch of 4 (same mask draws): equal up to float32 reassociation
+    from dlm_triage import train
+
+    rows, grads = {}, {}
+    for name, kw in (("big", dict(batch_size=4)), ("acc", dict(batch_size=2, grad_accum_steps=2))):
+        r = train._setup(_tiny_run(family, ckpt(family), **kw))
+        try:
+            rows[name] = train.train_step(r, 0)
+            grads[name] = torch.cat([p.grad.flatten() for p in r.params])
+        finally:
+            r.lease.release(r.model)
+    assert float((grads["acc"] - grads["big"]).norm()) <= 1e-5 * float(grads["big"].norm())
+    assert rows["acc"]["n_masked"] == rows["big"]["n_masked"]
+    assert rows["acc"]["loss"] == pytest.approx(rows["big"]["loss"], rel=1e-6)
+    assert rows["acc"]["top1_freq"] == pytest.approx(rows["big"]["top1_freq"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_run_on_the_resident_published_base_equals_the_same_run_on_a_fresh_load(ckpt, family, tmp_path):
+    # PiSSA first: it rewrites the base's target weights, which the release must put back
+    from safetensors.torch import load_file
+
+    from dlm_triage import resident
+    from dlm_triage.runlog import read_run
+    from dlm_triage.train import train_run
+
+    resident.clear()
+    try:
+        train_run(_tiny_run(family, ckpt(family), method="pissa", seed=1), tmp_path / "a")
+        second = train_run(_tiny_run(family, ckpt(family), seed=2, save_adapter=True), tmp_path / "a")
+        assert second.model_resident and resident.stats()["loads"] == 1
+        resident.clear()
+        alone = train_run(_tiny_run(family, ckpt(family), seed=2, save_adapter=True), tmp_path / "b")
+        assert not alone.model_resident
+    finally:
+        resident.clear()
+    a, b = read_run(second.run_dir), read_run(alone.run_dir)
+    cols = [c for c in a.steps.columns if not c.endswith("_ms")]  # timings aside, bitwise
+    assert a.steps.select(cols).equals(b.steps.select(cols))
+    wa, wb = (load_file(str(r.run_dir / "adapter" / "adapter_model.safetensors")) for r in (second, alone))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
