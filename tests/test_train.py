@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import polars as pl
@@ -25,14 +24,11 @@ def small(tiny_model_dir, **kw):
     return RunConfig(**base)
 
 
-def test_200_step_run_is_fast_and_complete(tiny_model_dir, tmp_path):
+def test_200_step_run_is_complete(tiny_model_dir, tmp_path):
+    # its speed (and the re-run's) is measured by benchmarks/bench_train_tiny.py, never asserted here
     cfg = RunConfig(model_id=str(tiny_model_dir), steps=200, device="cpu", top1_every=5)
     calls = []
-    t0, c0 = time.perf_counter(), time.process_time()
     res = train_run(cfg, tmp_path, progress=lambda s, n: calls.append((s, n)))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    # CPU time, not wall time: the shared test machine's load must not fail this (~6 s of CPU on one thread)
-    assert cpu < 60, f"200 tiny steps took {cpu:.1f} s of CPU ({wall:.1f} s wall)"
     assert res.status == "completed" and not res.reused and not res.routed_for_inspection
     run_dir = tmp_path / cfg.run_id
     assert res.run_dir == run_dir
@@ -82,11 +78,12 @@ def test_200_step_run_is_fast_and_complete(tiny_model_dir, tmp_path):
     assert man["code_version"] and man["packages"]["torch"] == torch.__version__
     assert man["device"] == "cpu" and man["dtype"] == "float32"
 
-    # resume: the same config is reused without training
-    t0 = time.perf_counter()
-    again = train_run(cfg, tmp_path)
+    # resume: the same config is reused without training (no step runs, nothing rewritten)
+    written = {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    calls.clear()
+    again = train_run(cfg, tmp_path, progress=lambda s, n: calls.append((s, n)))
     assert again.reused and again.status == "completed" and again.final_loss == res.final_loss
-    assert time.perf_counter() - t0 < 5
+    assert calls == [] and {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == written
 
 
 def test_same_config_and_seed_give_identical_logs(tiny_model_dir, tmp_path):
