@@ -52,7 +52,7 @@ import polars as pl
 from dlm_triage import groups as groups_mod
 from dlm_triage import runsummary, stats
 from dlm_triage.calinputs import REQUIRED_COLUMNS, CalibrationInputs, Trajectories, snapshot_of
-from dlm_triage.fsutil import write_json_atomic
+from dlm_triage.fsutil import json_safe, write_json_atomic
 
 __all__ = [
     "Trajectories", "CalibrationInputs", "CalibrationOutput", "calibrate", "run_calibration", "group_rng",
@@ -777,37 +777,22 @@ def _collapse_definitions(runs: pl.DataFrame) -> dict[str, int]:
 def _jsonable(result: dict) -> dict:
     """Plain JSON types; NaN/Inf -> None with a warning naming the path (group warnings go to the group)."""
 
-    def walk(x, path: str, sink: list[str]):
-        if isinstance(x, dict):
-            return {str(k): walk(v, f"{path}.{k}" if path else str(k), sink) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [walk(v, f"{path}[{i}]", sink) for i, v in enumerate(x)]
-        if isinstance(x, (bool, np.bool_)):
-            return bool(x)
-        if isinstance(x, (int, np.integer)):
-            return int(x)
-        if isinstance(x, (float, np.floating)):
-            v = float(x)
-            if not math.isfinite(v):
-                sink.append(f"{path}: {'undefined' if math.isnan(v) else 'infinite'} -> null")
-                return None
-            return v
-        if x is None or isinstance(x, str):
-            return x
-        if isinstance(x, np.ndarray):
-            return walk(x.tolist(), path, sink)
-        return str(x)
+    def walk(x, sink: list[str]):
+        def note(where: str, v: float) -> None:
+            sink.append(f"{where}: {'undefined' if math.isnan(v) else 'infinite'} -> null")
+
+        return json_safe(x, on_nonfinite=note, default=str)
 
     out = dict(result)
     groups = {}
     for name, g in result["groups"].items():
         sink: list[str] = []
         body = {k: v for k, v in g.items() if k != "warnings"}
-        gg = walk(body, "", sink)
+        gg = walk(body, sink)
         gg["warnings"] = list(g["warnings"]) + [f"null value: {s}" for s in sink]
         groups[name] = gg
     top_sink: list[str] = []
-    rest = walk({k: v for k, v in result.items() if k not in ("groups", "warnings")}, "", top_sink)
+    rest = walk({k: v for k, v in result.items() if k not in ("groups", "warnings")}, top_sink)
     out = {**rest, "groups": groups, "warnings": list(result["warnings"]) + [f"null value: {s}" for s in top_sink]}
     return out
 

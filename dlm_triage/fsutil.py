@@ -1,16 +1,68 @@
-"""Atomic file writes: a temp file in the same folder, fsync, rename over the target.
+"""Atomic file writes (a temp file in the same folder, fsync, rename over the target) and JSON-safe values.
 
 A reader sees the old file or the new one, never half of one; a failed write leaves no temp file behind.
-(Run logs have their own writer in runlog.py, which also orders the two files and fsyncs the directory.)
+runlog.py writes a run's two files through `replace_durably` in its own order (step log, then manifest).
+`json_safe` is the one NaN/Inf -> null conversion every JSON writer uses.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
+
+
+def json_safe(obj: Any, *, on_nonfinite: Callable[[str, float], None] | None = None,
+              default: Callable[[Any], Any] | None = None, _path: str = "") -> Any:
+    """`obj` in plain JSON types, recursively: NaN/Inf -> None (JSON null), numpy/torch scalars and arrays ->
+    Python numbers and lists, tuples -> lists, mapping keys -> str. `on_nonfinite(path, value)` hears of each
+    number replaced ('groups.llada.maxgrad.median_ratio', 'rows[3]'); `default` converts any other object (left
+    as it is without one)."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v, on_nonfinite=on_nonfinite, default=default,
+                                  _path=f"{_path}.{k}" if _path else str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v, on_nonfinite=on_nonfinite, default=default, _path=f"{_path}[{i}]")
+                for i, v in enumerate(obj)]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy / torch scalars and arrays
+        lst = obj.tolist()
+        if isinstance(lst, list):
+            return json_safe(lst, on_nonfinite=on_nonfinite, default=default, _path=_path)
+        obj = lst
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if on_nonfinite is not None:
+            on_nonfinite(_path, obj)
+        return None
+    if obj is None or isinstance(obj, (str, bool, int, float)) or default is None:
+        return obj
+    return default(obj)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable (POSIX); best effort where the platform cannot fsync a directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_durably(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """fsync the written `tmp`, rename it over `final`, fsync the folder: after this returns the new file
+    survives a power cut, and a reader never sees half of it."""
+    with open(tmp, "rb+") as fh:
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    fsync_dir(Path(final).parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -20,9 +72,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import io
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import polars as pl
 
+from dlm_triage.fsutil import fsync_dir, json_safe, replace_durably
 from dlm_triage.schema import (
     MANIFEST_FILENAME,
     MANIFEST_KEYS,
@@ -91,50 +91,12 @@ def steps_schema() -> dict[str, pl.DataType]:
     return {col: names[dtype] for col, (dtype, _) in STEP_COLUMNS.items()}
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable (POSIX); not possible on some platforms/filesystems: then best effort.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _replace_durably(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as fh:
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/Inf -> None (JSON null), recursively; numpy scalars -> Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        try:
-            obj = obj.item()
-        except (TypeError, ValueError):
-            pass
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -156,13 +118,13 @@ def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any
 
     manifest_path = run_dir / MANIFEST_FILENAME
     manifest_path.unlink(missing_ok=True)  # a re-run must not leave the old manifest beside a new log
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
 
     steplog = run_dir / STEPLOG_FILENAME
     tmp = run_dir / f".{STEPLOG_FILENAME}.{os.getpid()}.tmp"
     try:
         steps.write_parquet(tmp)
-        _replace_durably(tmp, steplog)
+        replace_durably(tmp, steplog)
     except Exception as e:  # disk full, file size limit, read-only: no tmp file left behind
         tmp.unlink(missing_ok=True)
         raise write_error(run_dir, STEPLOG_FILENAME, e) from e
@@ -172,7 +134,7 @@ def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any
     out["steplog"] = STEPLOG_FILENAME
     out["steplog_sha256"] = sha256_file(steplog)
     out["n_steps_logged"] = steps.height
-    out = _json_safe(out)
+    out = json_safe(out)
     tmp = run_dir / f".{MANIFEST_FILENAME}.{os.getpid()}.tmp"
     try:
         tmp.write_text(json.dumps(out, indent=2, sort_keys=True, allow_nan=False))
@@ -181,7 +143,7 @@ def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any
         raise write_error(run_dir, MANIFEST_FILENAME, e) from e
     _before_manifest_rename(tmp)  # outside the cleanup: a kill here leaves the tmp file, as a real one would
     try:
-        _replace_durably(tmp, manifest_path)
+        replace_durably(tmp, manifest_path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise write_error(run_dir, MANIFEST_FILENAME, e) from e

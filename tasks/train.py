@@ -36,6 +36,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import CachePolicy
 
 from dlm_triage.config import ConfigError, RunConfig
+from dlm_triage.fsutil import json_safe
 from dlm_triage.params import SweepParams, torch_threads_per_process
 
 PROGRESS_LOG_EVERY_S_ENV = "DLM_TRIAGE_PROGRESS_LOG_EVERY_S"
@@ -302,7 +303,7 @@ def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
                 " (reused run dir)" if res.reused else "",
                 *("n/a" if v is None else f"{v:.4g}" for v in (res.final_loss, res.max_grad_norm)),
                 ", ROUTED for inspection" if res.routed_for_inspection else "")
-    return _jsonable(record)
+    return json_safe(record)
 
 
 def _code_version() -> str:
@@ -311,23 +312,13 @@ def _code_version() -> str:
     return code_version()
 
 
-def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
-    # NaN/Inf are not JSON: a diverged run's numbers become None (its status says why).
-    out = {}
-    for k, v in record.items():
-        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-            v = None
-        out[k] = v
-    return out
-
-
 def record_from_manifest(cfg: RunConfig, root: str | Path, man: dict[str, Any], *, reused: bool) -> dict[str, Any]:
     """The record of a finished run read back from its manifest (the sweep reads every record this way: the
     manifests sit on the storage all shards share, whichever machine trained them). `root`: the runs directory
     or the URL runs are published to."""
     from dlm_triage.shards import run_location
 
-    return _jsonable({
+    return json_safe({
         "run_id": man["run_id"], "status": man["status"], "run_dir": run_location(root, cfg.run_id),
         "final_loss": man["final_loss"], "max_grad_norm": man["max_grad_norm"],
         "routed": bool(man["routed_for_inspection"]), "reused": reused, "wall_time_s": man["wall_time_s"],
