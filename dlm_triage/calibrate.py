@@ -52,7 +52,7 @@ import polars as pl
 from dlm_triage import groups as groups_mod
 from dlm_triage import runsummary, stats
 from dlm_triage.calinputs import REQUIRED_COLUMNS, CalibrationInputs, Trajectories, snapshot_of
-from dlm_triage.fsutil import json_safe, write_json_atomic
+from dlm_triage.fsutil import finite_or_none, json_safe, write_json_atomic
 
 __all__ = [
     "Trajectories", "CalibrationInputs", "CalibrationOutput", "calibrate", "run_calibration", "group_rng",
@@ -341,8 +341,7 @@ def registry_evidence(reg: Mapping[str, Any]) -> list[str]:
     ceiling, its upper CI bound over the same replicates), on the very rule that is registered (k, threshold),
     plus the two ways a CI can look fine and say nothing: held-out precision 0, or a CI of [0, 1]."""
     def num(key):
-        v = reg.get(key)
-        return None if v is None or not math.isfinite(float(v)) else float(v)
+        return finite_or_none(reg.get(key))
 
     lo, hi, ceil, prec = num("precision_ci_low"), num("precision_ci_high"), num("baseline_ceiling"), num("precision")
     out = []

@@ -41,6 +41,18 @@ def json_safe(obj: Any, *, on_nonfinite: Callable[[str, float], None] | None = N
     return default(obj)
 
 
+def finite_or_none(x: Any) -> float | None:
+    """A number read back from JSON (a calibration result, a registry row): a finite float, else None (absent,
+    null, a bool, text that is not a number, NaN/Inf)."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename inside `path` durable (POSIX); best effort where the platform cannot fsync a directory."""
     try:

@@ -50,7 +50,7 @@ import polars as pl
 
 from dlm_triage import groups, store
 from dlm_triage.calinputs import run_ids_sha256
-from dlm_triage.fsutil import output_dir, point_latest, write_bytes_atomic
+from dlm_triage.fsutil import finite_or_none, output_dir, point_latest, write_bytes_atomic
 from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
 
 FIGURE_DPI = 110
@@ -118,13 +118,7 @@ def _num(d: Mapping[str, Any] | None, *path: str) -> float | None:
         if not isinstance(cur, Mapping) or key not in cur:
             return None
         cur = cur[key]
-    if cur is None or isinstance(cur, bool):
-        return None
-    try:
-        val = float(cur)
-    except (TypeError, ValueError):
-        return None
-    return val if math.isfinite(val) else None
+    return finite_or_none(cur)
 
 
 def _fmt(x: float | int | None, digits: int = 3) -> str:

@@ -32,6 +32,7 @@ import polars as pl
 
 from . import runsummary, schema
 from .calinputs import snapshot_of
+from .fsutil import finite_or_none
 from .config import ConfigError, RunConfig
 
 DB_SCHEMA_VERSION = 2
@@ -1050,16 +1051,6 @@ def load_calibration_inputs(con: duckdb.DuckDBPyConnection, *, where: str | None
 
 # -- threshold registry ---------------------------------------------------------------------------------------
 
-def _finite_or_none(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _snapshot(con: duckdb.DuckDBPyConnection) -> dict:
     """The snapshot of every stored run (calinputs.snapshot_of), for a result saved without its own."""
     return snapshot_of(_pl(con, "SELECT run_id, ingested_at FROM runs ORDER BY run_id"))
@@ -1106,14 +1097,14 @@ def save_calibration(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any]) 
         if not isinstance(group, Mapping) or not isinstance(group.get("registry"), Mapping):
             continue
         reg = group["registry"]
-        thr = _finite_or_none(reg.get("threshold"))
+        thr = finite_or_none(reg.get("threshold"))
         accepted = thr is not None and not _group_degenerate(group, reg)
         rows.append([
             cal_id, str(gname), group_by, str(reg.get("monitor") or "max_grad_norm"), _opt_int(reg.get("k")),
-            thr, _finite_or_none(reg.get("ci_low")), _finite_or_none(reg.get("ci_high")),
+            thr, finite_or_none(reg.get("ci_low")), finite_or_none(reg.get("ci_high")),
             _opt_int(reg.get("n", group.get("n"))), _opt_int(reg.get("n_unstable", group.get("n_unstable"))),
-            _finite_or_none(reg.get("precision")), _finite_or_none(reg.get("recall")),
-            _finite_or_none(reg.get("f1")), accepted, now,
+            finite_or_none(reg.get("precision")), finite_or_none(reg.get("recall")),
+            finite_or_none(reg.get("f1")), accepted, now,
         ])
     status = "accepted" if any(r[13] for r in rows) else "rejected"
     con.begin()
@@ -1222,7 +1213,7 @@ def threshold_history(con: duckdb.DuckDBPyConnection, group: str | None = None) 
         g = results.get(cid, {}).get(gname) or {}
         reg = g.get("registry") or {}
         for c in ("precision_ci_low", "precision_ci_high", "baseline_ceiling"):
-            extra[c].append(_finite_or_none(reg.get(c)))
+            extra[c].append(finite_or_none(reg.get(c)))
         why = list(reg.get("rejection_reasons") or ()) or list(g.get("degenerate_reasons") or ())
         extra["reason"].append(None if acc else ("; ".join(why) or "no finite threshold"))
     return h.with_columns(*(pl.Series(c, v, dtype=t) for (c, t), v in
