@@ -25,8 +25,8 @@ from typing import TextIO
 __all__ = ["BarStream", "ClearLineStream", "ConsoleFilter", "route_console_logging", "route_child_console_logging",
            "CONSOLE_ENV"]
 
-_STATE_LINES = ("Finished in state Completed", "Finished in state Cached", "Created task run",
-                "Submitting task run", "Executing ")
+_STATE_LINES = ("Finished in state Completed", "Finished in state Cached", "Finished in state Routed",
+                "Created task run", "Submitting task run", "Executing ")
 """Prefect's per-run state messages (INFO): kept in the UI, not printed."""
 _RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 _PROGRESS_LINE = re.compile(r": step \d+/\d+$")

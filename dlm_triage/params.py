@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -50,6 +50,15 @@ for _lit, _allowed in (
         raise ImportError(f"params.py Literal {_lit.__args__} differs from config.py {_allowed}: update params.py")
 
 _RUN_FIELDS = {f for f in RunConfig.__dataclass_fields__}
+
+# List items carry their ranges in the JSON schema (the Prefect UI form checks each item, and a deployment with
+# enforce_parameter_schema refuses an out-of-range value before a run is created); the field validators below
+# run first (mode='before') so that the message names the field and every bad value at once.
+Rank = Annotated[int, Field(ge=1, le=4096)]
+MaskRatio = Annotated[float, Field(gt=0.0, lt=1.0)]
+LearningRate = Annotated[float, Field(gt=0.0, le=10.0)]
+Seed = Annotated[int, Field(ge=0)]
+StepK = Annotated[int, Field(ge=0)]
 _DEFAULT_KS = (5, 10, 11, 25, 50, 100, 200)
 
 
@@ -67,24 +76,63 @@ def _nonempty_unique(name: str, values: list[Any]) -> list[Any]:
     return values
 
 
+def _numbers(v: Any) -> list[float]:
+    """The numeric items of a list input, before pydantic checks each item's type (a non-number is left to it)."""
+    if not isinstance(v, (list, tuple)):
+        return []
+    return [x for x in v if isinstance(x, (int, float)) and not isinstance(x, bool)]
+
+
 def torch_threads_per_process(slots: int) -> int:
     """Torch threads for each of `slots` training processes: cores / processes (at least 1), so that processes
     x threads never oversubscribe the CPU."""
     return max(1, (os.cpu_count() or 1) // slots)
 
 
-class SweepParams(_Params):
-    """A grid of LoRA/PEFT fine-tunes (the product of the axes) and where and how to run it."""
+def _form_groups(groups: dict[str, tuple[str, ...]]):
+    """A `json_schema_extra` that orders a model's form fields by group and prefixes each title with its group
+    ('Grid: Ranks'): the Prefect UI renders the properties in schema order with their titles, so a long form
+    reads as sections. Fields in no group keep their place after the grouped ones."""
+
+    def extra(schema: dict[str, Any], _cls: Any) -> None:
+        props = schema.get("properties") or {}
+        ordered: dict[str, Any] = {}
+        for group, names in groups.items():
+            for name in names:
+                if name in props:
+                    prop = dict(props[name])
+                    prop["title"] = f"{group}: {prop.get('title', name)}"
+                    ordered[name] = prop
+        ordered.update({k: v for k, v in props.items() if k not in ordered})
+        schema["properties"] = ordered
+
+    return extra
+
+
+_SWEEP_FORM = {
+    "Grid": ("families", "methods", "ranks", "mask_ratios", "learning_rates", "seeds"),
+    "Training": ("steps", "batch_size", "seq_len", "alpha", "alpha_convention", "normalisation", "objective",
+                 "model_id", "dataset", "cohort", "extra"),
+    "Early warning": ("early_warning", "early_warning_action", "early_warning_step", "legacy_detector_stop"),
+    "Where it runs": ("runs_dir", "db", "device", "gpu_slots", "torch_threads", "task_runner", "runs_url",
+                      "shard_deployment", "shard_job_variables", "shard_attempts", "heartbeat_s", "stale_after_s"),
+}
+
+
+class SweepGrid(_Params):
+    """A grid of LoRA/PEFT fine-tunes (the product of the axes) and how to run it; `SweepParams` adds where."""
+
+    model_config = ConfigDict(json_schema_extra=_form_groups(_SWEEP_FORM))
 
     families: list[Family] = Field(["tiny"], description="Model families (axis). 'tiny' needs no download.")
     methods: list[Method] = Field(["lora"], description="PEFT methods (axis): lora, rslora, dora, pissa, nara, "
                                       "lora_diffusion (its rank schedule: extra.lora_diffusion_schedule).")
-    ranks: list[int] = Field([4, 16], description="Adapter ranks r (axis), each in [1, 4096].")
-    mask_ratios: list[float] = Field(
+    ranks: list[Rank] = Field([4, 16], description="Adapter ranks r (axis), each in [1, 4096].")
+    mask_ratios: list[MaskRatio] = Field(
         [0.15, 0.5, 0.85], description="Mask ratios rho (axis), each strictly between 0 and 1 (paper Eq. 1)."
     )
-    learning_rates: list[float] = Field([1e-4], description="AdamW learning rates (axis), each in (0, 10].")
-    seeds: list[int] = Field([7, 42, 1337], description="Random seeds (axis), each >= 0.")
+    learning_rates: list[LearningRate] = Field([1e-4], description="AdamW learning rates (axis), each in (0, 10].")
+    seeds: list[Seed] = Field([7, 42, 1337], description="Random seeds (axis), each >= 0.")
     steps: int = Field(200, ge=1, le=10_000_000, description="Optimizer updates per run (log holds 0..steps).")
     batch_size: int = Field(4, ge=1, le=65_536, description="Sequences per batch.")
     seq_len: int = Field(32, ge=2, le=1_048_576, description="Tokens per training sequence.")
@@ -118,9 +166,6 @@ class SweepParams(_Params):
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other RunConfig field, e.g. {\"clip_grad_norm\": 1.0, \"top1_every\": 5}.",
-    )
-    runs_dir: Path | None = Field(
-        None, description="Where run directories go; empty: $DLM_TRIAGE_OUT/runs (default ./dlm-triage-out/runs)."
     )
     device: str = Field(
         "auto",
@@ -176,10 +221,6 @@ class SweepParams(_Params):
         True, description="Pass each family's registered max-grad threshold (from db) to training: runs at or "
         "above it at step k are routed for inspection (or stopped)."
     )
-    db: Path | None = Field(
-        None, description="DuckDB holding the registered thresholds; empty: $DLM_TRIAGE_OUT/triage.duckdb. "
-        "No file: no live early warning."
-    )
     torch_threads: int | None = Field(
         None,
         ge=1,
@@ -192,34 +233,34 @@ class SweepParams(_Params):
     def _axis(cls, v: list[Any], info: Any) -> list[Any]:
         return _nonempty_unique(info.field_name, v)
 
-    @field_validator("ranks")
+    @field_validator("ranks", mode="before")
     @classmethod
     def _ranks(cls, v: list[int]) -> list[int]:
-        bad = [r for r in v if not 1 <= r <= 4096]
+        bad = [r for r in _numbers(v) if not 1 <= r <= 4096]
         if bad:
             raise ValueError(f"ranks {bad} out of range: use integers in [1, 4096]")
         return v
 
-    @field_validator("mask_ratios")
+    @field_validator("mask_ratios", mode="before")
     @classmethod
     def _mask_ratios(cls, v: list[float]) -> list[float]:
-        bad = [m for m in v if not 0.0 < m < 1.0]
+        bad = [m for m in _numbers(v) if not 0.0 < m < 1.0]
         if bad:
             raise ValueError(f"mask_ratios {bad} out of range: use numbers strictly between 0 and 1")
         return v
 
-    @field_validator("learning_rates")
+    @field_validator("learning_rates", mode="before")
     @classmethod
     def _lrs(cls, v: list[float]) -> list[float]:
-        bad = [x for x in v if not 0.0 < x <= 10.0]
+        bad = [x for x in _numbers(v) if not 0.0 < x <= 10.0]
         if bad:
             raise ValueError(f"learning_rates {bad} out of range: use numbers in (0, 10]")
         return v
 
-    @field_validator("seeds")
+    @field_validator("seeds", mode="before")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
-        bad = [s for s in v if s < 0]
+        bad = [s for s in _numbers(v) if s < 0]
         if bad:
             raise ValueError(f"seeds {bad} are negative: use integers >= 0")
         return v
@@ -338,6 +379,19 @@ class SweepParams(_Params):
         devices = self.devices(n_gpus)
         return [c.replace(device=devices[i % len(devices)]) for i, c in enumerate(self.to_spec().expand())]
 
+
+
+class SweepParams(SweepGrid):
+    """A grid of LoRA/PEFT fine-tunes (the product of the axes) and where and how to run it."""
+
+    runs_dir: Path | None = Field(
+        None, description="Where run directories go; empty: $DLM_TRIAGE_OUT/runs (default ./dlm-triage-out/runs)."
+    )
+    db: Path | None = Field(
+        None, description="DuckDB holding the registered thresholds; empty: $DLM_TRIAGE_OUT/triage.duckdb. "
+        "No file: no live early warning."
+    )
+
     def resolved_runs_dir(self) -> Path:
         return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
 
@@ -345,13 +399,9 @@ class SweepParams(_Params):
         return Path(self.db) if self.db is not None else paths.default_db_path()
 
 
-class IngestParams(_Params):
-    """Load run directories (and optionally foreign logs) into the DuckDB store. Idempotent."""
+class IngestOptions(_Params):
+    """Loading runs into DuckDB, without its paths (`IngestParams` adds them; the pipeline has one set)."""
 
-    db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
-    runs_dir: Path | None = Field(
-        None, description="Root of run directories to ingest; empty: $DLM_TRIAGE_OUT/runs."
-    )
     quarantine_dir: Path | None = Field(
         None, description="Where unreadable/inconsistent runs are moved; empty: recorded only, not moved."
     )
@@ -370,6 +420,16 @@ class IngestParams(_Params):
             raise ValueError(f"import_format={self.import_format!r} given without import_paths: list the files")
         return self
 
+
+
+class IngestParams(IngestOptions):
+    """Load run directories (and optionally foreign logs) into the DuckDB store. Idempotent."""
+
+    db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
+    runs_dir: Path | None = Field(
+        None, description="Root of run directories to ingest; empty: $DLM_TRIAGE_OUT/runs."
+    )
+
     def resolved_db(self) -> Path:
         return Path(self.db) if self.db is not None else paths.default_db_path()
 
@@ -377,15 +437,13 @@ class IngestParams(_Params):
         return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
 
 
-class CalibrateParams(_Params):
-    """The paper's calibration protocol per group: max-grad thresholds with bootstrap CIs, step-k sweep."""
+class CalibrateOptions(_Params):
+    """The paper's calibration protocol per group, without its paths (`CalibrateParams` adds them)."""
 
-    db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
-    out: Path | None = Field(None, description="Output folder for calibration.json; empty: $DLM_TRIAGE_OUT/reports.")
     group_by: GroupBy = Field("family", description="Calibrate one threshold per family, model, cohort or PEFT method.")
     n_resamples: int = Field(1000, ge=10, le=1_000_000, description="Split-bootstrap replicates B.")
     stepk_resamples: int = Field(200, ge=10, le=1_000_000, description="Bootstrap replicates per step k.")
-    ks: list[int] = Field(list(_DEFAULT_KS), description="Steps k of the max-grad-up-to-k sweep (each >= 0).")
+    ks: list[StepK] = Field(list(_DEFAULT_KS), description="Steps k of the max-grad-up-to-k sweep (each >= 0).")
     confidence_level: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of every CI.")
     test_size: float = Field(0.2, gt=0.0, lt=1.0, description="Held-out share of runs for threshold evaluation.")
     seed: int = Field(0, ge=0, description="Seed of every resampling (results are reproducible).")
@@ -393,20 +451,19 @@ class CalibrateParams(_Params):
         None, ge=1, description="Bonferroni m: the number of max-grad contrasts corrected for (the paper: 6); "
                                 "empty: the groups tested in this calibration.")
 
+    @field_validator("ks", mode="before")
+    @classmethod
+    def _ks_range(cls, v: Any) -> Any:
+        bad = [k for k in _numbers(v) if k < 0]
+        if bad:
+            raise ValueError(f"ks {bad} are negative: use steps >= 0")
+        return v
+
     @field_validator("ks")
     @classmethod
     def _ks(cls, v: list[int]) -> list[int]:
         _nonempty_unique("ks", v)
-        bad = [k for k in v if k < 0]
-        if bad:
-            raise ValueError(f"ks {bad} are negative: use steps >= 0")
         return sorted(v)
-
-    def resolved_db(self) -> Path:
-        return Path(self.db) if self.db is not None else paths.default_db_path()
-
-    def resolved_out(self) -> Path:
-        return Path(self.out) if self.out is not None else paths.default_report_dir()
 
     def calibrate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `calibrate.run_calibration` besides db and out."""
@@ -420,6 +477,19 @@ class CalibrateParams(_Params):
             "seed": self.seed,
             "bonferroni_m": self.bonferroni_m,
         }
+
+
+class CalibrateParams(CalibrateOptions):
+    """The paper's calibration protocol per group: max-grad thresholds with bootstrap CIs, step-k sweep."""
+
+    db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
+    out: Path | None = Field(None, description="Output folder for calibration.json; empty: $DLM_TRIAGE_OUT/reports.")
+
+    def resolved_db(self) -> Path:
+        return Path(self.db) if self.db is not None else paths.default_db_path()
+
+    def resolved_out(self) -> Path:
+        return Path(self.out) if self.out is not None else paths.default_report_dir()
 
 
 class ReportParams(_Params):
@@ -436,28 +506,74 @@ class ReportParams(_Params):
         return Path(self.out) if self.out is not None else paths.default_report_dir()
 
 
+_STAGE_PATHS = {"sweep": ("runs_dir", "db"), "ingest": ("db", "runs_dir"), "calibrate": ("db", "out"),
+                "report": ("db", "out")}
+"""The path fields each stage model has and the pipeline holds once (same name, same meaning)."""
+
+
 class PipelineParams(_Params):
-    """Sweep -> ingest -> calibrate -> report. Unset paths of later stages follow the earlier stages."""
+    """Sweep -> ingest -> calibrate -> report, with one runs folder, one database and one output folder."""
 
-    sweep: SweepParams = Field(default_factory=SweepParams, description="The grid of runs to train.")
-    ingest: IngestParams = Field(default_factory=IngestParams, description="Loading runs into DuckDB.")
-    calibrate: CalibrateParams = Field(default_factory=CalibrateParams, description="Threshold calibration.")
-    report: ReportParams = Field(default_factory=ReportParams, description="The triage report.")
+    db: Path | None = Field(None, description="The pipeline's DuckDB file (thresholds, runs, calibrations); "
+                            "empty: $DLM_TRIAGE_OUT/triage.duckdb.")
+    out: Path | None = Field(None, description="Folder of calibration.json and the report "
+                             "(<out>/<calibration_id>/, <out>/latest); empty: $DLM_TRIAGE_OUT/reports.")
+    runs_dir: Path | None = Field(None, description="Where run directories go and are ingested from; empty: "
+                                  "$DLM_TRIAGE_OUT/runs.")
+    sweep: SweepGrid = Field(default_factory=SweepGrid, description="The grid of runs to train.")
+    ingest: IngestOptions = Field(default_factory=IngestOptions, description="Loading runs into DuckDB.")
+    calibrate: CalibrateOptions = Field(default_factory=CalibrateOptions, description="Threshold calibration.")
 
-    @model_validator(mode="after")
-    def _chain_paths(self) -> "PipelineParams":
-        # One pipeline = one runs dir and one database unless the user says otherwise.
-        if self.ingest.runs_dir is None and self.sweep.runs_dir is not None:
-            self.ingest = self.ingest.model_copy(update={"runs_dir": self.sweep.runs_dir})
-        if self.sweep.db is None and self.ingest.db is not None:
-            self.sweep = self.sweep.model_copy(update={"db": self.ingest.db})
-        if self.calibrate.db is None and self.ingest.db is not None:
-            self.calibrate = self.calibrate.model_copy(update={"db": self.ingest.db})
-        if self.report.db is None and self.calibrate.db is not None:
-            self.report = self.report.model_copy(update={"db": self.calibrate.db})
-        if self.report.out is None and self.calibrate.out is not None:
-            self.report = self.report.model_copy(update={"out": self.calibrate.out})
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_set_of_paths(cls, data: Any) -> Any:
+        """Stage parameters given whole (SweepParams, {'ingest': {'db': ...}}, a 'report' section) hand their
+        paths to the pipeline's one db/out/runs_dir; two different values for one path are refused."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        found: dict[str, list[tuple[str, Any]]] = {}
+        for key in ("db", "out", "runs_dir"):
+            if data.get(key) is not None:
+                found.setdefault(key, []).append((key, data[key]))
+        for stage, names in _STAGE_PATHS.items():
+            v = data.get(stage)
+            if isinstance(v, BaseModel):
+                v = v.model_dump(exclude_unset=True)
+            if not isinstance(v, dict):
+                continue
+            v = dict(v)
+            for name in names:
+                if v.get(name) is not None:
+                    found.setdefault(name, []).append((f"{stage}.{name}", v[name]))
+                v.pop(name, None)
+            if stage == "report":
+                if v.get("calibration_id") is not None:
+                    raise ValueError("report.calibration_id: the pipeline reports the calibration it makes; "
+                                     "drop it (dlm-triage report --calibration reports another one)")
+                data.pop("report")
+            else:
+                data[stage] = v
+        for name, given in found.items():
+            values = {str(Path(x)) for _w, x in given}
+            if len(values) > 1:
+                raise ValueError(f"{' and '.join(f'{w}={str(x)!r}' for w, x in given)} differ: the pipeline uses "
+                                 f"one {name}; set {name} once")
+            data[name] = given[0][1]
+        return data
+
+    # -- the stages' parameters, built from the one set of paths --------------------------------------------
+    def sweep_params(self) -> SweepParams:
+        return SweepParams(**self.sweep.model_dump(exclude_unset=True), runs_dir=self.runs_dir, db=self.db)
+
+    def ingest_params(self) -> IngestParams:
+        return IngestParams(**self.ingest.model_dump(exclude_unset=True), db=self.db, runs_dir=self.runs_dir)
+
+    def calibrate_params(self) -> CalibrateParams:
+        return CalibrateParams(**self.calibrate.model_dump(exclude_unset=True), db=self.db, out=self.out)
+
+    def report_params(self, calibration_id: str | None = None) -> ReportParams:
+        return ReportParams(db=self.db, out=self.out, calibration_id=calibration_id)
 
 
 class RecalibrateParams(_Params):
@@ -509,7 +625,10 @@ class ConnectParams(_Params):
 
 
 __all__ = [
+    "SweepGrid",
     "SweepParams",
+    "IngestOptions",
+    "CalibrateOptions",
     "ConnectParams",
     "IngestParams",
     "CalibrateParams",

@@ -97,6 +97,12 @@ class ReportPaths:
     """figure name -> PNG path; a figure that could not be drawn is absent (see `missing`)."""
     missing: dict[str, str] = dataclasses.field(default_factory=dict)
     """figure name -> why it is missing (degenerate data: one group, no unstable runs, no step logs)."""
+    answers: tuple["GroupAnswer", ...] = ()
+    """The report's first section: one answer line per group (`group_answers`)."""
+    routed: tuple[dict[str, Any], ...] = ()
+    """The runs routed to inspection, as the report lists them: {run_id, group, label, outcome, why}."""
+    summary: str = ""
+    """`summary_markdown` with this report's routed counts and live thresholds (a Prefect markdown artifact)."""
 
 
 @dataclass(frozen=True)
@@ -626,6 +632,45 @@ def summary_markdown(result: Mapping[str, Any], *, routed: Mapping[str, int] | N
     return "\n".join(lines)
 
 
+ROUTED_SHOWN = 50
+"""The Prefect summary lists this many routed runs (most severe first); the report and `dlm-triage queue` all."""
+
+
+def routed_markdown(routed: Sequence[Mapping[str, Any]]) -> str:
+    """The runs routed to inspection as a Markdown table (run, group, why), most severe first."""
+    if not routed:
+        return "No run is routed to inspection."
+    rows = [(r["run_id"], r["group"], r["why"]) for r in routed[:ROUTED_SHOWN]]
+    more = (f"\n\n... and {len(routed) - ROUTED_SHOWN} more (`dlm-triage queue`, or the report)"
+            if len(routed) > ROUTED_SHOWN else "")
+    return _md_table(("run", "group", "why"), rows) + more
+
+
+def pipeline_markdown(summary: str, routed: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]],
+                      html_path: str | os.PathLike) -> str:
+    """The pipeline run's own summary artifact: the runs trained, the answer and verdicts (`summary_markdown`),
+    the runs routed to inspection, and where the report is (its text is also the 'triage-report-text'
+    artifact, readable in the UI)."""
+    statuses: dict[str, int] = {}
+    for r in runs:
+        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+    reused = sum(bool(r.get("reused")) for r in runs)
+    head = (f"{len(runs)} run(s): " + ", ".join(f"{n} {st}" for st, n in sorted(statuses.items()))
+            + f" ({reused} reused from disk)")
+    return "\n".join([summary, "", f"## Runs routed to inspection ({len(routed)})", "", routed_markdown(routed), "",
+                      "## Runs and report", "", f"- {head}", f"- report: `{html_path}` (the whole text: artifact "
+                      "`triage-report-text`; `dlm-triage queue` lists the routed runs)", ""])
+
+
+def inline_markdown(md_text: str) -> str:
+    """report.md for a Prefect markdown artifact: figure links (relative PNG paths the UI cannot open) become a
+    line naming the figure and where the HTML report embeds it."""
+    import re
+
+    return re.sub(r"!\[([^\]]*)\]\(figures/([^)]+)\)", r"*Figure: \1 (`figures/\2`, embedded in report.html)*",
+                  md_text)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # data from DuckDB
 @dataclass(frozen=True)
@@ -1110,7 +1155,8 @@ def _inspection_rows(con: duckdb.DuckDBPyConnection, data: _Data) -> pl.DataFram
     thr = {n: _threshold(g) for n, g in data.result.get("groups", {}).items()}
     runs = data.runs.with_columns(
         pl.col("group").replace_strict(thr, default=None, return_dtype=pl.Float64).alias("threshold"))
-    queued = runs.join(q.select("run_id", "reason"), on="run_id", how="inner")
+    queued = runs.join(q.select("run_id", "reason", *[c for c in ("outcome",) if c in q.columns]), on="run_id",
+                       how="inner")
     why = []
     for r in queued.iter_rows(named=True):
         outcome = {"unstable": "outcome: unstable (top-decile final loss)",
@@ -1263,7 +1309,9 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         data = _load_data(con, calibration_id)
         queue = _inspection_rows(con, data)
         conn = _connectivity(con, data)
-        live = _live_records(con, data) if calibration_id is None else None
+        # the live thresholds are today's: they answer for the latest calibration, not for an older one
+        latest = _load_calibration(con, None)["calibration_id"] == data.calibration["calibration_id"]
+        live = _live_records(con, data) if latest else None
     finally:
         con.close()
     out = output_dir(out_dir, str(data.calibration["calibration_id"]))
@@ -1385,7 +1433,11 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     write_bytes_atomic(md_path, "\n".join(md).encode("utf-8"))
     if calibration_id is None:
         point_latest(out_dir, out.name)
-    return ReportPaths(html=html_path, markdown=md_path, figures=fig_paths, missing=missing)
+    routed_rows = tuple({"run_id": r["run_id"], "group": r["group"], "label": r["label"],
+                         "outcome": r.get("outcome"), "why": r["why"]} for r in queue.iter_rows(named=True))
+    return ReportPaths(html=html_path, markdown=md_path, figures=fig_paths, missing=missing,
+                       answers=tuple(answers), routed=routed_rows,
+                       summary=summary_markdown(result, routed=routed, live=live))
 
 
 _CAPTIONS = {

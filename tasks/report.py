@@ -1,4 +1,4 @@
-"""Report task: figures + HTML/Markdown triage report of one calibration, linked from a Prefect artifact."""
+"""Report task: figures + HTML/Markdown triage report of one calibration, published as Prefect artifacts."""
 
 from __future__ import annotations
 
@@ -7,17 +7,22 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.states import Completed, State
 
 
 @task(name="write-report")
 def write_report(db: Path, out: Path, calibration_id: str | None = None) -> dict[str, Any]:
-    """Write report.html, report.md and figures/ into `out`; artifacts: a link to the HTML, a figure list."""
+    """Write report.html, report.md and figures/ into `out`; artifacts: the report's text inline (readable in
+    the UI wherever the files are), a link to the HTML, a figure list. Returns the paths, the answer lines, the
+    routed runs and the summary Markdown (the pipeline's summary artifact)."""
     from dlm_triage import report
 
     logger = get_run_logger()
     logger.info("writing the triage report of %s into %s", calibration_id or "the latest calibration", out)
     paths = report.write_report(Path(db), Path(out), calibration_id=calibration_id)
     html = Path(paths.html).resolve()
+    create_markdown_artifact(key="triage-report-text", markdown=report.inline_markdown(
+        Path(paths.markdown).read_text(encoding="utf-8")), description=f"the triage report ({html})")
     # A file:// link opens from the UI when the UI runs where the report is (or on a shared file system);
     # with object storage, point this at the bucket's URL instead (deployments/README.md).
     create_link_artifact(key="triage-report", link=html.as_uri(), link_text=f"triage report ({html.name})",
@@ -31,4 +36,13 @@ def write_report(db: Path, out: Path, calibration_id: str | None = None) -> dict
         logger.warning("figure %s not drawn: %s", name, why)
     logger.info("report written: %s (%d figure(s))", html, len(paths.figures))
     return {"html": str(html), "markdown": str(paths.markdown),
-            "figures": {k: str(v) for k, v in paths.figures.items()}, "missing": dict(paths.missing)}
+            "figures": {k: str(v) for k, v in paths.figures.items()}, "missing": dict(paths.missing),
+            "answers": [a.line for a in paths.answers], "routed": [dict(r) for r in paths.routed],
+            "summary": paths.summary}
+
+
+@task(name="routed", task_run_name="routed-{run_id}")
+def mark_routed(run_id: str, why: str) -> State:
+    """One task run per run routed to inspection, in state 'Routed' with the reason as its message: the
+    pipeline run's task list shows which runs to look at, next to their training."""
+    return Completed(name="Routed", message=why[:500], data=run_id)

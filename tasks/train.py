@@ -33,6 +33,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.states import Completed, State
 from prefect.cache_policies import CachePolicy
 
 from dlm_triage.config import ConfigError, RunConfig
@@ -259,7 +260,7 @@ def _train_run_name() -> str:
     task_run_name=_train_run_name,
 )
 def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
-                 torch_threads: int | None = None) -> dict[str, Any]:
+                 torch_threads: int | None = None) -> dict[str, Any] | State:
     """Train one config (or reuse its complete run dir) in this process and return a small record (never
     tensors). A `train-shard` flow run calls it for each config of its shard, so the training is this task run:
     cancelling the flow run (which ends its process) stops it. `torch_threads` is set for this process."""
@@ -303,6 +304,9 @@ def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
                 " (reused run dir)" if res.reused else "",
                 *("n/a" if v is None else f"{v:.4g}" for v in (res.final_loss, res.max_grad_norm)),
                 ", ROUTED for inspection" if res.routed_for_inspection else "")
+    if res.routed_for_inspection:  # the task run reads 'Routed' in the UI, not like any other completed run
+        return Completed(data=json_safe(record), name="Routed",
+                         message=f"{res.run_id} routed to inspection by the live early warning")
     return json_safe(record)
 
 

@@ -89,11 +89,14 @@ def test_other_params_validate_and_pipeline_chains_paths(tmp_path):
     assert form["bonferroni_m"]["default"] is None and "the paper: 6" in form["bonferroni_m"]["description"]
     with pytest.raises(pydantic.ValidationError, match="without import_format"):
         IngestParams(import_paths=[tmp_path])
+    # stage parameters given with their own paths hand them to the pipeline's one db / out / runs_dir
     p = PipelineParams(sweep={"runs_dir": tmp_path / "runs"}, ingest={"db": tmp_path / "t.duckdb"})
-    assert p.ingest.runs_dir == tmp_path / "runs"
-    assert p.sweep.db == p.calibrate.db == p.report.db == tmp_path / "t.duckdb"
+    assert p.runs_dir == p.ingest_params().runs_dir == p.sweep_params().runs_dir == tmp_path / "runs"
+    assert p.sweep_params().db == p.calibrate_params().db == p.report_params().db == tmp_path / "t.duckdb"
+    with pytest.raises(pydantic.ValidationError, match="ingest.db='a.duckdb' and calibrate.db='b.duckdb' differ"):
+        PipelineParams(ingest={"db": "a.duckdb"}, calibrate={"db": "b.duckdb"})
     schema = PipelineParams.model_json_schema()  # what Prefect renders as the form
-    assert "description" in schema["$defs"]["SweepParams"]["properties"]["gpu_slots"]
+    assert "description" in schema["$defs"]["SweepGrid"]["properties"]["gpu_slots"]
 
 
 # -- failure policy and drift (pure) ----------------------------------------------------------------------
@@ -313,14 +316,28 @@ def test_config_error_is_not_retried_but_oserror_is(prefect_harness, tiny_model_
 def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
     from flows.pipeline import pipeline_flow
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, TaskRunFilter, \
+        TaskRunFilterName
+
+    from dlm_triage import store
+
     db, out = tmp_path / "triage.duckdb", tmp_path / "report"
+    con = store.connect(db)  # an earlier calibration's live threshold, so low that every run is routed live
+    try:
+        store.save_calibration(con, {"calibration_id": "cal-earlier", "group_by": "family", "groups": {"tiny": {
+            "n": 40, "n_unstable": 4, "registry": {"monitor": "max_grad_norm", "k": 5, "threshold": 1e-6, "n": 40,
+                                                   "precision": 1.0, "accepted": True}}}})
+    finally:
+        con.close()
     params = PipelineParams(
-        sweep=_sweep_params(tiny_model_dir, tmp_path, seeds=[1, 2], task_runner="thread", gpu_slots=1),
+        sweep=_sweep_params(tiny_model_dir, tmp_path, seeds=[1, 2], task_runner="thread", gpu_slots=1, db=db),
         ingest=IngestParams(db=db),
         calibrate=CalibrateParams(out=out, n_resamples=20, stepk_resamples=10, ks=[5, 10]),
         report=ReportParams(),
     )
-    result = pipeline_flow(params)
+    state = pipeline_flow(params, return_state=True)
+    result = state.result()
 
     run_ids = sorted(r["run_id"] for r in result["runs"])
     assert len(run_ids) == 4 and all(r["status"] == "completed" for r in result["runs"])
@@ -333,7 +350,7 @@ def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
         cal = con.execute("SELECT calibration_id FROM calibrations").fetchall()
     finally:
         con.close()
-    assert [c[0] for c in cal] == [result["calibration"]["calibration_id"]]
+    assert [c[0] for c in cal] == ["cal-earlier", result["calibration"]["calibration_id"]]
     assert json.loads(Path(result["calibration"]["json_path"]).read_text())["groups"].keys() == {"tiny"}
     # Reports live per calibration id, with out/latest pointing at the newest one (nothing is overwritten).
     html = Path(result["report"]["html"])
@@ -341,6 +358,27 @@ def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
     assert (out / "latest").resolve() == html.parent.resolve()
     assert {"sweep-runs", "ingest-summary", "calibration-summary", "calibration-thresholds",
             "triage-report"} <= _artifact_keys()
+
+    # The Prefect UI: the pipeline run's own artifact leads with the answer and carries the verdict table inline;
+    # the report's text is an artifact too; routed runs read 'Routed' and the run is tagged.
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        own = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))}
+        tags = client.read_flow_run(run_id).tags
+        marks = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(
+            any_=[f"routed-{r}" for r in run_ids] + [f"train-{r}" for r in run_ids])))
+        text = client.read_artifacts(artifact_filter=ArtifactFilter(key={"any_": ["triage-report-text"]}))[0].data
+    summary = own["pipeline-summary"].data
+    answer = summary.index("## Answer, per group")
+    assert answer < summary.index("| Recommendation |") < summary.index("## Runs routed to inspection (4)")
+    line = next(x for x in summary.splitlines() if x.startswith("- ") and "tiny (n=" in x)
+    assert "this calibration registered none" in line and "cal-earlier stays live" in line
+    assert "4 run(s) routed to inspection" in line and all(r in summary for r in run_ids)
+    assert "routed" in tags
+    assert sorted((m.name, m.state.name) for m in marks) == sorted(
+        [(f"routed-{r}", "Routed") for r in run_ids] + [(f"train-{r}", "Routed") for r in run_ids])
+    assert text.index("## Answer, per group") < text.index("## Verdicts") and "embedded in report.html" in text
 
 
 def test_recalibrate_only_groups_with_enough_new_runs(prefect_harness, tiny_model_dir, tmp_path):
