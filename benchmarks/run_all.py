@@ -11,6 +11,8 @@ Benchmarks (see benchmarks/README.md for what each measures against which baseli
     orchestration  bench_orchestration.py  the Prefect sweep through the train-shard deployment and as one local flow
                                            run vs a plain process pool (the default sweep), re-run, throughput
     orchestration_short  (same script)     the default grid at 30 steps per run: a stress figure, no target
+    first_run      bench_first_run.py      `dlm-triage run` after install (fresh cache/out/Prefect home), end to end,
+                                           and its phases: target <= 7 m 32 s on 2 cores, aim for half
 
 Writes <out>/summary.json and <out>/SUMMARY.md: benchmark, figure, measured value, target, pass/fail, plus the
 machine, versions and every command. A benchmark that fails is reported as failed (its log tail in the
@@ -233,6 +235,24 @@ def orchestration_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
     return out
 
 
+def first_run_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
+    ph = r.get("phases") or {}
+    wall = r["wall_s"]
+    out = [Figure("first_run", f"`{r['command'].strip()}` after install (empty cache, out and Prefect home), "
+                  f"{ph.get('n_runs')} runs", wall, "s", f"<= {r['target_s']:.0f} s (aim {r['aim_s']:.0f} s)",
+                  None if quick else wall <= r["target_s"]),
+           Figure("first_run", "start-up incl. pretraining of the local models (command start -> first run)",
+                  ph.get("startup_incl_pretrain_s"), "s", "-", None),
+           Figure("first_run", "training span (first run start -> last run end)", ph.get("training_span_s"), "s",
+                  "-", None),
+           Figure("first_run", "ingest + calibrate + report + summary (last run end -> command end)",
+                  ph.get("after_training_s"), "s", "-", None)]
+    if ph.get("run_wall_sum_s"):
+        out.append(Figure("first_run", "share of run wall time outside the training loop (load, wrap, writes)",
+                          1 - ph["train_sum_s"] / ph["run_wall_sum_s"], "fraction", "-", None))
+    return out
+
+
 @dataclass(frozen=True)
 class Bench:
     script: str
@@ -260,6 +280,9 @@ BENCHMARKS: dict[str, Bench] = {
     "orchestration": Bench("bench_orchestration.py", "orchestration.json", ("--default-size", "--no-throughput"),
                            ("--n", "2", "--steps", "3", "--repeat", "1", "--throughput-runs", "2",
                             "--throughput-steps", "10"), orchestration_figures),
+    # `dlm-triage run` after install, the whole first run (the default grid: minutes); quick: 1 seed x 12 steps.
+    "first_run": Bench("bench_first_run.py", "first_run.json", ("--workdir", "{work}"),
+                       ("--quick", "--workdir", "{work}"), first_run_figures),
     # The same grid at 30 steps per run: Prefect's fixed and per-task costs against ~1 s runs (stress, no target).
     "orchestration_short": Bench("bench_orchestration.py", "orchestration_short.json",
                                  ("--default-size", "--steps", "30", "--no-throughput", "--name",

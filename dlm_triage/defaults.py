@@ -9,24 +9,36 @@ from __future__ import annotations
 
 from typing import Any
 
-# The tiny family, 2 ranks x 4 mask ratios x 3 learning rates x 3 seeds = 72 runs. The learning-rate axis is what
-# makes some runs really go bad (with one lr, tiny runs differ little: ENVIRONMENT-NOTES.md), so the
-# calibration has unstable runs to find.
+# The miniature (README "The embedded default"): three families built and pretrained locally -- `tiny` (a
+# bidirectional Llama DLM), `tiny_gemma` (DiffusionGemma from transformers' own classes, its own objective) and
+# `tiny_ar` (the same Llama shape, causal: the AR control under the same masked CE) -- fine-tuned on the embedded
+# instruction set in LLaDA's SFT layout (prompt never masked; response padded to seq_len and the padding
+# trained on). Grid: 2 ranks x 4 mask ratios x 3 learning rates x 6 seeds = 144 runs each for tiny and tiny_ar;
+# tiny_gemma draws its own corruption, so its rho axis collapses (2 x 3 x 6 = 36 runs): 324 runs. The lr axis
+# makes some runs really go bad. Sized by benchmarks/power_default_grid.py (README, "Power"): a group needs
+# ~144-216 runs before the split-bootstrap can register a threshold at all; 100 steps per run (the paper: 200)
+# keep the first run within its time budget, k = 25 stays early. top1_every 5: the clean-batch top-1 forward
+# costs ~1/3 of a tiny step when it runs every step (manifest monitor_overhead).
 EMBEDDED_DEFAULT_SWEEP: dict[str, Any] = {
-    "families": ["tiny"],
+    "families": ["tiny", "tiny_gemma", "tiny_ar"],
     "methods": ["lora"],
     "ranks": [4, 16],
     "mask_ratios": [0.15, 0.4, 0.65, 0.9],
     "learning_rates": [1e-3, 1e-2, 5e-2],
-    "seeds": [7, 42, 1337],
-    "steps": 200,
+    "seeds": [7, 42, 1337, 21, 99, 150],
+    "steps": 100,
     "batch_size": 4,
+    "seq_len": 48,
+    "dataset": "tiny-instruct",
+    "extra": {"top1_every": 5},
 }
 
 
 def embedded_default_sweep() -> dict[str, Any]:
     """A fresh copy of the default sweep's fields (callers may update it)."""
-    return {k: list(v) if isinstance(v, list) else v for k, v in EMBEDDED_DEFAULT_SWEEP.items()}
+    import copy
+
+    return copy.deepcopy(EMBEDDED_DEFAULT_SWEEP)
 
 
 
@@ -37,4 +49,4 @@ def n_default_runs() -> int:
 
     d = embedded_default_sweep()
     axes = {a: tuple(d.pop(a)) for a in ("families", "methods", "ranks", "mask_ratios", "learning_rates", "seeds")}
-    return len(SweepSpec(**axes, base=d).expand())
+    return len(SweepSpec(**axes, base={**d.pop("extra", {}), **d}).expand())

@@ -448,6 +448,52 @@ def ensure_built(cache_dir: Path | None, key: str, recipe_meta: dict, build: Cal
     return target
 
 
+def _build_kind(kind: str) -> str:
+    """Build (or find) the default local model of `kind` ('dlm', 'ar' or 'gemma') in the default cache."""
+    if kind == "gemma":
+        from dlm_triage.tiny_diffusion_gemma import ensure_tiny_diffusion_gemma
+
+        return str(ensure_tiny_diffusion_gemma())
+    return str(ensure_tiny_model(kind=kind))
+
+
+def _build_kind_in_worker(kind: str, threads: int) -> str:
+    torch.set_num_threads(threads)
+    return _build_kind(kind)
+
+
+def is_built(kind: str) -> bool:
+    """Whether the default local model of `kind` is already in the default cache (a no-op to ensure)."""
+    from dlm_triage.paths import cache_root
+
+    if kind == "gemma":
+        from dlm_triage import tiny_diffusion_gemma as g
+
+        key = g.recipe_key(g.PRETRAIN_STEPS)
+    else:
+        key = recipe_key(DEFAULT_PRETRAIN_STEPS, kind)
+    return (cache_root() / "models" / key / RECIPE_FILENAME).is_file()
+
+
+def ensure_local_models(kinds: Iterable[str], *, workers: int | None = None) -> dict[str, str]:
+    """The default local models of `kinds` ({kind: directory}), building the missing ones at once: one spawned
+    process each, up to `workers` (default: CPU cores) with cores / workers torch threads apiece. Pretraining a
+    tiny model is ~90 % per-op overhead on one core, so two cores build two models in the time of one; a single
+    missing model is built in this process (no spawn)."""
+    kinds = list(dict.fromkeys(kinds))
+    missing = [k for k in kinds if not is_built(k)]
+    workers = max(1, min(len(missing), workers or os.cpu_count() or 1))
+    if len(missing) > 1 and workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for f in [pool.submit(_build_kind_in_worker, k, threads) for k in missing]:
+                f.result()  # a failed build raises here, with its own message
+    return {k: _build_kind(k) for k in kinds}
+
+
 def load_tiny(model_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
               causal: bool = False):
     """Load (model, tokenizer) from a directory made by `ensure_tiny_model` (or any saved tiny model); `causal`:

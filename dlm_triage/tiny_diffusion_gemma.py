@@ -92,6 +92,14 @@ def recipe(pretrain_steps: int) -> dict:
             "vision": VISION_KWARGS, "canvas_length": CANVAS_LENGTH, "pretrain": PRETRAIN, "chars": CHARS}
 
 
+def recipe_key(pretrain_steps: int) -> str:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(recipe(pretrain_steps), sort_keys=True).encode()).hexdigest()[:10]
+    return f"tiny-gemma-v{RECIPE_VERSION}-s{pretrain_steps}-{digest}"
+
+
 def pretrain_tiny_diffusion_gemma(out_dir: Path, pretrain_steps: int,
                                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Build the tiny model, pretrain it on the tiny corpus with the family's own objective (CPU, deterministic),
@@ -141,15 +149,9 @@ def pretrain_tiny_diffusion_gemma(out_dir: Path, pretrain_steps: int,
 def ensure_tiny_diffusion_gemma(cache_dir: Path | None = None, *, pretrain_steps: int = PRETRAIN_STEPS,
                                 progress: Callable[[int, int], None] | None = None) -> Path:
     """The directory of the pretrained tiny DiffusionGemma (the tiny_gemma family's default), built once."""
-    import hashlib
-    import json
-
     from dlm_triage.tiny import ensure_built
 
     if not isinstance(pretrain_steps, int) or isinstance(pretrain_steps, bool) or pretrain_steps < 0:
         raise ValueError(f"pretrain_steps={pretrain_steps!r} is invalid: use an integer >= 0")
-    meta = recipe(pretrain_steps)
-    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:10]
-    key = f"tiny-gemma-v{RECIPE_VERSION}-s{pretrain_steps}-{digest}"
-    return ensure_built(cache_dir, key, meta, lambda tmp: pretrain_tiny_diffusion_gemma(tmp, pretrain_steps, progress),
+    return ensure_built(cache_dir, recipe_key(pretrain_steps), recipe(pretrain_steps), lambda tmp: pretrain_tiny_diffusion_gemma(tmp, pretrain_steps, progress),
                         seed=PRETRAIN["seed"])

@@ -40,8 +40,8 @@ from dlm_triage.params import SweepParams
 from dlm_triage.shards import finished_manifest, partition
 from flows.shard import PARENT_PID_ENV, lease_path, revocation_path, train_shard_flow
 from tasks.train import (
-    _threshold_key, failed_record, plan_runs, prepare_tiny_model, record_from_manifest, registered_threshold,
-    summarise_sweep,
+    _threshold_key, failed_record, plan_runs, prepare_local_models, prepare_tiny_model, record_from_manifest,
+    registered_threshold, summarise_sweep,
 )
 
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -423,8 +423,11 @@ LOCAL_MODEL_KINDS = {"tiny": "dlm", "tiny_ar": "ar", "tiny_gemma": "gemma"}
 def sweep_flow(params: SweepParams = SweepParams()) -> list[dict[str, Any]]:
     """Train every config of the grid; return one small record per config (failed ones included)."""
     if params.model_id is None and not params.shard_deployment:  # the deployment path: each machine builds its own
-        for kind in [LOCAL_MODEL_KINDS[f] for f in params.families if f in LOCAL_MODEL_KINDS]:
-            prepare_tiny_model(kind)
+        kinds = [LOCAL_MODEL_KINDS[f] for f in params.families if f in LOCAL_MODEL_KINDS]
+        if len(kinds) == 1:
+            prepare_tiny_model(kinds[0])  # logs its pretraining progress
+        elif kinds:
+            prepare_local_models(kinds)  # in parallel processes
     plan = plan_runs(params)
     thresholds = (
         {family: registered_threshold(params.resolved_db(), family) for family in params.families}

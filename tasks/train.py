@@ -218,6 +218,22 @@ def prepare_tiny_model(kind: str = "dlm") -> str:
     return str(path)
 
 
+@task(name="prepare-local-models", retries=1, retry_condition_fn=retry_transient)
+def prepare_local_models(kinds: list[str]) -> dict[str, str]:
+    """Build the missing default local models of `kinds` at once, one process per core (dlm_triage.tiny.
+    ensure_local_models), before training fans out."""
+    from dlm_triage.tiny import ensure_local_models, is_built
+
+    logger = get_run_logger()
+    missing = [k for k in kinds if not is_built(k)]
+    if missing:
+        logger.info("pretraining the local %s model(s) (about a minute, once)", ", ".join(missing))
+    paths = ensure_local_models(kinds)
+    for kind, path in paths.items():
+        logger.info("local %s model ready at %s", kind, path)
+    return paths
+
+
 @task(name="registered-threshold", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def registered_threshold(db: Path, family: str) -> Any:
     """The family's latest accepted max-grad threshold (for the live early warning), or None."""

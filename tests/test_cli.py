@@ -90,7 +90,7 @@ def test_embedded_default_is_big_enough_to_calibrate_and_has_an_lr_axis():
     configs = params.to_spec().expand()
     assert len(configs) >= 60
     assert len({c.learning_rate for c in configs}) >= 3
-    assert {c.family for c in configs} == {"tiny"}
+    assert {c.family for c in configs} == {"tiny", "tiny_gemma", "tiny_ar"}  # the miniature (test_miniature.py)
 
 
 def test_run_help_names_the_default_size(capsys):
