@@ -60,6 +60,7 @@ import polars as pl
 
 from . import runsummary, store
 from .store import IngestReport, PreparedRun
+from .tables import RUNS
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -393,7 +394,7 @@ def _prepared(fmt: str, path: Path, run_id: str, content_sha: str, cfg: dict[str
                                        "collapsed", "n_steps")},
     }
     try:
-        store.check_runs_row(row)
+        row = RUNS.row(row)
     except ValueError as e:
         raise _Bad(str(e)) from None
     return PreparedRun(path=str(path), row=row, steps=steps)

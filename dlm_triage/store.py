@@ -17,7 +17,6 @@ import math
 import random
 import re
 import shutil
-import sys
 import time
 import uuid
 import dataclasses
@@ -33,59 +32,16 @@ import polars as pl
 from . import runsummary, schema
 from .calinputs import snapshot_of
 from .fsutil import finite_or_none
+from .tables import INT_RANGE, RUNS, STEPS
+from .tables import short_repr as _short
 from .config import ConfigError, RunConfig
 
 DB_SCHEMA_VERSION = 2
 
-_RUNS_DDL = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR PRIMARY KEY,
-    source VARCHAR NOT NULL,
-    source_path VARCHAR,
-    family VARCHAR,
-    model_id VARCHAR,
-    cohort VARCHAR,
-    objective VARCHAR,
-    method VARCHAR,
-    rank INTEGER,
-    alpha DOUBLE,
-    mask_ratio DOUBLE,
-    learning_rate DOUBLE,
-    seed BIGINT,
-    steps INTEGER,
-    batch_size INTEGER,
-    config_hash VARCHAR,
-    config_json VARCHAR,
-    status VARCHAR,
-    final_loss DOUBLE,
-    max_grad_norm DOUBLE,
-    top1_step0 DOUBLE,
-    top1_warning_detected BOOLEAN,
-    top1_fire_step INTEGER,
-    top1_cross_050 INTEGER,
-    top1_cross_080 INTEGER,
-    top1_cross_095 INTEGER,
-    collapsed BOOLEAN,
-    diverged_at_step INTEGER,
-    routed_for_inspection BOOLEAN,
-    routing_json VARCHAR,
-    grad_gini DOUBLE,
-    grad_top1_share DOUBLE,
-    n_steps INTEGER,
-    device VARCHAR,
-    code_version VARCHAR,
-    manifest_json VARCHAR,
-    content_sha256 VARCHAR NOT NULL,
-    ingested_at TIMESTAMP NOT NULL,
-    ingest_id VARCHAR NOT NULL
-)"""
-
 _DDL = [
     """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL)""",
-    _RUNS_DDL,
-    """CREATE TABLE IF NOT EXISTS steps (
-        run_id VARCHAR NOT NULL, step INTEGER NOT NULL, loss DOUBLE, grad_norm DOUBLE, max_grad_norm DOUBLE,
-        top1_freq DOUBLE, mask_ratio DOUBLE, lr DOUBLE, PRIMARY KEY (run_id, step))""",
+    RUNS.ddl(),
+    STEPS.ddl(),
     """CREATE TABLE IF NOT EXISTS ingests (
         ingest_id VARCHAR PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP, kind VARCHAR,
         paths_json VARCHAR, n_added INTEGER, n_already_present INTEGER, n_incomplete INTEGER,
@@ -111,24 +67,10 @@ _MIGRATIONS: dict[int, list[str]] = {
         "WHERE objective IS NULL AND source = 'dlm-triage'"],
 }
 
-# Column order and polars dtypes of the rows `_write_batch` inserts into `runs` (importers build the same rows).
-RUNS_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.String, "source": pl.String, "source_path": pl.String, "family": pl.String,
-    "model_id": pl.String, "cohort": pl.String, "objective": pl.String, "method": pl.String, "rank": pl.Int32, "alpha": pl.Float64,
-    "mask_ratio": pl.Float64, "learning_rate": pl.Float64, "seed": pl.Int64, "steps": pl.Int32,
-    "batch_size": pl.Int32, "config_hash": pl.String, "config_json": pl.String, "status": pl.String,
-    "final_loss": pl.Float64, "max_grad_norm": pl.Float64, "top1_step0": pl.Float64,
-    "top1_warning_detected": pl.Boolean, "top1_fire_step": pl.Int32, "top1_cross_050": pl.Int32,
-    "top1_cross_080": pl.Int32, "top1_cross_095": pl.Int32, "collapsed": pl.Boolean,
-    "diverged_at_step": pl.Int32, "routed_for_inspection": pl.Boolean, "routing_json": pl.String,
-    "grad_gini": pl.Float64, "grad_top1_share": pl.Float64, "n_steps": pl.Int32, "device": pl.String,
-    "code_version": pl.String, "manifest_json": pl.String, "content_sha256": pl.String,
-}
-STEPS_COLUMNS = ("step", "loss", "grad_norm", "max_grad_norm", "top1_freq", "mask_ratio", "lr")
-STEPS_SCHEMA: dict[str, pl.DataType] = {
-    "step": pl.Int32, "loss": pl.Float64, "grad_norm": pl.Float64, "max_grad_norm": pl.Float64,
-    "top1_freq": pl.Float64, "mask_ratio": pl.Float64, "lr": pl.Float64,
-}
+# Column order and polars dtypes of the rows `_write_batch` inserts (importers build the same rows): tables.py
+RUNS_SCHEMA: dict[str, pl.DataType] = RUNS.schema()
+STEPS_SCHEMA: dict[str, pl.DataType] = STEPS.schema()
+STEPS_COLUMNS = tuple(STEPS_SCHEMA)
 
 
 # -- errors and results ----------------------------------------------------------------------------------
@@ -452,42 +394,6 @@ def _canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, allow_nan=True)
 
 
-_INT_RANGE = {pl.Int32: (-(2**31), 2**31 - 1), pl.Int64: (-(2**63), 2**63 - 1)}
-
-
-def _short(v: Any, limit: int = 40) -> str:
-    """repr of a value for a message, cut to `limit` characters (a 5,000-digit number is not helpful)."""
-    try:
-        r = repr(v)
-    except ValueError:  # an int beyond Python's str-conversion digit limit
-        return f"<an integer of more than {sys.get_int_max_str_digits()} digits>"
-    return r if len(r) <= limit else r[: limit - 3] + "..."
-
-
-def check_runs_row(row: Mapping[str, Any]) -> None:
-    """Every value of a `runs` row fits its column of RUNS_SCHEMA (None, or: String a str; Int32/Int64 an int
-    in range; Float64 a finite number; Boolean a bool). Raises ValueError naming the column and the value: one
-    bad value is that run's problem, never a failure of the whole batch frame."""
-    for col, dtype in RUNS_SCHEMA.items():
-        v = row.get(col)
-        if v is None:
-            continue
-        if dtype == pl.String:
-            ok = isinstance(v, str)
-        elif dtype == pl.Boolean:
-            ok = isinstance(v, bool)
-        elif dtype in _INT_RANGE:
-            lo, hi = _INT_RANGE[dtype]
-            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-            if isinstance(v, int) and not isinstance(v, bool) and not ok:
-                raise ValueError(f"{col}={_short(v)} is out of range for a {'32' if dtype == pl.Int32 else '64'}"
-                                 f"-bit integer column ({lo}..{hi})")
-        else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if not ok:
-            raise ValueError(f"{col}={_short(v)} is not a valid {dtype} value")
-
-
 def _opt_float(x: Any, name: str = "value") -> float | None:
     if x is None:
         return None
@@ -509,7 +415,7 @@ def _opt_int(x: Any, name: str = "value") -> int | None:
             isinstance(x, float) and not (math.isfinite(x) and x.is_integer())):
         raise _Invalid(f"manifest {name}={_short(x)} is not an integer (use a JSON integer, or null)")
     v = int(x)
-    lo, hi = _INT_RANGE[pl.Int32]
+    lo, hi = INT_RANGE[pl.Int32]
     if not lo <= v <= hi:
         raise _Invalid(f"manifest {name}={_short(x)} is out of range (a step or count fits in 32 bits)")
     return v
@@ -591,10 +497,9 @@ def _manifest_row(run_dir: Path, manifest: dict, source_path: str | None = None)
     if row["status"] not in schema.RUN_STATUSES:
         raise _Invalid(f"manifest status {_short(row['status'])} is not one of {list(schema.RUN_STATUSES)}")
     try:
-        check_runs_row(row)
+        return RUNS.row(row)
     except ValueError as e:
         raise _Invalid(f"manifest value out of range: {e}") from None
-    return row
 
 
 # -- ingestion ----------------------------------------------------------------------------------------------
