@@ -66,8 +66,8 @@ THRESHOLD_SPREAD_MIN = 2.0
 
 FIGURES: tuple[tuple[str, str], ...] = (
     ("top1_fire_vs_collapse", "Top-1 warning fire rate vs actual collapse rate per group"),
-    ("maxgrad_stable_vs_unstable", "Max-grad distributions, stable vs unstable runs (log scale)"),
-    ("stepk_precision", "Step-k held-out precision per predictor (bootstrap CI ribbons)"),
+    ("maxgrad_stable_vs_unstable", "Max-grad distributions per learning rate, stable vs unstable runs (log scale)"),
+    ("stepk_precision", "Step-k held-out precision per predictor (bootstrap CI bars)"),
     ("rank_mask_heatmap", "Median max-grad over LoRA rank x mask ratio, one model at one learning rate (log colour)"),
     ("top1_trajectories", "Top-1 frequency trajectories from step 0 (pre-equilibrium saturation)"),
 )
@@ -865,6 +865,14 @@ def _fig_top1(data: _Data, notes: list[str]) -> bytes:
     return _png(fig)
 
 
+MAX_LR_FACETS = 6
+"""The max-grad figure splits a group by learning rate (what drives max-grad most) up to this many rates."""
+
+
+def _lr_label(lr: Any) -> str:
+    return "lr ?" if lr is None else f"lr {float(lr):g}"
+
+
 def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
     runs = data.runs.filter(pl.col("monitor").is_not_null() & (pl.col("monitor") > 0))
     if runs.height == 0:
@@ -872,40 +880,64 @@ def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
     names = [g for g in _group_names(data.result) if g in set(runs["group"].to_list())]
     if not names:
         raise _Missing("none of the calibration's groups has runs with these values in the database")
+    if "learning_rate" not in runs.columns:
+        runs = runs.with_columns(pl.lit(None, pl.Float64).alias("learning_rate"))
+    # one column of boxes per (group, learning rate): the learning rate moves max-grad by orders of magnitude,
+    # so stable/unstable pooled over rates would mostly show which rate a run had
+    cols: list[tuple[str, Any]] = []
+    for g in names:
+        lrs = sorted(set(runs.filter(pl.col("group") == g)["learning_rate"].to_list()), key=lambda x: (x is None, x))
+        if len(lrs) > MAX_LR_FACETS:
+            notes.append(f"Max-grad figure: {g} has {len(lrs)} learning rates; drawn pooled.")
+            lrs = ["all"]
+        cols += [(g, lr) for lr in lrs]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.8 * len(names) + 3), 4.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.25 * len(cols) + 2.5), 4.6), layout="constrained")
     rng = np.random.default_rng(0)  # jitter only
     colours = {"stable": "#1f77b4", "unstable": "#d62728"}
-    empty = []
-    for i, g in enumerate(names):
+    empty, ns = [], []
+    for i, (g, lr) in enumerate(cols):
         sub = runs.filter(pl.col("group") == g)
+        if lr != "all":
+            sub = sub.filter(pl.col("learning_rate").is_null() if lr is None else pl.col("learning_rate") == lr)
+        ns.append(sub.height)
         for j, lab in enumerate(("stable", "unstable")):
             v = sub.filter(pl.col("label") == lab)["monitor"].to_numpy()
             pos = i + (j - 0.5) * 0.4
             if v.size == 0:
-                empty.append(f"{g}: no {lab} runs")
-                ax.text(pos, 0.5, f"no {lab}", rotation=90, ha="center", va="center", fontsize=7,
+                empty.append(f"{g}{'' if lr == 'all' else ' ' + _lr_label(lr)}: no {lab} runs")
+                ax.text(pos, 0.03, f"no {lab}", ha="center", va="bottom", fontsize=7,
                         color="#888", transform=ax.get_xaxis_transform())
                 continue
             ax.boxplot([v], positions=[pos], widths=0.3, showfliers=False, patch_artist=True,
                        boxprops={"facecolor": colours[lab], "alpha": 0.25}, medianprops={"color": "black"})
-            ax.scatter(pos + rng.uniform(-0.1, 0.1, v.size), v, s=8, alpha=0.6, color=colours[lab],
+            ax.scatter(pos + rng.uniform(-0.1, 0.1, v.size), v, s=10, alpha=0.7, color=colours[lab],
                        linewidths=0)
+    # the group's threshold across all of its columns; a thin line between groups
+    for g in names:
+        idx = [i for i, (gg, _lr) in enumerate(cols) if gg == g]
         thr = _threshold(data.result["groups"][g])
         if thr is not None and thr > 0:
-            ax.hlines(thr, i - 0.45, i + 0.45, colors="black", linestyles="--", linewidth=1.2)
-            ax.annotate(f"threshold {_fmt(thr)}", (i - 0.45, thr), fontsize=7, va="bottom", ha="left",
+            ax.hlines(thr, idx[0] - 0.45, idx[-1] + 0.45, colors="black", linestyles="--", linewidth=1.2)
+            ax.annotate(f"{g} threshold {_fmt(thr)}", (idx[0] - 0.45, thr), fontsize=7, va="bottom", ha="left",
                         xytext=(0, 2), textcoords="offset points",
                         bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+        if idx[0] > 0:
+            ax.axvline(idx[0] - 0.5, color="#c8ccd4", linewidth=0.8)
     ax.set_yscale("log")
-    ax.set_xticks(range(len(names)), [f"{g}\n(n={data.result['groups'][g].get('n')})" for g in names])
-    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_xticks(range(len(cols)), [f"{g}\n{'all rates' if lr == 'all' else _lr_label(lr)}\n(n={n})"
+                                     for (g, lr), n in zip(cols, ns)], fontsize=8)
+    ax.set_xlim(-0.6, len(cols) - 0.4)
     ax.set_ylabel(data.monitor_label + " (log)")
-    ax.set_title("Max-grad: stable (final loss <= median) vs unstable (>= p90 or diverged); dashed = threshold")
+    # a short title (a long one is clipped at the figure's edge); the definitions go in the legend
+    ax.set_title("Max-grad per learning rate: stable vs unstable runs", fontsize=10)
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=colours[k], alpha=0.5, label=k) for k in colours], fontsize=8,
-              frameon=False, loc="upper left")
+    legend = {"stable": "stable (final loss <= group median)", "unstable": "unstable (>= p90, or diverged)"}
+    ax.legend(handles=[Patch(color=colours[k], alpha=0.5, label=legend[k]) for k in colours]
+              + [Line2D([], [], color="black", linestyle="--", linewidth=1.2, label="group threshold")],
+              fontsize=8, frameon=False, loc="upper left")
     ax.spines[["top", "right"]].set_visible(False)
     if empty:
         notes.append("Max-grad figure: " + "; ".join(empty) + " (nothing to contrast there).")
@@ -940,20 +972,30 @@ def _fig_stepk(data: _Data, notes: list[str]) -> bytes:
     for ax, g in zip(axes.flat, names):
         series = _stepk_series(groups[g])
         allk = sorted({k for s in series.values() for k in s})
-        ax.axvspan(*INSPECTION_WINDOW, color="#ffe9a8", alpha=0.6,
+        ax.axvspan(*INSPECTION_WINDOW, color="#fff3cc", alpha=0.7, zorder=0, linewidth=0,
                    label=f"inspection window k={INSPECTION_WINDOW[0]}..{INSPECTION_WINDOW[1]}")
-        for label, s in series.items():
+        # the CI of each predictor as a bar at its k, the predictors side by side (a small shift on the log
+        # axis): overlapping filled ribbons of three predictors, often [0, 1] wide, hide each other
+        for i, (label, s) in enumerate(series.items()):
             ks = sorted(s)
+            shift = 1.045 ** (i - (len(series) - 1) / 2)
             med = np.array([np.nan if s[k]["median"] is None else s[k]["median"] for k in ks])
             lo = np.array([np.nan if s[k]["lo"] is None else s[k]["lo"] for k in ks])
             hi = np.array([np.nan if s[k]["hi"] is None else s[k]["hi"] for k in ks])
             c = PREDICTOR_COLOURS.get(label)
-            line, = ax.plot(ks, med, marker="o", ms=3.5, label=label, color=c)
-            ax.fill_between(ks, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
+            xs = np.asarray(ks, dtype=float) * shift
+            line, = ax.plot(xs, med, marker="o", ms=4, label=label, color=c, zorder=3)
+            ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(med)
+            ax.errorbar(xs[ok], med[ok], yerr=[np.clip(med[ok] - lo[ok], 0, None), np.clip(hi[ok] - med[ok], 0, None)],
+                        fmt="none", ecolor=line.get_color(), elinewidth=1.6, capsize=3, alpha=0.75, zorder=2)
         base = _baseline(groups[g])
         if base is not None:
             ax.axhline(base, color="black", linestyle=":", linewidth=1.3,
-                       label=f"always-positive ceiling {_fmt(base)}")
+                       label=f"always-positive baseline {_fmt(base)}")
+        ceiling = _baseline_ceiling(groups[g])
+        if ceiling is not None and base is not None and ceiling > base:
+            ax.axhline(ceiling, color="#555", linestyle="--", linewidth=0.9,
+                       label=f"its ceiling (upper CI bound) {_fmt(ceiling)}")
         ax.set_xscale("log")
         ax.set_xticks(allk, _k_labels(allk))
         ax.minorticks_off()
@@ -968,7 +1010,7 @@ def _fig_stepk(data: _Data, notes: list[str]) -> bytes:
     h, lab = axes.flat[0].get_legend_handles_labels()
     # three columns: five entries in one row are wider than a one-group figure and get clipped
     fig.legend(h, lab, loc="outside lower center", ncols=min(3, len(lab)), fontsize=8, frameon=False)
-    fig.suptitle("Step-k precision: median over split-bootstrap replicates, ribbon = CI", fontsize=11)
+    fig.suptitle("Step-k precision: median over split-bootstrap replicates, bars = CI", fontsize=11)
     return _png(fig)
 
 
@@ -1446,11 +1488,14 @@ _CAPTIONS = {
                              f"step {LEGACY_FIRST_STEP}, then every step until it fires) next to the share that "
                              "actually collapsed. A warning that fires far more often than collapse happens has "
                              "no precision.",
-    "maxgrad_stable_vs_unstable": "Max-grad per run, stable (final loss at or below the group median) vs unstable "
-                                  "(final loss at/above the group's 90th percentile, or diverged); mid-band runs "
-                                  "are left out. Dashed: the group's held-out threshold.",
+    "maxgrad_stable_vs_unstable": "Max-grad per run, one column per group and learning rate (the rate moves "
+                                  "max-grad by orders of magnitude), stable (final loss at or below the group "
+                                  "median) vs unstable (final loss at/above the group's 90th percentile, or "
+                                  "diverged); mid-band runs are left out. Dashed: the group's threshold.",
     "stepk_precision": "Held-out precision of each predictor read at step k (median over split-bootstrap "
-                       "replicates; ribbon = CI). Dotted: the always-positive baseline (flag every run). Shaded: "
+                       "replicates; bar = CI, predictors side by side at each k). Dotted: the always-positive "
+                       "baseline (flag every run); dashed: its ceiling, the bar max-grad's lower CI bound must "
+                       "clear. Shaded: "
                        f"the inspection window k={INSPECTION_WINDOW[0]}..{INSPECTION_WINDOW[1]}. The last k's "
                        "loss is the label itself.",
     "rank_mask_heatmap": "Median max-grad per (LoRA rank, mask ratio) cell within one model at one learning "
