@@ -93,3 +93,38 @@ def test_the_embedded_default_is_the_miniature():
     assert {c.dataset for c in configs} == {"tiny-instruct"}  # the SFT layout: prompt never masked, padded response
     assert {c.objective for c in configs if c.family != "tiny_gemma"} == {"paper"}  # one masked CE for DLM and AR
     assert len({c.learning_rate for c in configs}) >= 3 and len({c.steps for c in configs}) == 1
+
+
+def test_end_of_run_summary_answers_for_each_family_of_the_miniature():
+    from datetime import datetime
+
+    import polars as pl
+
+    from dlm_triage import store
+    from dlm_triage.calibrate import CalibrationInputs, calibrate
+    from dlm_triage.cli import run_summary
+    from dlm_triage.synthetic import synthetic_inputs
+
+    # synthetic stand-ins under the miniature's family names: a large strong family (accepted), a weaker one
+    # (rejected), a small cohort (too few to decide)
+    inp = synthetic_inputs({"llada": 432, "dream": 144, "mdlm": 36}, n_steps=30, seed=3)
+    names = {"llada": "tiny", "dream": "tiny_ar", "mdlm": "tiny_gemma"}
+    inp = CalibrationInputs(inp.runs.with_columns(pl.col("family").replace(names)), inp.traj)
+    res = calibrate(inp, ks=(25,), n_resamples=200, stepk_resamples=10)
+    status = {f: g["registry"]["status"] for f, g in res["groups"].items()}
+    assert status == {"tiny": "accepted", "tiny_ar": "rejected", "tiny_gemma": "rejected"}
+    reg = res["groups"]["tiny"]["registry"]
+    live = {"tiny": (store.ThresholdRecord("tiny", "family", "max_grad_norm", 25, reg["threshold"], None, None,
+                                           432, res["calibration_id"], datetime.now()), ""),
+            "tiny_ar": (None, ""), "tiny_gemma": (None, "")}
+    lines = run_summary(res, live=live, routed={"tiny": 5}, runs=[{"status": "completed"}] * 612,
+                        report_html="r.html")
+    assert lines[0].startswith("612 runs: 612 completed")
+    for fam in ("tiny", "tiny_ar", "tiny_gemma"):
+        [line] = [x for x in lines if x.startswith(f"  {fam} ")]  # one answer per family
+        reg = res["groups"][fam]["registry"]
+        if fam == "tiny":
+            assert f"live threshold max-grad-up-to-25 >= {reg['threshold']:.4g}" in line and "5 run(s) routed" in line
+        else:  # why none, in the registry's own words
+            assert "no live threshold: " in line and reg["rejection_reasons"][0][:40] in line
+        assert f"vs baseline ceiling {reg['baseline_ceiling']:.3g}" in line
