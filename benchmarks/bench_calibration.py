@@ -9,7 +9,7 @@ x B=200, median-ratio and rank-amplification CIs B=1000. Both implementations dr
 (thresholds and counts exactly, metrics to 1e-12 relative) before reporting times.
 
 Fast: median (and best) of `--repeat` timed calls after one warm-up; reference: `--reference-repeat` calls.
-Targets (issue #4): fast < 1 s, reference / fast >= 50. Writes benchmarks/results/calibration.json and
+Targets: fast < 1 s, reference / fast >= 50. Writes benchmarks/results/calibration.json and
 calibration.md (machine, versions, command, times, ratio, check).
 """
 

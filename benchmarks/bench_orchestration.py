@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGET_OVERHEAD = 0.05  # issue #9: Prefect sweep within 5% of the plain loop at the default sweep size
+TARGET_OVERHEAD = 0.05  # the Prefect sweep within 5% of the plain loop at the default sweep size
 SHORT_STEPS = 30  # steps per run of the N-config variant (without --default-size)
 ARMS = ("plain", "prefect", "deployment")
 SHARD_DEPLOYMENT = "train-shard/train-shard"

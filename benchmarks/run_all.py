@@ -1,4 +1,4 @@
-"""Run every benchmark (issue #9), each in its own process with its own results file, then one summary table.
+"""Run every benchmark, each in its own process with its own results file, then one summary table.
 
     python benchmarks/run_all.py                      # the full suite into benchmarks/results/
     python -m benchmarks.run_all --quick              # smaller sizes: a smoke run (targets not meaningful)

@@ -1,6 +1,6 @@
 """Family adapters: how each masked-diffusion LM family is loaded, masked, targeted and read out.
 
-Facts per family come from /work/shared/FAMILIES.md (public model cards and modeling files). Each adapter gives:
+Facts per family come from its public model card and modeling files. Each adapter gives:
 
 - `load(cfg, device, dtype) -> LoadedModel(model, tokenizer, mask_token_id, ...)`: the right Auto class with
   `trust_remote_code` where the checkpoint ships its own code; the tiny family builds/loads the local model.

@@ -1,4 +1,4 @@
-"""Bring your own logs (issue #7): other tools' training logs -> the same `runs`/`steps` tables.
+"""Bring your own logs: other tools' training logs -> the same `runs`/`steps` tables.
 
 Formats (`import_logs(db_path, fmt, paths, ...)`):
 

@@ -3,7 +3,7 @@
 Nothing here touches a model's state or an optimizer. Tensor functions return tensors (no host sync: the
 caller decides when to pay for `.item()`); series functions take plain sequences / numpy arrays indexed by step.
 
-Costs (measured on this project's machines, see ENVIRONMENT-NOTES.md): the global grad norm through
+Costs, measured against a LoRA training step of the same batch: the global grad norm through
 `torch._foreach_norm` is < 1% of a LoRA step; top-1 on the training logits ~0.1%; top-1 on the clean batch
 needs an extra forward (~35% of a step), which is why the trainer runs it every `cfg.top1_every` steps.
 """

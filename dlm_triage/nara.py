@@ -1,10 +1,10 @@
-"""NaRA, noise-aware LoRA (Wang et al., seed nara-noise-aware-lora.txt; facts from the release in FAMILIES.md).
+"""NaRA, noise-aware LoRA (Wang et al., facts from its public release).
 
     h = W0 x + s * B C(lambda) A x,        C(lambda) = I_r + eta * F(e_lambda)
 
 - e_lambda: Gaussian Fourier projection of the noise level, [sin(lambda W), cos(lambda W)], with a FIXED
   (non-trainable, saved) buffer W ~ N(0, 1) * 16 of shape [1, d/2], d = 64. As the release: no 2*pi factor
-  (FAMILIES.md gives sin(lambda W); the score-SDE projection multiplies by 2*pi: `FOURIER_TWO_PI` says which).
+  (the release computes sin(lambda W); the score-SDE projection multiplies by 2*pi: `FOURIER_TWO_PI` says which).
 - F: Linear(64, 256) - SiLU - Linear(256, 512) - SiLU - Linear(512, r*r), last layer zero-initialised so
   C(lambda) = I exactly at start; ONE F shared by all wrapped layers.
 - A [r, in]: Kaiming-uniform (a = sqrt 5); B [out, r]: zeros, so the model equals the base model at init.

@@ -295,7 +295,7 @@ class PaperObjective(Objective):
     (default: per masked token)."""
 
     name = "paper"
-    source = "the paper, Eq. 1 (/work/shared/seeds/paper-when-top1-fails.txt); FAMILIES.md 'Objective used by the paper'"
+    source = "the paper, Eq. 1 ('When Top-1 Fails: Calibrating LoRA Monitors for Masked Diffusion LMs')"
     samples_t = False
 
     def forward(self, r: Any, x0: torch.Tensor, maskable: torch.Tensor) -> ObjectiveOutput:

@@ -1,6 +1,6 @@
 """The embedded tiny family: a small bidirectional masked-diffusion LM that builds offline in about a minute.
 
-Recipe (FAMILIES.md, "Tiny local model"): a character-level tokenizer ([PAD]=0, [MASK]=1, [UNK]=2, then a fixed
+Recipe: a character-level tokenizer ([PAD]=0, [MASK]=1, [UNK]=2, then a fixed
 character set), `LlamaForCausalLM(LlamaConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
 tie_word_embeddings=True, use_cache=False))` with `config.is_causal = False` (bidirectional under sdpa and
 eager; the flag survives save/from_pretrained), pretrained locally with the masked-diffusion objective:

@@ -2,8 +2,8 @@
 
 `train_config` is the one task that costs: it calls `dlm_triage.train.train_run` once and returns a small JSON
 record (ids, paths, numbers). Tensors never cross the task boundary, so the persisted result that makes a
-re-run skip a finished config is a few hundred bytes, not a model (caching a 100 MB tensor cost 137 MB on disk
-and 7 s to read back: ENVIRONMENT-NOTES.md).
+re-run skip a finished config is a few hundred bytes, not a model (a cached tensor is pickled whole and read
+back whole on every cache hit).
 
 Two layers skip finished work:
 1. Prefect's cache: key = config hash + training code version (`training_code_version`) + runs root (+ the

@@ -1,4 +1,4 @@
-"""Hostile inputs (issue #21 and the bad-`--db` cases of #19): one bad value, file or directory is that input's
+"""Hostile inputs (and bad `--db` paths): one bad value, file or directory is that input's
 problem, reported with its path and reason; it never stops an ingestion, never loses, duplicates or moves data it
 does not own, and never turns a mistyped path into a new empty database.
 

@@ -1,4 +1,4 @@
-"""Reliability (issue #8): the pipeline keeps working and loses nothing when things go wrong.
+"""Reliability: the pipeline keeps working and loses nothing when things go wrong.
 
 End to end, with real processes, files and databases: a training process SIGKILLed mid-run (then resumed by
 train_run and by the Prefect sweep flow), a failed attempt, an ingesting process SIGKILLed inside its transaction,

@@ -1,6 +1,6 @@
 """Tiny stand-ins for the remote-code DLM families, loaded through the adapters' real `load()` path.
 
-Each class mimics what the adapter relies on in the real checkpoint (FAMILIES.md): module names (LLaDA's
+Each class mimics what the adapter relies on in the real checkpoint (its published modeling code): module names (LLaDA's
 q/k/v_proj + attn_out and a block MLP and LM head both named `ff_out`; LLaDA2's fused
 attention.query_key_value/dense and a Parameter router; MDLM's attn_qkv/attn_out; Dream's and LLaDA-MoE's
 q/k/v/o_proj, LLaDA-MoE's nn.Linear router `gate`), the mask ids (vocabularies large enough to hold them),
