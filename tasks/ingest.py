@@ -34,6 +34,14 @@ def _markdown(title: str, report: Any, source: str) -> str:
     if report.incomplete_paths:
         lines += ["", "## Incomplete (no manifest yet: running, crashed, or to be re-run by the sweep)", ""]
         lines += [f"- `{p}`" for p in report.incomplete_paths[:50]]
+    if report.updated_run_ids:
+        lines += ["", "## Updated (a re-imported log with more steps)", ""]
+        lines += [f"- `{r}`" for r in report.updated_run_ids[:50]]
+    for heading, items in (("Duplicates (stored once)", report.duplicates),
+                           ("Skipped: not run directories (left in place)", report.skipped)):
+        if items:
+            lines += ["", f"## {heading}", "", "| path | why |", "|---|---|"]
+            lines += [f"| `{p}` | {r.replace('|', '/')} |" for p, r in items[:50]]
     return "\n".join(lines) + "\n"
 
 
@@ -49,6 +57,8 @@ def ingest_runs(db: Path, runs_dir: Path, quarantine_dir: Path | None = None) ->
     logger.info(report.summary())
     for path, reason in report.quarantined:
         logger.warning("quarantined %s: %s", path, reason)
+    for path, why in report.skipped:
+        logger.warning("skipped %s: %s", path, why)
     create_markdown_artifact(key="ingest-summary", markdown=_markdown("Ingestion", report, str(runs_dir)),
                              description=report.summary())
     return _report_dict(report)
