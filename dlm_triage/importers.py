@@ -44,6 +44,7 @@ the same run from two files, or a row repeated inside one, is stored once and li
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import hashlib
@@ -52,8 +53,10 @@ import json
 import math
 import os
 import re
+import shutil
+import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -613,30 +616,85 @@ def _apply_rules(rules: list[tuple[str, str, Any]], rec: dict[str, Any]) -> dict
     return out
 
 
-def parse_cells(path: Path, *, family: str | None = None, **options: Any) -> list[PreparedRun]:
-    """One run per CSV row (no step logs). Raises LogFormatError listing every bad row."""
+def _stream_sha_and_check_utf8(path: Path) -> str:
+    """sha256 of a text file's bytes (a leading UTF-8 BOM left out, as `_read_text` drops it), read in chunks;
+    LogFormatError at the first byte that is not UTF-8."""
+    h, dec, offset, first = hashlib.sha256(), codecs.getincrementaldecoder("utf-8")(), 0, True
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                if first and chunk.startswith(codecs.BOM_UTF8):
+                    chunk, offset = chunk[3:], 3
+                first = False
+                h.update(chunk)
+                pending = len(dec.getstate()[0])
+                try:
+                    dec.decode(chunk)
+                except UnicodeDecodeError as e:
+                    raise LogFormatError(path, [(None, f"not UTF-8 text ({e.reason} at byte "
+                                                       f"{offset - pending + e.start})")]) from None
+                offset += len(chunk)
+            dec.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        raise LogFormatError(path, [(None, f"not UTF-8 text ({e.reason} at the end of the file)")]) from None
+    except OSError as e:
+        raise LogFormatError(path, [(None, f"cannot be read ({e.strerror or e})")]) from None
+    return h.hexdigest()
+
+
+def _cells_records(path: Path, fh: Any, header: list[str], reader: Any,
+                   problems: list[tuple[int | None, str]]) -> Iterator[tuple[int, dict[str, str] | None]]:
+    """(line, record) per CSV row of an open reader, streamed; a row with the wrong field count is a problem
+    (and a None record)."""
+    prev = reader.line_num
+    try:
+        for rec in reader:
+            lineno, prev = prev + 1, reader.line_num
+            if not rec or all(not f.strip() for f in rec):
+                continue
+            if len(rec) != len(header):
+                problems.append((lineno, f"{len(rec)} fields but the header has {len(header)}"))
+                yield lineno, None
+                continue
+            yield lineno, dict(zip(header, rec))
+    except csv.Error as e:
+        raise LogFormatError(path, [(reader.line_num or None, f"not valid CSV ({e})")]) from None
+
+
+def _parse_cells_into(path: Path, family: str | None, options: Mapping[str, Any],
+                      sink: Callable[[PreparedRun, int | None], None] | None) -> list[PreparedRun]:
+    """parse_cells with the rows streamed from the file (see _cells_runs for `sink`)."""
     path = Path(path)
-    text = _read_text(path)
-    header, records = _csv_records(path, text)
-    rules = _column_rules(path, options, CELLS_COLUMNS + CELLS_ROW_CONFIG)
-    mapped = {d for d, _, _ in rules}
-    missing_src = sorted({src for _, src, _ in rules} - set(header))
-    if missing_src:
-        raise LogFormatError(path, [(1, f"map/derive source column(s) {missing_src} are not in the header {header}")])
-    _require_columns(path, header + sorted(mapped - set(header)), [c for c in CELLS_COLUMNS if c not in CELLS_OPTIONAL],
-                     f"add them (write None where unknown) so the header holds {','.join(CELLS_COLUMNS)}, or "
-                     "map/derive them from other columns (map=rank=lora_r, derive=rank=run_path:_r(\\d+))")
-    rows: list[tuple[int | None, dict[str, Any]]] = []
-    problems: list[tuple[int | None, str]] = []
-    for lineno, rec in records:
-        if not rec or all(not f.strip() for f in rec):
-            continue
-        if len(rec) != len(header):
-            problems.append((lineno, f"{len(rec)} fields but the header has {len(header)}"))
-            rows.append((lineno, None))
-            continue
-        rows.append((lineno, dict(zip(header, rec))))
-    return _cells_runs("cells", path, _sha(text), rows, rules, problems, family, options)
+    file_sha = _stream_sha_and_check_utf8(path)
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as e:
+            raise LogFormatError(path, [(reader.line_num or None, f"not valid CSV ({e})")]) from None
+        if header is None:
+            raise LogFormatError(path, [(None, "empty file: expected a header row")])
+        header = [h.strip() for h in header]
+        rules = _column_rules(path, options, CELLS_COLUMNS + CELLS_ROW_CONFIG)
+        mapped = {d for d, _, _ in rules}
+        missing_src = sorted({src for _, src, _ in rules} - set(header))
+        if missing_src:
+            raise LogFormatError(path, [(1, f"map/derive source column(s) {missing_src} are not in the header "
+                                            f"{[_redact(h) for h in header[:12]]}")])
+        _require_columns(path, header + sorted(mapped - set(header)),
+                         [c for c in CELLS_COLUMNS if c not in CELLS_OPTIONAL],
+                         f"add them (write None where unknown) so the header holds {','.join(CELLS_COLUMNS)}, or "
+                         "map/derive them from other columns (map=rank=lora_r, derive=rank=run_path:_r(\\d+))")
+        ctx = _cells_context(path, rules, family, options)
+        problems: list[tuple[int | None, str]] = []
+        return _cells_runs("cells", path, file_sha, _cells_records(path, fh, header, reader, problems), ctx,
+                           problems, sink=sink)
+
+
+def parse_cells(path: Path, *, family: str | None = None, **options: Any) -> list[PreparedRun]:
+    """One run per CSV row (no step logs). Raises LogFormatError listing every bad row. (`import_logs` streams
+    the rows to a staging file instead of returning them: see stage_rows.)"""
+    return _parse_cells_into(path, family, options, None)
 
 
 def _rows_of_json(path: Path, data: Any, rows_key: str | None) -> list[Any]:
@@ -661,14 +719,21 @@ def parse_json_rows(path: Path, *, family: str | None = None, **options: Any) ->
     """One run per record of a JSON array (or of the one array an object holds; rows_key= names it) of
     per-configuration records with the `cells` columns (CELLS_COLUMNS; CELLS_OPTIONAL may be absent). Records
     are numbered from 1 in messages."""
+    return _parse_json_rows_into(path, family, options, None)
+
+
+def _parse_json_rows_into(path: Path, family: str | None, options: Mapping[str, Any],
+                          sink: Callable[[PreparedRun, int | None], None] | None) -> list[PreparedRun]:
     path = Path(path)
     text = _read_text(path)
+    file_sha = _sha(text)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise LogFormatError(path, [(e.lineno, f"not valid JSON ({e.msg} at column {e.colno})")]) from None
     except (ValueError, RecursionError) as e:
         raise LogFormatError(path, [(None, f"not valid JSON ({e})")]) from None
+    del text  # the parsed records are what is needed from here on
     records = _rows_of_json(path, data, options.get("rows_key"))
     rules = _column_rules(path, options, CELLS_COLUMNS + CELLS_ROW_CONFIG)
     mapped = {d for d, _, _ in rules}
@@ -688,74 +753,97 @@ def parse_json_rows(path: Path, *, family: str | None = None, **options: Any) ->
             continue
         rows.append((None, rec))
     opts = {k: v for k, v in options.items() if k != "rows_key"}
-    return _cells_runs("json-rows", path, _sha(text), rows, rules, problems, family, opts)
+    return _cells_runs("json-rows", path, file_sha, rows, _cells_context(path, rules, family, opts), problems,
+                       sink=sink)
 
 
-def _cells_runs(fmt: str, path: Path, file_sha: str, rows: list[tuple[int | None, dict[str, Any] | None]],
-                rules: list[tuple[str, str, Any]], problems: list[tuple[int | None, str]], family: str | None,
-                options: Mapping[str, Any]) -> list[PreparedRun]:
-    """Validate per-configuration records (cells / json-rows) into runs; every bad record is listed."""
-    means = _collapsed_means(path, options)
-    parsed: list[tuple[int | None, int, dict[str, Any]]] = []
+def _cells_context(path: Path, rules: list[tuple[str, str, Any]], family: str | None,
+                   options: Mapping[str, Any]) -> dict[str, Any]:
+    """What every record of one cells / json-rows file shares (checked once, before the first record)."""
+    return {"means": _collapsed_means(path, options), "rules": rules, "family": family,
+            "flags": {k: v for k, v in options.items() if v is not None and k not in _ROW_OPTIONS},
+            "mapping": {"map": options.get("map"), "derive": options.get("derive")} if rules else None}
+
+
+def _cells_run(fmt: str, path: Path, file_sha: str, lineno: int | None, row_i: int, raw: Mapping[str, Any],
+               ctx: Mapping[str, Any]) -> PreparedRun:
+    """One per-configuration record (cells row / json-rows record) -> its run; raises LogFormatError listing
+    the record's problems (line, or 'record N:' for JSON records, which have no line)."""
+    label = "" if lineno is not None else f"record {row_i + 1}: "
+    family = ctx["family"]
+    try:
+        v = _apply_rules(ctx["rules"], raw)
+        rho = _num("rho", v["rho"], required=False)
+        if rho is not None and not 0.0 < rho < 1.0:
+            raise _Bad(f"rho={_show(v['rho'])} is out of range: use a number strictly between 0 and 1")
+        vals = {
+            "family": _text("family", v["family"], required=family is None) or family,
+            "model_id": _text("model_name", v["model_name"]),
+            "rank": _int("rank", v["rank"], required=False, minimum=1), "mask_ratio": rho,
+            "seed": _int("seed", v["seed"], required=False, maximum=2**63 - 1),
+            "learning_rate": _num("lr", v["lr"], required=False),
+            "top1_warning_detected": _bool("top1_fired", v["top1_fired"]),
+            "top1_fire_step": _int("top1_fire_step", v["top1_fire_step"], required=False),
+            "collapsed": _bool("collapsed", v["collapsed"]),
+            # a table without these imports what it has: calibration says what it skipped for such runs
+            "max_grad_norm": _num("max_grad_norm", v.get("max_grad_norm"), required=False),
+            "final_loss": _num("final_loss", v.get("final_loss"), required=False),
+        }
+        row_cfg = {k: v[k] for k in CELLS_ROW_CONFIG if k in v and v[k] is not None and v[k] != ""}
+    except _Bad as e:
+        raise LogFormatError(path, [(lineno, f"{label}{e}")]) from None
+    cfg = dict(ctx["flags"])
+    cfg.update(row_cfg)  # the row's own config columns win over the flags
+    cfg.update({k: vals[k] for k in ("family", "model_id", "rank", "mask_ratio", "seed", "learning_rate")})
+    try:
+        cfg = _finish_config(path, cfg, family)
+    except LogFormatError as e:
+        raise LogFormatError(path, [(lineno, f"{label}{why}") for _, why in e.problems]) from None
+    summary = {k: vals[k] for k in ("top1_warning_detected", "top1_fire_step", "collapsed", "max_grad_norm",
+                                    "final_loss")}
+    what = _collapsed_value(vals["collapsed"], ctx["means"])
+    summary.update({k: x for k, x in what.items() if k != "collapse_definition"})
+    summary["n_steps"] = None
+    # a cells row is a finished configuration: its identity is its config and its values (the same row
+    # twice, in one file or two, is one run; an appended row is a new one)
+    run_id, content = _identity("cells", cfg, summary)
+    extra = {"file_sha256": file_sha, "row": row_i, "line": lineno,
+             "collapse_definition": what["collapse_definition"]}
+    if ctx["mapping"]:
+        extra["column_rules"] = ctx["mapping"]
+    try:
+        return _prepared(fmt, path, run_id, content, cfg, summary, None, extra)
+    except _Bad as e:
+        raise LogFormatError(path, [(lineno, f"{label}{e}")]) from None
+
+
+def _cells_runs(fmt: str, path: Path, file_sha: str, rows: Iterable[tuple[int | None, dict[str, Any] | None]],
+                ctx: Mapping[str, Any], problems: list[tuple[int | None, str]], *,
+                sink: Callable[[PreparedRun, int | None], None] | None = None) -> list[PreparedRun]:
+    """Validate per-configuration records (cells / json-rows) into runs; every bad record is listed.
+
+    `rows` may be a stream (a CSV read record by record); with a `sink`, each run goes there as soon as it is
+    built and nothing is kept here (memory bounded by the sink's batch, not by the file). A None record is one
+    already reported in `problems`."""
+    out: list[PreparedRun] = []
+    n_ok = 0
     for row_i, (lineno, raw) in enumerate(rows):
         if raw is None:
             continue
-        label = "" if lineno is not None else f"record {row_i + 1}: "  # JSON records have no line
         try:
-            v = _apply_rules(rules, raw)
-            rho = _num("rho", v["rho"], required=False)
-            if rho is not None and not 0.0 < rho < 1.0:
-                raise _Bad(f"rho={_show(v['rho'])} is out of range: use a number strictly between 0 and 1")
-            rec_vals = {
-                "family": _text("family", v["family"], required=family is None) or family,
-                "model_id": _text("model_name", v["model_name"]),
-                "rank": _int("rank", v["rank"], required=False, minimum=1), "mask_ratio": rho,
-                "seed": _int("seed", v["seed"], required=False, maximum=2**63 - 1),
-                "learning_rate": _num("lr", v["lr"], required=False),
-                "top1_warning_detected": _bool("top1_fired", v["top1_fired"]),
-                "top1_fire_step": _int("top1_fire_step", v["top1_fire_step"], required=False),
-                "collapsed": _bool("collapsed", v["collapsed"]),
-                # a table without these imports what it has: calibration says what it skipped for such runs
-                "max_grad_norm": _num("max_grad_norm", v.get("max_grad_norm"), required=False),
-                "final_loss": _num("final_loss", v.get("final_loss"), required=False),
-            }
-            row_cfg = {k: v[k] for k in CELLS_ROW_CONFIG if k in v and v[k] is not None and v[k] != ""}
-        except _Bad as e:
-            problems.append((lineno, f"{label}{e}"))
-            continue
-        parsed.append((lineno, row_i, {**rec_vals, "_cfg": row_cfg}))
-    if not parsed and not problems:
-        problems.append((None, "the file holds a header but no rows" if fmt == "cells" else "the file holds no records"))
-    if problems:
-        raise LogFormatError(path, problems)
-    out = []
-    flags = {k: v for k, v in options.items() if v is not None and k not in _ROW_OPTIONS}
-    mapping = {"map": options.get("map"), "derive": options.get("derive")} if rules else None
-    for lineno, row_i, vals in parsed:
-        cfg = dict(flags)
-        cfg.update(vals["_cfg"])  # the row's own config columns win over the flags
-        cfg.update({k: vals[k] for k in ("family", "model_id", "rank", "mask_ratio", "seed", "learning_rate")})
-        try:
-            cfg = _finish_config(path, cfg, family)
+            run = _cells_run(fmt, path, file_sha, lineno, row_i, raw, ctx)
         except LogFormatError as e:
-            raise LogFormatError(path, [(lineno, f"{'' if lineno else f'record {row_i + 1}: '}{why}")
-                                        for _, why in e.problems]) from None
-        summary = {k: vals[k] for k in ("top1_warning_detected", "top1_fire_step", "collapsed", "max_grad_norm",
-                                        "final_loss")}
-        what = _collapsed_value(vals["collapsed"], means)
-        summary.update({k: v for k, v in what.items() if k != "collapse_definition"})
-        summary["n_steps"] = None
-        # a cells row is a finished configuration: its identity is its config and its values (the same row
-        # twice, in one file or two, is one run; an appended row is a new one)
-        run_id, content = _identity("cells", cfg, summary)
-        extra = {"file_sha256": file_sha, "row": row_i, "line": lineno,
-                 "collapse_definition": what["collapse_definition"]}
-        if mapping:
-            extra["column_rules"] = mapping
-        try:
-            out.append(_prepared(fmt, path, run_id, content, cfg, summary, None, extra))
-        except _Bad as e:
-            problems.append((lineno, str(e)))
+            problems.extend(e.problems)
+            continue
+        n_ok += 1
+        if problems:
+            continue  # the file is rejected whole: the rest is only checked, so every bad record is listed
+        if sink is not None:
+            sink(run, lineno)
+        else:
+            out.append(run)
+    if not n_ok and not problems:
+        problems.append((None, "the file holds a header but no rows" if fmt == "cells" else "the file holds no records"))
     if problems:
         raise LogFormatError(path, problems)
     return out
@@ -901,6 +989,59 @@ def parse_wandb_csv(path: Path, *, family: str | None = None, **options: Any) ->
     return [_series_run("wandb-csv", path, text, cfg, steps)]
 
 
+IMPORT_MEMORY_FLOOR_MB = 256
+IMPORT_MEMORY_PER_INPUT_MB = 4
+"""DuckDB's memory limit while it inserts staged rows: max(floor, per-input-MB x the files' size). A stored
+cells row is ~15x its CSV line (config and manifest JSON), and DuckDB would otherwise hold a transaction's
+rows in memory up to 80% of RAM; beyond the limit it writes them out. Where the limit is too small for the
+database itself (the primary-key index of millions of runs) the write is retried without one."""
+
+STAGE_BATCH_ROWS = 4096
+"""Runs of a cells / json-rows file written to the staging file at a time: the import's memory for such a file
+is one batch of Python rows, whatever the file's size (a run row with its manifest is ~5 KB in Python)."""
+_STAGED_PARSERS = {"cells": _parse_cells_into, "json-rows": _parse_json_rows_into}
+
+
+def stage_rows(fmt: str, path: Path, stage_dir: Path, *, family: str | None = None,
+               **options: Any) -> store.StagedRows:
+    """Validate a cells / json-rows file (as parse_cells / parse_json_rows do) and write its runs, batch by
+    batch, to a Parquet file in `stage_dir` that `store._write_batch` inserts with DuckDB. Raises
+    LogFormatError (the partial staging file removed) like the parser; OSError when the staging file cannot be
+    written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    out = Path(stage_dir) / f"{len(list(Path(stage_dir).iterdir())):06d}.parquet"
+    schema = pl.DataFrame(schema={**store.RUNS_SCHEMA, "line": pl.Int64}).to_arrow().schema
+    batch: list[dict[str, Any]] = []
+    n = 0
+    writer = pq.ParquetWriter(out, schema)
+
+    def flush() -> None:
+        nonlocal batch, n
+        if batch:
+            frame = pl.DataFrame(batch, schema={**store.RUNS_SCHEMA, "line": pl.Int64}, orient="row")
+            writer.write_table(frame.to_arrow().cast(schema))
+            n += len(batch)
+            batch = []
+
+    def sink(run: PreparedRun, lineno: int | None) -> None:
+        batch.append({**run.row, "line": lineno})
+        if len(batch) >= STAGE_BATCH_ROWS:
+            flush()
+
+    try:
+        _STAGED_PARSERS[fmt](path, family, options, sink)
+        flush()
+        writer.close()
+    except BaseException:
+        writer.close()
+        out.unlink(missing_ok=True)
+        raise
+    return store.StagedRows(path=str(path), parquet=out, n=n)
+
+
 PARSERS: dict[str, Callable[..., list[PreparedRun]]] = {
     "reference-jsonl": parse_reference_jsonl, "cells": parse_cells, "json-rows": parse_json_rows, "hf-trainer": parse_hf_trainer,
     "wandb-csv": parse_wandb_csv,
@@ -927,18 +1068,38 @@ def import_logs(
         raise ValueError("no files given: pass one or more log files")
     started = store._now()
     prepared: list[PreparedRun] = []
+    staged: list[store.StagedRows] = []
     rejected: list[tuple[str, str, bool]] = []
-    for p in map(Path, items):
+    db_path = Path(db_path)
+    store.check_database_file(db_path)  # before any staging: a --db that is no database is refused first
+    # Per-configuration tables are staged on disk beside the database (same file system, which needs the room
+    # anyway; a tmpfs /tmp would be memory again), never held as Python rows.
+    stage_dir = db_path.parent / f".{db_path.name}.import-{uuid.uuid4().hex[:8]}" if fmt in _STAGED_PARSERS else None
+    try:
+        for p in map(Path, items):
+            try:
+                if not p.is_file():
+                    raise LogFormatError(p, [(None, "not a file: give the path of a log file")])
+                if stage_dir is not None:
+                    stage_dir.mkdir(parents=True, exist_ok=True)
+                    staged.append(stage_rows(fmt, p, stage_dir, family=family, **options))
+                else:
+                    prepared.extend(PARSERS[fmt](p, family=family, **options))
+            except LogFormatError as e:
+                if strict:
+                    raise
+                rejected.append((str(p), str(e), False))
+        write = functools.partial(
+            store._write_batch, db_path, prepared, rejected=rejected, incomplete=[],
+            ingest_id=store._new_ingest_id(), started=started, kind=f"import:{fmt}", paths=[str(p) for p in items],
+            quarantine_dir=None, timeout_s=timeout_s, staged=staged)
+        if not staged:
+            return write()
+        mb = sum(Path(st.path).stat().st_size for st in staged) / 2**20
         try:
-            if not p.is_file():
-                raise LogFormatError(p, [(None, "not a file: give the path of a log file")])
-            prepared.extend(PARSERS[fmt](p, family=family, **options))
-        except LogFormatError as e:
-            if strict:
-                raise
-            rejected.append((str(p), str(e), False))
-    return store._write_batch(
-        Path(db_path), prepared, rejected=rejected, incomplete=[], ingest_id=store._new_ingest_id(),
-        started=started, kind=f"import:{fmt}", paths=[str(p) for p in items], quarantine_dir=None,
-        timeout_s=timeout_s,
-    )
+            return write(memory_limit_mb=max(IMPORT_MEMORY_FLOOR_MB, int(IMPORT_MEMORY_PER_INPUT_MB * mb)))
+        except store.MemoryLimitHit:
+            return write()  # a large database's index needs more: DuckDB's own default limit
+    finally:
+        if stage_dir is not None:
+            shutil.rmtree(stage_dir, ignore_errors=True)

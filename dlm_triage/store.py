@@ -154,6 +154,22 @@ class PreparedRun:
     (runlog.read_runs_batch), not a frame of their own."""
 
 
+class MemoryLimitHit(StoreError):
+    """DuckDB needed more memory than the limit an import set for itself; nothing was written."""
+
+
+@dataclass(frozen=True)
+class StagedRows:
+    """Validated step-less runs (imported cells / json-rows records) staged in a Parquet file of `runs` rows
+    (RUNS_SCHEMA columns plus `line`, the record's line in `path` or null) rather than held as PreparedRun
+    objects: `_write_batch` dedupes and inserts them inside DuckDB, so a file of any size costs the import a
+    bounded amount of memory. `n` is the number of rows."""
+
+    path: str
+    parquet: Path
+    n: int
+
+
 # -- connection -------------------------------------------------------------------------------------------
 
 _HOLDER_RE = re.compile(r"Conflicting lock is held in (.*?)(?:\. See also|$)", re.S)
@@ -719,12 +735,16 @@ def _write_batch(
     db_path: Path, prepared: Sequence[PreparedRun], *, rejected: list[tuple[str, str, bool]],
     incomplete: list[str], ingest_id: str, started: datetime, kind: str, paths: list[str],
     quarantine_dir: Path | None, timeout_s: float, already_present: int = 0,
-    steps_source: pl.DataFrame | None = None,
+    steps_source: pl.DataFrame | None = None, staged: Sequence[StagedRows] = (),
+    memory_limit_mb: int | None = None,
 ) -> IngestReport:
     """Shared by ingest_runs and importers: dedupe against the DB, insert in one transaction, then quarantine.
 
     `rejected` entries with move=True are moved into quarantine (run directories); move=False ones are only
-    recorded (a user's import file is never moved).
+    recorded (a user's import file is never moved). `staged` rows (StagedRows) come after `prepared` in the
+    batch's order and are deduped and inserted by DuckDB from their files (`_classify_staged`), under
+    `memory_limit_mb` when given: MemoryLimitHit (nothing written) when DuckDB needs more, e.g. for the
+    primary-key index of a database of millions of runs; the caller retries without a limit.
     """
     # Dedupe within the batch first: the first occurrence of a run_id wins, except that a grown re-export of
     # an imported run (its steps extend the other's) replaces the shorter one.
@@ -750,6 +770,10 @@ def _write_batch(
             rejected.append((p.path, f"conflict: run_id {rid} appears twice in this ingest with different "
                                      f"content (first at {_where(q)}); the first was kept", False))
     con = connect(db_path, timeout_s=timeout_s)
+    if staged and memory_limit_mb:
+        # DuckDB keeps a transaction's appended rows (and its buffer pool) in memory up to 80% of RAM unless
+        # told otherwise; under a limit it writes them to the file / its temp directory as it goes.
+        con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
     try:
         candidates = list(first.values())
         if candidates:
@@ -765,6 +789,17 @@ def _write_batch(
             stored = {}
         new: list[PreparedRun] = []
         updated: list[str] = []
+        staged_ids: list[str] = []
+        if staged:
+            try:
+                staged_ids, n_already, staged_dups, staged_rejected = _classify_staged(con, staged, candidates)
+            except duckdb.OutOfMemoryException as e:
+                if not memory_limit_mb:
+                    raise
+                raise MemoryLimitHit(f"{memory_limit_mb} MB were not enough for DuckDB") from e
+            already += n_already
+            duplicates += staged_dups
+            rejected += staged_rejected
         for p in candidates:
             sha = stored.get(p.row["run_id"])
             if sha is None:
@@ -810,22 +845,30 @@ def _write_batch(
             if new:
                 _insert_runs(con, runs_df)
                 _insert_steps(con, steps_df)
+            if staged_ids:
+                con.execute("INSERT INTO runs BY NAME SELECT s.* EXCLUDE (line, src_i, frn), ? AS ingested_at, "
+                            "? AS ingest_id FROM _dlmt_staged s JOIN _dlmt_staged_new USING (src_i, frn)",
+                            [at, ingest_id])
             if quarantine_rows:
                 con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)", quarantine_rows)
             con.execute(
                 "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [ingest_id, started, _now(), kind, json.dumps(paths), len(new), already, len(incomplete),
-                 len(rejected)],
+                [ingest_id, started, _now(), kind, json.dumps(paths), len(new) + len(staged_ids), already,
+                 len(incomplete), len(rejected)],
             )
             con.commit()
         except BaseException as e:
             _rollback(con)
+            if isinstance(e, duckdb.OutOfMemoryException) and staged and memory_limit_mb:
+                raise MemoryLimitHit(f"{memory_limit_mb} MB were not enough for DuckDB") from e
             if isinstance(e, duckdb.Error):
                 raise StoreError(f"ingestion {ingest_id} could not be written to {db_path} ({_first_line(e)}): "
                                  "nothing of it was stored and the database holds what it held before; free "
                                  "disk space (or fix the database's location) and run it again") from e
             raise
     finally:
+        if staged:
+            _drop_staged(con)
         con.close()
     quarantined: list[tuple[str, str]] = []
     for path, reason, move, dest in plan:
@@ -833,11 +876,88 @@ def _write_batch(
             reason = reason + _quarantine(Path(path), Path(dest), move=move)
         quarantined.append((path, reason))
     return IngestReport(
-        ingest_id=ingest_id, added=len(new) - len(updated), already_present=already, incomplete=len(incomplete),
-        quarantined=tuple(quarantined), added_run_ids=tuple(p.row["run_id"] for p in new
-                                                            if p.row["run_id"] not in set(updated)),
+        ingest_id=ingest_id, added=len(new) - len(updated) + len(staged_ids), already_present=already,
+        incomplete=len(incomplete), quarantined=tuple(quarantined),
+        added_run_ids=tuple(p.row["run_id"] for p in new if p.row["run_id"] not in set(updated)) + tuple(staged_ids),
         incomplete_paths=tuple(incomplete), updated_run_ids=tuple(updated), duplicates=tuple(duplicates),
     )
+
+
+def _classify_staged(con: duckdb.DuckDBPyConnection, staged: Sequence[StagedRows],
+                     earlier: Sequence[PreparedRun]) -> tuple[list[str], int, list[tuple[str, str]],
+                                                             list[tuple[str, str, bool]]]:
+    """Dedupe staged rows inside DuckDB: the first occurrence of a run_id (files in order, rows in file order)
+    is new unless the database or an `earlier` run of the batch holds it; repeats with the same content are
+    duplicates (stored once), with other content conflicts. Leaves view _dlmt_staged and table
+    _dlmt_staged_new (src_i, frn of the new rows) for the insert; returns (new run ids in order, number
+    already present, duplicates, rejected)."""
+    files = [str(Path(st.parquet).resolve()) for st in staged]
+    rel = con.read_parquet(files, filename=True, file_row_number=True)
+    rel.create_view("_dlmt_staged_raw", replace=True)
+    con.register("_dlmt_staged_src", pl.DataFrame({"filename": files, "src_i": list(range(len(files))),
+                                                   "src_path": [st.path for st in staged]}).to_arrow())
+    con.register("_dlmt_earlier", pl.DataFrame(
+        {"run_id": [p.row["run_id"] for p in earlier], "sha": [p.row["content_sha256"] for p in earlier],
+         "at": [_where(p) for p in earlier]}, schema={"run_id": pl.String, "sha": pl.String, "at": pl.String}
+    ).to_arrow())
+    con.execute("CREATE OR REPLACE TEMP VIEW _dlmt_staged AS SELECT r.* EXCLUDE (filename, file_row_number), "
+                "s.src_i, r.file_row_number AS frn FROM _dlmt_staged_raw r JOIN _dlmt_staged_src s USING (filename)")
+    # one pass over the staged keys (run_id, sha, position): DuckDB spills to disk where memory runs short
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _dlmt_staged_cls AS
+        WITH s AS (
+            SELECT run_id, content_sha256 AS sha, src_i, frn, line,
+                   row_number() OVER w AS rn, first_value(content_sha256) OVER w AS first_sha,
+                   first_value(src_i) OVER w AS first_src, first_value(line) OVER w AS first_line
+            FROM _dlmt_staged WINDOW w AS (PARTITION BY run_id ORDER BY src_i, frn))
+        SELECT s.*, r.content_sha256 AS stored_sha, e.sha AS earlier_sha, e.at AS earlier_at,
+               CASE WHEN s.rn > 1 THEN (CASE WHEN s.sha = s.first_sha THEN 'dup' ELSE 'conflict-batch' END)
+                    WHEN e.sha IS NOT NULL THEN (CASE WHEN s.sha = e.sha THEN 'dup-earlier'
+                                                      ELSE 'conflict-earlier' END)
+                    WHEN r.content_sha256 IS NULL THEN 'new'
+                    WHEN r.content_sha256 = s.sha THEN 'already'
+                    ELSE 'conflict-stored' END AS kind
+        FROM s LEFT JOIN runs r USING (run_id) LEFT JOIN _dlmt_earlier e USING (run_id)""")
+    con.execute("CREATE OR REPLACE TEMP TABLE _dlmt_staged_new AS "
+                "SELECT src_i, frn FROM _dlmt_staged_cls WHERE kind = 'new'")
+    new_ids = [r for (r,) in con.execute(
+        "SELECT run_id FROM _dlmt_staged_cls WHERE kind = 'new' ORDER BY src_i, frn").fetchall()]
+    (n_already,) = con.execute("SELECT count(*) FROM _dlmt_staged_cls WHERE kind IN ('already', 'dup', "
+                               "'dup-earlier')").fetchone()
+    paths = [st.path for st in staged]
+
+    def at(src: int, line: int | None) -> str:
+        return f"{paths[src]}:{line}" if line is not None else paths[src]
+
+    duplicates: list[tuple[str, str]] = []
+    rejected: list[tuple[str, str, bool]] = []
+    for rid, sha, src, line, first_src, first_line, stored_sha, earlier_at, kind in con.execute(
+            "SELECT run_id, sha, src_i, line, first_src, first_line, stored_sha, earlier_at, kind "
+            "FROM _dlmt_staged_cls WHERE kind NOT IN ('new', 'already') ORDER BY src_i, frn").fetchall():
+        first = at(first_src, first_line) if kind in ("dup", "conflict-batch") else earlier_at
+        if kind in ("dup", "dup-earlier"):
+            duplicates.append((paths[src], f"duplicate of {first} (same run {rid}, identical content): stored once"))
+        elif kind == "conflict-stored":
+            rejected.append((paths[src], f"conflict: run_id {rid} is already stored with different content (stored "
+                                         f"sha256 {stored_sha[:12]}, this {sha[:12]}); stored data kept", False))
+        else:
+            rejected.append((paths[src], f"conflict: run_id {rid} appears twice in this ingest with different "
+                                         f"content (first at {first}); the first was kept", False))
+    return new_ids, int(n_already), duplicates, rejected
+
+
+def _drop_staged(con: duckdb.DuckDBPyConnection) -> None:
+    for sql in ("DROP TABLE IF EXISTS _dlmt_staged_new", "DROP TABLE IF EXISTS _dlmt_staged_cls",
+                "DROP VIEW IF EXISTS _dlmt_staged", "DROP VIEW IF EXISTS _dlmt_staged_raw"):
+        try:
+            con.execute(sql)
+        except duckdb.Error:
+            pass
+    for name in ("_dlmt_staged_src", "_dlmt_earlier"):
+        try:
+            con.unregister(name)
+        except duckdb.Error:
+            pass
 
 
 def _where(p: PreparedRun) -> str:

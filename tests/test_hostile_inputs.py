@@ -235,6 +235,23 @@ def test_directories_that_are_not_runs_are_skipped_listed_and_never_moved(tmp_pa
     assert not (tmp_path / "q").exists()
 
 
+def test_the_ingest_artifact_lists_skipped_directories_and_duplicates(tmp_path):
+    from tasks.ingest import _markdown
+
+    root = tmp_path / "work"
+    make_sweep(root, 1)
+    app = _web_app(root / "webapp")
+    r = store.ingest_runs(tmp_path / "t.duckdb", root, quarantine_dir=tmp_path / "q")
+    log = tmp_path / "a.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 2.0 - s / 10, "max_grad_norm": 1.0,
+                                       "top1_token_freq": 0.1, "mask_ratio": 0.15}) + "\n" for s in range(3)))
+    shutil.copy(log, tmp_path / "b.jsonl")
+    r2 = importers.import_logs(tmp_path / "t.duckdb", "reference-jsonl", [log, tmp_path / "b.jsonl"], family="llada")
+    md = _markdown("Ingestion", r, str(root)) + _markdown("Import", r2, "a, b")
+    assert "## Skipped: not run directories (left in place)" in md and f"`{app}`" in md
+    assert "## Duplicates (stored once)" in md and f"`{tmp_path / 'b.jsonl'}`" in md
+
+
 def test_ingest_dot_inside_a_foreign_or_broken_directory_moves_nothing(tmp_path, monkeypatch, capsys):
     app = _web_app(tmp_path / "site")
     (app / "src").mkdir()
@@ -360,6 +377,41 @@ def test_a_grown_cells_file_adds_only_the_new_row_and_a_repeated_row_is_stored_o
     g.write_text("\n".join([CELLS_HEADER, _cell(3), _cell(2), _cell(1)]) + "\n")
     assert importers.import_logs(db, "cells", [g]).added == 0
     assert db_rows(db, "SELECT count(*) FROM runs") == [(3,)]
+
+
+def test_a_cells_file_is_streamed_in_batches_and_a_late_bad_row_still_rejects_it_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(importers, "STAGE_BATCH_ROWS", 3)  # several staged batches before the bad row
+    db, f, good = tmp_path / "t.duckdb", tmp_path / "cells.csv", tmp_path / "good.csv"
+    rows = [_cell(i) for i in range(10)]
+    f.write_text("\n".join([CELLS_HEADER, *rows, _cell(99).replace(",8,", f",{2**31},")]) + "\n")
+    good.write_text("\n".join([CELLS_HEADER, *rows[:4]]) + "\n")
+    r = importers.import_logs(db, "cells", [f, good])
+    assert r.added == 4 and [p for p, _ in r.quarantined] == [str(f)] and f"{f}:12" in r.quarantined[0][1]
+    assert db_rows(db, "SELECT count(*) FROM runs") == [(4,)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.csv", "good.csv", "t.duckdb"]  # no staging left
+    f.write_text("\n".join([CELLS_HEADER, *rows, rows[0]]) + "\n")  # fixed; the first 4 rows are stored already
+    r = importers.import_logs(db, "cells", [f])
+    assert (r.added, r.already_present, len(r.duplicates)) == (6, 5, 1) and f"{f}:2" in r.duplicates[0][1]
+    assert db_rows(db, "SELECT count(*), count(DISTINCT run_id) FROM runs") == [(10, 10)]
+    assert sorted(r.added_run_ids) == sorted(set(r.added_run_ids))
+
+
+def test_an_import_whose_memory_limit_is_too_small_for_duckdb_is_retried_without_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(importers, "IMPORT_MEMORY_FLOOR_MB", 1)  # below what DuckDB needs for anything
+    calls = []
+    real = store._write_batch
+
+    def spy(*a, **kw):
+        calls.append(kw.get("memory_limit_mb"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(store, "_write_batch", spy)
+    db, f = tmp_path / "t.duckdb", tmp_path / "cells.csv"
+    f.write_text("\n".join([CELLS_HEADER, *(_cell(i) for i in range(50))]) + "\n")
+    r = importers.import_logs(db, "cells", [f])
+    assert calls == [1, None] and r.added == 50
+    assert db_rows(db, "SELECT count(*), count(DISTINCT run_id) FROM runs") == [(50, 50)]
+    assert db_rows(db, "SELECT count(*) FROM ingests") == [(1,)]  # the failed attempt wrote nothing
 
 
 def _jsonl(n: int, *, seed_shift: float = 0.0) -> str:
@@ -839,3 +891,4 @@ def test_setup_script_binds_locally_and_documents_authentication():
     assert "DLM_TRIAGE_TRUSTED_MODELS" in text
     readme = (REPO / "deployments" / "README.md").read_text()
     assert "PREFECT_SERVER_API_AUTH_STRING" in readme and "DLM_TRIAGE_TRUSTED_MODELS" in readme
+
