@@ -477,13 +477,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from dlm_triage.tiny import ensure_tiny_model
+    from dlm_triage.tiny_diffusion_gemma import ensure_tiny_diffusion_gemma
 
     kwargs = {} if args.steps is None else {"pretrain_steps": args.steps}
-    with tqdm(desc="pretraining tiny family", unit="step", file=sys.stderr) as bar:
+    with tqdm(desc=f"pretraining {args.family}", unit="step", file=sys.stderr) as bar:
         def progress(step: int, total: int) -> None:
             bar.total = total
             bar.update(step - bar.n)
-        path = ensure_tiny_model(args.cache, progress=progress, **kwargs)
+        if args.family == "tiny_gemma":
+            path = ensure_tiny_diffusion_gemma(args.cache, progress=progress, **kwargs)
+        else:
+            path = ensure_tiny_model(args.cache, progress=progress, kind="ar" if args.family == "tiny_ar" else "dlm",
+                                     **kwargs)
     print(path)
     return 0
 
@@ -694,8 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.set_defaults(fn=cmd_connect)
 
-    p = sub.add_parser("pretrain", help="build (or find) the tiny family's pretrained model")
-    p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the tiny recipe's)")
+    p = sub.add_parser("pretrain", help="build (or find) a local family's pretrained model")
+    p.add_argument("--family", choices=["tiny", "tiny_gemma", "tiny_ar"], default="tiny",
+                   help="which local model")
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the family recipe's)")
     p.add_argument("--cache", type=Path, default=None,
                    help="cache folder (default $DLM_TRIAGE_CACHE or ~/.cache/dlm-triage)")
     p.set_defaults(fn=cmd_pretrain)
