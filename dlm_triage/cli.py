@@ -226,9 +226,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     route_console_logging()  # Prefect's console logs above the progress bar, state lines in the UI only
     os.environ[CONSOLE_ENV] = "bar"  # shard subprocesses clear the bar's line before they print
+    from flows.tempserver import temporary_server
+
     stop, t = _progress_watcher(out / "runs", [c.run_id for c in configs], "training")
     try:
-        result = pipeline_flow(params)
+        with temporary_server():  # with no API configured: a server that a kill -9 of this process takes down
+            result = pipeline_flow(params)
     finally:
         stop.set()
         t.join()
@@ -255,9 +258,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     route_console_logging()
     os.environ[CONSOLE_ENV] = "bar"  # shard subprocesses clear the bar's line before they print
+    from flows.tempserver import temporary_server
+
     stop, t = _progress_watcher(args.out / "runs", [c.run_id for c in configs], "training")
     try:
-        records = sweep_flow(sweep)
+        with temporary_server():  # with no API configured: a server that a kill -9 of this process takes down
+            records = sweep_flow(sweep)
     finally:
         stop.set()
         t.join()

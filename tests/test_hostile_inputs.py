@@ -165,6 +165,11 @@ BAD_MANIFEST_VALUES = {
     "string-in-routed": ("routed_for_inspection", '"false"', "not a JSON boolean"),
     "int-run-id": ("run_id", "5", "run_id"),
     "string-in-float": ("grad_gini", '"0.3"', "not a number"),
+    "true-in-int": ("top1_fire_step", "true", "top1_fire_step"),
+    "object-in-float": ("final_loss", '{"v": 1.0}', "final_loss"),
+    "minus-infinity-in-float": ("max_grad_norm", "-Infinity", "max_grad_norm"),
+    "exponent-overflow": ("grad_top1_share", "1e999", "grad_top1_share"),
+    "list-in-bool": ("collapsed", "[true]", "not a JSON boolean"),
 }
 
 
@@ -481,6 +486,14 @@ INT32_CASES = {
     "wandb-step": ("wandb-csv", "csv", lambda: f"_step,loss,grad_norm\n0,1.0,1.0\n{10**12},1.0,1.0\n",
                    {"family": "llada"}, "_step='1000000000000'"),
     "option-steps": ("wandb-csv", "csv", lambda: _wandb(3), {"family": "llada", "steps": str(2**40)}, "steps="),
+    "hf-step": ("hf-trainer", "json", lambda: _hf(3).replace('"step": 3,', f'"step": {2**31},'), {"family": "llada"},
+                "step=2147483648"),
+    "cells-seed-beyond-int64": ("cells", "csv",
+                                lambda: f"{CELLS_HEADER}\nllada,m,8,0.5,{2**64},1e-4,True,11,False,2.0,1.0\n", {},
+                                "seed="),
+    "json-rows-fire-step": ("json-rows", "json", lambda: json.dumps([{
+        "family": "llada", "model_name": "m", "rank": 8, "rho": 0.5, "seed": 1, "lr": 1e-4, "top1_fired": True,
+        "top1_fire_step": 2**40, "collapsed": False, "max_grad_norm": 2.0, "final_loss": 1.0}]), {}, "top1_fire_step="),
 }
 
 
@@ -490,7 +503,8 @@ def test_an_integer_beyond_int32_fails_its_file_naming_the_value_and_the_good_fi
     db = tmp_path / "t.duckdb"
     bad = tmp_path / f"bad.{ext}"
     bad.write_text(make())
-    goods = {"reference-jsonl": _jsonl(5), "cells": f"{CELLS_HEADER}\n{_cell(1)}\n", "wandb-csv": _wandb(5)}
+    goods = {"reference-jsonl": _jsonl(5), "cells": f"{CELLS_HEADER}\n{_cell(1)}\n", "wandb-csv": _wandb(5),
+             "hf-trainer": _hf(5), "json-rows": json.dumps([dict(zip(importers.CELLS_COLUMNS, _cell(1).split(",")))])}
     good = tmp_path / f"good.{ext}"
     good.write_text(goods[fmt])
     opts = {k: v for k, v in kw.items() if k != "steps"}
@@ -617,6 +631,10 @@ BAD_SETS = {
     "save-adapter-no": (["--set", 'save_adapter="no"'], ["save_adapter='no'"]),
     "unknown-key-and-bad-rank": (["--set", "rnak=4", "--set", "rank=0", "--set", "mask_ratio=2"],
                                  ["['rnak']", "rank=0", "mask_ratio=2"]),
+    "two-unknown-keys-and-a-bad-adapter-dir": (["--set", "lerning_rate=1e-4", "--set", "sed=3", "--set",
+                                                "adapter_dir=5"], ["lerning_rate", "sed", "adapter_dir=5"]),
+    "save-adapter-number": (["--set", "save_adapter=2"], ["save_adapter=2"]),
+    "target-modules-list-of-numbers": (["--set", "target_modules=[1, 2]"], ["target_modules"]),
 }
 
 
@@ -892,3 +910,69 @@ def test_setup_script_binds_locally_and_documents_authentication():
     readme = (REPO / "deployments" / "README.md").read_text()
     assert "PREFECT_SERVER_API_AUTH_STRING" in readme and "DLM_TRIAGE_TRUSTED_MODELS" in readme
 
+
+# -- the temporary Prefect server dies with its CLI ----------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.server
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
+def test_kill_9_of_sweep_takes_its_temporary_prefect_server_down(tmp_path):
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PREFECT_HOME=str(tmp_path / "prefect"))
+    cli_proc = subprocess.Popen(
+        [sys.executable, "-m", "dlm_triage.cli", "--out", str(tmp_path / "out"), "sweep", "--ranks", "4",
+         "--mask-ratios", "0.5", "--seeds", "1", "--steps", "100000", "--device", "cpu"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    server = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and cli_proc.poll() is None:
+            # Prefect's own temporary server (uvicorn) or ours (flows.tempserver): whichever serves this sweep
+            found = [c for c in _children(cli_proc.pid) if any(w in _cmdline(c) for w in ("uvicorn", "tempserver"))]
+            if found and (tmp_path / "out" / "runs").is_dir():  # the server answered: the sweep is running
+                server = found[0]
+                break
+            time.sleep(0.5)
+        assert server is not None, (cli_proc.poll(), cli_proc.stderr.read().decode()[-2000:]
+                                    if cli_proc.poll() is not None else "")
+        os.kill(cli_proc.pid, 9)
+        cli_proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(server) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(server), f"the temporary server {server} outlived its sweep: {_cmdline(server)}"
+    finally:
+        if cli_proc.poll() is None:
+            os.kill(cli_proc.pid, 9)
+        if server is not None and _alive(server):
+            os.kill(server, 9)
+        # the sweep's own shard processes (its session) are the sweep's business: end those left behind
+        for pid in [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]:
+            try:
+                if os.getsid(pid) == cli_proc.pid:
+                    os.kill(pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
