@@ -45,6 +45,7 @@ from tasks.train import (
 )
 
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+TABLE_EVERY_S = 30.0  # the 'sweep-shards' table's newest version is at most this old (state changes: at once)
 
 
 @dataclass
@@ -247,6 +248,8 @@ class Supervisor:
         self.total = 0
         self.progress_id: uuid.UUID | None = None
         self._table: list[dict[str, Any]] | None = None
+        self._table_at = 0.0
+        self._shown: list[dict[str, Any]] | None = None  # what the progress artifact last said
 
     def _start(self, index: int, attempt: int, configs: list[dict[str, Any]]) -> ShardRun:
         name = f"{self.label}-shard-{index}" + (f"-attempt-{attempt}" if attempt > 1 else "")
@@ -339,14 +342,19 @@ class Supervisor:
         done = len(self.finished)
         rows = [{"shard": s.index, "attempt": s.attempt, "flow_run": s.name, "state": s.state,
                  "done": len(s.done), "runs": len(s.configs), "message": s.message[:500]} for s in self.all]
-        if rows == self._table and not force:
-            return
-        self._table = rows
         text = f"{done} of {self.total} run(s) finished; " + ", ".join(
             f"shard {s.index}: {len(s.done)}/{len(s.configs)}" for s in self.all if not s.final or s.attempt == 1)
-        if self.progress_id is not None:
+        if (force or rows != self._shown) and self.progress_id is not None:
+            # updated in place: one row on the server, however long the sweep
             update_progress_artifact(self.progress_id, 100.0 * done / max(1, self.total), description=text)
-        create_table_artifact(key="sweep-shards", table=rows, description=text)
+        self._shown = rows
+        # The table is a new version each time: at once when a shard's state changes, a changed count at most
+        # every TABLE_EVERY_S (a long sweep of many shards would otherwise store a version per poll)
+        states = [(r["flow_run"], r["state"]) for r in rows]
+        if (force or self._table is None or states != [(r["flow_run"], r["state"]) for r in self._table]
+                or (rows != self._table and time.monotonic() - self._table_at >= TABLE_EVERY_S)):
+            self._table, self._table_at = rows, time.monotonic()
+            create_table_artifact(key="sweep-shards", table=rows, description=text)
 
 
 def _shard_count(params: SweepParams, plan: dict[str, Any], client: Any) -> int:
