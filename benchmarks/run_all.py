@@ -13,6 +13,7 @@ Benchmarks (see benchmarks/README.md for what each measures against which baseli
     orchestration_short  (same script)     the default grid at 30 steps per run: a stress figure, no target
     first_run      bench_first_run.py      `dlm-triage run` after install (fresh cache/out/Prefect home), end to end,
                                            and its phases: target <= 7 m 32 s on 2 cores, aim for half
+    orchestration_small  (same script)     6 runs x 30 steps, all three arms in minutes: a stress figure, no target
 
 Writes <out>/summary.json and <out>/SUMMARY.md: benchmark, figure, measured value, target, pass/fail, plus the
 machine, versions and every command. A benchmark that fails is reported as failed (its log tail in the
@@ -154,7 +155,8 @@ def orchestration_figures(r: dict[str, Any], quick: bool) -> list[Figure]:
         " (the default sweep)" if s["target_applies"] else " (default grid, short runs: stress figure)"
         if s["default_size"] else "") + (" [FORMER training-pool design, measured before the sharded sweep: "
                                         "not today's code; re-run]" if former else "")
-    name = "orchestration" if s["target_applies"] or not s["default_size"] else "orchestration, short runs"
+    name = ("orchestration" if s["target_applies"] else "orchestration, short runs" if s["default_size"]
+            else "orchestration, small size")
     tgt = ("< 5 %" if applies else "not judged (former design)" if former
            else "reported (the < 5 % target is for the default sweep)")
     per_round = s["overhead_ratio_per_round"]
@@ -289,6 +291,12 @@ BENCHMARKS: dict[str, Bench] = {
                                   "orchestration_short"),
                                  ("--n", "2", "--steps", "3", "--repeat", "1", "--no-throughput", "--name",
                                   "orchestration_short"), orchestration_figures),
+    # 6 runs x 30 steps, 3 rounds: all three arms in minutes, for a shared machine (stress figure, no target).
+    "orchestration_small": Bench("bench_orchestration.py", "orchestration_small.json",
+                                 ("--n", "6", "--steps", "30", "--repeat", "3", "--slots", "2", "--no-throughput",
+                                  "--name", "orchestration_small"),
+                                 ("--n", "2", "--steps", "3", "--repeat", "1", "--no-throughput", "--name",
+                                  "orchestration_small"), orchestration_figures),
 }
 
 
