@@ -99,12 +99,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any]) -> dict[str, Any]:
+def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any], *,
+                     before_manifest_rename: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Write steps.parquet, then manifest.json LAST, each through tmp + fsync + rename. Returns the manifest
     as written (with `steplog`, `steplog_sha256` and `n_steps_logged` filled from the file actually written).
 
     `steps` is cast to the schema's dtypes; `manifest` must hold every key of schema.MANIFEST_KEYS (NaN/Inf
-    become null). `_before_manifest_rename` exists for the crash test only.
+    become null). `before_manifest_rename(tmp)` is a fault-injection point for crash tests.
     """
     run_dir = Path(run_dir)
     try:
@@ -141,17 +142,14 @@ def write_run_atomic(run_dir: Path, steps: pl.DataFrame, manifest: dict[str, Any
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise write_error(run_dir, MANIFEST_FILENAME, e) from e
-    _before_manifest_rename(tmp)  # outside the cleanup: a kill here leaves the tmp file, as a real one would
+    if before_manifest_rename is not None:  # outside the cleanup: a kill here leaves the tmp file, as a real one would
+        before_manifest_rename(tmp)
     try:
         replace_durably(tmp, manifest_path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise write_error(run_dir, MANIFEST_FILENAME, e) from e
     return out
-
-
-def _before_manifest_rename(tmp: Path) -> None:
-    """Test hook: a test replaces it to simulate a kill between the fsync'd tmp manifest and its rename."""
 
 
 # -- reading --------------------------------------------------------------------------------------------

@@ -77,8 +77,14 @@ from dlm_triage.schema import (
 
 log = logging.getLogger(__name__)
 
-_after_backward_hook: Callable[[int, torch.nn.Module], None] | None = None
-"""Test hook (fault injection): called after backward with (step, model), before the monitors."""
+@dataclass(frozen=True)
+class FaultHooks:
+    """Fault-injection points for tests (`train_run(..., hooks=)`); production runs pass none."""
+
+    after_backward: Callable[[int, torch.nn.Module], None] | None = None
+    """Called after backward with (step, model), before the monitors."""
+    before_manifest_rename: Callable[[Path], None] | None = None
+    """runlog.write_run_atomic's: called with the fsync'd tmp manifest, before its rename."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ class _Run:
     """The gradient-checkpointing mechanism in use (families.FamilyAdapter.set_gradient_checkpointing), or None."""
     train_s: float | None = None
     """Wall time of the steps, set when they end (manifest monitor_overhead.train_s)."""
+    hooks: FaultHooks = FaultHooks()
 
 
 def _setup(cfg: RunConfig) -> _Run:
@@ -337,8 +344,8 @@ def train_step(r: _Run, step: int) -> dict[str, Any]:
         loss_t = torch.stack([mb["loss"] * mb["D"] for mb in parts]).sum() / D_total.clamp_min(1.0)
     else:
         loss_t = parts[0]["loss"]
-    if _after_backward_hook is not None:
-        _after_backward_hook(step, r.model)
+    if r.hooks.after_backward is not None:
+        r.hooks.after_backward(step, r.model)
 
     t_mon = clock.mark()
     positions = _cat([mb["positions"] for mb in parts])
@@ -420,6 +427,7 @@ def train_run(
     threshold: Any = None,
     progress: Callable[[int, int], None] | None = None,
     resume: bool = True,
+    hooks: FaultHooks | None = None,
 ) -> RunResult:
     """Fine-tune `cfg` into `runs_dir/cfg.run_id` (steps.parquet, manifest.json, adapter/) and return its result.
 
@@ -427,6 +435,7 @@ def train_run(
     float, a store.ThresholdRecord, or None: warning off, said once). `progress(step, cfg.steps)` after every
     logged step. `resume`: reuse a complete run directory with the same config hash (status completed,
     diverged or stopped_early; note a stopped run stays stopped even if the threshold changed since).
+    `hooks`: fault injection for tests.
     """
     run_dir = Path(runs_dir) / cfg.run_id
     if resume and (rec := _reusable(run_dir, cfg)) is not None:
@@ -454,6 +463,7 @@ def train_run(
     t_train = None
     try:
         r = _setup(cfg)
+        r.hooks = hooks or FaultHooks()
         t_train = time.perf_counter()
         for step in range(cfg.steps + 1):
             row = train_step(r, step)
@@ -557,7 +567,7 @@ def _finish(cfg: RunConfig, r: _Run, run_dir: Path, rows: list[dict[str, Any]], 
     manifest = build_manifest(cfg, r, steps, status, reason, routing, started_at, t_start, adapter_path)
     if early_warning is not None:
         manifest["early_warning"] = early_warning
-    return runlog.write_run_atomic(run_dir, steps, manifest)
+    return runlog.write_run_atomic(run_dir, steps, manifest, before_manifest_rename=r.hooks.before_manifest_rename)
 
 
 def build_manifest(cfg: RunConfig, r: _Run, steps: pl.DataFrame, status: str, reason: str | None,

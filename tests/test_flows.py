@@ -9,6 +9,7 @@ pipeline produces a DuckDB with every run and step, a calibration, a report and 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -303,11 +304,13 @@ def test_config_error_is_not_retried_but_oserror_is(prefect_harness, tiny_model_
             raise OSError("transient: stale NFS handle")
 
     cfg = RunConfig(model_id=str(tiny_model_dir), steps=3, batch_size=2, rank=4, seed=9)
-    train_mod._after_backward_hook = flaky
+    # the task starts its run through train.train_run: wrapped so the trainer's fault hook reaches it
+    real_train_run = train_mod.train_run
+    train_mod.train_run = functools.partial(real_train_run, hooks=train_mod.FaultHooks(after_backward=flaky))
     try:
         state = fast(cfg.to_dict(), str(tmp_path / "runs"), return_state=True)
     finally:
-        train_mod._after_backward_hook = None
+        train_mod.train_run = real_train_run
     assert state.is_completed(), state.message
     assert _recorded_task_run(state).run_count == 2  # retried once
 

@@ -15,6 +15,7 @@ Already covered elsewhere (not repeated here): the kill between the fsync'd tmp 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -130,10 +131,8 @@ def test_a_failed_attempt_is_never_stored_and_its_rerun_ingests(tiny_model_dir, 
         if step == 2:
             raise RuntimeError("simulated device error")
 
-    monkeypatch.setattr(train, "_after_backward_hook", boom)
     with pytest.raises(RuntimeError, match="simulated"):
-        train_run(cfg, runs)
-    monkeypatch.setattr(train, "_after_backward_hook", None)
+        train_run(cfg, runs, hooks=train.FaultHooks(after_backward=boom))
     assert read_run(runs / cfg.run_id).manifest["status"] == "failed"  # a record of the attempt, 2 steps
     rep = store.ingest_runs(db, runs)
     assert (rep.added, rep.incomplete, rep.quarantined) == (0, 1, ())  # not a result: not stored
@@ -211,9 +210,7 @@ def test_divergence_is_kept_ingested_labelled_unstable_and_reported(tiny_model_d
         if step == 3:
             next(p for p in model.parameters() if p.requires_grad).grad.view(-1)[0] = float("inf")
 
-    monkeypatch.setattr(train, "_after_backward_hook", inf_grad)
-    real = train_run(small(tiny_model_dir, steps=12, seed=5), runs)
-    monkeypatch.setattr(train, "_after_backward_hook", None)
+    real = train_run(small(tiny_model_dir, steps=12, seed=5), runs, hooks=train.FaultHooks(after_backward=inf_grad))
     assert real.status == "diverged"
     assert read_run(real.run_dir).steps.height == 4  # the log is kept up to and including the bad step
 
@@ -341,10 +338,12 @@ def test_output_path_through_a_file_fails_before_any_training(tiny_model_dir, tm
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the output directory should be")
     steps_run = []
-    monkeypatch.setattr(train, "_after_backward_hook", lambda step, model: steps_run.append(step))
+    hooks = train.FaultHooks(after_backward=lambda step, model: steps_run.append(step))
+    # the CLI below starts its run through train.train_run: the same hooks reach it
+    monkeypatch.setattr(train, "train_run", functools.partial(train.train_run, hooks=hooks))
     cfg = small(tiny_model_dir)
     with pytest.raises(NotADirectoryError, match="could not write the run directory") as e:
-        train_run(cfg, blocker / "runs")
+        train.train_run(cfg, blocker / "runs")
     assert str(blocker / "runs" / cfg.run_id) in str(e.value) and steps_run == []
     rc = cli.main(["--out", str(blocker / "out"), "train", "--set", "steps=2", "--set", "device=cpu",
                    "--set", f"model_id={json.dumps(str(tiny_model_dir))}"])

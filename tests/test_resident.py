@@ -80,8 +80,8 @@ def test_pissa_edits_the_base_weights_during_the_run_and_they_are_restored(tiny_
         if step == 0:
             seen.append(model.get_submodule("base_model.model.model.layers.0.self_attn.q_proj.base_layer").weight.detach().clone())
 
-    monkeypatch.setattr(train, "_after_backward_hook", peek)
-    train.train_run(cfg_of(tiny_model_dir, method="pissa", steps=1), tmp_path)
+    train.train_run(cfg_of(tiny_model_dir, method="pissa", steps=1), tmp_path,
+                    hooks=train.FaultHooks(after_backward=peek))
     assert not torch.equal(seen[0], fresh_q)  # PiSSA's residual W - B A really replaced the weight
     assert_clean(the_base(), tiny_model_dir)
 
@@ -108,10 +108,8 @@ def test_failed_run_gives_the_base_back_and_the_next_run_reuses_it(tiny_model_di
         if step == 1:
             raise RuntimeError("injected")
 
-    monkeypatch.setattr(train, "_after_backward_hook", boom)
     with pytest.raises(RuntimeError, match="injected"):
-        train.train_run(cfg_of(tiny_model_dir, method="pissa"), tmp_path)
-    monkeypatch.setattr(train, "_after_backward_hook", None)
+        train.train_run(cfg_of(tiny_model_dir, method="pissa"), tmp_path, hooks=train.FaultHooks(after_backward=boom))
     assert_clean(the_base(), tiny_model_dir)
     res = train.train_run(cfg_of(tiny_model_dir, seed=3), tmp_path)
     assert res.model_resident is True and resident.stats()["loads"] == 1
@@ -122,11 +120,9 @@ def test_a_base_left_changed_is_evicted_and_reloaded(tiny_model_dir, tmp_path, m
         if step == 0:
             model.get_submodule("base_model.model.model").extra = torch.nn.Linear(2, 2)
 
-    monkeypatch.setattr(train, "_after_backward_hook", graft)
     with caplog.at_level(logging.WARNING, logger="dlm_triage.resident"):
-        train.train_run(cfg_of(tiny_model_dir, steps=1), tmp_path)
+        train.train_run(cfg_of(tiny_model_dir, steps=1), tmp_path, hooks=train.FaultHooks(after_backward=graft))
     assert "evicting" in caplog.text and resident.resident_keys() == []
-    monkeypatch.setattr(train, "_after_backward_hook", None)
     res = train.train_run(cfg_of(tiny_model_dir, steps=1, seed=5), tmp_path)
     assert res.model_resident is False and resident.stats()["loads"] == 2
 
@@ -142,15 +138,16 @@ def test_process_settings_a_model_changes_apply_only_to_its_runs(tiny_model_dir,
     cuda.enable_mem_efficient_sdp(True)
     try:
         during = []
-        monkeypatch.setattr(train, "_after_backward_hook", lambda step, model: during.append(
+        hooks = train.FaultHooks(after_backward=lambda step, model: during.append(
             (cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled())))
         for seed in (1, 2):  # a load, then the resident base
-            res = train.train_run(cfg_of(llada, family="llada", steps=1, seed=seed, top1_every=10), tmp_path / "runs")
+            res = train.train_run(cfg_of(llada, family="llada", steps=1, seed=seed, top1_every=10), tmp_path / "runs",
+                                  hooks=hooks)
             assert (cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled()) == (False, True)  # as it was
         assert res.model_resident and resident.stats()["loads"] == 1
         assert during == [(True, True)] * 4
         # the next family's run sees the process as it was
-        train.train_run(cfg_of(tiny_model_dir, steps=1), tmp_path / "runs")
+        train.train_run(cfg_of(tiny_model_dir, steps=1), tmp_path / "runs", hooks=hooks)
         assert during[-2:] == [(False, True)] * 2
     finally:
         cuda.enable_flash_sdp(flash0)

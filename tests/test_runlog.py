@@ -71,8 +71,8 @@ def test_kill_before_manifest_rename_leaves_no_manifest(tmp_path):
         sys.path.insert(0, {str(tmp_path)!r})
         from dlm_triage import runlog
         from test_helpers_runlog import make_steps, make_manifest
-        runlog._before_manifest_rename = lambda tmp: os.kill(os.getpid(), signal.SIGKILL)
-        runlog.write_run_atomic({str(run_dir)!r}, make_steps(), make_manifest())
+        runlog.write_run_atomic({str(run_dir)!r}, make_steps(), make_manifest(),
+                                before_manifest_rename=lambda tmp: os.kill(os.getpid(), signal.SIGKILL))
     """)
     helper = tmp_path / "test_helpers_runlog.py"
     helper.write_text(open(__file__).read())
@@ -84,15 +84,14 @@ def test_kill_before_manifest_rename_leaves_no_manifest(tmp_path):
         read_run(run_dir)
 
 
-def test_crash_during_rewrite_does_not_leave_the_old_manifest(tmp_path, monkeypatch):
+def test_crash_during_rewrite_does_not_leave_the_old_manifest(tmp_path):
     write_run_atomic(tmp_path / "r", make_steps(), make_manifest())
 
     def boom(tmp):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runlog, "_before_manifest_rename", boom)
     with pytest.raises(KeyboardInterrupt):
-        write_run_atomic(tmp_path / "r", make_steps(3), make_manifest(3))
+        write_run_atomic(tmp_path / "r", make_steps(3), make_manifest(3), before_manifest_rename=boom)
     assert not (tmp_path / "r" / MANIFEST_FILENAME).exists()
 
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from dlm_triage import runlog, train
+from dlm_triage import train
 from dlm_triage.config import RunConfig
 from dlm_triage.runlog import read_run
 from dlm_triage.schema import MANIFEST_FILENAME, MANIFEST_KEYS, OPTIONAL_MANIFEST_KEYS, STEP_COLUMNS, STEPLOG_FILENAME
@@ -95,14 +95,13 @@ def test_same_config_and_seed_give_identical_logs(tiny_model_dir, tmp_path):
     assert not a.equals(c)
 
 
-def test_nan_gradient_diverges_and_keeps_the_log(tiny_model_dir, tmp_path, monkeypatch):
+def test_nan_gradient_diverges_and_keeps_the_log(tiny_model_dir, tmp_path):
     def inject(step, model):
         if step == 3:
             p = next(p for p in model.parameters() if p.requires_grad)
             p.grad.view(-1)[0] = float("nan")
 
-    monkeypatch.setattr(train, "_after_backward_hook", inject)
-    res = train_run(small(tiny_model_dir, save_adapter=True), tmp_path)
+    res = train_run(small(tiny_model_dir, save_adapter=True), tmp_path, hooks=train.FaultHooks(after_backward=inject))
     assert res.status == "diverged"
     rec = read_run(res.run_dir)  # valid: only the last step of a diverged run may hold NaN
     assert rec.steps.height == 4 and rec.manifest["diverged_at_step"] == 3
@@ -111,7 +110,6 @@ def test_nan_gradient_diverges_and_keeps_the_log(tiny_model_dir, tmp_path, monke
     assert rec.manifest["max_grad_norm"] == pytest.approx(rec.steps["grad_norm"][:3].max())
     assert rec.manifest["adapter_path"] is not None
     # a diverged run is a result: resume reuses it
-    monkeypatch.setattr(train, "_after_backward_hook", None)
     assert train_run(small(tiny_model_dir, save_adapter=True), tmp_path).reused
 
 
@@ -125,34 +123,30 @@ def test_absurd_learning_rate_diverges_on_its_own(tiny_model_dir, tmp_path):
     assert rec.manifest["diverged_at_step"] == rec.steps.height - 1 < 20
 
 
-def test_exception_writes_a_failed_run_and_resume_reruns_it(tiny_model_dir, tmp_path, monkeypatch):
+def test_exception_writes_a_failed_run_and_resume_reruns_it(tiny_model_dir, tmp_path):
     def boom(step, model):
         if step == 2:
             raise RuntimeError("simulated CUDA error")
 
-    monkeypatch.setattr(train, "_after_backward_hook", boom)
     cfg = small(tiny_model_dir)
     with pytest.raises(RuntimeError, match="simulated"):
-        train_run(cfg, tmp_path)
+        train_run(cfg, tmp_path, hooks=train.FaultHooks(after_backward=boom))
     rec = read_run(tmp_path / cfg.run_id)
     assert rec.manifest["status"] == "failed" and "simulated CUDA error" in rec.manifest["status_reason"]
     assert rec.steps.height == 2
-    monkeypatch.setattr(train, "_after_backward_hook", None)
     res = train_run(cfg, tmp_path)
     assert not res.reused and res.status == "completed"
 
 
-def test_kill_before_manifest_rename_leaves_an_incomplete_run(tiny_model_dir, tmp_path, monkeypatch):
+def test_kill_before_manifest_rename_leaves_an_incomplete_run(tiny_model_dir, tmp_path):
     def killed(tmp):
         raise KeyboardInterrupt  # like SIGINT/SIGKILL: not an Exception, nothing else gets written
 
-    monkeypatch.setattr(runlog, "_before_manifest_rename", killed)
     cfg = small(tiny_model_dir, steps=3)
     with pytest.raises(KeyboardInterrupt):
-        train_run(cfg, tmp_path)
+        train_run(cfg, tmp_path, hooks=train.FaultHooks(before_manifest_rename=killed))
     assert (tmp_path / cfg.run_id / STEPLOG_FILENAME).is_file()
     assert not (tmp_path / cfg.run_id / MANIFEST_FILENAME).exists()
-    monkeypatch.undo()
     assert not train_run(cfg, tmp_path).reused  # incomplete: trained again
 
 
