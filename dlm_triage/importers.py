@@ -989,14 +989,14 @@ def parse_wandb_csv(path: Path, *, family: str | None = None, **options: Any) ->
     return [_series_run("wandb-csv", path, text, cfg, steps)]
 
 
-IMPORT_MEMORY_FLOOR_MB = 256
+IMPORT_MEMORY_FLOOR_MB = 128
 IMPORT_MEMORY_PER_INPUT_MB = 4
 """DuckDB's memory limit while it inserts staged rows: max(floor, per-input-MB x the files' size). A stored
 cells row is ~15x its CSV line (config and manifest JSON), and DuckDB would otherwise hold a transaction's
 rows in memory up to 80% of RAM; beyond the limit it writes them out. Where the limit is too small for the
 database itself (the primary-key index of millions of runs) the write is retried without one."""
 
-STAGE_BATCH_ROWS = 4096
+STAGE_BATCH_ROWS = 2048
 """Runs of a cells / json-rows file written to the staging file at a time: the import's memory for such a file
 is one batch of Python rows, whatever the file's size (a run row with its manifest is ~5 KB in Python)."""
 _STAGED_PARSERS = {"cells": _parse_cells_into, "json-rows": _parse_json_rows_into}
