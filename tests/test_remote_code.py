@@ -373,3 +373,22 @@ def test_a_run_on_the_resident_published_base_equals_the_same_run_on_a_fresh_loa
     assert a.steps.select(cols).equals(b.steps.select(cols))
     wa, wb = (load_file(str(r.run_dir / "adapter" / "adapter_model.safetensors")) for r in (second, alone))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_the_sweep_trains_a_published_checkpoint_in_shard_processes(ckpt, family, prefect_harness, tmp_path):
+    # the local sweep path: two configs, two shard subprocesses, each loading the checkpoint's own code
+    from dlm_triage.params import SweepParams
+    from dlm_triage.runlog import read_run
+    from flows.sweep import sweep_flow
+
+    params = SweepParams(families=[family], model_id=str(ckpt(family)), ranks=[4], mask_ratios=[0.3, 0.7], seeds=[1],
+                         steps=2, batch_size=2, seq_len=16, device="cpu", runs_dir=tmp_path / "runs",
+                         db=tmp_path / "none.duckdb", gpu_slots=2, extra={"dtype": "float32"})
+    recs = sweep_flow(params)
+    assert [r["status"] for r in recs] == ["completed"] * 2, recs
+    for r in recs:
+        rec = read_run(tmp_path / "runs" / r["run_id"])
+        assert rec.manifest["config"]["family"] == family and rec.steps.height == 3
+        assert np.isfinite(rec.steps["grad_norm"].to_numpy()).all()
