@@ -146,6 +146,9 @@ def test_lora_trains_end_to_end_through_train_run(ckpt, family, tmp_path):
     for col in ("loss", "grad_norm", "max_grad_norm"):
         assert np.isfinite(steps[col].to_numpy()).all(), col
     assert (steps["grad_norm"].to_numpy() > 0).all()
+    assert np.isfinite(np.array(steps["matrix_grad_norms"].to_list())).all()
+    # top-1 at step 0 (real families' default cadence is every 5th step), from where the family reads it
+    assert 0 < steps["top1_freq"][0] <= 1 and rec.manifest["top1_source"] == ("masked" if family == "mdlm" else "clean")
     assert rec.manifest["config"]["family"] == family and rec.manifest["status"] == "completed"
     assert math.isfinite(rec.manifest["final_loss"])
     assert (res.run_dir / "adapter").is_dir()
