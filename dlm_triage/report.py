@@ -485,7 +485,10 @@ def group_answers(result: Mapping[str, Any], *, routed: Mapping[str, int] | None
     for row in threshold_table(result):
         name = row["group"]
         rule = f"max-grad-up-to-{row['k']}" if row["k"] is not None else "whole-run max grad"
-        reasons = "; ".join(row["rejection_reasons"]) or row["triage"]
+        # the first reason, without the rule's name (the line states the rule); the others are counted (the
+        # per-group table and `dlm-triage thresholds` list them all)
+        why = [r.removeprefix(f"{rule}: ") for r in row["rejection_reasons"]] or [row["triage"]]
+        reasons = f"{rule}: {why[0]}" + (f" (+{len(why) - 1} more reason(s))" if len(why) > 1 else "")
         rec = (live or {}).get(name) if live is not None else None
         if live is None:
             is_live = row["live"] == "accepted" and row["threshold"] is not None

@@ -204,7 +204,10 @@ def test_first_section_is_one_verdict_line_per_group_before_any_warning(full_rep
         if reg["status"] == "accepted":  # the latest calibration: its accepted thresholds are the live ones
             assert f"live threshold max-grad-up-to-{reg['k']} >= {reg['threshold']:.4g}" in line
         else:
+            # the first reason in full (the rule named once), the others counted
             assert f"no live threshold: {reg['rejection_reasons'][0]}" in line
+            n_more = len(reg["rejection_reasons"]) - 1
+            assert (f"(+{n_more} more reason(s))" in line) == (n_more > 0)
     statuses = {g["registry"]["status"] for g in res["groups"].values()}
     assert statuses == {"accepted", "rejected"}, statuses  # the corpus exercises both kinds of line
     md = paths.markdown.read_text()
