@@ -1245,6 +1245,25 @@ def threshold_history(con: duckdb.DuckDBPyConnection, group: str | None = None) 
                             zip(REGISTRY_EVIDENCE_COLUMNS.items(), extra.values())))
 
 
+def _routing_sentence(routing_json: str | None) -> str:
+    """The live early warning's decision (a manifest's routing record) as one sentence with rounded numbers."""
+    try:
+        r = json.loads(routing_json) if routing_json else {}
+    except (TypeError, ValueError):
+        r = {}
+    if not isinstance(r, dict):
+        return "routed live during training"
+    value = r.get("value", r.get("max_grad_up_to_k"))
+    step = r.get("step", r.get("k"))
+    if value is None:
+        return "routed live during training"
+    where = ", ".join(x for x in (str(r.get("group") or ""), f"calibration {r['calibration_id']}"
+                                  if r.get("calibration_id") else "") if x)
+    return (f"routed live at step {step}: max-grad so far {_g3(value)} >= threshold "
+            f"{_g3(r.get('threshold'))}" + (f" ({where})" if where else "")
+            + (", run stopped" if r.get("action") == "stop" else ""))
+
+
 def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | None = None) -> pl.DataFrame:
     """Runs to inspect: routed live (routed_for_inspection) OR max-grad-up-to-k >= their group's threshold, or
     ended before k (the live warning never evaluated them: listed last, with what they reached so far).
@@ -1337,9 +1356,7 @@ def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | No
         pl.col("routed_for_inspection").fill_null(False) | pl.col("_th_reason").is_not_null()
     )
     live = pl.when(pl.col("routed_for_inspection").fill_null(False)).then(
-        pl.lit("routed live during training")
-        + pl.when(pl.col("routing_json").is_not_null()).then(pl.lit(" ") + pl.col("routing_json"))
-        .otherwise(pl.lit(""))
+        pl.col("routing_json").map_elements(_routing_sentence, return_dtype=pl.String, skip_nulls=False)
     )
     routed = pl.col("routed_for_inspection").fill_null(False)
     above, short_run = pl.col("_above").fill_null(False), pl.col("ended_before_k").fill_null(False)

@@ -378,6 +378,7 @@ def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
     line = next(x for x in summary.splitlines() if x.startswith("- ") and "tiny (n=" in x)
     assert "this calibration registered none" in line and "cal-earlier stays live" in line
     assert "4 run(s) routed to inspection" in line and all(r in summary for r in run_ids)
+    assert "routed live at step 5: max-grad so far" in summary and '{"' not in summary  # a sentence, not JSON
     assert "routed" in tags
     assert sorted((m.name, m.state.name) for m in marks) == sorted(
         [(f"routed-{r}", "Routed") for r in run_ids] + [(f"train-{r}", "Routed") for r in run_ids])

@@ -410,6 +410,7 @@ def test_inspection_queue(db: Path, tmp_path: Path) -> None:
     reasons = dict(zip(q["run_id"], q["reason"]))
     assert "max-grad-up-to-30" in reasons[wild.name] and cal in reasons[wild.name]
     assert reasons[routed.name].startswith("routed live")
+    assert "{" not in reasons[routed.name]  # the routing record as a sentence with rounded numbers, not JSON
     assert {"family", "rank", "mask_ratio", "config_json", "final_loss", "max_grad_up_to_k"} <= set(q.columns)
     assert q.filter(pl.col("run_id") == wild.name)["max_grad_up_to_k"].item() == pytest.approx(g["wild"])
     # a calibration without accepted thresholds: only live routing
