@@ -73,8 +73,8 @@ def measured_separation(db: Path, k: int = 25) -> dict[str, dict]:
         rows = con.execute(
             "SELECT r.family, r.run_id, r.final_loss, r.status, max(s.grad_norm) AS g "
             "FROM runs r JOIN steps s USING (run_id) WHERE s.step <= ? GROUP BY ALL", [k]).fetchall()
-        reg = con.execute("SELECT group_name, status, rejection_reasons FROM thresholds "
-                          "WHERE calibration_id = (SELECT calibration_id FROM thresholds ORDER BY created_at DESC "
+        reg = con.execute("SELECT group_name, accepted, precision, ci_low, ci_high FROM thresholds "
+                          "WHERE calibration_id = (SELECT calibration_id FROM thresholds ORDER BY seq DESC "
                           "LIMIT 1)").fetchall()
     finally:
         con.close()
@@ -89,10 +89,11 @@ def measured_separation(db: Path, k: int = 25) -> dict[str, dict]:
             if u.size > 1 and rest.size > 1 else math.nan
         out[fam] = {"n": len(sel), "n_unstable": int(lab.unstable.sum()),
                     "d": (u.mean() - rest.mean()) / sd if sd and math.isfinite(sd) else None}
-    for name, status, reasons in reg:
+    for name, accepted, precision, lo, hi in reg:
         if name in out:
-            out[name]["registry"] = status
-            out[name]["reasons"] = reasons
+            out[name]["registry"] = "accepted" if accepted else "rejected"
+            out[name]["precision"] = precision
+            out[name]["threshold_ci"] = [lo, hi]
     return out
 
 
