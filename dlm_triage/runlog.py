@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import polars as pl
 
+from dlm_triage import parquet_footer
 from dlm_triage.fsutil import fsync_dir, json_safe, replace_durably
 from dlm_triage.schema import (
     MANIFEST_FILENAME,
@@ -420,7 +421,7 @@ def read_runs_batch(run_dirs: Iterable[Path | str], *,
             try:
                 manifest = read_manifest(d)
                 steplog, data = _read_steplog(d, manifest)
-                n = _footer_rows(data, ref)
+                n = parquet_footer.footer_rows(data, ref)
                 if n is None:
                     slow.append((i, steplog, data))
                 else:
@@ -487,140 +488,7 @@ def _bulk_check(files: list[tuple[bytes, int, dict[str, Any]]]) -> tuple[pl.Data
     return bulk, _rule_counts(bulk, [n for _, n, _ in files], [m for _, _, m in files])
 
 
-# -- Parquet footer: row count and schema identity without parsing the file -----------------------------------
-# A step log written by this writer (polars, steps_schema()) has a footer (Thrift compact FileMetaData) that
-# starts with exactly the same bytes as a reference file's: field 1 (version), field 2 (the Parquet schema),
-# then field 3 (num_rows). Its stored Arrow schema (key ARROW:schema) is the reference's too. Such files are
-# parsed in bulk; any other file is read on its own and checked against the schema like read_run does.
-
-@dataclass(frozen=True)
-class _Footer:
-    prefix: bytes        # footer bytes up to and including field 3's header
-    arrow_kv: bytes | None  # the KeyValue struct bytes of ARROW:schema (None: the writer stores none)
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _thrift_skip(buf: bytes, pos: int, t: int, in_collection: bool = False) -> int:
-    """Skip one Thrift compact value of type `t` starting at `pos`."""
-    if t in (1, 2):
-        return pos + 1 if in_collection else pos
-    if t == 3:
-        return pos + 1
-    if t in (4, 5, 6):
-        return _varint(buf, pos)[1]
-    if t == 7:
-        return pos + 8
-    if t == 8:
-        n, pos = _varint(buf, pos)
-        return pos + n
-    if t in (9, 10):
-        h = buf[pos]
-        pos += 1
-        size, et = h >> 4, h & 0x0F
-        if size == 15:
-            size, pos = _varint(buf, pos)
-        for _ in range(size):
-            pos = _thrift_skip(buf, pos, et, True)
-        return pos
-    if t == 11:
-        size, pos = _varint(buf, pos)
-        if size:
-            kv = buf[pos]
-            pos += 1
-            for _ in range(size):
-                pos = _thrift_skip(buf, pos, kv >> 4, True)
-                pos = _thrift_skip(buf, pos, kv & 0x0F, True)
-        return pos
-    if t == 12:
-        while True:
-            h = buf[pos]
-            pos += 1
-            if h == 0:
-                return pos
-            if h >> 4 == 0:
-                pos = _varint(buf, pos)[1]
-            pos = _thrift_skip(buf, pos, h & 0x0F)
-    raise ValueError(f"unknown Thrift compact type {t}")
-
-
-def _footer_bytes(data: bytes) -> bytes | None:
-    if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
-        return None
-    size = int.from_bytes(data[-8:-4], "little")
-    if size > len(data) - 12:
-        return None
-    return data[-8 - size:-8]
-
-
 @functools.lru_cache(maxsize=1)
-def _reference_footer() -> _Footer | None:
-    """The footer prefix of a step log this writer produces (None if it cannot be derived: no bulk path)."""
-    try:
-        buf = io.BytesIO()
-        pl.DataFrame(schema=steps_schema()).write_parquet(buf)
-        footer = _footer_bytes(buf.getvalue())
-        if footer is None:
-            return None
-        pos = 0
-        field = 0
-        while True:
-            h = footer[pos]
-            if h == 0:
-                return None
-            delta, t = h >> 4, h & 0x0F
-            pos += 1
-            if delta:
-                field += delta
-            else:
-                z, pos = _varint(footer, pos)
-                field = (z >> 1) ^ -(z & 1)
-            if field == 3:
-                if t != 6 or footer.count(b"ARROW:schema") > 1:
-                    return None
-                prefix = footer[:pos]
-                break
-            pos = _thrift_skip(footer, pos, t)
-        arrow_kv = None
-        at = footer.find(b"ARROW:schema")
-        if at >= 0:
-            # KeyValue struct: 0x18 <len 12> "ARROW:schema" 0x18 <varint len> value 0x00
-            if at < 2 or footer[at - 2:at] != b"\x18\x0c" or footer[at + 12] != 0x18:
-                return None
-            n, vpos = _varint(footer, at + 13)
-            end = vpos + n
-            if footer[end] != 0:
-                return None
-            arrow_kv = footer[at - 2:end + 1]
-        return _Footer(prefix=prefix, arrow_kv=arrow_kv)
-    except Exception:
-        return None
-
-
-def _footer_rows(data: bytes, ref: _Footer | None) -> int | None:
-    """The row count of a step log written with exactly the reference schema, or None (read it on its own)."""
-    if ref is None:
-        return None
-    footer = _footer_bytes(data)
-    if footer is None or not footer.startswith(ref.prefix):
-        return None
-    if ref.arrow_kv is None:
-        if b"ARROW:schema" in footer:
-            return None
-    elif footer.count(b"ARROW:schema") != 1 or ref.arrow_kv not in footer:
-        return None
-    try:
-        z, _ = _varint(footer, len(ref.prefix))
-    except IndexError:
-        return None
-    n = (z >> 1) ^ -(z & 1)
-    return n if n >= 0 else None
+def _reference_footer() -> parquet_footer.Footer | None:
+    """The footer this writer gives a step log (parquet_footer.reference_footer of steps_schema()), once."""
+    return parquet_footer.reference_footer(steps_schema())
