@@ -1245,6 +1245,17 @@ def threshold_history(con: duckdb.DuckDBPyConnection, group: str | None = None) 
                             zip(REGISTRY_EVIDENCE_COLUMNS.items(), extra.values())))
 
 
+def _num4(v: float | None) -> str:
+    """A number in a reason sentence: 4 significant digits, whole numbers from 10^4 on (36823, not 3.682e+04)."""
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:.0f}" if 1e4 <= abs(v) < 1e9 else f"{v:.4g}"
+
+
+def _num4_expr(col: str) -> pl.Expr:
+    return pl.col(col).map_elements(_num4, return_dtype=pl.String, skip_nulls=False)
+
+
 def _routing_sentence(routing_json: str | None) -> str:
     """The live early warning's decision (a manifest's routing record) as one sentence with rounded numbers."""
     try:
@@ -1324,9 +1335,9 @@ def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | No
     # a run that ends before k is never evaluated by the live warning: say so, with what it reached so far
     short = pl.format("ended at step {} before k={}: the live warning never evaluated it; max grad so far {} {} "
                       "threshold {} ({}={}, calibration {})",
-                      pl.col("last_step"), pl.col("k"), pl.col("max_grad_up_to_k").round(4),
+                      pl.col("last_step"), pl.col("k"), _num4_expr("max_grad_up_to_k"),
                       pl.when(pl.col("above")).then(pl.lit(">=")).otherwise(pl.lit("<")),
-                      pl.col("threshold").round(4), pl.col("group_by"), pl.col("group_name"),
+                      _num4_expr("threshold"), pl.col("group_by"), pl.col("group_name"),
                       pl.col("calibration_id"))
     hit = hit.with_columns(
         pl.when(pl.col("ended_before_k")).then(short).otherwise(
@@ -1334,7 +1345,7 @@ def inspection_queue(con: duckdb.DuckDBPyConnection, *, calibration_id: str | No
                       # a whole-run threshold (k null: no step logs at calibration) is named as such, not dropped
                       pl.when(pl.col("k").is_null()).then(pl.lit("whole-run max grad"))
                       .otherwise(pl.format("max-grad-up-to-{}", pl.col("k"))),
-                      pl.col("max_grad_up_to_k").round(4), pl.col("threshold").round(4),
+                      _num4_expr("max_grad_up_to_k"), _num4_expr("threshold"),
                       pl.col("group_by"), pl.col("group_name"), pl.col("calibration_id"),
                       pl.when(pl.col("from_whole_run") & pl.col("k").is_not_null())
                       .then(pl.lit(" [no step log: whole-run max]")).otherwise(pl.lit("")))).alias("_reason")

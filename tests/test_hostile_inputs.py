@@ -795,7 +795,7 @@ def test_queue_reasons_name_whole_run_thresholds(tmp_path):
     finally:
         con.close()
     assert q.height == 10
-    assert all(r and r.startswith("whole-run max grad = 50.0 >= threshold 40.0") for r in q["reason"].to_list())
+    assert all(r and r.startswith("whole-run max grad = 50 >= threshold 40 (") for r in q["reason"].to_list())
 
 
 WRONG_FILES = {  # (file name, text, secrets that must not appear, options)
