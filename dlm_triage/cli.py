@@ -344,20 +344,37 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                         n_resamples=args.resamples, stepk_resamples=args.stepk_resamples, seed=args.seed,
                         bonferroni_m=args.bonferroni_m)
     res = run_calibration(p.resolved_db(), p.resolved_out(), **p.calibrate_kwargs())
-    print(f"calibration {res.calibration_id}: {res.json_path}")
-    for name, g in res.result["groups"].items():
-        reg = g.get("registry") or {}
-        print(f"  {name}: n={g.get('n')} unstable={g.get('n_unstable')} threshold={reg.get('threshold')} "
-              f"(k={reg.get('k')}, CI [{reg.get('ci_low')}, {reg.get('ci_high')}])")
-    for w in res.result.get("warnings", []):
-        print(f"  warning: {w}")
+    print(f"calibration {res.calibration_id} (by {res.result.get('group_by', p.group_by)}): {res.json_path}")
+    _print_answers(res.result, p.resolved_db())
+    counts = [(scope, len(ws)) for scope, ws in [("all groups", res.result.get("warnings") or [])]
+              + [(n, g.get("warnings") or []) for n, g in res.result["groups"].items()] if ws]
+    if counts:  # counted here, read in the report (collapsed under its answer) or calibration.json
+        print(f"{sum(n for _s, n in counts)} calibration warning(s) (" + ", ".join(f"{s} {n}" for s, n in counts)
+              + "): `dlm-triage report` lists them under its answer")
     return 0
+
+
+def _print_answers(result: Mapping[str, Any], db: Path) -> None:
+    """One line per group: its live threshold or why none, and the registered rule's evidence."""
+    from dlm_triage import store
+    from dlm_triage.report import group_answers
+
+    con = store.connect(db, read_only=True)
+    try:
+        live = {g: store.live_threshold(con, g, group_by=result.get("group_by", "family"))[0]
+                for g in result.get("groups") or {}}
+    finally:
+        con.close()
+    for a in group_answers(result, live=live):
+        print(f"  {a.line}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from dlm_triage.report import write_report
 
     paths_ = write_report(args.db, args.out_dir or args.out / "reports", calibration_id=args.calibration)
+    for a in paths_.answers:  # the report's first section, here too
+        print(a.line)
     print(f"report: {paths_.html}\nmarkdown: {paths_.markdown}")
     for name, why in paths_.missing.items():
         print(f"  figure {name} missing: {why}")

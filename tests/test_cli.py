@@ -33,12 +33,18 @@ def test_ingest_calibrate_report_queue_thresholds(out, capsys):
     result = json.loads((out / "cal" / "latest" / "calibration.json").read_text())
     assert result["calibration_id"] in printed
     assert result["groups"]["tiny"]["n"] == 40
+    # the answer, as the report leads with it; the warnings counted, not printed one by one
+    n_warn = len(result["warnings"]) + len(result["groups"]["tiny"]["warnings"])
+    assert "  tiny (n=40, " in printed and "no live threshold: " in printed and "baseline ceiling" in printed
+    assert f"{n_warn} calibration warning(s) (" in printed and len(printed.splitlines()) == 3
     assert result["params"]["n_resamples"] == 50
 
     assert main(["--out", str(out), "report", "--out", str(out / "rep")]) == 0
     html = (out / "rep" / "latest" / "report.html").read_text()
     assert result["calibration_id"] in html
-    assert str(out / "rep" / result["calibration_id"] / "report.html") in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert str(out / "rep" / result["calibration_id"] / "report.html") in printed
+    assert printed.startswith("tiny (n=40, ") and "no live threshold: " in printed.splitlines()[0]
 
     # 4 unstable runs among 40: the split-bootstrap precision CI cannot clear the baseline ceiling, so the
     # calibration registers no live threshold and says why (registry, CLI)
