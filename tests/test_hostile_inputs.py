@@ -42,14 +42,24 @@ FOREIGN_FILES = {
     "json": b'{"runs": [1, 2, 3]}\n',
     "parquet": None,  # written below with polars
     "binary": bytes(range(256)),
+    "sqlite": None,  # written below with sqlite3
+    "jsonl": b'{"step": 0, "loss": 1.0}\n{"step": 1, "loss": 0.9}\n',
+    "zip-xlsx": b"PK\x03\x04\x14\x00\x06\x00" + bytes(200),
+    "gzip": b"\x1f\x8b\x08\x00" + bytes(100),
+    "text-named-duckdb": b"this is my notes file, not a database\n",
 }
 
 
 @pytest.mark.parametrize("kind", sorted(FOREIGN_FILES))
 def test_db_that_is_another_kind_of_file_is_refused_and_left_unchanged(tmp_path, kind, capsys):
-    db = tmp_path / f"data.{kind}"
-    if FOREIGN_FILES[kind] is None:
+    db = tmp_path / ("notes.duckdb" if kind == "text-named-duckdb" else f"data.{kind}")
+    if kind == "parquet":
         pl.DataFrame({"run": ["a"], "loss": [1.0]}).write_parquet(db)
+    elif kind == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(db) as lite:
+            lite.execute("CREATE TABLE runs (run_id TEXT)")
     else:
         db.write_bytes(FOREIGN_FILES[kind])
     before = db.read_bytes()
