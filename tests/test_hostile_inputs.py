@@ -665,26 +665,51 @@ def test_calibrate_whose_output_cannot_be_written_registers_no_threshold(tmp_pat
     assert db_rows(out / "triage.duckdb", "SELECT count(*) FROM thresholds") == [(0,)]
 
 
+def _fill(folder: Path) -> None:
+    """Write one file until its file system is full (ENOSPC)."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"x" * 1024):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture
-def full_disk(tmp_path):
-    """A real full file system: a 64 KiB tmpfs filled to the last byte (writes fail with ENOSPC). Needs the
+def small_fs(tmp_path):
+    """A real small file system (a tmpfs of 8 MiB; `_fill` makes it full: writes fail with ENOSPC). Needs the
     right to mount (root in a container that allows it); skipped elsewhere."""
-    mnt = tmp_path / "full"
+    mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here")
     try:
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"x" * 1024):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def full_disk(small_fs):
+    _fill(small_fs)
+    return small_fs
+
+
+def test_an_ingest_into_a_database_on_a_full_disk_names_the_error_and_keeps_what_was_stored(tmp_path, small_fs):
+    db = small_fs / "t.duckdb"
+    make_sweep(tmp_path / "a", 3)
+    store.ingest_runs(db, tmp_path / "a")
+    before = _tables(db)
+    _fill(small_fs)
+    make_sweep(tmp_path / "b", 100, steps=200)
+    with pytest.raises(store.StoreError) as e:
+        store.ingest_runs(db, tmp_path / "b")
+    assert "No space left" in str(e.value) and "cannot rollback" not in str(e.value), str(e.value)
+    (small_fs / "filler").unlink()
+    assert _tables(db) == before  # the database opens and holds what it held
+    assert store.ingest_runs(db, tmp_path / "b").added == 100  # and takes the batch once there is room
 
 
 def test_calibrate_on_a_full_disk_registers_no_threshold_and_then_registers_once_there_is_room(tmp_path, full_disk,
