@@ -123,6 +123,28 @@ class IngestReport:
             + (f", {len(self.skipped)} not run directories (skipped)" if self.skipped else "")
         )
 
+    def markdown(self, title: str, source: str, *, limit: int = 50) -> str:
+        """The report as Markdown (the Prefect ingest / import artifact): counts, then every quarantined input
+        and up to `limit` of each other list (incomplete, updated, duplicates, skipped)."""
+        lines = [f"# {title}", "", f"Source: `{source}`", "", self.summary(), "",
+                 "| added | already present | incomplete (skipped) | quarantined |", "|---|---|---|---|",
+                 f"| {self.added} | {self.already_present} | {self.incomplete} | {len(self.quarantined)} |"]
+        if self.quarantined:
+            lines += ["", "## Quarantined", "", "| path | reason |", "|---|---|"]
+            lines += [f"| `{p}` | {r.replace('|', '/')} |" for p, r in self.quarantined]
+        if self.incomplete_paths:
+            lines += ["", "## Incomplete (no manifest yet: running, crashed, or to be re-run by the sweep)", ""]
+            lines += [f"- `{p}`" for p in self.incomplete_paths[:limit]]
+        if self.updated_run_ids:
+            lines += ["", "## Updated (a re-imported log with more steps)", ""]
+            lines += [f"- `{r}`" for r in self.updated_run_ids[:limit]]
+        for heading, items in (("Duplicates (stored once)", self.duplicates),
+                               ("Skipped: not run directories (left in place)", self.skipped)):
+            if items:
+                lines += ["", f"## {heading}", "", "| path | why |", "|---|---|"]
+                lines += [f"| `{p}` | {r.replace('|', '/')} |" for p, r in items[:limit]]
+        return "\n".join(lines) + "\n"
+
 
 @dataclass(frozen=True)
 class ThresholdRecord:

@@ -24,27 +24,6 @@ def _report_dict(report: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _markdown(title: str, report: Any, source: str) -> str:
-    lines = [f"# {title}", "", f"Source: `{source}`", "", report.summary(), "",
-             "| added | already present | incomplete (skipped) | quarantined |", "|---|---|---|---|",
-             f"| {report.added} | {report.already_present} | {report.incomplete} | {len(report.quarantined)} |"]
-    if report.quarantined:
-        lines += ["", "## Quarantined", "", "| path | reason |", "|---|---|"]
-        lines += [f"| `{p}` | {r.replace('|', '/')} |" for p, r in report.quarantined]
-    if report.incomplete_paths:
-        lines += ["", "## Incomplete (no manifest yet: running, crashed, or to be re-run by the sweep)", ""]
-        lines += [f"- `{p}`" for p in report.incomplete_paths[:50]]
-    if report.updated_run_ids:
-        lines += ["", "## Updated (a re-imported log with more steps)", ""]
-        lines += [f"- `{r}`" for r in report.updated_run_ids[:50]]
-    for heading, items in (("Duplicates (stored once)", report.duplicates),
-                           ("Skipped: not run directories (left in place)", report.skipped)):
-        if items:
-            lines += ["", f"## {heading}", "", "| path | why |", "|---|---|"]
-            lines += [f"| `{p}` | {r.replace('|', '/')} |" for p, r in items[:50]]
-    return "\n".join(lines) + "\n"
-
-
 @task(name="ingest-runs", **_RETRY)
 def ingest_runs(db: Path, runs_dir: Path, quarantine_dir: Path | None = None) -> dict[str, Any]:
     """Validate and insert every complete run directory under `runs_dir`; returns the IngestReport as a dict."""
@@ -59,7 +38,7 @@ def ingest_runs(db: Path, runs_dir: Path, quarantine_dir: Path | None = None) ->
         logger.warning("quarantined %s: %s", path, reason)
     for path, why in report.skipped:
         logger.warning("skipped %s: %s", path, why)
-    create_markdown_artifact(key="ingest-summary", markdown=_markdown("Ingestion", report, str(runs_dir)),
+    create_markdown_artifact(key="ingest-summary", markdown=report.markdown("Ingestion", str(runs_dir)),
                              description=report.summary())
     return _report_dict(report)
 
@@ -75,6 +54,6 @@ def import_logs(db: Path, fmt: str, paths: Sequence[Path], family: str | None = 
     report = importers.import_logs(Path(db), fmt, [Path(p) for p in paths], family=family)
     logger.info(report.summary())
     create_markdown_artifact(key="import-summary",
-                             markdown=_markdown(f"Import ({fmt})", report, ", ".join(map(str, paths))),
+                             markdown=report.markdown(f"Import ({fmt})", ", ".join(map(str, paths))),
                              description=report.summary())
     return _report_dict(report)

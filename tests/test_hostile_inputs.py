@@ -251,8 +251,6 @@ def test_directories_that_are_not_runs_are_skipped_listed_and_never_moved(tmp_pa
 
 
 def test_the_ingest_artifact_lists_skipped_directories_and_duplicates(tmp_path):
-    from tasks.ingest import _markdown
-
     root = tmp_path / "work"
     make_sweep(root, 1)
     app = _web_app(root / "webapp")
@@ -262,7 +260,7 @@ def test_the_ingest_artifact_lists_skipped_directories_and_duplicates(tmp_path):
                                        "top1_token_freq": 0.1, "mask_ratio": 0.15}) + "\n" for s in range(3)))
     shutil.copy(log, tmp_path / "b.jsonl")
     r2 = importers.import_logs(tmp_path / "t.duckdb", "reference-jsonl", [log, tmp_path / "b.jsonl"], family="llada")
-    md = _markdown("Ingestion", r, str(root)) + _markdown("Import", r2, "a, b")
+    md = r.markdown("Ingestion", str(root)) + r2.markdown("Import", "a, b")
     assert "## Skipped: not run directories (left in place)" in md and f"`{app}`" in md
     assert "## Duplicates (stored once)" in md and f"`{tmp_path / 'b.jsonl'}`" in md
 
