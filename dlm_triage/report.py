@@ -922,7 +922,9 @@ def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
         thr = _threshold(data.result["groups"][g])
         if thr is not None and thr > 0:
             ax.hlines(thr, idx[0] - 0.45, idx[-1] + 0.45, colors="black", linestyles="--", linewidth=1.2)
-            ax.annotate(f"{g} threshold {_fmt(thr)}", (idx[0] - 0.45, thr), fontsize=7, va="bottom", ha="left",
+            rejected = (data.result["groups"][g].get("registry") or {}).get("status") == "rejected"
+            ax.annotate(f"{g} threshold {_fmt(thr)}" + (" (rejected: not live)" if rejected else ""),
+                        (idx[0] - 0.45, thr), fontsize=7, va="bottom", ha="left",
                         xytext=(0, 2), textcoords="offset points",
                         bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
         if idx[0] > 0:
@@ -938,9 +940,10 @@ def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
     from matplotlib.patches import Patch
 
     legend = {"stable": "stable (final loss <= group median)", "unstable": "unstable (>= p90, or diverged)"}
-    ax.legend(handles=[Patch(color=colours[k], alpha=0.5, label=legend[k]) for k in colours]
-              + [Line2D([], [], color="black", linestyle="--", linewidth=1.2, label="group threshold")],
-              fontsize=8, frameon=False, loc="upper left")
+    # below the axes: inside, it covers the threshold labels and the tallest boxes
+    fig.legend(handles=[Patch(color=colours[k], alpha=0.5, label=legend[k]) for k in colours]
+               + [Line2D([], [], color="black", linestyle="--", linewidth=1.2, label="group threshold")],
+               fontsize=8, frameon=False, loc="outside lower center", ncols=3)
     ax.spines[["top", "right"]].set_visible(False)
     if empty:
         notes.append("Max-grad figure: " + "; ".join(empty) + " (nothing to contrast there).")
