@@ -317,6 +317,10 @@ class Supervisor:
                                                                                                    "CRASHED")))
         failed = _task_runs_of(self.client, ids, "FAILED")
         rest = [c for c, rid in zip(s.configs, s.run_ids) if rid not in self.finished and rid not in failed]
+        if not in_training and rest:
+            # killed between two configs (the next one's task run not yet Running): a shard trains its configs in
+            # order, so the run it was on is its first one neither finished nor failed
+            in_training = [f"{RunConfig.from_dict(rest[0]).run_id} (its task run not yet started)"]
         silent = s.state not in ("CRASHED", "FAILED")
         why = (f"its lease unchanged for {time.monotonic() - s.last_alive:.0f} s (its worker or machine is gone)"
                if silent else s.message or s.state.lower())

@@ -180,6 +180,9 @@ def test_a_sweep_spreads_over_both_workers_and_a_rerun_trains_nothing(cluster, t
         holders = {_holder(cluster, s.name) for s in shards}
         assert holders == {"gpu-a", "gpu-b"}, f"both workers must run a shard, got {holders}"
         assert sorted(len(s.parameters["configs"]) for s in shards) == [3, 3]
+        # per-run job variables reach each shard run (merged over the deployment's env)
+        assert all(s.job_variables["env"]["DLM_TRIAGE_SHARD"] == s.name for s in shards), [
+            s.job_variables for s in shards]
         mtimes = {p: p.stat().st_mtime_ns for p in manifests}
         # setup.sh's shared result storage: the pools carry it, and every train-config record was persisted there
         for pool in ("gpu-pool", "cpu-pool"):
