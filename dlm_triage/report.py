@@ -652,8 +652,8 @@ def routed_markdown(routed: Sequence[Mapping[str, Any]]) -> str:
 def pipeline_markdown(summary: str, routed: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]],
                       html_path: str | os.PathLike) -> str:
     """The pipeline run's own summary artifact: the runs trained, the answer and verdicts (`summary_markdown`),
-    the runs routed to inspection, and where the report is (its text is also the 'triage-report-text'
-    artifact, readable in the UI)."""
+    the runs routed to inspection, and where the report is (the whole report, figures included, is also the
+    'triage-report-text' artifact, readable in the UI)."""
     statuses: dict[str, int] = {}
     for r in runs:
         statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
@@ -661,17 +661,37 @@ def pipeline_markdown(summary: str, routed: Sequence[Mapping[str, Any]], runs: S
     head = (f"{len(runs)} run(s): " + ", ".join(f"{n} {st}" for st, n in sorted(statuses.items()))
             + f" ({reused} reused from disk)")
     return "\n".join([summary, "", f"## Runs routed to inspection ({len(routed)})", "", routed_markdown(routed), "",
-                      "## Runs and report", "", f"- {head}", f"- report: `{html_path}` (the whole text: artifact "
-                      "`triage-report-text`; `dlm-triage queue` lists the routed runs)", ""])
+                      "## Runs and report", "", f"- {head}", f"- report: `{html_path}` (the whole report, figures "
+                      "included: artifact `triage-report-text`; `dlm-triage queue` lists the routed runs)", ""])
 
 
-def inline_markdown(md_text: str) -> str:
-    """report.md for a Prefect markdown artifact: figure links (relative PNG paths the UI cannot open) become a
-    line naming the figure and where the HTML report embeds it."""
+INLINE_FIGURES_MAX_BYTES = 3_000_000
+"""The inline report embeds its figures up to this many PNG bytes in all (the Prefect UI renders data-URI images
+in a markdown artifact); beyond it, each figure becomes a line naming its file."""
+
+
+def inline_markdown(md_text: str, figures: Mapping[str, str | os.PathLike] | None = None) -> str:
+    """report.md for a Prefect markdown artifact, readable wherever the report's files are: each figure (a
+    relative link the UI cannot open) embedded as a data-URI PNG from `figures` {name: path}, or, when they are
+    too large together or missing, a line naming the figure and its file."""
     import re
 
-    return re.sub(r"!\[([^\]]*)\]\(figures/([^)]+)\)", r"*Figure: \1 (`figures/\2`, embedded in report.html)*",
-                  md_text)
+    blobs: dict[str, bytes] = {}
+    for name, path in (figures or {}).items():
+        try:
+            blobs[f"{name}.png"] = Path(path).read_bytes()
+        except OSError:
+            continue
+    if sum(len(b) for b in blobs.values()) > INLINE_FIGURES_MAX_BYTES:
+        blobs = {}
+
+    def one(m: "re.Match[str]") -> str:
+        title, file = m.group(1), m.group(2)
+        if file in blobs:
+            return f"![{title}](data:image/png;base64,{base64.b64encode(blobs[file]).decode('ascii')})"
+        return f"*Figure: {title} (`figures/{file}`, embedded in report.html)*"
+
+    return re.sub(r"!\[([^\]]*)\]\(figures/([^)]+)\)", one, md_text)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from prefect.states import Completed, State
 
 @task(name="write-report")
 def write_report(db: Path, out: Path, calibration_id: str | None = None) -> dict[str, Any]:
-    """Write report.html, report.md and figures/ into `out`; artifacts: the report's text inline (readable in
-    the UI wherever the files are), a link to the HTML, a figure list. Returns the paths, the answer lines, the
+    """Write report.html, report.md and figures/ into `out`; artifacts: the whole report inline, figures
+    included (readable in the UI wherever the files are), a link to the HTML, a figure list. Returns the paths, the answer lines, the
     routed runs and the summary Markdown (the pipeline's summary artifact)."""
     from dlm_triage import report
 
@@ -22,7 +22,8 @@ def write_report(db: Path, out: Path, calibration_id: str | None = None) -> dict
     paths = report.write_report(Path(db), Path(out), calibration_id=calibration_id)
     html = Path(paths.html).resolve()
     create_markdown_artifact(key="triage-report-text", markdown=report.inline_markdown(
-        Path(paths.markdown).read_text(encoding="utf-8")), description=f"the triage report ({html})")
+        Path(paths.markdown).read_text(encoding="utf-8"), paths.figures),
+        description=f"the triage report, figures included ({html})")
     # A file:// link opens from the UI when the UI runs where the report is (or on a shared file system);
     # with object storage, point this at the bucket's URL instead (deployments/README.md).
     create_link_artifact(key="triage-report", link=html.as_uri(), link_text=f"triage report ({html.name})",
