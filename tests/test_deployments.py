@@ -87,6 +87,39 @@ def test_setup_script_parses():
     subprocess.run(["bash", "-n", str(DEPLOY / "setup.sh")], check=True)
 
 
+def test_result_storage_block_per_url_kind_and_the_pool_env_merges_under_a_deployments_env(prefect_harness):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+    from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
+
+    sys.path.insert(0, str(DEPLOY))
+    try:
+        import result_storage as rs
+    finally:
+        sys.path.remove(str(DEPLOY))
+    # a path every machine mounts: LocalFileSystem (Prefect's RemoteFileSystem refuses paths without a scheme)
+    assert rs.save_block("/shared/dlm-triage/results") == "local-file-system/dlm-triage-results"
+    assert rs.save_block("file:///shared/x") == "local-file-system/dlm-triage-results"
+    assert LocalFileSystem.load(rs.BLOCK_NAME).basepath == "/shared/x"
+    assert rs.save_block("s3://bucket/dlm-triage/results") == "remote-file-system/dlm-triage-results"
+    assert RemoteFileSystem.load(rs.BLOCK_NAME).basepath == "s3://bucket/dlm-triage/results"
+    with pytest.raises(SystemExit, match="'relative/results'.*must be absolute"):
+        rs.save_block("relative/results")
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="rs-test-pool", type="process",
+                                               base_job_template=ProcessWorker.get_default_base_job_template()))
+    rs.set_pool_env("rs-test-pool", "local-file-system/dlm-triage-results")
+    with get_client(sync_client=True) as client:
+        template = client.read_work_pool("rs-test-pool").base_job_template
+    # what a worker builds for a flow run of a deployment with its own env (prefect.yaml's gpu_job has one)
+    job = asyncio.run(ProcessJobConfiguration.from_template_and_values(template, {"env": {"OMP_NUM_THREADS": "2"}}))
+    assert job.env == {rs.SETTING: "local-file-system/dlm-triage-results", "OMP_NUM_THREADS": "2"}
+
+
 # -- a real server ------------------------------------------------------------------------------------------
 
 def _free_port() -> int:
