@@ -73,3 +73,16 @@ def test_orchestration_round_interval_is_the_student_t_interval():
     assert (ci["lo"], ci["hi"]) == pytest.approx((mean - t * sd / math.sqrt(3), mean + t * sd / math.sqrt(3)))
     assert bench.mean_ci([0.02]) is None  # one round: no interval, not a zero-width one
     assert bench.straddles(ci, 0.05) and not bench.straddles(ci, 0.5) and not bench.straddles(None, 0.05)
+
+
+def test_bench_import_runs_at_a_tiny_size_and_imports_every_row(tmp_path):
+    bench = _bench_module("bench_import")
+    assert bench.main(["--hf-entries", "20", "--cells-rows", "20", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "import.json").read_text())
+    rows = result["rows"]
+    assert [r["format"] for r in rows] == ["hf-trainer"] * 2 + ["cells"] * 2
+    assert [r["rows"] for r in rows] == [20, 80, 20, 80]
+    assert [r["added"] for r in rows] == [1, 1, 20, 80]  # one hf run per file; every cells row is a run
+    assert all(r["parse_rows_per_s"] > 0 and r["import_rows_per_s"] > 0 for r in rows)
+    assert set(result["cells"]) == {"rate_ratio_4x_parse", "rate_ratio_4x_import", "marginal_parse_mb_per_mb",
+                                    "marginal_import_mb_per_mb"}
