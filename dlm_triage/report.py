@@ -896,6 +896,20 @@ def _lr_label(lr: Any) -> str:
     return "lr ?" if lr is None else f"lr {float(lr):g}"
 
 
+def _maxgrad_columns(runs: pl.DataFrame, names: Sequence[str], notes: list[str]) -> list[tuple[str, Any]]:
+    """The max-grad figure's columns: one per (group, learning rate), or (group, 'all') for a group with more
+    than MAX_LR_FACETS rates (said in `notes`). The learning rate moves max-grad by orders of magnitude, so
+    stable/unstable pooled over rates would mostly show which rate a run had."""
+    cols: list[tuple[str, Any]] = []
+    for g in names:
+        lrs = sorted(set(runs.filter(pl.col("group") == g)["learning_rate"].to_list()), key=lambda x: (x is None, x))
+        if len(lrs) > MAX_LR_FACETS:
+            notes.append(f"Max-grad figure: {g} has {len(lrs)} learning rates; drawn pooled.")
+            lrs = ["all"]
+        cols += [(g, lr) for lr in lrs]
+    return cols
+
+
 def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
     runs = data.runs.filter(pl.col("monitor").is_not_null() & (pl.col("monitor") > 0))
     if runs.height == 0:
@@ -905,15 +919,7 @@ def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
         raise _Missing("none of the calibration's groups has runs with these values in the database")
     if "learning_rate" not in runs.columns:
         runs = runs.with_columns(pl.lit(None, pl.Float64).alias("learning_rate"))
-    # one column of boxes per (group, learning rate): the learning rate moves max-grad by orders of magnitude,
-    # so stable/unstable pooled over rates would mostly show which rate a run had
-    cols: list[tuple[str, Any]] = []
-    for g in names:
-        lrs = sorted(set(runs.filter(pl.col("group") == g)["learning_rate"].to_list()), key=lambda x: (x is None, x))
-        if len(lrs) > MAX_LR_FACETS:
-            notes.append(f"Max-grad figure: {g} has {len(lrs)} learning rates; drawn pooled.")
-            lrs = ["all"]
-        cols += [(g, lr) for lr in lrs]
+    cols = _maxgrad_columns(runs, names, notes)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6.5, 1.25 * len(cols) + 2.5), 4.6), layout="constrained")
     rng = np.random.default_rng(0)  # jitter only

@@ -361,3 +361,13 @@ def test_verdict_table_and_registry_judge_one_rule():
         v = next(v for v in verdicts(res) if v.recommendation == "Use max-grad triage")
         assert "max-grad-up-to-25" in v.evidence[0]
         assert (v.verdict == "supported") == (status == "accepted") == (row["triage"] == "supported")
+
+
+def test_max_grad_figure_has_a_column_per_group_and_learning_rate():
+    runs = pl.DataFrame({"group": ["a"] * 4 + ["b"] * 8,
+                         "learning_rate": [1e-3, 1e-3, 1e-2, 1e-2] + [10.0 ** -i for i in range(1, 9)]})
+    notes: list[str] = []
+    cols = report._maxgrad_columns(runs, ["a", "b"], notes)
+    assert cols == [("a", 1e-3), ("a", 1e-2), ("b", "all")]  # b has more rates than MAX_LR_FACETS: pooled
+    assert notes == ["Max-grad figure: b has 8 learning rates; drawn pooled."]
+    assert report.MAX_LR_FACETS < 8
