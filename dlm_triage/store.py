@@ -594,7 +594,7 @@ def ingest_runs(
                                       f"manifest would fail because: {payload}"))
                 continue
             keep = _protected(Path(path), roots)
-            rejected.append((path, payload + (f" [left in place: {keep}]" if keep else ""), keep is None))
+            rejected.append((path, payload + (f"{_LEFT_IN_PLACE}{keep}]" if keep else ""), keep is None))
     report = _write_batch(
         db_path, prepared, rejected=rejected, incomplete=incomplete, ingest_id=ingest_id, started=started,
         kind="runs", paths=[str(d) for d in dirs], quarantine_dir=qdir, timeout_s=timeout_s,
@@ -1023,10 +1023,16 @@ def _extends(longer: pl.DataFrame, shorter: pl.DataFrame) -> bool:
     return True
 
 
+_LEFT_IN_PLACE = " [left in place: "
+"""Marks the reason of a bad run directory that is never moved (the root given, the working directory or one of
+its parents): it is copied into quarantine once, and reported, not copied again, while it stays as it is."""
+
+
 def _recorded_rejections(con: duckdb.DuckDBPyConnection, items: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """{(path, reason): ingest_id} of the items the quarantine table already holds (conflicts only: their
-    reason names both content hashes, so the same reason means the same two contents)."""
-    items = [(p, r) for p, r in items if r.startswith("conflict:")]
+    """{(path, reason): ingest_id} of the items the quarantine table already holds, for the rejections that stay
+    where they are and would be copied again: conflicts (their reason names both content hashes, so the same
+    reason means the same two contents) and protected directories (`_LEFT_IN_PLACE`)."""
+    items = [(p, r) for p, r in items if r.startswith("conflict:") or _LEFT_IN_PLACE in r]
     if not items:
         return {}
     rows = con.execute(

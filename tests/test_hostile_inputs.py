@@ -265,6 +265,39 @@ def test_the_ingest_artifact_lists_skipped_directories_and_duplicates(tmp_path):
     assert "## Duplicates (stored once)" in md and f"`{tmp_path / 'b.jsonl'}`" in md
 
 
+def test_another_tools_manifest_beside_a_steps_parquet_is_skipped_and_ours_damaged_is_quarantined(tmp_path):
+    root = tmp_path / "work"
+    runs = make_sweep(root, 2)
+    foreign = root / "other-tool"
+    foreign.mkdir()
+    pl.DataFrame({"step": [0, 1], "value": [1.0, 2.0]}).write_parquet(foreign / STEPLOG_FILENAME)
+    (foreign / MANIFEST_FILENAME).write_text(json.dumps({"tool": "x", "version": 3}))
+    listed = root / "list-manifest"
+    shutil.copytree(foreign, listed)
+    (listed / MANIFEST_FILENAME).write_text("[1, 2, 3]")
+    ours = make_run(root, RunConfig(steps=20, seed=42))
+    (ours / MANIFEST_FILENAME).write_text('{"schema_version": 1, "run_id": ')  # ours, cut mid-write
+    r = store.ingest_runs(tmp_path / "t.duckdb", root, quarantine_dir=tmp_path / "q")
+    assert r.added == len(runs)
+    assert {p for p, _ in r.skipped} == {str(foreign), str(listed)}
+    assert [p for p, _ in r.quarantined] == [str(ours)] and not ours.exists()
+    assert (foreign / STEPLOG_FILENAME).is_file() and (listed / MANIFEST_FILENAME).read_text() == "[1, 2, 3]"
+
+
+def test_ingest_of_an_ancestor_of_the_working_directory_moves_nothing_above_it(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "runs", RunConfig(steps=20, seed=5))
+    (run / MANIFEST_FILENAME).write_text("{ broken")
+    monkeypatch.chdir(run)
+    reports = [store.ingest_runs(tmp_path / "t.duckdb", "..", quarantine_dir=tmp_path / "q")  # `ingest ..`
+               for _ in range(3)]
+    assert all(len(r.quarantined) == 1 and "left in place" in r.quarantined[0][1] for r in reports)
+    assert (run / STEPLOG_FILENAME).is_file() and (run / MANIFEST_FILENAME).read_text() == "{ broken"
+    # a scheduled ingest meeting it again reports it; the quarantine holds one copy, not one per ingest
+    assert "already quarantined" in reports[2].quarantined[0][1]
+    assert len(list((tmp_path / "q").rglob(MANIFEST_FILENAME))) == 1
+    assert db_rows(tmp_path / "t.duckdb", "SELECT count(*) FROM quarantine") == [(1,)]
+
+
 def test_ingest_dot_inside_a_foreign_or_broken_directory_moves_nothing(tmp_path, monkeypatch, capsys):
     app = _web_app(tmp_path / "site")
     (app / "src").mkdir()
