@@ -399,7 +399,7 @@ _AS_NOBODY = textwrap.dedent("""
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user (chmod alone binds only others)")
-@pytest.mark.parametrize("what", ["run_dir", "manifest", "steplog"])
+@pytest.mark.parametrize("what", ["run_dir", "manifest", "steplog", "folder_of_runs"])
 def test_an_unreadable_run_is_reported_and_the_rest_ingests(what):
     import tempfile
 
@@ -415,11 +415,15 @@ def test_an_unreadable_run_is_reported_and_the_rest_ingests(what):
 def _unreadable_case(work: Path, what: str) -> None:
     os.chmod(work, 0o777)
     runs = make_sweep(work / "runs", 3)
-    locked = make_run(work / "runs", RunConfig(steps=20, seed=77))
+    locked = make_run(work / "runs" / "group" if what == "folder_of_runs" else work / "runs",
+                      RunConfig(steps=20, seed=77))
     for p in (work / "runs").rglob("*"):
         os.chmod(p, 0o777 if p.is_dir() else 0o666)
     os.chmod(work / "runs", 0o777)
-    target = {"run_dir": locked, "manifest": locked / MANIFEST_FILENAME, "steplog": locked / STEPLOG_FILENAME}[what]
+    target = {"run_dir": locked, "manifest": locked / MANIFEST_FILENAME, "steplog": locked / STEPLOG_FILENAME,
+              "folder_of_runs": locked.parent}[what]
+    if what == "folder_of_runs":  # a group folder nobody else may list: reported as the folder
+        locked = locked.parent
     os.chmod(target, 0o000)
     out = subprocess.run([sys.executable, "-c", _AS_NOBODY, str(work / "t.duckdb"), str(work / "runs"),
                           str(work / "q")], capture_output=True, text=True, timeout=300,
