@@ -462,6 +462,25 @@ def test_a_grown_cells_file_adds_only_the_new_row_and_a_repeated_row_is_stored_o
     assert db_rows(db, "SELECT count(*) FROM runs") == [(3,)]
 
 
+def test_a_grown_json_rows_file_adds_only_the_new_record_and_a_repeated_one_is_stored_once(tmp_path):
+    db, f = tmp_path / "t.duckdb", tmp_path / "paper.json"
+
+    def rec(seed: int) -> dict:
+        return dict(zip(importers.CELLS_COLUMNS, _cell(seed).split(",")))
+
+    f.write_text(json.dumps({"rows": [rec(1), rec(2), rec(1)]}))
+    r = importers.import_logs(db, "json-rows", [f])
+    assert r.added == 2 and len(r.duplicates) == 1 and "duplicate of" in r.duplicates[0][1]
+    f.write_text(json.dumps({"rows": [rec(1), rec(2), rec(1), rec(3)]}))  # one record appended
+    r = importers.import_logs(db, "json-rows", [f])
+    assert (r.added, r.already_present) == (1, 3)
+    # the same configurations as a CSV are the same runs
+    csv = tmp_path / "same.csv"
+    csv.write_text("\n".join([CELLS_HEADER, _cell(3), _cell(2), _cell(1)]) + "\n")
+    assert importers.import_logs(db, "cells", [csv]).added == 0
+    assert db_rows(db, "SELECT count(*), count(DISTINCT run_id) FROM runs") == [(3, 3)]
+
+
 def test_a_cells_file_is_streamed_in_batches_and_a_late_bad_row_still_rejects_it_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(importers, "STAGE_BATCH_ROWS", 3)  # several staged batches before the bad row
     db, f, good = tmp_path / "t.duckdb", tmp_path / "cells.csv", tmp_path / "good.csv"
