@@ -31,8 +31,8 @@ import polars as pl
 
 from . import runsummary, schema
 from .calinputs import snapshot_of
-from .fsutil import finite_or_none
-from .tables import INT_RANGE, RUNS, STEPS
+from .calresult import CalibrationResult
+from .tables import RUNS, STEPS, int32_or_none
 from .tables import short_repr as _short
 from .config import ConfigError, RunConfig
 
@@ -447,16 +447,10 @@ def _opt_float(x: Any, name: str = "value") -> float | None:
 
 
 def _opt_int(x: Any, name: str = "value") -> int | None:
-    if x is None:
-        return None
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or (
-            isinstance(x, float) and not (math.isfinite(x) and x.is_integer())):
-        raise _Invalid(f"manifest {name}={_short(x)} is not an integer (use a JSON integer, or null)")
-    v = int(x)
-    lo, hi = INT_RANGE[pl.Int32]
-    if not lo <= v <= hi:
-        raise _Invalid(f"manifest {name}={_short(x)} is out of range (a step or count fits in 32 bits)")
-    return v
+    try:
+        return int32_or_none(x, f"manifest {name}")
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
 
 
 def _opt_bool(x: Any, name: str = "value") -> bool | None:
@@ -1109,63 +1103,38 @@ def _snapshot(con: duckdb.DuckDBPyConnection) -> dict:
     return snapshot_of(_pl(con, "SELECT run_id, ingested_at FROM runs ORDER BY run_id"))
 
 
-DEGENERATE_FLAGS = frozenset({"degenerate", "constant_final_loss"})
-"""Group flags (calibrate.py) under which a group's threshold is stored but never registered as accepted."""
+def save_calibration(con: duckdb.DuckDBPyConnection, result: CalibrationResult | Mapping[str, Any]) -> str:
+    """Store a calibration result (a CalibrationResult, or the JSON contract of calibrate.py it is read from)
+    and its per-group thresholds.
 
-
-def _group_degenerate(group: Mapping[str, Any], reg: Mapping[str, Any]) -> bool:
-    flags = set(group.get("flags") or ()) | set(reg.get("flags") or ())
-    return bool(group.get("degenerate") or reg.get("degenerate") or reg.get("accepted") is False
-                or flags & DEGENERATE_FLAGS)
-
-
-def save_calibration(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any]) -> str:
-    """Store a calibration result (JSON contract of calibrate.py) and its per-group thresholds.
-
-    Thresholds come from result['groups'][g]['registry'] = {monitor, k, threshold, ci_low, ci_high, n,
-    precision, recall, f1}. A group flagged degenerate (group['degenerate'], registry['degenerate'],
-    registry['accepted'] is False, or a flag in DEGENERATE_FLAGS) or with a null/non-finite threshold is
-    stored with accepted=False and is never `latest_threshold`. The calibration is 'accepted' when at least
-    one group is. Saving the same calibration_id twice with the same result is a no-op; with a different
-    result it is an error.
-    Returns the calibration_id (result['calibration_id'] or a new one).
+    Thresholds are the groups' `registry` rules (calresult.Registry); one that may not go live (degenerate, or
+    a null/non-finite threshold: `Registry.accepted`) is stored with accepted=False and is never
+    `latest_threshold`. The calibration is 'accepted' when at least one group is. Saving the same
+    calibration_id twice with the same result is a no-op; with a different result it is an error.
+    Returns the calibration_id (the result's or a new one).
     """
-    if not isinstance(result, Mapping) or not isinstance(result.get("groups"), Mapping):
-        raise ValueError("result must be a calibration dict with a 'groups' mapping (see calibrate.calibrate)")
-    cal_id = str(result.get("calibration_id") or f"cal-{_now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
-    result_json = json.dumps(result, sort_keys=True, default=str)
+    cal = result if isinstance(result, CalibrationResult) else CalibrationResult.from_json(result)
+    cal_id = cal.calibration_id or f"cal-{_now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    result_json = json.dumps(cal.to_json(), sort_keys=True, default=str)
     prior = con.execute("SELECT result_json FROM calibrations WHERE calibration_id = ?", [cal_id]).fetchall()
     prior = prior[0] if prior else None
     if prior is not None:
         if prior[0] == result_json:
             return cal_id
         raise StoreError(f"calibration {cal_id} is already stored with a different result: give it a new id")
-    group_by = str(result.get("group_by") or "family")
-    prov = result.get("provenance") if isinstance(result.get("provenance"), Mapping) else {}
-    params = result.get("params") or prov.get("parameters") or prov.get("params") or {}
-    snapshot = result.get("snapshot") or prov.get("snapshot") or _snapshot(con)
+    group_by = cal.group_by
+    snapshot = cal.snapshot or _snapshot(con)
     now = _now()
-    rows = []
-    for gname, group in result["groups"].items():
-        if not isinstance(group, Mapping) or not isinstance(group.get("registry"), Mapping):
-            continue
-        reg = group["registry"]
-        thr = finite_or_none(reg.get("threshold"))
-        accepted = thr is not None and not _group_degenerate(group, reg)
-        rows.append([
-            cal_id, str(gname), group_by, str(reg.get("monitor") or "max_grad_norm"), _opt_int(reg.get("k")),
-            thr, finite_or_none(reg.get("ci_low")), finite_or_none(reg.get("ci_high")),
-            _opt_int(reg.get("n", group.get("n"))), _opt_int(reg.get("n_unstable", group.get("n_unstable"))),
-            finite_or_none(reg.get("precision")), finite_or_none(reg.get("recall")),
-            finite_or_none(reg.get("f1")), accepted, now,
-        ])
-    status = "accepted" if any(r[13] for r in rows) else "rejected"
+    rows = [[cal_id, g.name, group_by, reg.monitor, reg.k, reg.threshold, reg.ci_low, reg.ci_high, reg.n,
+             reg.n_unstable, reg.precision, reg.recall, reg.f1, reg.accepted, now]
+            for g in cal.groups.values() if (reg := g.registry) is not None]
+    status = "accepted" if cal.accepted else "rejected"
     con.begin()
     try:
         seq = con.execute("SELECT nextval('calibration_seq')").fetchall()[0][0]
         con.execute(
             "INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [cal_id, now, group_by, json.dumps(params, sort_keys=True, default=str),
+            [cal_id, now, group_by, json.dumps(cal.params, sort_keys=True, default=str),
              json.dumps(snapshot, sort_keys=True, default=str), result_json, status, seq],
         )
         if rows:
@@ -1253,21 +1222,21 @@ def threshold_history(con: duckdb.DuckDBPyConnection, group: str | None = None) 
         f"{pred} ORDER BY t.seq DESC, t.group_name",
         params,
     )
-    results: dict[str, Mapping[str, Any]] = {}
+    results: dict[str, CalibrationResult] = {}
     ids = h.get_column("calibration_id").unique().to_list() if h.height else []
     for cid, text in (con.execute("SELECT calibration_id, result_json FROM calibrations "
                                   "WHERE list_contains(?, calibration_id)", [ids]).fetchall() if ids else []):
         try:
-            results[cid] = (json.loads(text) if text else {}).get("groups") or {}
-        except (json.JSONDecodeError, AttributeError):
-            results[cid] = {}
+            results[cid] = CalibrationResult.from_json(json.loads(text) if text else {})
+        except (json.JSONDecodeError, ValueError):  # an unreadable stored result: its evidence is unknown
+            pass
     extra: dict[str, list[Any]] = {c: [] for c in REGISTRY_EVIDENCE_COLUMNS}
     for cid, gname, acc in h.select("calibration_id", "group_name", "accepted").iter_rows():
-        g = results.get(cid, {}).get(gname) or {}
-        reg = g.get("registry") or {}
+        g = results[cid].groups.get(gname) if cid in results else None
+        reg = g.registry if g is not None else None
         for c in ("precision_ci_low", "precision_ci_high", "baseline_ceiling"):
-            extra[c].append(finite_or_none(reg.get(c)))
-        why = list(reg.get("rejection_reasons") or ()) or list(g.get("degenerate_reasons") or ())
+            extra[c].append(None if reg is None else getattr(reg, c))
+        why = reg.reasons if reg is not None else ()
         extra["reason"].append(None if acc else ("; ".join(why) or "no finite threshold"))
     return h.with_columns(*(pl.Series(c, v, dtype=t) for (c, t), v in
                             zip(REGISTRY_EVIDENCE_COLUMNS.items(), extra.values())))

@@ -16,10 +16,25 @@ from typing import Any, Mapping
 
 import polars as pl
 
-__all__ = ["Column", "Table", "RUNS", "STEPS", "INT_RANGE", "short_repr"]
+__all__ = ["Column", "Table", "RUNS", "STEPS", "INT_RANGE", "short_repr", "int32_or_none"]
 
 INT_RANGE = {pl.Int32: (-(2**31), 2**31 - 1), pl.Int64: (-(2**63), 2**63 - 1)}
 """The values an integer column holds (DuckDB INTEGER / BIGINT)."""
+
+
+def int32_or_none(x: Any, where: str) -> int | None:
+    """A step or a count read from JSON: an integer (an integral float too) in 32 bits, or None for null.
+    ValueError names `where` ('manifest top1_fire_step') and the value otherwise."""
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or (
+            isinstance(x, float) and not (math.isfinite(x) and x.is_integer())):
+        raise ValueError(f"{where}={short_repr(x)} is not an integer (use a JSON integer, or null)")
+    v = int(x)
+    lo, hi = INT_RANGE[pl.Int32]
+    if not lo <= v <= hi:
+        raise ValueError(f"{where}={short_repr(x)} is out of range (a step or count fits in 32 bits)")
+    return v
 
 
 @dataclass(frozen=True)
