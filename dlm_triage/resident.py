@@ -165,7 +165,7 @@ class Lease:
         weights that method's initialisation overwrites, for the release."""
         if self._entry is None or method not in BASE_EDITING_METHODS:
             return
-        from dlm_triage.peft_methods import resolve_targets
+        from dlm_triage.targets import resolve_targets
 
         names = sorted({n for hits in resolve_targets(self.model, targets).values() for n in hits})
         for name in names:
