@@ -272,7 +272,9 @@ def test_console_routes_logs_above_the_bar_quiets_state_lines_and_repeats(capsys
 
     root = logging.getLogger()
     h = logging.StreamHandler(sys.stderr)
-    root.addHandler(h)
+    # only this handler on the root: a console handler Prefect configured during an earlier test holds that
+    # test's (closed) capture stream, and logging would print its write errors into this one
+    saved, root.handlers = root.handlers[:], [h]
     try:
         assert h in route_console_logging() and h in route_console_logging()  # idempotent
         with tqdm(total=3, desc="training", file=sys.stderr) as bar:
@@ -285,7 +287,7 @@ def test_console_routes_logs_above_the_bar_quiets_state_lines_and_repeats(capsys
             task.error("Finished in state Failed('boom')")
             task.error("Finished in state Failed('boom')")  # errors are never folded
     finally:
-        root.removeHandler(h)
+        root.handlers = saved
     err = capsys.readouterr().err
     lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and not x.startswith("training")]
     assert lines == ["no threshold registered for family tiny; early warning off",
