@@ -10,7 +10,7 @@ What a NaN in a step log means depends on where the row is:
 - anywhere else it marks a value that was not logged at that step (top-1 between `top1_every` samples, an
   imported log's sparse rows) and is skipped.
 
-Prefect-free; numpy and polars only (the top-1 monitors import torch, paid only when a log has top-1 values).
+Prefect-free; numpy and polars only (the monitors it applies are series.py's).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
+from dlm_triage import series
 from dlm_triage.schema import TOP1_CROSS_LEVELS
 
 __all__ = ["RunSummary", "summarise", "running_max", "max_grad_so_far", "fold_max_grad", "MAX_GRAD_UP_TO_MACRO", "ROW_FIELDS"]
@@ -43,7 +44,7 @@ class RunSummary:
     n_steps: int
     top1_step0: float | None
     top1_warning_detected: bool | None
-    """the legacy detector (monitors.legacy_warning); None when the log has no top-1 values."""
+    """the legacy detector (series.legacy_warning); None when the log has no top-1 values."""
     top1_fire_step: int | None
     top1_cross_050: int | None
     top1_cross_080: int | None
@@ -51,10 +52,10 @@ class RunSummary:
     collapsed: bool | None
     """schema.COLLAPSE_DEFINITION; never for a run the legacy detector stopped (it ended on top-1 alone)."""
     grad_gini: float | None = None
-    """the paper's concentration (monitors.gradient_concentration 'paper_last10_steps')."""
+    """the paper's concentration (series.gradient_concentration 'paper_last10_steps')."""
     grad_top1_share: float | None = None
     grad_concentration: dict[str, dict[str, Any]] | None = field(default=None, compare=False)
-    """both named definitions of monitors.CONCENTRATION_DEFINITIONS, each with its definition text."""
+    """both named definitions of series.CONCENTRATION_DEFINITIONS, each with its definition text."""
 
     def row(self) -> dict[str, Any]:
         """The `ROW_FIELDS` as a dict (what an import stores and hashes)."""
@@ -135,24 +136,20 @@ def summarise(steps: pl.DataFrame, *, status: str | None = None) -> RunSummary:
         ("top1_step0", "top1_warning_detected", "top1_fire_step", "top1_cross_050", "top1_cross_080",
          "top1_cross_095", "collapsed"))
     if np.isfinite(top1).any():
-        from dlm_triage import monitors  # imports torch: only paid when a log has top-1 values
-
-        fired, fire_step = monitors.legacy_warning(top1, step)
+        fired, fire_step = series.legacy_warning(top1, step)
         top1_fields.update(
             top1_step0=float(top1[0]) if step[0] == 0 and np.isfinite(top1[0]) else None,
             top1_warning_detected=fired, top1_fire_step=fire_step,
-            collapsed=status != "stopped_by_legacy_detector" and monitors.is_collapsed(top1, loss),
-            **{f"top1_cross_{round(level * 100):03d}": monitors.first_crossing(top1, level, step)
+            collapsed=status != "stopped_by_legacy_detector" and series.is_collapsed(top1, loss),
+            **{f"top1_cross_{round(level * 100):03d}": series.first_crossing(top1, level, step)
                for level in TOP1_CROSS_LEVELS})
     conc: dict[str, Any] = {}
     if "matrix_grad_norms" in steps.columns:
-        from dlm_triage import monitors
-
         rows = steps["matrix_grad_norms"].to_list()
         mat = np.array(rows, dtype=np.float64).reshape(len(rows), -1) if rows else np.zeros((0, 0))
-        c = monitors.gradient_concentration(mat)
+        c = series.gradient_concentration(mat)
         conc = {"grad_gini": c["paper_last10_steps"]["gini"], "grad_top1_share": c["paper_last10_steps"]["top_share"],
-                "grad_concentration": {name: {**v, "definition": monitors.CONCENTRATION_DEFINITIONS[name]}
+                "grad_concentration": {name: {**v, "definition": series.CONCENTRATION_DEFINITIONS[name]}
                                        for name, v in c.items()}}
     return RunSummary(final_loss=final, max_grad_norm=_whole_run_max(grad, diverged), n_steps=int(steps.height),
                       **top1_fields, **conc)

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _sps
 
+from dlm_triage.series import gini_top_share
+
 __all__ = [
     "DegenerateDataWarning", "Labels", "stability_labels", "ThresholdSelection", "select_threshold",
     "Confusion", "confusion_at", "draw_splits", "split_weights", "SplitEvaluation", "split_evaluate",
@@ -592,15 +594,10 @@ def concentration(x) -> ConcentrationResult:
     if np.any(a < 0) or not np.all(np.isfinite(a)):
         raise ValueError("`x` must hold finite non-negative masses (e.g. per-matrix gradient norms)")
     n = a.shape[-1]
-    s = np.sort(a, axis=-1)
-    tot = s.sum(-1)
-    i = np.arange(1, n + 1)
+    g, top = gini_top_share(a)
     flags: list[str] = []
     msgs: list[str] = []
-    with np.errstate(invalid="ignore", divide="ignore"):
-        g = ((2 * i - n - 1) * s).sum(-1) / (n * tot)
-        top = s[..., -1] / tot
-    if np.any(tot == 0):
+    if np.any(a.sum(-1) == 0):
         _warn(msgs, flags, "zero_mass", "zero total mass: concentration undefined")
     if g.ndim == 0:
         g, top = float(g), float(top)

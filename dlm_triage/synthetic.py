@@ -27,7 +27,8 @@ import numpy as np
 import polars as pl
 
 from dlm_triage.calinputs import CalibrationInputs, Trajectories
-from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
+from dlm_triage import series
+from dlm_triage.schema import TOP1_CROSS_LEVELS
 from dlm_triage.stats import concentration
 
 __all__ = ["FAMILIES", "synthetic_inputs", "paper_corpus"]
@@ -114,16 +115,13 @@ def _family_frame(family: str, n: int, n_steps: int, seed: int, diverged_fractio
     late_step = np.minimum(12 + (i * 7) % 22, T)
     below = late[:, None] & (t[None, :] >= 1) & (t[None, :] < late_step[:, None])  # step 0 keeps its ~0.83
     top1 = np.where(below & np.isfinite(top1), np.minimum(top1, 0.3 + 0.15 * top1), top1)
+    # the run summary's definitions (series.py), over all runs at once
     cross = {}
-    for lvl in (0.5, 0.8, 0.95):
-        hit = top1 >= lvl
-        first = np.argmax(hit, axis=1).astype(float)
-        first[~hit.any(1)] = np.nan
-        cross[lvl] = first
-    # the legacy detector (monitors.legacy_warning, vectorised): first step >= 11 with top-1 > 0.5
-    fires = (t[None, :] >= LEGACY_FIRST_STEP) & np.isfinite(top1) & (top1 > LEGACY_TOP1_THRESHOLD)
-    fired = fires.any(axis=1)
-    fire_step = np.where(fired, np.argmax(fires, axis=1), -1)
+    for lvl in TOP1_CROSS_LEVELS:
+        first = series.first_crossing_steps(top1, lvl)
+        cross[lvl] = np.where(first >= 0, first, np.nan)
+    fire_step = series.legacy_fire_steps(top1)
+    fired = fire_step >= 0
     # gradient concentration: 8 adapter matrices (q,k,v,o x A,B of one layer), one dominant (~60% of the mass)
     mats = np.exp(rng.normal(0, 0.5, (n, 8)))
     mats[:, 0] *= rng.uniform(6, 18, n)
