@@ -48,7 +48,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from dlm_triage import groups, store
+from dlm_triage import groups, runsummary, store
 from dlm_triage.calinputs import run_ids_sha256
 from dlm_triage.fsutil import finite_or_none, output_dir, point_latest, write_bytes_atomic
 from dlm_triage.schema import LEGACY_FIRST_STEP, LEGACY_TOP1_THRESHOLD
@@ -814,7 +814,7 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
     monitor = runs["max_grad_norm"].cast(pl.Float64) if "max_grad_norm" in runs.columns else None
     monitor_label = "max grad norm (whole run)"
     if k is not None and steps is not None:
-        upto = steps.filter(pl.col("step") <= k).group_by("run_id").agg(pl.col("grad_norm").max().alias("_mk"))
+        upto = runsummary.max_grad_up_to_k(steps, k).rename({"max_grad_up_to_k": "_mk"})
         runs = runs.join(upto, on="run_id", how="left")
         monitor = runs["_mk"].fill_null(runs["max_grad_norm"].cast(pl.Float64))
         runs = runs.drop("_mk")

@@ -24,7 +24,7 @@ import polars as pl
 from dlm_triage import series
 from dlm_triage.schema import TOP1_CROSS_LEVELS
 
-__all__ = ["RunSummary", "summarise", "running_max", "max_grad_so_far", "fold_max_grad", "MAX_GRAD_UP_TO_MACRO", "ROW_FIELDS"]
+__all__ = ["RunSummary", "summarise", "running_max", "max_grad_up_to_k", "max_grad_so_far", "fold_max_grad", "MAX_GRAD_UP_TO_MACRO", "ROW_FIELDS"]
 
 ROW_FIELDS = ("final_loss", "max_grad_norm", "n_steps", "top1_step0", "top1_warning_detected", "top1_fire_step",
               "top1_cross_050", "top1_cross_080", "top1_cross_095", "collapsed")
@@ -76,6 +76,14 @@ def running_max(values: Sequence[float] | np.ndarray, segments: np.ndarray | Non
     df = pl.DataFrame({"seg": np.asarray(segments), "v": np.where(np.isnan(v), -np.inf, v)})
     m = df.select(pl.col("v").cum_max().over("seg")).to_series().to_numpy()
     return np.where(np.isneginf(m), np.nan, m)
+
+
+def max_grad_up_to_k(steps: pl.DataFrame, k: int) -> pl.DataFrame:
+    """`running_max` of the grad norm read at step `k`, for every run of a long step frame (`run_id`, `step`,
+    `grad_norm`): columns `run_id`, `max_grad_up_to_k`. A NaN (not logged) norm is skipped, NaN where a run
+    logged none up to k; a run without a step <= k is absent. One group-by over the frame."""
+    return (steps.filter(pl.col("step") <= k).group_by("run_id", maintain_order=True)
+            .agg(pl.col("grad_norm").max().alias("max_grad_up_to_k")))
 
 
 def max_grad_so_far(grad_norm: Sequence[float] | np.ndarray, *, diverged: bool = False) -> np.ndarray:
