@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, DLM_TRIAGE_CACHE=str(work / "cache"), DLM_TRIAGE_OUT=str(work / "out"),
                PREFECT_HOME=str(work / "prefect"), PYTHONPATH=os.pathsep.join(
                    [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    cmd = [sys.executable, "-m", "dlm_triage.cli", "run", *extra]
+    cmd = [sys.executable, "-m", "cli", "run", *extra]
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -121,7 +121,7 @@ def prefect_sweep(params: Any) -> tuple[float, list[dict[str, Any]]]:
 def grid_params(args: argparse.Namespace, runs_dir: Path, db: Path, *, steps: int | None = None,
                 deployment: bool = False) -> Any:
     """SweepParams of the benchmark grid: the default grid (`--default-size`) or N seeds of one default config."""
-    from dlm_triage.cli import EMBEDDED_DEFAULT_SWEEP
+    from cli.main import EMBEDDED_DEFAULT_SWEEP
     from dlm_triage.params import SweepParams
 
     grid = dict(EMBEDDED_DEFAULT_SWEEP)
@@ -408,7 +408,7 @@ def straddles(ci: dict[str, float] | None, goal: float) -> bool:
 
 def throughput(args: argparse.Namespace, work: Path, overhead_per_task_s: float) -> dict[str, Any]:
     """A spread subset of the default grid at its own per-run settings, through the plain pool; extrapolated."""
-    from dlm_triage.cli import EMBEDDED_DEFAULT_SWEEP
+    from cli.main import EMBEDDED_DEFAULT_SWEEP
     from dlm_triage.params import SweepParams
 
     grid = dict(EMBEDDED_DEFAULT_SWEEP)
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--name", default="orchestration", help="results file stem: <out>/<name>.json and .md")
     args = ap.parse_args(argv)
-    from dlm_triage.cli import EMBEDDED_DEFAULT_SWEEP
+    from cli.main import EMBEDDED_DEFAULT_SWEEP
 
     default_steps = EMBEDDED_DEFAULT_SWEEP["steps"]
     if args.steps is None:

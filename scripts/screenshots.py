@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _wait_api(api, server)
         print(f"Prefect server at {api}; running the pipeline ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "dlm_triage.cli", "--out", str(out), "run", *GRID], env=env,
+        subprocess.run([sys.executable, "-m", "cli", "--out", str(out), "run", *GRID], env=env,
                        cwd=REPO, check=True)
         run_id, art_id = _pipeline_run(api)
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
 """The `dlm-triage` verbs that call the core directly: ingest -> calibrate -> report -> queue -> thresholds ->
-import, on real run directories and a real DuckDB file, through `dlm_triage.cli.main` (the console script's
+import, on real run directories and a real DuckDB file, through `cli.main.main` (the console script's
 entry point). The Prefect verbs (run, sweep) are covered by tests/test_flows.py and tests/test_reliability.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import duckdb
 import pytest
 
-from dlm_triage.cli import EMBEDDED_DEFAULT_SWEEP, build_parser, main
+from cli.main import EMBEDDED_DEFAULT_SWEEP, build_parser, main
 from dlm_triage.params import SweepParams
 from tests.runfactory import make_sweep
 
@@ -221,7 +221,7 @@ def test_queue_into_a_closed_pipe_has_no_traceback(queued):
 
     out, _, _ = queued
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    p = subprocess.run(f"'{sys.executable}' -m dlm_triage.cli --out '{out}' queue | head -1", shell=True,
+    p = subprocess.run(f"'{sys.executable}' -m cli --out '{out}' queue | head -1", shell=True,
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.stdout.startswith("outcome") and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
 
@@ -233,7 +233,7 @@ def test_end_of_run_summary_gives_the_per_group_answer_and_the_next_commands(tmp
 
     from dlm_triage import store
     from dlm_triage.calibrate import calibrate
-    from dlm_triage.cli import run_summary
+    from cli.main import run_summary
     from dlm_triage.synthetic import paper_corpus, synthetic_inputs
 
     accepted = calibrate(paper_corpus(n_steps=30), ks=(25,), n_resamples=200, stepk_resamples=20)

@@ -180,7 +180,7 @@ def test_cli_connect_stores_profiles_and_the_report_shows_them_per_group(runs, t
 
     from dlm_triage import store
     from dlm_triage.calibrate import run_calibration
-    from dlm_triage.cli import main
+    from cli.main import main
     from dlm_triage.report import write_report
 
     out = tmp_path / "out"
@@ -223,7 +223,7 @@ def test_cli_connect_stores_profiles_and_the_report_shows_them_per_group(runs, t
 
 
 def test_cli_connect_mismatch_is_one_clear_line(runs, capsys, tmp_path):
-    from dlm_triage.cli import main
+    from cli.main import main
 
     rc = main(["--out", str(tmp_path), "connect", str(runs["a"]), str(runs["r8"]), "--steps", "0"])
     err = capsys.readouterr().err

@@ -21,7 +21,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dlm_triage import cli, importers, store
+import cli.main as cli
+from dlm_triage import importers, store
 from dlm_triage.config import RunConfig
 from dlm_triage.schema import MANIFEST_FILENAME, STEPLOG_FILENAME
 
@@ -1123,7 +1124,7 @@ def test_kill_9_of_sweep_takes_its_temporary_prefect_server_down(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PREFECT_HOME=str(tmp_path / "prefect"))
     cli_proc = subprocess.Popen(
-        [sys.executable, "-m", "dlm_triage.cli", "--out", str(tmp_path / "out"), "sweep", "--ranks", "4",
+        [sys.executable, "-m", "cli", "--out", str(tmp_path / "out"), "sweep", "--ranks", "4",
          "--mask-ratios", "0.5", "--seeds", "1", "--steps", "100000", "--device", "cpu"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     server = None

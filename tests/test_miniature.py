@@ -102,7 +102,7 @@ def test_end_of_run_summary_answers_for_each_family_of_the_miniature():
 
     from dlm_triage import store
     from dlm_triage.calibrate import CalibrationInputs, calibrate
-    from dlm_triage.cli import run_summary
+    from cli.main import run_summary
     from dlm_triage.synthetic import synthetic_inputs
 
     # synthetic stand-ins under the miniature's family names: a large strong family (accepted), a weaker one

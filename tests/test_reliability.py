@@ -33,7 +33,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dlm_triage import cli, stats, store, train
+import cli.main as cli
+from dlm_triage import stats, store, train
 from dlm_triage.config import RunConfig
 from dlm_triage.runlog import RunLogError, read_run
 from dlm_triage.schema import MANIFEST_FILENAME, MANIFEST_KEYS, STEPLOG_FILENAME
@@ -320,7 +321,7 @@ def test_invalid_arguments_give_one_clear_message_and_exit_2(case, tmp_path, cap
 @pytest.mark.slow
 def test_cli_entry_point_rejects_bad_rank_and_unknown_target_module(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    base = [sys.executable, "-m", "dlm_triage.cli", "--out", str(out), "train", "--set", "steps=3",
+    base = [sys.executable, "-m", "cli", "--out", str(out), "train", "--set", "steps=3",
             "--set", "device=cpu", "--set", f"model_id={json.dumps(str(tiny_model_dir))}"]
     p = subprocess.run(base + ["--set", "rank=0"], capture_output=True, text=True, env=ENV, timeout=300)
     assert p.returncode == 2 and "rank=0 is out of range" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -265,7 +265,7 @@ def test_cli_train_on_a_published_checkpoint_as_a_user_would(ckpt, tmp_path):
 
     path = ckpt("llada")
     env = {**os.environ, "DLM_TRIAGE_OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "dlm_triage.cli", "train", "--set", "family=llada", "--set", f"model_id={path}",
+    cmd = [sys.executable, "-m", "cli", "train", "--set", "family=llada", "--set", f"model_id={path}",
            "--set", "steps=2", "--set", "batch_size=2", "--set", "seq_len=16", "--set", "device=cpu"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
