@@ -1,0 +1,197 @@
+"""Markdown (and the HTML table primitives): the summary artifact, the routed-runs table, the pipeline's own
+summary, and report.md made readable inline in the Prefect UI."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from dlm_triage.report.answers import GroupAnswer, group_answers, threshold_table
+from dlm_triage.report.fmt import _ci, _fmt
+from dlm_triage.report.verdicts import _group_names, verdicts
+
+def _md_cell(x: Any) -> str:
+    if isinstance(x, tuple):
+        return "; ".join(_md_cell(e) for e in x)
+    s = _fmt(x) if isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) else (
+        "n/a" if x is None else str(x))
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _html_cell(x: Any) -> str:
+    if isinstance(x, tuple):  # one line per entry
+        return "<br>".join(_html_cell(e) for e in x)
+    return html.escape(_md_cell(x).replace("\\|", "|"))
+
+
+def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "",
+                row_classes: Sequence[str] | None = None, scroll: bool = False) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        cells = "".join(f"<td>{_html_cell(c)}</td>" for c in row)
+        body.append(f"<tr{rc}>{cells}</tr>")
+    wrap = "tablewrap scroll" if scroll else "tablewrap"
+    return (f'<div class="{wrap}"><table class="{cls}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+VERDICT_HEADERS = ("Recommendation", "Verdict", "Evidence (this data)", "Reading")
+THRESHOLD_HEADERS = ("group", "n", "unstable", "threshold", "k", "precision", "recall", "F1",
+                     "precision CI", "baseline", "baseline ceiling", "median ratio", "p_Bonf", "m", "triage", "live")
+
+
+def _threshold_rows(result: Mapping[str, Any]) -> list[list[Any]]:
+    return [[r["group"], r["n"], r["n_unstable"], r["threshold"], r["k"] if r["k"] is not None else "run max",
+             r["precision"], r["recall"], r["f1"], _ci(r["precision_ci_low"], r["precision_ci_high"]),
+             r["baseline_precision"], r["baseline_ceiling"], r["median_ratio"], r["mw_p_bonferroni"],
+             r["bonferroni_m"], r["triage"],
+             r["live"] if r["live"] != "rejected" else "rejected: " + "; ".join(r["rejection_reasons"])]
+            for r in threshold_table(result)]
+
+
+def _warnings(result: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """[(scope, messages)]: the calibration's own warnings ('all groups'), then each group's."""
+    out = [("all groups", [str(w) for w in result.get("warnings") or []])]
+    for n, g in result.get("groups", {}).items():
+        msgs = [str(w) for w in g.get("warnings") or []]
+        # a degenerate group (threshold not validated) matters more than per-split counts: show it first
+        msgs.sort(key=lambda m: not ("degenerate" in m or m.startswith("group:")))
+        out.append((str(n), msgs))
+    return [(scope, ws) for scope, ws in out if ws]
+
+
+def _md_warnings(result: Mapping[str, Any], *, limit: int | None) -> list[str]:
+    ws = _warnings(result)
+    if not ws:
+        return []
+    lines = [f"> **{sum(len(w) for _, w in ws)} calibration warning(s)**", ">"]
+    for scope, msgs in ws:
+        shown = msgs if limit is None else msgs[:limit]
+        lines += [f"> - **{scope}**: {m}" for m in shown]
+        if len(msgs) > len(shown):
+            lines.append(f"> - **{scope}**: ... and {len(msgs) - len(shown)} more (see the HTML report)")
+    return lines + [""]
+
+
+def _warning_kind(msg: str) -> str:
+    """What a warning is about, for grouping: its source before the first '[', '.' or ':' ('stepk[k=5].loss: ..'
+    -> 'stepk'), the degenerate-group and registry notes under their own names."""
+    head = msg.split(":", 1)[0] if ":" in msg else "other"
+    return head.split("[", 1)[0].split(".", 1)[0].strip() or "other"
+
+
+def _html_warnings(result: Mapping[str, Any]) -> str:
+    """Every warning, collapsed under one line that counts them per scope; inside, grouped by scope (all groups,
+    then each group) and by kind (one line per step-k split count folds into one 'stepk' line)."""
+    ws = _warnings(result)
+    if not ws:
+        return "<section id='warnings' class='note'>No calibration warnings.</section>"
+    total = sum(len(w) for _, w in ws)
+    counts = ", ".join(f"{html.escape(scope)} {len(msgs)}" for scope, msgs in ws)
+    parts = [f"<details class='warnings' id='warnings'><summary>&#9888; {total} calibration warning(s) "
+             f"({counts}): what the numbers above rest on; open to read</summary>"]
+    for scope, msgs in ws:
+        kinds: dict[str, list[str]] = {}
+        for m in msgs:
+            kinds.setdefault(_warning_kind(m), []).append(m)
+        parts.append(f"<h3>{html.escape(scope)} ({len(msgs)})</h3>")
+        for kind, km in kinds.items():
+            parts.append(f"<details class='wkind'><summary>{html.escape(kind)} ({len(km)})</summary><ul>"
+                         + "".join(f"<li>{html.escape(m)}</li>" for m in km) + "</ul></details>")
+    return "".join(parts) + "</details>"
+
+
+def _html_answers(answers: Sequence[GroupAnswer]) -> str:
+    if not answers:
+        return ("<section id='answer'><h2>Answer</h2><p class='missing'>No group was calibrated: nothing to "
+                "answer (see the warnings).</p>")
+    items = "".join(f"<li class='{'live' if a.live else 'none'}'>{html.escape(a.line)}</li>" for a in answers)
+    return f"<section id='answer'><h2>Answer, per group</h2><ul class='answers'>{items}</ul>"
+
+
+def summary_markdown(result: Mapping[str, Any], *, routed: Mapping[str, int] | None = None,
+                     live: Mapping[str, Any] | None = None) -> str:
+    """Markdown for a Prefect markdown artifact, answer first: one line per group (`group_answers`), the
+    verdict table and the per-group rules, then the warnings (a few per scope; the report has them all)."""
+    lines = [f"# dlm-triage calibration `{result.get('calibration_id', '?')}`",
+             f"Grouped by **{result.get('group_by', '?')}**, {len(_group_names(result))} group(s).", "",
+             "## Answer, per group", ""]
+    lines += [f"- {'**live**' if a.live else '**none**'} {a.line}" for a in group_answers(
+        result, routed=routed, live=live)] or ["No group was calibrated."]
+    lines += ["", "## Verdicts", "", _md_table(VERDICT_HEADERS, [
+        (v.recommendation, f"**{v.verdict}**", v.evidence, v.detail) for v in verdicts(result)]), "",
+        "## Per-group max-grad thresholds", "", _md_table(THRESHOLD_HEADERS, _threshold_rows(result)), ""]
+    lines += _md_warnings(result, limit=2)
+    return "\n".join(lines)
+
+
+ROUTED_SHOWN = 50
+"""The Prefect summary lists this many routed runs (most severe first); the report and `dlm-triage queue` all."""
+
+
+def routed_markdown(routed: Sequence[Mapping[str, Any]]) -> str:
+    """The runs routed to inspection as a Markdown table (run, group, why), most severe first."""
+    if not routed:
+        return "No run is routed to inspection."
+    rows = [(r["run_id"], r["group"], r["why"]) for r in routed[:ROUTED_SHOWN]]
+    more = (f"\n\n... and {len(routed) - ROUTED_SHOWN} more (`dlm-triage queue`, or the report)"
+            if len(routed) > ROUTED_SHOWN else "")
+    return _md_table(("run", "group", "why"), rows) + more
+
+
+def pipeline_markdown(summary: str, routed: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]],
+                      html_path: str | os.PathLike) -> str:
+    """The pipeline run's own summary artifact: the runs trained, the answer and verdicts (`summary_markdown`),
+    the runs routed to inspection, and where the report is (the whole report, figures included, is also the
+    'triage-report-text' artifact, readable in the UI)."""
+    statuses: dict[str, int] = {}
+    for r in runs:
+        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+    reused = sum(bool(r.get("reused")) for r in runs)
+    head = (f"{len(runs)} run(s): " + ", ".join(f"{n} {st}" for st, n in sorted(statuses.items()))
+            + f" ({reused} reused from disk)")
+    return "\n".join([summary, "", f"## Runs routed to inspection ({len(routed)})", "", routed_markdown(routed), "",
+                      "## Runs and report", "", f"- {head}", f"- report: `{html_path}` (the whole report, figures "
+                      "included: artifact `triage-report-text`; `dlm-triage queue` lists the routed runs)", ""])
+
+
+INLINE_FIGURES_MAX_BYTES = 3_000_000
+"""The inline report embeds its figures up to this many PNG bytes in all (the Prefect UI renders data-URI images
+in a markdown artifact); beyond it, each figure becomes a line naming its file."""
+
+
+def inline_markdown(md_text: str, figures: Mapping[str, str | os.PathLike] | None = None) -> str:
+    """report.md for a Prefect markdown artifact, readable wherever the report's files are: each figure (a
+    relative link the UI cannot open) embedded as a data-URI PNG from `figures` {name: path}, or, when they are
+    too large together or missing, a line naming the figure and its file."""
+    import re
+
+    blobs: dict[str, bytes] = {}
+    for name, path in (figures or {}).items():
+        try:
+            blobs[f"{name}.png"] = Path(path).read_bytes()
+        except OSError:
+            continue
+    if sum(len(b) for b in blobs.values()) > INLINE_FIGURES_MAX_BYTES:
+        blobs = {}
+
+    def one(m: "re.Match[str]") -> str:
+        title, file = m.group(1), m.group(2)
+        if file in blobs:
+            return f"![{title}](data:image/png;base64,{base64.b64encode(blobs[file]).decode('ascii')})"
+        return f"*Figure: {title} (`figures/{file}`, embedded in report.html)*"
+
+    return re.sub(r"!\[([^\]]*)\]\(figures/([^)]+)\)", one, md_text)
