@@ -138,7 +138,7 @@ def fresh_code_version() -> str:
     """The Prefect training cache's code version, recomputed (the task module caches it per process). Other
     engineers edit the shared working tree while this runs: if a training module changes between a sweep and its
     re-run, the re-run's new worker processes compute another key and miss the cache. Recorded, not hidden."""
-    from tasks.train import training_code_version
+    from dlm_triage.provenance import training_code_version
 
     return training_code_version.__wrapped__()
 

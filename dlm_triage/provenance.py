@@ -7,6 +7,8 @@ version stands in for the git description).
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import platform
 import socket
 import subprocess
@@ -37,6 +39,37 @@ def code_version() -> str:
     """`git describe --always --dirty` of the package's repository when available, else the package version."""
     described = _git_describe()
     return f"git:{described}" if described else f"dlm-triage=={dlm_triage.__version__}"
+
+
+# Modules whose source decides what a run computes. Their bytes (plus the numeric packages' versions) are the
+# cache's code version: editing the trainer invalidates cached records, editing a flow, a test or the README
+# does not. (`git describe --dirty` would do both wrong: it changes with every unrelated commit and stays the
+# same across uncommitted edits of train.py.)
+TRAINING_MODULES = (
+    "dlm_triage.config", "dlm_triage.schema", "dlm_triage.train", "dlm_triage.families", "dlm_triage.tiny",
+    "dlm_triage.data", "dlm_triage.objective", "dlm_triage.monitors", "dlm_triage.peft_methods",
+    "dlm_triage.nara", "dlm_triage.runlog", "dlm_triage.early_warning",
+)
+TRAINING_PACKAGES = ("torch", "transformers", "peft", "numpy")
+
+
+@functools.lru_cache(maxsize=1)
+def training_code_version() -> str:
+    """The training cache's code version (part of tasks/train.py's cache key): sha256 over the source of
+    TRAINING_MODULES and the versions of TRAINING_PACKAGES (once per process)."""
+    h = hashlib.sha256()
+    for name in TRAINING_MODULES:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        h.update(name.encode() + b"\0")
+        h.update(Path(origin).read_bytes() if origin and Path(origin).is_file() else b"<missing>")
+    for pkg in TRAINING_PACKAGES:
+        try:
+            version = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            version = "<none>"
+        h.update(f"{pkg}=={version}\0".encode())
+    return h.hexdigest()[:16]
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:

@@ -77,3 +77,88 @@ def finished_manifest(root: Path | str, cfg: RunConfig) -> dict[str, Any] | None
         except (RunLogError, OSError):
             return None
     return man if man["config_hash"] == cfg.config_hash and man["status"] in REUSABLE_STATUSES else None
+
+
+# -- the sweep's record of one run ---------------------------------------------------------------------------
+# A few hundred bytes of JSON per config (ids, paths, numbers; never tensors): what a training task returns,
+# what Prefect persists as its cached result, and what the sweep summary lists.
+
+RECORD_KEYS = (
+    "run_id", "status", "run_dir", "final_loss", "max_grad_norm", "routed", "reused", "wall_time_s",
+    "config_hash", "code_version", "device", "error",
+)
+
+
+def run_record(res: Any, cfg: RunConfig, *, code_version: str) -> dict[str, Any]:
+    """The record of a run `train.train_run` just returned (`res`: its `RunResult`), JSON-safe."""
+    from dlm_triage.fsutil import json_safe
+
+    return json_safe({
+        "run_id": res.run_id, "status": res.status, "run_dir": str(res.run_dir), "final_loss": res.final_loss,
+        "max_grad_norm": res.max_grad_norm, "routed": bool(res.routed_for_inspection), "reused": bool(res.reused),
+        "wall_time_s": res.wall_time_s, "config_hash": cfg.config_hash, "code_version": code_version,
+        "device": cfg.device, "error": None,
+    })
+
+
+def record_from_manifest(cfg: RunConfig, root: str | Path, man: dict[str, Any], *, reused: bool) -> dict[str, Any]:
+    """The record of a finished run read back from its manifest (the sweep reads every record this way: the
+    manifests sit on the storage all shards share, whichever machine trained them). `root`: the runs directory
+    or the URL runs are published to."""
+    from dlm_triage.fsutil import json_safe
+
+    return json_safe({
+        "run_id": man["run_id"], "status": man["status"], "run_dir": run_location(root, cfg.run_id),
+        "final_loss": man["final_loss"], "max_grad_norm": man["max_grad_norm"],
+        "routed": bool(man["routed_for_inspection"]), "reused": reused, "wall_time_s": man["wall_time_s"],
+        "config_hash": man["config_hash"], "code_version": man["code_version"], "device": man["device"],
+        "error": None,
+    })
+
+
+def failed_record(cfg_dict: dict[str, Any], message: str | None) -> dict[str, Any]:
+    """The record of a config whose training task failed (after its retries)."""
+    from dlm_triage.config import ConfigError
+
+    try:
+        cfg = RunConfig.from_dict(cfg_dict)
+        run_id, h = cfg.run_id, cfg.config_hash
+    except ConfigError:
+        run_id, h = "<invalid config>", None
+    rec = dict.fromkeys(RECORD_KEYS)
+    rec.update(run_id=run_id, status="task_failed", config_hash=h, device=cfg_dict.get("device"),
+               routed=False, reused=False, error=(message or "")[:2000])
+    return rec
+
+
+def split_finished(configs: Sequence[RunConfig], root: Path | str) -> tuple[list[RunConfig], list[dict[str, Any]]]:
+    """(configs to train, records of the finished ones) in the grid's order: one manifest read per config."""
+    todo: list[RunConfig] = []
+    done: list[dict[str, Any]] = []
+    for cfg in configs:
+        man = finished_manifest(root, cfg)
+        if man is None:
+            todo.append(cfg)
+        else:
+            done.append(record_from_manifest(cfg, root, man, reused=True))
+    return todo, done
+
+
+def sweep_rows(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The sweep summary's table rows (how each run came about: failed, prefect cache, reused run dir, trained)
+    and the counts per `how` plus `routed`."""
+    rows = []
+    for rec in records:
+        hit = rec.get("cached")
+        rows.append({
+            "run_id": rec["run_id"], "status": rec["status"],
+            "how": "failed" if rec["status"] == "task_failed" else
+                   "prefect cache" if hit else "reused run dir" if rec.get("reused") else "trained",
+            "final_loss": rec.get("final_loss"), "max_grad_norm": rec.get("max_grad_norm"),
+            "routed": rec.get("routed"), "device": rec.get("device"), "error": rec.get("error") or "",
+        })
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["how"]] = counts.get(r["how"], 0) + 1
+    counts["routed"] = sum(bool(r["routed"]) for r in rows)
+    return rows, counts

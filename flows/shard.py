@@ -218,8 +218,8 @@ def train_shard_flow(configs: list[dict[str, Any]], runs_dir: str, shard: str = 
     `runs_dir` is then this machine's staging folder) and skip configs already published."""
     from dlm_triage.config import RunConfig
     from dlm_triage.runstore import publish_run
-    from dlm_triage.shards import finished_manifest
-    from tasks.train import failed_record, record_from_manifest, train_config
+    from dlm_triage.shards import failed_record, finished_manifest, record_from_manifest
+    from tasks.train import train_config
 
     parent = os.environ.get(PARENT_PID_ENV)
     if parent and parent.isdigit():

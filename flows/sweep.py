@@ -37,11 +37,10 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from dlm_triage.config import RunConfig
 from dlm_triage.params import SweepParams
-from dlm_triage.shards import finished_manifest, partition
+from dlm_triage.shards import failed_record, finished_manifest, partition, record_from_manifest
 from flows.shard import PARENT_PID_ENV, lease_path, revocation_path, train_shard_flow
 from tasks.train import (
-    _threshold_key, failed_record, plan_runs, prepare_local_models, prepare_tiny_model, record_from_manifest,
-    registered_threshold, summarise_sweep,
+    _threshold_key, plan_runs, prepare_local_models, prepare_tiny_model, registered_threshold, summarise_sweep,
 )
 
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")

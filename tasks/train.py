@@ -20,10 +20,7 @@ never points at a run directory that is gone.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import os
 import time
@@ -37,7 +34,8 @@ from prefect.states import Completed, State
 from prefect.cache_policies import CachePolicy
 
 from dlm_triage.config import ConfigError, RunConfig
-from dlm_triage.fsutil import json_safe
+from dlm_triage.provenance import code_version, training_code_version
+from dlm_triage.shards import run_record, split_finished, sweep_rows
 from dlm_triage.params import SweepParams, torch_threads_per_process
 
 PROGRESS_LOG_EVERY_S_ENV = "DLM_TRIAGE_PROGRESS_LOG_EVERY_S"
@@ -47,12 +45,6 @@ def progress_log_every_s() -> float:
     """A training task logs 'step i/n' at most this often (plus one line with the result at the end): 15 s, or
     $DLM_TRIAGE_PROGRESS_LOG_EVERY_S (read at each run, so shard processes started with it follow it)."""
     return float(os.environ.get(PROGRESS_LOG_EVERY_S_ENV, "15"))
-
-RECORD_KEYS = (
-    "run_id", "status", "run_dir", "final_loss", "max_grad_norm", "routed", "reused", "wall_time_s",
-    "config_hash", "code_version", "device", "error",
-)
-
 
 # -- failure policy --------------------------------------------------------------------------------
 
@@ -94,36 +86,6 @@ def _threshold_key(threshold: Any) -> Any:
         d = dataclasses.asdict(threshold)  # store.ThresholdRecord: group, k, threshold, calibration_id, ...
         return {k: d[k] for k in ("group", "group_by", "k", "threshold", "calibration_id") if k in d}
     return repr(threshold)
-
-
-# Modules whose source decides what a run computes. Their bytes (plus the numeric packages' versions) are the
-# cache's code version: editing the trainer invalidates cached records, editing a flow, a test or the README
-# does not. (`git describe --dirty` would do both wrong: it changes with every unrelated commit and stays the
-# same across uncommitted edits of train.py.)
-TRAINING_MODULES = (
-    "dlm_triage.config", "dlm_triage.schema", "dlm_triage.train", "dlm_triage.families", "dlm_triage.tiny",
-    "dlm_triage.data", "dlm_triage.objective", "dlm_triage.monitors", "dlm_triage.peft_methods",
-    "dlm_triage.nara", "dlm_triage.runlog", "dlm_triage.early_warning",
-)
-TRAINING_PACKAGES = ("torch", "transformers", "peft", "numpy")
-
-
-@functools.lru_cache(maxsize=1)
-def training_code_version() -> str:
-    """sha256 over the source of TRAINING_MODULES and the versions of TRAINING_PACKAGES (once per process)."""
-    h = hashlib.sha256()
-    for name in TRAINING_MODULES:
-        spec = importlib.util.find_spec(name)
-        origin = spec.origin if spec is not None else None
-        h.update(name.encode() + b"\0")
-        h.update(Path(origin).read_bytes() if origin and Path(origin).is_file() else b"<missing>")
-    for pkg in TRAINING_PACKAGES:
-        try:
-            version = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            version = "<none>"
-        h.update(f"{pkg}=={version}\0".encode())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -170,20 +132,12 @@ def plan_runs(params: SweepParams) -> dict[str, Any]:
     the GPUs here, else the CPU cores; None on the deployment path, decided there), 'runs_dir', 'torch_threads'}.
     Devices: a config keeps device 'auto' until its shard claims a GPU on the machine that trains it.
     """
-    from dlm_triage.shards import finished_manifest
-
     logger = get_run_logger()
     configs = params.to_spec().expand()
     runs_dir = params.resolved_runs_dir()
     root = params.runs_url or runs_dir  # where finished runs are: the published copies when runs_url is set
-    todo: list[dict[str, Any]] = []
-    done: list[dict[str, Any]] = []
-    for cfg in configs:
-        man = finished_manifest(root, cfg)
-        if man is None:
-            todo.append(cfg.to_dict())
-        else:
-            done.append(record_from_manifest(cfg, root, man, reused=True))
+    todo_cfgs, done = split_finished(configs, root)
+    todo = [cfg.to_dict() for cfg in todo_cfgs]
     if params.shard_deployment:
         slots, threads = params.gpu_slots, params.torch_threads  # the GPU machines decide their threads
     elif params.task_runner == "thread":
@@ -302,82 +256,22 @@ def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
 
         torch.set_num_threads(torch_threads)  # n processes x n threads <= cores: no oversubscription
     res = train_run(cfg, Path(runs_dir), threshold=threshold, progress=progress, resume=True)
-    record = {
-        "run_id": res.run_id,
-        "status": res.status,
-        "run_dir": str(res.run_dir),
-        "final_loss": res.final_loss,
-        "max_grad_norm": res.max_grad_norm,
-        "routed": bool(res.routed_for_inspection),
-        "reused": bool(res.reused),
-        "wall_time_s": res.wall_time_s,
-        "config_hash": cfg.config_hash,
-        "code_version": _code_version(),
-        "device": cfg.device,
-        "error": None,
-    }
+    record = run_record(res, cfg, code_version=code_version())
     logger.info("%s: %s%s, final loss %s, max grad %s%s", res.run_id, res.status,
                 " (reused run dir)" if res.reused else "",
                 *("n/a" if v is None else f"{v:.4g}" for v in (res.final_loss, res.max_grad_norm)),
                 ", ROUTED for inspection" if res.routed_for_inspection else "")
     if res.routed_for_inspection:  # the task run reads 'Routed' in the UI, not like any other completed run
-        return Completed(data=json_safe(record), name="Routed",
+        return Completed(data=record, name="Routed",
                          message=f"{res.run_id} routed to inspection by the live early warning")
-    return json_safe(record)
-
-
-def _code_version() -> str:
-    from dlm_triage.provenance import code_version
-
-    return code_version()
-
-
-def record_from_manifest(cfg: RunConfig, root: str | Path, man: dict[str, Any], *, reused: bool) -> dict[str, Any]:
-    """The record of a finished run read back from its manifest (the sweep reads every record this way: the
-    manifests sit on the storage all shards share, whichever machine trained them). `root`: the runs directory
-    or the URL runs are published to."""
-    from dlm_triage.shards import run_location
-
-    return json_safe({
-        "run_id": man["run_id"], "status": man["status"], "run_dir": run_location(root, cfg.run_id),
-        "final_loss": man["final_loss"], "max_grad_norm": man["max_grad_norm"],
-        "routed": bool(man["routed_for_inspection"]), "reused": reused, "wall_time_s": man["wall_time_s"],
-        "config_hash": man["config_hash"], "code_version": man["code_version"], "device": man["device"],
-        "error": None,
-    })
-
-
-def failed_record(cfg_dict: dict[str, Any], message: str | None) -> dict[str, Any]:
-    """The record of a config whose training task failed (after its retries)."""
-    try:
-        cfg = RunConfig.from_dict(cfg_dict)
-        run_id, h = cfg.run_id, cfg.config_hash
-    except ConfigError:
-        run_id, h = "<invalid config>", None
-    rec = dict.fromkeys(RECORD_KEYS)
-    rec.update(run_id=run_id, status="task_failed", config_hash=h, device=cfg_dict.get("device"),
-               routed=False, reused=False, error=(message or "")[:2000])
-    return rec
+    return record
 
 
 @task(name="summarise-sweep")
 def summarise_sweep(records: list[dict[str, Any]]) -> dict[str, int]:
     """Log and publish (table artifact 'sweep-runs') what the sweep did; failed configs are listed with why."""
     logger = get_run_logger()
-    rows = []
-    for rec in records:
-        hit = rec.get("cached")
-        rows.append({
-            "run_id": rec["run_id"], "status": rec["status"],
-            "how": "failed" if rec["status"] == "task_failed" else
-                   "prefect cache" if hit else "reused run dir" if rec.get("reused") else "trained",
-            "final_loss": rec.get("final_loss"), "max_grad_norm": rec.get("max_grad_norm"),
-            "routed": rec.get("routed"), "device": rec.get("device"), "error": rec.get("error") or "",
-        })
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["how"]] = counts.get(r["how"], 0) + 1
-    counts["routed"] = sum(bool(r["routed"]) for r in rows)
+    rows, counts = sweep_rows(records)
     create_table_artifact(
         key="sweep-runs", table=rows,
         description=f"Sweep of {len(rows)} run(s): " + ", ".join(f"{v} {k}" for k, v in counts.items()),

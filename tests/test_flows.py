@@ -122,7 +122,7 @@ def test_is_transient(exc, retry):
 
 
 def test_threshold_drift_rules():
-    from tasks.calibrate import threshold_drift
+    from dlm_triage.drift import threshold_drift
 
     old = {"a": {"threshold": 1.0, "ci_low": 0.9, "ci_high": 1.1}, "b": {"threshold": 1.0, "ci_low": 0.9,
            "ci_high": 1.1}, "d": {"threshold": 1.0, "ci_low": None, "ci_high": None},
