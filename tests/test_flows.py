@@ -321,7 +321,7 @@ def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, TaskRunFilter, \
-        TaskRunFilterName
+        TaskRunFilterName, TaskRunFilterStartTime
 
     from dlm_triage import store
 
@@ -368,9 +368,12 @@ def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
     with get_client(sync_client=True) as client:
         own = {a.key: a for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))}
-        tags = client.read_flow_run(run_id).tags
+        this_run = client.read_flow_run(run_id)
+        tags = this_run.tags
+        # names alone also match earlier tests' task runs of the same configs on this shared server
         marks = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(
-            any_=[f"routed-{r}" for r in run_ids] + [f"train-{r}" for r in run_ids])))
+            any_=[f"routed-{r}" for r in run_ids] + [f"train-{r}" for r in run_ids]),
+            start_time=TaskRunFilterStartTime(after_=this_run.start_time)))
         text = client.read_artifacts(artifact_filter=ArtifactFilter(key={"any_": ["triage-report-text"]}))[0].data
     summary = own["pipeline-summary"].data
     answer = summary.index("## Answer, per group")
