@@ -371,3 +371,16 @@ def test_max_grad_figure_has_a_column_per_group_and_learning_rate():
     assert cols == [("a", 1e-3), ("a", 1e-2), ("b", "all")]  # b has more rates than MAX_LR_FACETS: pooled
     assert notes == ["Max-grad figure: b has 8 learning rates; drawn pooled."]
     assert report.MAX_LR_FACETS < 8
+
+
+def test_templates_ship_as_package_data():
+    """A non-editable install carries the report's templates: every file in dlm_triage/report/templates matches
+    pyproject's package-data for dlm_triage.report, and the three the renderer loads are there."""
+    import fnmatch
+    import tomllib
+
+    cfg = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = cfg["tool"]["setuptools"]["package-data"]["dlm_triage.report"]
+    files = sorted(p.name for p in (Path(report.__file__).parent / "templates").iterdir())
+    assert {"report.html", "report.md", "report.css"} <= set(files)
+    assert [f for f in files if not any(fnmatch.fnmatch(f"templates/{f}", p) for p in patterns)] == []

@@ -1,17 +1,16 @@
-"""Markdown (and the HTML table primitives): the summary artifact, the routed-runs table, the pipeline's own
+"""Markdown: the table and cell primitives, the summary artifact, the routed-runs table, the pipeline's own
 summary, and report.md made readable inline in the Prefect UI."""
 
 from __future__ import annotations
 
 import base64
-import html
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from dlm_triage.report.answers import GroupAnswer, group_answers, threshold_table
+from dlm_triage.report.answers import group_answers, threshold_table
 from dlm_triage.report.fmt import _ci, _fmt
 from dlm_triage.report.verdicts import _group_names, verdicts
 
@@ -27,25 +26,6 @@ def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
-
-
-def _html_cell(x: Any) -> str:
-    if isinstance(x, tuple):  # one line per entry
-        return "<br>".join(_html_cell(e) for e in x)
-    return html.escape(_md_cell(x).replace("\\|", "|"))
-
-
-def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "",
-                row_classes: Sequence[str] | None = None, scroll: bool = False) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = []
-    for i, row in enumerate(rows):
-        rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        cells = "".join(f"<td>{_html_cell(c)}</td>" for c in row)
-        body.append(f"<tr{rc}>{cells}</tr>")
-    wrap = "tablewrap scroll" if scroll else "tablewrap"
-    return (f'<div class="{wrap}"><table class="{cls}"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 VERDICT_HEADERS = ("Recommendation", "Verdict", "Evidence (this data)", "Reading")
@@ -91,35 +71,6 @@ def _warning_kind(msg: str) -> str:
     -> 'stepk'), the degenerate-group and registry notes under their own names."""
     head = msg.split(":", 1)[0] if ":" in msg else "other"
     return head.split("[", 1)[0].split(".", 1)[0].strip() or "other"
-
-
-def _html_warnings(result: Mapping[str, Any]) -> str:
-    """Every warning, collapsed under one line that counts them per scope; inside, grouped by scope (all groups,
-    then each group) and by kind (one line per step-k split count folds into one 'stepk' line)."""
-    ws = _warnings(result)
-    if not ws:
-        return "<section id='warnings' class='note'>No calibration warnings.</section>"
-    total = sum(len(w) for _, w in ws)
-    counts = ", ".join(f"{html.escape(scope)} {len(msgs)}" for scope, msgs in ws)
-    parts = [f"<details class='warnings' id='warnings'><summary>&#9888; {total} calibration warning(s) "
-             f"({counts}): what the numbers above rest on; open to read</summary>"]
-    for scope, msgs in ws:
-        kinds: dict[str, list[str]] = {}
-        for m in msgs:
-            kinds.setdefault(_warning_kind(m), []).append(m)
-        parts.append(f"<h3>{html.escape(scope)} ({len(msgs)})</h3>")
-        for kind, km in kinds.items():
-            parts.append(f"<details class='wkind'><summary>{html.escape(kind)} ({len(km)})</summary><ul>"
-                         + "".join(f"<li>{html.escape(m)}</li>" for m in km) + "</ul></details>")
-    return "".join(parts) + "</details>"
-
-
-def _html_answers(answers: Sequence[GroupAnswer]) -> str:
-    if not answers:
-        return ("<section id='answer'><h2>Answer</h2><p class='missing'>No group was calibrated: nothing to "
-                "answer (see the warnings).</p>")
-    items = "".join(f"<li class='{'live' if a.live else 'none'}'>{html.escape(a.line)}</li>" for a in answers)
-    return f"<section id='answer'><h2>Answer, per group</h2><ul class='answers'>{items}</ul>"
 
 
 def summary_markdown(result: Mapping[str, Any], *, routed: Mapping[str, int] | None = None,
