@@ -448,40 +448,45 @@ def ensure_built(cache_dir: Path | None, key: str, recipe_meta: dict, build: Cal
     return target
 
 
-def _build_kind(kind: str) -> str:
-    """Build (or find) the default local model of `kind` ('dlm', 'ar' or 'gemma') in the default cache."""
+def _build_kind(kind: str, steps: int | None = None) -> str:
+    """Build (or find) the default local model of `kind` ('dlm', 'ar' or 'gemma') in the default cache; `steps`:
+    its pretraining steps (None: the recipe's)."""
+    kw = {} if steps is None else {"pretrain_steps": steps}
     if kind == "gemma":
         from dlm_triage.tiny_diffusion_gemma import ensure_tiny_diffusion_gemma
 
-        return str(ensure_tiny_diffusion_gemma())
-    return str(ensure_tiny_model(kind=kind))
+        return str(ensure_tiny_diffusion_gemma(**kw))
+    return str(ensure_tiny_model(kind=kind, **kw))
 
 
-def _build_kind_in_worker(kind: str, threads: int) -> str:
+def _build_kind_in_worker(kind: str, steps: int | None, threads: int) -> str:
     torch.set_num_threads(threads)
-    return _build_kind(kind)
+    return _build_kind(kind, steps)
 
 
-def is_built(kind: str) -> bool:
+def is_built(kind: str, steps: int | None = None) -> bool:
     """Whether the default local model of `kind` is already in the default cache (a no-op to ensure)."""
     from dlm_triage.paths import cache_root
 
     if kind == "gemma":
         from dlm_triage import tiny_diffusion_gemma as g
 
-        key = g.recipe_key(g.PRETRAIN_STEPS)
+        key = g.recipe_key(g.PRETRAIN_STEPS if steps is None else steps)
     else:
-        key = recipe_key(DEFAULT_PRETRAIN_STEPS, kind)
+        key = recipe_key(DEFAULT_PRETRAIN_STEPS if steps is None else steps, kind)
     return (cache_root() / "models" / key / RECIPE_FILENAME).is_file()
 
 
-def ensure_local_models(kinds: Iterable[str], *, workers: int | None = None) -> dict[str, str]:
+def ensure_local_models(kinds: Iterable[str], *, workers: int | None = None,
+                        pretrain_steps: dict[str, int] | None = None) -> dict[str, str]:
     """The default local models of `kinds` ({kind: directory}), building the missing ones at once: one spawned
     process each, up to `workers` (default: CPU cores) with cores / workers torch threads apiece. Pretraining a
-    tiny model is ~90 % per-op overhead on one core, so two cores build two models in the time of one; a single
-    missing model is built in this process (no spawn)."""
+    tiny model is mostly per-op overhead on one core, so two cores build two models in about the time of one; a
+    single missing model is built in this process (no spawn). `pretrain_steps`: {kind: steps} (default: the
+    recipes')."""
     kinds = list(dict.fromkeys(kinds))
-    missing = [k for k in kinds if not is_built(k)]
+    steps = dict(pretrain_steps or {})
+    missing = [k for k in kinds if not is_built(k, steps.get(k))]
     workers = max(1, min(len(missing), workers or os.cpu_count() or 1))
     if len(missing) > 1 and workers > 1:
         import multiprocessing
@@ -489,9 +494,9 @@ def ensure_local_models(kinds: Iterable[str], *, workers: int | None = None) -> 
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for f in [pool.submit(_build_kind_in_worker, k, threads) for k in missing]:
+            for f in [pool.submit(_build_kind_in_worker, k, steps.get(k), threads) for k in missing]:
                 f.result()  # a failed build raises here, with its own message
-    return {k: _build_kind(k) for k in kinds}
+    return {k: _build_kind(k, steps.get(k)) for k in kinds}
 
 
 def load_tiny(model_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,

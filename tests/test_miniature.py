@@ -128,3 +128,21 @@ def test_end_of_run_summary_answers_for_each_family_of_the_miniature():
         else:  # why none, in the registry's own words
             assert "no live threshold: " in line and reg["rejection_reasons"][0][:40] in line
         assert f"vs baseline ceiling {reg['baseline_ceiling']:.3g}" in line
+
+
+def test_missing_local_models_are_built_at_once_in_worker_processes(tmp_path, monkeypatch):
+    from dlm_triage.tiny import ensure_local_models, is_built
+
+    monkeypatch.setenv("DLM_TRIAGE_CACHE", str(tmp_path))  # the spawned workers inherit it
+    steps = {"ar": 2, "gemma": 2}
+    assert not is_built("ar", 2) and not is_built("gemma", 2)
+    paths = ensure_local_models(["ar", "gemma"], workers=2, pretrain_steps=steps)
+    assert set(paths) == {"ar", "gemma"} and is_built("ar", 2) and is_built("gemma", 2)
+    for kind, path in paths.items():
+        meta = read_recipe(path)
+        assert meta["recipe"]["pretrain_steps"] == 2 and str(tmp_path) in path
+        assert meta["stats"]["pretrain_wall_s"] >= 0  # pretrained by a worker, recipe written last
+    load_tiny(paths["ar"], causal=True)
+    again = ensure_local_models(["ar", "gemma"], workers=2, pretrain_steps=steps)  # built: nothing runs again
+    assert again == paths and {read_recipe(p)["built_at"] for p in again.values()} == \
+        {read_recipe(p)["built_at"] for p in paths.values()}
