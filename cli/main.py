@@ -1,7 +1,8 @@
 """`dlm-triage`: the command line.
 
-    dlm-triage run                      the embedded default: pretrain (or reuse) the tiny family, sweep, ingest,
-                                        calibrate, report -- all through the Prefect pipeline flow
+    dlm-triage run                      the embedded default (dlm_triage/defaults.py): pretrain (or reuse) the
+                                        local tiny, tiny_gemma and tiny_ar models, sweep, ingest, calibrate,
+                                        report -- all through the Prefect pipeline flow
     dlm-triage sweep  [axes...]         train a grid (Prefect sweep flow: parallel, cached, resumable)
     dlm-triage train  [--config F]      one run, in this process, no Prefect
     dlm-triage ingest [RUNS_DIR]        load run directories into DuckDB (idempotent)
@@ -10,14 +11,14 @@
     dlm-triage report                   HTML + Markdown triage report with figures
     dlm-triage queue                    runs routed to inspection, and why
     dlm-triage thresholds               the threshold registry (latest and history)
-    dlm-triage pretrain                 build (or find) the tiny family's pretrained model
+    dlm-triage pretrain [--family F]    build (or find) a local family's pretrained model
     dlm-triage connect RUN_A RUN_B      LoRA-Curve: loss barriers between two runs' adapters (linear, Bezier)
 
 `run` and `sweep` go through Prefect flows (orchestration, retries, caching, artifacts); the other verbs call
 the same core functions the Prefect tasks call, directly, so they answer in about a second. Every option that a
 flow takes is validated by the same pydantic model the Prefect UI uses (`dlm_triage.params`).
 Default locations: $DLM_TRIAGE_OUT (./dlm-triage-out) for runs, triage.duckdb and reports;
-$DLM_TRIAGE_CACHE (~/.cache/dlm-triage) for the tiny family's pretrained model.
+$DLM_TRIAGE_CACHE (~/.cache/dlm-triage) for the local families' pretrained models.
 """
 
 from __future__ import annotations
