@@ -2,7 +2,6 @@
 `flows/` and `cli/`), checked by importing every core module in a fresh interpreter."""
 
 import os
-import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _core_modules() -> list[str]:
-    return sorted(m.name for m in pkgutil.walk_packages(dlm_triage.__path__, prefix="dlm_triage."))
+    """Every module of the package, from its files (pkgutil.walk_packages imports as it walks and drops a package
+    that fails to import, which would hide the very cycle a test looks for)."""
+    root = Path(dlm_triage.__file__).parent
+    names = []
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] != "__init__" or len(parts) > 2:
+            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return sorted(names)
 
 
 def test_core_imports_neither_prefect_nor_flows():
@@ -48,3 +55,46 @@ def test_core_source_names_no_orchestration_import():
                 if top in ("flows", "tasks", "cli") or (top == "prefect" and path.name != "early_warning.py"):
                     found.append(f"{path.name}:{node.lineno} imports {name}")
     assert not found, found
+
+
+def test_no_import_cycles_among_core_modules():
+    """Module-level imports between core modules form no cycle (a function-level import, made when called, is
+    how a module reaches one that would close a cycle). A package's `__init__` re-exports count as edges."""
+    import ast
+
+    root = Path(dlm_triage.__file__).parent
+    modules = set(_core_modules()) | {"dlm_triage"}
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = name if rel.name == "__init__" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.parse(path.read_text(), str(path)).body:  # top level only
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            edges |= {t for t in targets if t in modules and t != name and t != "dlm_triage"}
+        graph[name] = edges
+    cycles, state = [], {}
+
+    def visit(n: str, stack: list[str]) -> None:
+        state[n] = 1
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                cycles.append(stack[stack.index(m):] + [m] if m in stack else [n, m])
+            elif m not in state:
+                visit(m, stack + [m])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+    assert not cycles, cycles

@@ -171,13 +171,13 @@ _KILLED_INGEST = textwrap.dedent("""
     import os, signal, sys
     from dlm_triage import store
 
-    insert_steps = store._insert_steps
+    insert_steps = store.ingest._insert_steps
 
     def insert_then_die(con, steps_df):  # runs and steps are inserted, the transaction is still open
         insert_steps(con, steps_df)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    store._insert_steps = insert_then_die
+    store.ingest._insert_steps = insert_then_die  # the module whose _write_batch calls it
     store.ingest_runs(sys.argv[1], sys.argv[2])
 """)
 

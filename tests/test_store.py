@@ -278,7 +278,7 @@ def test_failure_mid_ingest_rolls_back(db: Path, runs: Path, tmp_path: Path, mon
     def exploding_insert_steps(con, steps_df):  # runs already inserted in this transaction, then a failure
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(store, "_insert_steps", exploding_insert_steps)
+    monkeypatch.setattr(store.ingest, "_insert_steps", exploding_insert_steps)  # where _write_batch looks it up
     with pytest.raises(OSError, match="injected"):
         store.ingest_runs(db, more)
     assert tables(db) == before
