@@ -6,51 +6,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from dlm_triage.calresult import CalibrationResult
 from dlm_triage.report.fmt import _fmt, _g3
-from dlm_triage.report.verdicts import _baseline, _baseline_ceiling, _heldout_k, _num, _threshold
+from dlm_triage.report.verdicts import _baseline, _heldout_k, _own_rule, _rule_numbers, _threshold, as_result
 
 CONCENTRATION_HEADERS = ("group", "definition", "runs", "Gini mean (sd)", "top-matrix share mean (sd)", "rule")
 
 
-def concentration_rows(result: Mapping[str, Any]) -> list[list[Any]]:
+def concentration_rows(result: CalibrationResult | Mapping[str, Any]) -> list[list[Any]]:
     """One row per group and logged concentration definition (calibrate.CONCENTRATION_DEFINITIONS), named."""
-    rows = []
-    for name, g in (result.get("groups") or {}).items():
-        for key, c in (g.get("concentration") or {}).items():
-            if not isinstance(c, Mapping) or not c.get("logged"):
-                continue
-            gi, ts = c.get("gini") or {}, c.get("top1_share") or {}
-            rows.append([name, key, gi.get("n"), f"{_fmt(_num(gi, 'mean'))} ({_fmt(_num(gi, 'sd'))})",
-                         f"{_fmt(_num(ts, 'mean'))} ({_fmt(_num(ts, 'sd'))})", c.get("definition") or ""])
-    return rows
+    return [[name, key, c.gini.n, f"{_fmt(c.gini.mean)} ({_fmt(c.gini.sd)})",
+             f"{_fmt(c.top1_share.mean)} ({_fmt(c.top1_share.sd)})", c.definition]
+            for name, g in as_result(result).groups.items() for key, c in g.concentration.items()]
 
 
-def threshold_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+def threshold_table(result: CalibrationResult | Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per group for a Prefect table artifact (plain JSON types; None where undefined)."""
     rows = []
-    for name, g in result.get("groups", {}).items():
+    for name, g in as_result(result).groups.items():
         # one decision rule per row: the registered threshold, its k, and that rule's own held-out metrics and
         # split-bootstrap CI (calibrate.py registry); calibrations without them fall back to the whole-run rule
-        reg = g.get("registry") or {}
-        own = "precision_ci_low" in reg
-        src, ci_src = ("registry", "registry") if own else ("heldout", "split_bootstrap")
-        lo = _num(g, ci_src, "precision_ci_low")
-        ceiling = _num(g, "registry", "baseline_ceiling") if own else _baseline_ceiling(g)
-        base = _num(g, "registry", "baseline_precision") if own else _baseline(g)
-        status = reg.get("status")
+        src, lo, hi, ceiling = _rule_numbers(g)
+        base = g.registry.baseline_precision if _own_rule(g) else _baseline(g)
+        reg = g.registry
         rows.append({
             "group": name,
-            "n": g.get("n"), "n_unstable": g.get("n_unstable"), "n_stable": g.get("n_stable"),
+            "n": g.n, "n_unstable": g.n_unstable, "n_stable": g.n_stable,
             "threshold": _threshold(g), "k": _heldout_k(g),
-            "precision": _num(g, src, "precision"), "recall": _num(g, src, "recall"), "f1": _num(g, src, "f1"),
-            "precision_ci_low": lo, "precision_ci_high": _num(g, ci_src, "precision_ci_high"),
+            "precision": src.precision, "recall": src.recall, "f1": src.f1,
+            "precision_ci_low": lo, "precision_ci_high": hi,
             "baseline_precision": base, "baseline_ceiling": ceiling,
-            "live": status if status else None,
-            "rejection_reasons": list(reg.get("rejection_reasons") or ()),
-            "median_ratio": _num(g, "maxgrad", "median_ratio"),
-            "mw_p_bonferroni": _num(g, "maxgrad", "mw_p_bonferroni"),
-            "bonferroni_m": (g.get("maxgrad") or {}).get("bonferroni_m"),
-            "top1_fire_rate": _num(g, "top1", "fire_rate"), "collapse_rate": _num(g, "top1", "collapse_rate"),
+            "live": reg.status if reg is not None else None,
+            "rejection_reasons": list(reg.rejection_reasons) if reg is not None else [],
+            "median_ratio": g.maxgrad.median_ratio, "mw_p_bonferroni": g.maxgrad.mw_p_bonferroni,
+            "bonferroni_m": g.maxgrad.bonferroni_m,
+            "top1_fire_rate": g.top1.fire_rate, "collapse_rate": g.top1.collapse_rate,
             "triage": ("not evaluable" if lo is None or ceiling is None
                        else "supported" if lo > ceiling else "not supported on this data"),
         })
@@ -68,7 +58,7 @@ class GroupAnswer:
     line: str
 
 
-def group_answers(result: Mapping[str, Any], *, routed: Mapping[str, int] | None = None,
+def group_answers(result: CalibrationResult | Mapping[str, Any], *, routed: Mapping[str, int] | None = None,
                   live: Mapping[str, Any] | None = None) -> list[GroupAnswer]:
     """One line per group: its live threshold (rule and value) or why none, the runs routed to inspection, and
     the registered rule's held-out precision [split-bootstrap CI] against the always-positive baseline ceiling.
@@ -77,7 +67,8 @@ def group_answers(result: Mapping[str, Any], *, routed: Mapping[str, int] | None
     `store.live_threshold` returns (or None)}; without it the answer is this calibration's registry alone. The
     numbers are `threshold_table`'s: one rule per row, the same as the per-group table and the registry.
     """
-    cal_id = result.get("calibration_id")
+    result = as_result(result)
+    cal_id = result.calibration_id
     out = []
     for row in threshold_table(result):
         name = row["group"]

@@ -12,15 +12,20 @@ from dlm_triage.report.figkit import (INSPECTION_WINDOW, PREDICTOR_COLOURS, _k_l
                                       _panel_grid, _plt, _png)
 from dlm_triage.report.fmt import _fmt
 from dlm_triage.report.load import _Data
-from dlm_triage.report.verdicts import _baseline, _baseline_ceiling, _group_names, _num, _stepk_series, _threshold
+from dlm_triage.report.verdicts import _baseline, _baseline_ceiling, _group_names, _stepk_series, _threshold
 
 def _fig_top1(data: _Data, notes: list[str]) -> bytes:
-    groups = data.result.get("groups", {})
+    groups = data.cr.groups
 
     def rate(g: str, key: str) -> float | None:
         # over every run of the group (no label needed: runs imported without a final loss count too)
-        v = _num(groups[g], "top1_all_runs", key)
-        return _num(groups[g], "top1", key) if v is None else v
+        every = groups[g].top1_all_runs
+        v = getattr(every, key) if every is not None else None
+        return getattr(groups[g].top1, key) if v is None else v
+
+    def n_runs(g: str) -> int | None:
+        every = groups[g].top1_all_runs
+        return every.n if every is not None and every.n is not None else groups[g].n
 
     names = [g for g in groups if rate(g, "fire_rate") is not None]
     if not names:
@@ -37,7 +42,7 @@ def _fig_top1(data: _Data, notes: list[str]) -> bytes:
         for b, v in zip(bars, vals):
             ax.annotate(f"{100 * v:.0f}%", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom",
                         fontsize=8, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(x, [f"{g}\n(n={(groups[g].get('top1_all_runs') or {}).get('n', groups[g].get('n'))})"
+    ax.set_xticks(x, [f"{g}\n(n={n_runs(g)})"
                       for g in names])
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("share of runs")
@@ -73,7 +78,7 @@ def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
     runs = data.runs.filter(pl.col("monitor").is_not_null() & (pl.col("monitor") > 0))
     if runs.height == 0:
         raise _Missing("no run has a positive max-grad value")
-    names = [g for g in _group_names(data.result) if g in set(runs["group"].to_list())]
+    names = [g for g in _group_names(data.cr) if g in set(runs["group"].to_list())]
     if not names:
         raise _Missing("none of the calibration's groups has runs with these values in the database")
     if "learning_rate" not in runs.columns:
@@ -104,10 +109,11 @@ def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
     # the group's threshold across all of its columns; a thin line between groups
     for g in names:
         idx = [i for i, (gg, _lr) in enumerate(cols) if gg == g]
-        thr = _threshold(data.result["groups"][g])
+        thr = _threshold(data.cr.groups[g])
         if thr is not None and thr > 0:
             ax.hlines(thr, idx[0] - 0.45, idx[-1] + 0.45, colors="black", linestyles="--", linewidth=1.2)
-            rejected = (data.result["groups"][g].get("registry") or {}).get("status") == "rejected"
+            reg = data.cr.groups[g].registry
+            rejected = reg is not None and reg.status == "rejected"
             ax.annotate(f"{g} threshold {_fmt(thr)}" + (" (rejected: not live)" if rejected else ""),
                         (idx[0] - 0.45, thr), fontsize=7, va="bottom", ha="left",
                         xytext=(0, 2), textcoords="offset points",
@@ -136,7 +142,7 @@ def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
 
 
 def _fig_stepk(data: _Data, notes: list[str]) -> bytes:
-    groups = data.result.get("groups", {})
+    groups = data.cr.groups
     names = [g for g in groups if _stepk_series(groups[g])]
     if not names:
         raise _Missing("no step-k sweep in the calibration (runs have no step logs, e.g. an imported 'cells' "
@@ -177,7 +183,7 @@ def _fig_stepk(data: _Data, notes: list[str]) -> bytes:
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("step k")
         ax.set_ylabel("held-out precision")
-        ax.set_title(f"{g} (n={groups[g].get('n')})")
+        ax.set_title(f"{g} (n={groups[g].n})")
         ax.spines[["top", "right"]].set_visible(False)
     h, lab = axes.flat[0].get_legend_handles_labels()
     # three columns: five entries in one row are wider than a one-group figure and get clipped

@@ -45,7 +45,7 @@ def _fig_heatmap(data: _Data, notes: list[str]) -> bytes:
                             & pl.col("monitor").is_not_null() & (pl.col("monitor") > 0))
     if runs.height == 0:
         raise _Missing("no run has a rank, a mask ratio and a positive max-grad value")
-    known = set(_group_names(data.result))
+    known = set(_group_names(data.cr))
     runs = runs.filter(pl.col("group").is_in(known))
     if runs.height == 0:
         raise _Missing("none of the calibration's groups has runs with these values in the database")
@@ -122,7 +122,7 @@ def _fig_top1_traj(data: _Data, notes: list[str]) -> bytes:
         raise _Missing("the step logs have no top-1 frequency values (top-1 monitor off)")
     lab = data.runs.select("run_id", "group", "label", "final_loss")
     st = st.join(lab, on="run_id", how="inner")
-    names = [g for g in _group_names(data.result) if g in set(st["group"].to_list())]
+    names = [g for g in _group_names(data.cr) if g in set(st["group"].to_list())]
     if not names:
         raise _Missing("none of the calibration's groups has runs with these values in the database")
     names = _largest(data, names, notes, "Top-1 trajectories")

@@ -55,7 +55,7 @@ def _panel_grid(n: int, *, width: float, height: float, pad_w: float = 0.0, pad_
 
 
 def _largest(data: _Data, names: Sequence[str], notes: list[str], what: str) -> list[str]:
-    n = {g: int(data.result["groups"][g].get("n") or 0) for g in names}
+    n = {g: data.cr.groups[g].n or 0 for g in names}
     keep = sorted(names, key=lambda g: (-n[g], g))[:MAX_PANELS]
     if len(names) > MAX_PANELS:
         notes.append(f"{what}: the {MAX_PANELS} largest of {len(names)} groups are drawn "

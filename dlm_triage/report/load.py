@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,7 +15,8 @@ import polars as pl
 
 from dlm_triage import groups, runsummary, store
 from dlm_triage.calinputs import run_ids_sha256
-from dlm_triage.report.verdicts import _group_names, _heldout_k, _num
+from dlm_triage.calresult import CalibrationResult
+from dlm_triage.report.verdicts import _group_names, _heldout_k
 
 RUN_COLUMNS = (
     "run_id", "source", "family", "model_id", "cohort", "method", "rank", "alpha", "mask_ratio",
@@ -37,6 +39,11 @@ class _Data:
     steps: pl.DataFrame | None  # run_id, step, loss, grad_norm, top1_freq (None: no step logs)
     monitor_label: str
     notes: list[str]
+
+    @cached_property
+    def cr(self) -> CalibrationResult:
+        """The calibration read once into its typed record (what the figures, queue and pages read)."""
+        return CalibrationResult.from_json(self.result)
 
 
 def _connect(db_path: Path) -> duckdb.DuckDBPyConnection:
@@ -101,7 +108,8 @@ def _pl(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) ->
 def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _Data:
     cal = _load_calibration(con, calibration_id)
     result = cal["result_json"]
-    group_by = result.get("group_by") or cal["group_by"] or "family"
+    cr = CalibrationResult.from_json(result)
+    group_by = cr.group_by
     notes: list[str] = []
     have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                       "WHERE table_name = 'runs'").fetchall()}
@@ -117,7 +125,7 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
         sql += " WHERE ingested_at <= CAST(? AS TIMESTAMP)"
         params.append(str(snap["max_ingested_at"]))
     runs = groups.with_group(_pl(con, sql + " ORDER BY run_id", params), group_by)  # the one group key
-    runs = runs.filter(pl.col("group").is_in(_group_names(result)))
+    runs = runs.filter(pl.col("group").is_in(_group_names(cr)))
     ids_sha = run_ids_sha256(runs["run_id"].to_list())
     if snap.get("run_ids_sha256") and snap["run_ids_sha256"] != ids_sha:
         notes.append(f"The calibration saw {snap.get('n_runs')} runs; the database now holds {runs.height} "
@@ -127,8 +135,7 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
     if "diverged_at_step" in runs.columns:
         diverged = diverged | pl.col("diverged_at_step").is_not_null()
     runs = runs.with_columns(diverged.fill_null(False).alias("diverged"))
-    thr = {n: (_num(g, "unstable_final_loss_threshold"), _num(g, "stable_final_loss_threshold"))
-           for n, g in result.get("groups", {}).items()}
+    thr = {n: (g.unstable_final_loss_threshold, g.stable_final_loss_threshold) for n, g in cr.groups.items()}
     runs = runs.with_columns(_labels(runs, thr))
 
     ids = runs["run_id"].to_list()
@@ -142,7 +149,7 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
             steps = None
 
     # the triage monitor: max-grad up to the calibration's k when step logs exist, else the run's max
-    ks = {_heldout_k(g) for g in result.get("groups", {}).values()} - {None}
+    ks = {_heldout_k(g) for g in cr.groups.values()} - {None}
     k = ks.pop() if len(ks) == 1 else None
     monitor = runs["max_grad_norm"].cast(pl.Float64) if "max_grad_norm" in runs.columns else None
     monitor_label = "max grad norm (whole run)"

@@ -16,7 +16,7 @@ def _inspection_rows(con: duckdb.DuckDBPyConnection, data: _Data) -> pl.DataFram
     """store.inspection_queue for this calibration (threshold hits + runs routed live), restricted to the
     calibration's runs, with config columns, the store's reason and the run's outcome."""
     q = store.inspection_queue(con, calibration_id=data.calibration["calibration_id"])
-    thr = {n: _threshold(g) for n, g in data.result.get("groups", {}).items()}
+    thr = {n: _threshold(g) for n, g in data.cr.groups.items()}
     runs = data.runs.with_columns(
         pl.col("group").replace_strict(thr, default=None, return_dtype=pl.Float64).alias("threshold"))
     queued = runs.join(q.select("run_id", "reason", *[c for c in ("outcome",) if c in q.columns]), on="run_id",
@@ -40,8 +40,7 @@ def _routed_counts(q: pl.DataFrame) -> dict[str, int]:
 
 def _live_records(con: duckdb.DuckDBPyConnection, data: _Data) -> dict[str, Any]:
     """{group: the threshold the live early warning uses now (store.live_threshold), or None}."""
-    group_by = data.result.get("group_by") or data.calibration["group_by"] or "family"
-    return {g: store.live_threshold(con, g, group_by=group_by)[0] for g in _group_names(data.result)}
+    return {g: store.live_threshold(con, g, group_by=data.cr.group_by)[0] for g in _group_names(data.cr)}
 
 
 def _queue_outcomes(q: pl.DataFrame) -> list[str]:

@@ -32,7 +32,7 @@ from dlm_triage.report.queue import QUEUE_HEADERS, _inspection_rows, _live_recor
     _routed_counts
 from dlm_triage.report.text import (THRESHOLD_HEADERS, VERDICT_HEADERS, _md_cell, _threshold_rows, _warnings,
                                     _warning_kind, summary_markdown)
-from dlm_triage.report.verdicts import _group_names, _num, definitions, verdicts
+from dlm_triage.report.verdicts import _group_names, definitions, verdicts
 
 @dataclass(frozen=True)
 class ReportPaths:
@@ -122,17 +122,15 @@ GROUP_HEADERS = ("group", "n", "stable", "unstable", "unstable if final loss >="
 def _context(data: _Data, queue: pl.DataFrame, conn: pl.DataFrame, answers: Sequence[GroupAnswer],
              pngs: dict[str, bytes], missing: dict[str, str], notes: Sequence[str]) -> dict[str, Any]:
     """What report.html and report.md show, one value per thing shown."""
-    result, cal = data.result, data.calibration
+    result, cal = data.cr, data.calibration
     vs = verdicts(result)
-    per_group = [[n, g.get("n"), g.get("n_stable"), g.get("n_unstable"), _num(g, "unstable_final_loss_threshold"),
-                  _num(g, "top1", "fire_rate"), _num(g, "top1", "collapse_rate"),
-                  _num(g, "top1", "precision_unstable"), _num(g, "maxgrad", "median_stable"),
-                  _num(g, "maxgrad", "median_unstable"), _num(g, "maxgrad", "median_ratio"),
-                  _ci(_num(g, "maxgrad", "ratio_ci_low"), _num(g, "maxgrad", "ratio_ci_high")),
-                  _num(g, "maxgrad", "mw_p_bonferroni"), (g.get("maxgrad") or {}).get("bonferroni_m")]
-                 for n, g in result.get("groups", {}).items()]
+    per_group = [[n, g.n, g.n_stable, g.n_unstable, g.unstable_final_loss_threshold, g.top1.fire_rate,
+                  g.top1.collapse_rate, g.top1.precision_unstable, g.maxgrad.median_stable,
+                  g.maxgrad.median_unstable, g.maxgrad.median_ratio,
+                  _ci(g.maxgrad.ratio_ci_low, g.maxgrad.ratio_ci_high), g.maxgrad.mw_p_bonferroni, g.maxgrad.bonferroni_m]
+                 for n, g in result.groups.items()]
     conc_rows = concentration_rows(result)
-    kw = result.get("fire_step_kruskal") or {}
+    kw = result.fire_step_kruskal
     warnings = []
     for scope, msgs in _warnings(result):
         kinds: dict[str, list[str]] = {}
@@ -150,7 +148,7 @@ def _context(data: _Data, queue: pl.DataFrame, conn: pl.DataFrame, answers: Sequ
     return {
         "title": f"dlm-triage calibration report - {cal['calibration_id']}",
         "meta": {"calibration_id": cal["calibration_id"], "created_at": cal["created_at"], "status": cal["status"],
-                 "group_by": result.get("group_by") or cal["group_by"], "n_runs": data.runs.height,
+                 "group_by": result.group_by, "n_runs": data.runs.height,
                  "n_groups": len(_group_names(result)), "monitor_label": data.monitor_label},
         "answers": list(answers),
         "warnings": warnings, "warnings_total": sum(len(w["msgs"]) for w in warnings),
@@ -163,7 +161,7 @@ def _context(data: _Data, queue: pl.DataFrame, conn: pl.DataFrame, answers: Sequ
             "concentration": Table(CONCENTRATION_HEADERS, conc_rows) if conc_rows else None,
             "queue": Table(QUEUE_HEADERS, _queue_rows(queue), cls="queue", scroll=True) if queue.height else None,
         },
-        "kruskal": {"H": _fmt(_num(kw, "H")), "p": _fmt(_num(kw, "p"))} if kw else None,
+        "kruskal": {"H": _fmt(kw[0]), "p": _fmt(kw[1])} if kw else None,
         "queue": {"n": queue.height, "outcomes": _queue_outcomes(queue)},
         "figures": [{"i": i, "name": name, "title": title, "caption": _CAPTIONS[name], "missing": missing.get(name),
                      "b64": base64.b64encode(pngs[name]).decode("ascii") if name in pngs else None}
@@ -171,7 +169,7 @@ def _context(data: _Data, queue: pl.DataFrame, conn: pl.DataFrame, answers: Sequ
         "connectivity": connectivity,
         "notes": list(notes),
         "provenance": json.dumps({"params": cal["params_json"], "snapshot": cal["snapshot_json"],
-                                  "provenance": result.get("provenance")}, indent=2, default=str),
+                                  "provenance": result.provenance or None}, indent=2, default=str),
     }
 
 
@@ -208,7 +206,7 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         (fig_dir / f"{name}.png").unlink(missing_ok=True)
 
     routed = _routed_counts(queue)
-    answers = group_answers(data.result, routed=routed, live=live)
+    answers = group_answers(data.cr, routed=routed, live=live)
     ctx = _context(data, queue, conn, answers, pngs, missing, notes)
     html_path, md_path = out / "report.html", out / "report.md"
     write_bytes_atomic(html_path, _templates("html").render(ctx).encode("utf-8"))
@@ -219,4 +217,4 @@ def write_report(db_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                          "outcome": r.get("outcome"), "why": r["why"]} for r in queue.iter_rows(named=True))
     return ReportPaths(html=html_path, markdown=md_path, figures=fig_paths, missing=missing,
                        answers=tuple(answers), routed=routed_rows,
-                       summary=summary_markdown(data.result, routed=routed, live=live))
+                       summary=summary_markdown(data.cr, routed=routed, live=live))

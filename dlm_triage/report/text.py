@@ -12,7 +12,8 @@ import numpy as np
 
 from dlm_triage.report.answers import group_answers, threshold_table
 from dlm_triage.report.fmt import _ci, _fmt
-from dlm_triage.report.verdicts import _group_names, verdicts
+from dlm_triage.calresult import CalibrationResult
+from dlm_triage.report.verdicts import _group_names, as_result, verdicts
 
 def _md_cell(x: Any) -> str:
     if isinstance(x, tuple):
@@ -33,7 +34,7 @@ THRESHOLD_HEADERS = ("group", "n", "unstable", "threshold", "k", "precision", "r
                      "precision CI", "baseline", "baseline ceiling", "median ratio", "p_Bonf", "m", "triage", "live")
 
 
-def _threshold_rows(result: Mapping[str, Any]) -> list[list[Any]]:
+def _threshold_rows(result: CalibrationResult) -> list[list[Any]]:
     return [[r["group"], r["n"], r["n_unstable"], r["threshold"], r["k"] if r["k"] is not None else "run max",
              r["precision"], r["recall"], r["f1"], _ci(r["precision_ci_low"], r["precision_ci_high"]),
              r["baseline_precision"], r["baseline_ceiling"], r["median_ratio"], r["mw_p_bonferroni"],
@@ -42,18 +43,18 @@ def _threshold_rows(result: Mapping[str, Any]) -> list[list[Any]]:
             for r in threshold_table(result)]
 
 
-def _warnings(result: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+def _warnings(result: CalibrationResult) -> list[tuple[str, list[str]]]:
     """[(scope, messages)]: the calibration's own warnings ('all groups'), then each group's."""
-    out = [("all groups", [str(w) for w in result.get("warnings") or []])]
-    for n, g in result.get("groups", {}).items():
-        msgs = [str(w) for w in g.get("warnings") or []]
+    out = [("all groups", list(result.warnings))]
+    for n, g in result.groups.items():
+        msgs = list(g.warnings)
         # a degenerate group (threshold not validated) matters more than per-split counts: show it first
         msgs.sort(key=lambda m: not ("degenerate" in m or m.startswith("group:")))
         out.append((str(n), msgs))
     return [(scope, ws) for scope, ws in out if ws]
 
 
-def _md_warnings(result: Mapping[str, Any], *, limit: int | None) -> list[str]:
+def _md_warnings(result: CalibrationResult, *, limit: int | None) -> list[str]:
     ws = _warnings(result)
     if not ws:
         return []
@@ -73,12 +74,13 @@ def _warning_kind(msg: str) -> str:
     return head.split("[", 1)[0].split(".", 1)[0].strip() or "other"
 
 
-def summary_markdown(result: Mapping[str, Any], *, routed: Mapping[str, int] | None = None,
+def summary_markdown(result: CalibrationResult | Mapping[str, Any], *, routed: Mapping[str, int] | None = None,
                      live: Mapping[str, Any] | None = None) -> str:
     """Markdown for a Prefect markdown artifact, answer first: one line per group (`group_answers`), the
     verdict table and the per-group rules, then the warnings (a few per scope; the report has them all)."""
-    lines = [f"# dlm-triage calibration `{result.get('calibration_id', '?')}`",
-             f"Grouped by **{result.get('group_by', '?')}**, {len(_group_names(result))} group(s).", "",
+    result = as_result(result)
+    lines = [f"# dlm-triage calibration `{result.calibration_id or '?'}`",
+             f"Grouped by **{result.group_by}**, {len(_group_names(result))} group(s).", "",
              "## Answer, per group", ""]
     lines += [f"- {'**live**' if a.live else '**none**'} {a.line}" for a in group_answers(
         result, routed=routed, live=live)] or ["No group was calibrated."]

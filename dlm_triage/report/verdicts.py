@@ -22,13 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from dlm_triage.fsutil import finite_or_none
+from dlm_triage.calresult import CalibrationResult, GroupResult
 from dlm_triage.report.fmt import _ci, _fmt, _pct
 
 TRIAGE_K = 25
 """The step the live early warning reads max-grad-so-far at (RunConfig.early_warning_step default)."""
-MAX_PANELS = 4
-"""Per-group figures draw at most this many groups (the largest by n) and say so when they drop some."""
 TOP1_LIFT_TOLERANCE = 1.1
 TRANSFER_DROP_MIN = 0.1
 THRESHOLD_SPREAD_MIN = 2.0
@@ -48,55 +46,54 @@ class Verdict:
     detail: str
 
 
-def _num(d: Mapping[str, Any] | None, *path: str) -> float | None:
-    """A number from a nested dict of the calibration JSON; None when absent or null (degenerate groups)."""
-    cur: Any = d
-    for key in path:
-        if not isinstance(cur, Mapping) or key not in cur:
-            return None
-        cur = cur[key]
-    return finite_or_none(cur)
+def as_result(result: CalibrationResult | Mapping[str, Any]) -> CalibrationResult:
+    """The typed calibration result (`calresult.CalibrationResult`) of a JSON-contract dict, read once; a
+    CalibrationResult passes as is."""
+    return result if isinstance(result, CalibrationResult) else CalibrationResult.from_json(result)
 
 
-def _group_names(result: Mapping[str, Any]) -> list[str]:
-    return list(result.get("groups", {}).keys())
+def _group_names(result: CalibrationResult) -> list[str]:
+    return list(result.groups)
 
 
-def _heldout_k(g: Mapping[str, Any]) -> int | None:
+def _heldout_k(g: GroupResult) -> int | None:
     """The step the group's threshold reads max-grad-up-to-k at (registry, else held-out); None: whole run."""
-    k = _num(g, "registry", "k")
-    k = _num(g, "heldout", "k") if k is None else k
-    return None if k is None else int(k)
+    k = g.registry.k if g.registry is not None else None
+    return g.heldout.k if k is None else k
 
 
-def _threshold(g: Mapping[str, Any]) -> float | None:
+def _threshold(g: GroupResult) -> float | None:
     """The threshold runs are routed by: the registered one (what store.inspection_queue uses), else held-out."""
-    t = _num(g, "registry", "threshold")
-    return _num(g, "heldout", "threshold") if t is None else t
+    t = g.registry.threshold if g.registry is not None else None
+    return g.heldout.threshold if t is None else t
 
 
-def _baseline_ceiling(g: Mapping[str, Any]) -> float | None:
+def _baseline_ceiling(g: GroupResult) -> float | None:
     """The always-positive baseline's ceiling: the upper CI bound of its precision over the split-bootstrap
     replicates (the same replicates as max-grad's precision CI); None when the calibration lacks it."""
-    return _num(g, "split_bootstrap", "baseline_precision_ci_high")
+    return g.split_bootstrap.baseline_precision_ci_high
 
 
-def _baseline(g: Mapping[str, Any]) -> float | None:
+def _baseline(g: GroupResult) -> float | None:
     """Always-positive precision: the split-bootstrap baseline when given, else the held-out one, else n_u/n."""
-    for path in (("split_bootstrap", "baseline_precision_median"), ("heldout", "baseline_precision")):
-        v = _num(g, *path)
+    for v in (g.split_bootstrap.baseline_precision_median, g.heldout.baseline_precision):
         if v is not None:
             return v
-    n, nu = _num(g, "n"), _num(g, "n_unstable")
-    return nu / n if n and nu is not None else None
+    return g.n_unstable / g.n if g.n and g.n_unstable is not None else None
 
 
-def _verdict_top1(result: Mapping[str, Any]) -> Verdict:
+def _own_rule(g: GroupResult) -> bool:
+    """The registered rule carries its own split-bootstrap CI: the verdict, the per-group table, the registry and
+    the live warning then judge one rule (threshold at its k); else the whole-run held-out one."""
+    return g.registry is not None and g.registry.own_ci
+
+
+def _verdict_top1(result: CalibrationResult) -> Verdict:
     parts, lifts, evaluable = [], [], 0
-    for name, g in result.get("groups", {}).items():
-        fire, coll = _num(g, "top1", "fire_rate"), _num(g, "top1", "collapse_rate")
-        p_coll, p_uns = _num(g, "top1", "precision_collapse"), _num(g, "top1", "precision_unstable")
-        base = _num(g, "n_unstable") / _num(g, "n") if _num(g, "n") else None
+    for name, g in result.groups.items():
+        t = g.top1
+        fire, coll, p_coll, p_uns = t.fire_rate, t.collapse_rate, t.precision_collapse, t.precision_unstable
+        base = g.n_unstable / g.n if g.n and g.n_unstable is not None else None
         parts.append(f"{name}: fires {_pct(fire)}, collapses {_pct(coll)}, precision(collapse) {_fmt(p_coll)}, "
                      f"precision(unstable) {_fmt(p_uns)} vs base rate {_fmt(base)}")
         if fire is None:
@@ -120,24 +117,27 @@ def _verdict_top1(result: Mapping[str, Any]) -> Verdict:
                    f"The warning has precision above the base rate in {', '.join(lifts)}: keep looking at it there.")
 
 
-def _verdict_maxgrad(result: Mapping[str, Any]) -> Verdict:
+def _rule_numbers(g: GroupResult) -> tuple[Any, float | None, float | None, float | None]:
+    """(precision/recall/f1 source, CI low, CI high, baseline ceiling) of the rule a group is judged by."""
+    if _own_rule(g):
+        reg = g.registry
+        return reg, reg.precision_ci_low, reg.precision_ci_high, reg.baseline_ceiling
+    sb = g.split_bootstrap
+    return g.heldout, sb.precision_ci_low, sb.precision_ci_high, _baseline_ceiling(g)
+
+
+def _verdict_maxgrad(result: CalibrationResult) -> Verdict:
     ok, bad, undefined, parts = [], [], [], []
-    for name, g in result.get("groups", {}).items():
-        # the rule that is registered (threshold at its k) when the calibration carries its own CI: the verdict,
-        # the per-group table, the registry and the live warning then judge one rule; else the whole-run one
-        own = "precision_ci_low" in (g.get("registry") or {})
-        src, ci_src = ("registry", "registry") if own else ("heldout", "split_bootstrap")
-        lo, hi = _num(g, ci_src, "precision_ci_low"), _num(g, ci_src, "precision_ci_high")
-        base = _num(g, "registry", "baseline_ceiling") if own else _baseline_ceiling(g)
-        k = _heldout_k(g) if own else None
+    for name, g in result.groups.items():
+        src, lo, hi, base = _rule_numbers(g)
+        k = _heldout_k(g) if _own_rule(g) else None
+        mg = g.maxgrad
         parts.append(
             f"{name} ({f'max-grad-up-to-{k}' if k is not None else 'whole-run max grad'}): held-out precision "
-            f"{_fmt(_num(g, src, 'precision'))}, recall "
-            f"{_fmt(_num(g, src, 'recall'))}, F1 {_fmt(_num(g, src, 'f1'))}; split-bootstrap "
+            f"{_fmt(src.precision)}, recall {_fmt(src.recall)}, F1 {_fmt(src.f1)}; split-bootstrap "
             f"precision CI {_ci(lo, hi)} vs baseline ceiling {_fmt(base)} (baseline median "
-            f"{_fmt(_num(g, 'split_bootstrap', 'baseline_precision_median'))}); median ratio "
-            f"{_fmt(_num(g, 'maxgrad', 'median_ratio'))}x, p_Bonf {_fmt(_num(g, 'maxgrad', 'mw_p_bonferroni'))} "
-            f"(m={g.get('maxgrad', {}).get('bonferroni_m')})")
+            f"{_fmt(g.split_bootstrap.baseline_precision_median)}); median ratio "
+            f"{_fmt(mg.median_ratio)}x, p_Bonf {_fmt(mg.mw_p_bonferroni)} (m={mg.bonferroni_m})")
         if lo is None or base is None:
             undefined.append(name)
         elif lo > base:
@@ -162,35 +162,24 @@ def _verdict_maxgrad(result: Mapping[str, Any]) -> Verdict:
                    + (f"; undefined in {', '.join(undefined)}" if undefined else "") + ".")
 
 
-def _stepk_series(g: Mapping[str, Any]) -> dict[str, dict[int, dict[str, float | None]]]:
+def _stepk_series(g: GroupResult) -> dict[str, dict[int, dict[str, float | None]]]:
     """stepk -> {predictor label: {k: {median, lo, hi}}}."""
     out: dict[str, dict[int, dict[str, float | None]]] = {}
-    for k_str, preds in (g.get("stepk") or {}).items():
-        try:
-            k = int(k_str)
-        except ValueError:
-            continue
-        if not isinstance(preds, Mapping):
-            continue
-        for pred, vals in preds.items():
-            if not isinstance(vals, Mapping):
-                continue
-            label = PREDICTOR_LABELS.get(pred, pred)
-            out.setdefault(label, {})[k] = {
-                "median": _num(vals, "precision_median"), "lo": _num(vals, "precision_ci_low"),
-                "hi": _num(vals, "precision_ci_high")}
+    for k, preds in g.stepk.items():
+        for pred, p in preds.items():
+            out.setdefault(PREDICTOR_LABELS.get(pred, pred), {})[k] = {
+                "median": p.median, "lo": p.ci_low, "hi": p.ci_high}
     return out
 
 
-def _label_step(result: Mapping[str, Any], ks: Iterable[int]) -> int:
+def _label_step(result: CalibrationResult, ks: Iterable[int]) -> int:
     """The last logged step: loss there IS the label (final loss), so loss-at-k is only a predictor before it."""
-    n = _num(result.get("provenance"), "trajectories", "n_steps")
-    return int(n) - 1 if n is not None else max(ks)
+    return result.n_steps - 1 if result.n_steps is not None else max(ks)
 
 
-def _verdict_loss(result: Mapping[str, Any]) -> Verdict:
+def _verdict_loss(result: CalibrationResult) -> Verdict:
     parts, keep, drop = [], [], []
-    for name, g in result.get("groups", {}).items():
+    for name, g in result.groups.items():
         series = _stepk_series(g)
         mg, loss = series.get("max-grad up to k", {}), series.get("loss at k", {})
         if not mg or not loss:
@@ -225,29 +214,26 @@ def _verdict_loss(result: Mapping[str, Any]) -> Verdict:
                    "max-grad dominates it here.")
 
 
-def _transfer_pairs(result: Mapping[str, Any]) -> list[tuple[str, str, float | None, float | None]]:
+def _transfer_pairs(result: CalibrationResult) -> list[tuple[str, str, float | None, float | None]]:
     """(source, target, precision of source's threshold on target, target's own-threshold precision).
 
-    result['transfer'] = {source: {target: {threshold, precision, recall, f1, n, same_group, ...}}} (calibrate.py):
-    the source group's held-out threshold applied to every run of the target group; the diagonal is the
-    target's own threshold on the same runs, so the two precisions are comparable.
+    `result.transfer` (calibrate.py): the source group's held-out threshold applied to every run of the target
+    group; the diagonal is the target's own threshold on the same runs, so the two precisions are comparable.
     """
-    tr = result.get("transfer") or {}
+    tr = result.transfer
     out = []
     for src, row in tr.items():
-        if not isinstance(row, Mapping):
-            continue
         for tgt, rec in row.items():
-            if src == tgt or not isinstance(rec, Mapping) or rec.get("same_group"):
+            if src == tgt or rec.same_group:
                 continue
-            own = _num(tr.get(tgt), tgt, "precision")
-            out.append((str(src), str(tgt), _num(rec, "precision"), own))
+            own = tr[tgt][tgt].precision if tgt in tr and tgt in tr[tgt] else None
+            out.append((src, tgt, rec.precision, own))
     return out
 
 
-def _verdict_global(result: Mapping[str, Any]) -> Verdict:
+def _verdict_global(result: CalibrationResult) -> Verdict:
     names = _group_names(result)
-    thr = {n: _threshold(result["groups"][n]) for n in names}
+    thr = {n: _threshold(result.groups[n]) for n in names}
     thr = {n: v for n, v in thr.items() if v is not None and v > 0}
     if len(names) < 2:
         return Verdict("No global cutoff", "not evaluable", (f"one group ({', '.join(names) or 'none'})",),
@@ -276,39 +262,39 @@ def _verdict_global(result: Mapping[str, Any]) -> Verdict:
                    "nothing.")
 
 
-def verdicts(result: Mapping[str, Any]) -> list[Verdict]:
+def verdicts(result: CalibrationResult | Mapping[str, Any]) -> list[Verdict]:
     """The four recommendations with this calibration's numbers (rules in the module docstring)."""
+    result = as_result(result)
     return [_verdict_top1(result), _verdict_maxgrad(result), _verdict_loss(result), _verdict_global(result)]
 
 
-def definitions(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+def definitions(result: CalibrationResult | Mapping[str, Any]) -> list[tuple[str, str]]:
     """(name, rule) of every definition this calibration's numbers rest on, as recorded in its JSON (older
     calibrations without a field say so rather than assume today's rule)."""
     from dlm_triage import schema
 
-    params = result.get("params") or {}
-    any_group = next(iter((result.get("groups") or {}).values()), {})
-    mg = any_group.get("maxgrad") or {}
-    label = params.get("label_rule") or any_group.get("label_rule") or "not recorded in this calibration"
-    method = params.get("label_percentile_method") or any_group.get("label_percentile_method")
-    m = mg.get("bonferroni_m")
-    out = [
+    result = as_result(result)
+    params = result.params
+    first = next(iter(result.groups.values()), None)
+    label = params.get("label_rule") or (first.label_rule if first else None) or "not recorded in this calibration"
+    method = params.get("label_percentile_method") or (first.label_percentile_method if first else None)
+    m = first.maxgrad.bonferroni_m if first else None
+    return [
         ("stable / unstable labels", label),
         ("label percentile interpolation", f"numpy method '{method}'" + (
             " (Hyndman-Fan type 7: h = q (n - 1), linear between neighbours)" if method == "linear" else "")
          if method else "not recorded in this calibration"),
-        ("Bonferroni m", f"m = {m} ({mg.get('bonferroni_m_source') or 'source not recorded'})" if m is not None
+        ("Bonferroni m", f"m = {m} ({first.maxgrad.bonferroni_m_source or 'source not recorded'})" if m is not None
          else "no group tested"),
         ("legacy top-1 detector", f"first samples at step {schema.LEGACY_FIRST_STEP}, then every step until it "
                                   f"fires: fire step = first step >= {schema.LEGACY_FIRST_STEP} with top-1 > "
                                   f"{schema.LEGACY_TOP1_THRESHOLD}; never above it from then on = not fired"),
-        ("collapse", "; ".join(f"{d} ({n} run(s))" for d, n in (result.get("collapse_definitions") or {}).items())
+        ("collapse", "; ".join(f"{d} ({n} run(s))" for d, n in result.collapse_definitions.items())
          or f"{schema.COLLAPSE_DEFINITION} (the trainer's; this calibration did not record the runs' own)"),
         ("analyses skipped", "; ".join(
             f"{sk.get('group') or 'all groups'}: {sk.get('analysis')} for {sk.get('runs')} run(s) ({sk.get('why')})"
-            for sk in result.get("skipped") or []) or "none"),
+            for sk in result.skipped) or "none"),
         ("max-grad triage verdict", "supported iff the split-bootstrap lower CI bound of held-out precision "
                                     "exceeds the always-positive baseline's ceiling (upper CI bound over the "
                                     "same replicates)"),
     ]
-    return out
