@@ -78,6 +78,27 @@ def phases(out: Path, cache: Path, t_start: float, t_end: float) -> dict:
     return res
 
 
+def markdown(res: dict) -> str:
+    ph = res["phases"]
+    lines = [f"# First run: `{res['command'].strip()}`", "",
+             f"{ph.get('n_runs')} runs, {ph.get('steps')} steps; {res['nproc']} cores, load average after "
+             f"{', '.join(f'{x:.1f}' for x in res['loadavg_after'])}; exit status {res['returncode']}.", "",
+             "| figure | value |", "|---|---|",
+             f"| wall | {res['wall_s']} s (target <= {res['target_s']:.0f} s, aim {res['aim_s']:.0f} s) |",
+             f"| CPU seconds, all processes | {res['cpu_s']} s (floor on {res['nproc']} idle cores: "
+             f"{res['cpu_s'] / max(1, res['nproc'] or 1):.0f} s) |"]
+    for key in ("startup_incl_pretrain_s", "training_span_s", "after_training_s", "run_wall_sum_s", "train_sum_s",
+                "model_load_sum_s", "in_run_other_s", "parallelism"):
+        if key in ph:
+            lines.append(f"| {key} | {ph[key]} |")
+    for model, s in (ph.get("pretrain_s") or {}).items():
+        lines.append(f"| pretraining {model} | {s} s |")
+    for fam, f in (ph.get("by_family") or {}).items():
+        lines.append(f"| {fam}: runs, step ms, top-1 forward share when run | {f['runs']}, {f['step_ms_mean']}, "
+                     f"{f['top1_forward_share_of_step_when_run']} |")
+    return "\n".join(lines + ["", "End of the run's summary:", "", "```", *res["summary_tail"], "```", ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -114,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
            "summary_tail": proc.stdout.splitlines()[-12:], "stderr_tail": proc.stderr.splitlines()[-5:]}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"{a.name}.json").write_text(json.dumps(res, indent=1))
+    (a.out / f"{a.name}.md").write_text(markdown(res))
     print(json.dumps({k: v for k, v in res.items() if k not in ("stderr_tail",)}, indent=1))
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
