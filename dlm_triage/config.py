@@ -441,15 +441,20 @@ class SweepSpec:
                 problems.append(f"base sets the axis {k!r}: set it through the axis instead")
         if problems:
             raise ConfigError(problems, where="sweep spec")
-        # Validate every expanded config now, so a bad value fails before any work starts.
+        # Validate every expanded config now, so a bad value fails before any work starts; the configs built
+        # here are the ones `expand` returns (each validated once, not again per call).
         errors: list[str] = []
+        configs: dict[str, RunConfig] = {}
         for combo in self._combos():
             try:
-                RunConfig(**combo)
+                cfg = RunConfig(**combo)
             except ConfigError as e:
                 errors.extend(e.problems)
+                continue
+            configs.setdefault(cfg.config_hash, cfg)
         if errors:
             raise ConfigError(sorted(set(errors)), where="sweep spec")
+        object.__setattr__(self, "_configs", tuple(configs.values()))  # not a field: no part of eq or to_dict
 
     def _combos(self) -> Iterable[dict[str, Any]]:
         names = list(SWEEP_AXES) + list(self.extra_axes)
@@ -467,12 +472,8 @@ class SweepSpec:
             yield d
 
     def expand(self) -> list[RunConfig]:
-        """All run configs, in a stable order, without duplicates."""
-        seen: dict[str, RunConfig] = {}
-        for combo in self._combos():
-            cfg = RunConfig(**combo)
-            seen.setdefault(cfg.config_hash, cfg)
-        return list(seen.values())
+        """All run configs, in a stable order, without duplicates (the frozen configs validated at construction)."""
+        return list(self._configs)
 
     def __len__(self) -> int:
         return len(self.expand())

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from dlm_triage import paths
 from dlm_triage.config import (
@@ -123,6 +123,7 @@ class SweepGrid(_Params):
     """A grid of LoRA/PEFT fine-tunes (the product of the axes) and how to run it; `SweepParams` adds where."""
 
     model_config = ConfigDict(json_schema_extra=_form_groups(_SWEEP_FORM))
+    _spec: SweepSpec | None = PrivateAttr(default=None)  # the validated grid, set by _whole_grid
 
     families: list[Family] = Field(["tiny"], description="Model families (axis). 'tiny' needs no download.")
     methods: list[Method] = Field(["lora"], description="PEFT methods (axis): lora, rslora, dora, pissa, nara, "
@@ -327,7 +328,9 @@ class SweepGrid(_Params):
     def _whole_grid(self) -> "SweepParams":
         # Validate every expanded RunConfig now (SweepSpec does), so a bad combination fails before the flow
         # starts; ConfigError is a ValueError, so it reaches the UI/CLI as a validation error naming the values.
-        self.to_spec()
+        # The spec is kept: `to_spec()` hands on these validated configs instead of validating them again
+        # (validate_assignment reruns this validator, so a changed field gets a new spec).
+        self._spec = self._build_spec()
         return self
 
     # -- conversions --------------------------------------------------------------------------------
@@ -353,8 +356,18 @@ class SweepGrid(_Params):
         b.update(self.extra)
         return b
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> "SweepGrid":
+        copy = super().model_copy(update=update, deep=deep)
+        if update:  # an unvalidated change: the kept spec no longer describes the fields
+            copy._spec = None
+        return copy
+
     def to_spec(self) -> SweepSpec:
-        """The validated `SweepSpec` (raises ConfigError naming every bad value)."""
+        """The validated `SweepSpec` (built once, when the grid was validated)."""
+        return self._spec if self._spec is not None else self._build_spec()
+
+    def _build_spec(self) -> SweepSpec:
+        """The `SweepSpec` of these fields (raises ConfigError naming every bad value)."""
         return SweepSpec(
             families=tuple(self.families),
             methods=tuple(self.methods),

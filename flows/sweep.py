@@ -62,10 +62,15 @@ class ShardRun:
     last_alive: float = field(default_factory=time.monotonic)  # monotonic time of its last sign of life
     done: set[str] = field(default_factory=set)
     final: bool = False
+    typed: list[RunConfig] = field(init=False, repr=False)
+    """`configs` validated once, when the attempt is made (the supervisor polls them every few seconds)."""
+
+    def __post_init__(self) -> None:
+        self.typed = [RunConfig.from_dict(c) for c in self.configs]
 
     @property
     def run_ids(self) -> list[str]:
-        return [RunConfig.from_dict(c).run_id for c in self.configs]
+        return [c.run_id for c in self.typed]
 
 
 def _wire_thresholds(thresholds: dict[str, Any]) -> dict[str, Any]:
@@ -290,8 +295,9 @@ class Supervisor:
         self._publish(force=True)
 
     def _count_done(self, s: ShardRun) -> None:
-        for cfg, rid in zip(s.configs, s.run_ids):
-            if rid not in self.finished and finished_manifest(self.root, RunConfig.from_dict(cfg)) is not None:
+        for cfg in s.typed:
+            rid = cfg.run_id
+            if rid not in self.finished and finished_manifest(self.root, cfg) is not None:
                 self.finished.add(rid)
         s.done = {rid for rid in s.run_ids if rid in self.finished}
 
@@ -315,11 +321,12 @@ class Supervisor:
         in_training = sorted(set(_task_runs_of(self.client, ids, "RUNNING")) | set(_task_runs_of(self.client, ids,
                                                                                                    "CRASHED")))
         failed = _task_runs_of(self.client, ids, "FAILED")
-        rest = [c for c, rid in zip(s.configs, s.run_ids) if rid not in self.finished and rid not in failed]
+        left = [(c, rid) for c, rid in zip(s.configs, s.run_ids) if rid not in self.finished and rid not in failed]
+        rest = [c for c, _ in left]
         if not in_training and rest:
             # killed between two configs (the next one's task run not yet Running): a shard trains its configs in
             # order, so the run it was on is its first one neither finished nor failed
-            in_training = [f"{RunConfig.from_dict(rest[0]).run_id} (its task run not yet started)"]
+            in_training = [f"{left[0][1]} (its task run not yet started)"]
         silent = s.state not in ("CRASHED", "FAILED")
         why = (f"its lease unchanged for {time.monotonic() - s.last_alive:.0f} s (its worker or machine is gone)"
                if silent else s.message or s.state.lower())
@@ -385,6 +392,7 @@ def train_grid(params: SweepParams, plan: dict[str, Any], thresholds: dict[str, 
     from prefect.runtime import flow_run
 
     todo, runs_dir, runs_url = plan["todo"], plan["runs_dir"], plan.get("runs_url")
+    todo_cfgs = [RunConfig.from_dict(c) for c in todo]  # plan_runs' configs, validated once in this process
     root = runs_url or runs_dir
     wire = _wire_thresholds(thresholds)
     errors: dict[str, str] = {}
@@ -397,7 +405,7 @@ def train_grid(params: SweepParams, plan: dict[str, Any], thresholds: dict[str, 
     elif todo:
         with get_client(sync_client=True) as client:
             n = _shard_count(params, plan, client)
-            shards = [[c.to_dict() for c in s] for s in partition([RunConfig.from_dict(c) for c in todo], n)]
+            shards = [[c.to_dict() for c in s] for s in partition(todo_cfgs, n)]
             sweep_id = str(flow_run.id or uuid.uuid4())
             label = f"{flow_run.name or 'sweep'}-{sweep_id[:8]}"
             launcher = (DeploymentShards(client, params.shard_deployment, params.shard_job_variables,
@@ -418,8 +426,7 @@ def train_grid(params: SweepParams, plan: dict[str, Any], thresholds: dict[str, 
                     for rid in s.run_ids:
                         errors.setdefault(rid, s.message or s.state.lower())
     records = {r["run_id"]: r for r in plan["done"]}
-    for cfg_dict in todo:
-        cfg = RunConfig.from_dict(cfg_dict)
+    for cfg_dict, cfg in zip(todo, todo_cfgs):
         man = finished_manifest(root, cfg)
         records[cfg.run_id] = (record_from_manifest(cfg, root, man, reused=False) if man is not None else
                                failed_record(cfg_dict, errors.get(cfg.run_id, "not trained (no finished run dir)")))
