@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from dlm_triage.defaults import SWEEP_AXIS_DEFAULTS
+
 FAMILIES = ("tiny", "llada", "llada2", "llada_moe", "dream", "mdlm", "generic_mlm", "ar", "diffusion_gemma",
             "tiny_ar", "tiny_gemma")
 METHODS = ("lora", "rslora", "dora", "pissa", "nara", "lora_diffusion")
@@ -414,12 +416,12 @@ class SweepSpec:
     Axis names are RunConfig fields; `families`, `methods`, ... are the usual ones, `extra_axes` any other field.
     """
 
-    families: tuple[str, ...] = ("tiny",)
-    methods: tuple[str, ...] = ("lora",)
-    ranks: tuple[int, ...] = (4, 16)
-    mask_ratios: tuple[float, ...] = (0.15, 0.5, 0.85)
-    learning_rates: tuple[float, ...] = (1e-4,)
-    seeds: tuple[int, ...] = (7, 42, 1337)
+    families: tuple[str, ...] = SWEEP_AXIS_DEFAULTS["families"]
+    methods: tuple[str, ...] = SWEEP_AXIS_DEFAULTS["methods"]
+    ranks: tuple[int, ...] = SWEEP_AXIS_DEFAULTS["ranks"]
+    mask_ratios: tuple[float, ...] = SWEEP_AXIS_DEFAULTS["mask_ratios"]
+    learning_rates: tuple[float, ...] = SWEEP_AXIS_DEFAULTS["learning_rates"]
+    seeds: tuple[int, ...] = SWEEP_AXIS_DEFAULTS["seeds"]
     base: Mapping[str, Any] = field(default_factory=dict)
     extra_axes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 

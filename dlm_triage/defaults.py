@@ -34,6 +34,19 @@ EMBEDDED_DEFAULT_SWEEP: dict[str, Any] = {
 }
 
 
+# The library's axis defaults: what `SweepSpec()` and `SweepParams()` (hence `dlm-triage sweep`, and a form left at
+# its defaults) grid over when an axis is not given. A small grid of the tiny family at the paper's learning rate
+# (10^-4, Section 3.2); not the embedded default above, which `run` sets whole. Both dataclasses read this one table.
+SWEEP_AXIS_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "families": ("tiny",),
+    "methods": ("lora",),
+    "ranks": (4, 16),
+    "mask_ratios": (0.15, 0.5, 0.85),
+    "learning_rates": (1e-4,),
+    "seeds": (7, 42, 1337),
+}
+
+
 def embedded_default_sweep() -> dict[str, Any]:
     """A fresh copy of the default sweep's fields (callers may update it)."""
     import copy

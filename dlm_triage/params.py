@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from dlm_triage import paths
+from dlm_triage.defaults import SWEEP_AXIS_DEFAULTS
 from dlm_triage.config import (
     ALPHA_CONVENTIONS,
     EARLY_WARNING_ACTIONS,
@@ -125,15 +126,16 @@ class SweepGrid(_Params):
     model_config = ConfigDict(json_schema_extra=_form_groups(_SWEEP_FORM))
     _spec: SweepSpec | None = PrivateAttr(default=None)  # the validated grid, set by _whole_grid
 
-    families: list[Family] = Field(["tiny"], description="Model families (axis). 'tiny' needs no download.")
-    methods: list[Method] = Field(["lora"], description="PEFT methods (axis): lora, rslora, dora, pissa, nara, "
+    families: list[Family] = Field(list(SWEEP_AXIS_DEFAULTS["families"]), description="Model families (axis). 'tiny' needs no download.")
+    methods: list[Method] = Field(list(SWEEP_AXIS_DEFAULTS["methods"]), description="PEFT methods (axis): lora, rslora, dora, pissa, nara, "
                                       "lora_diffusion (its rank schedule: extra.lora_diffusion_schedule).")
-    ranks: list[Rank] = Field([4, 16], description="Adapter ranks r (axis), each in [1, 4096].")
+    ranks: list[Rank] = Field(list(SWEEP_AXIS_DEFAULTS["ranks"]), description="Adapter ranks r (axis), each in [1, 4096].")
     mask_ratios: list[MaskRatio] = Field(
-        [0.15, 0.5, 0.85], description="Mask ratios rho (axis), each strictly between 0 and 1 (paper Eq. 1)."
+        list(SWEEP_AXIS_DEFAULTS["mask_ratios"]), description="Mask ratios rho (axis), each strictly between 0 and 1 (paper Eq. 1)."
     )
-    learning_rates: list[LearningRate] = Field([1e-4], description="AdamW learning rates (axis), each in (0, 10].")
-    seeds: list[Seed] = Field([7, 42, 1337], description="Random seeds (axis), each >= 0.")
+    learning_rates: list[LearningRate] = Field(
+        list(SWEEP_AXIS_DEFAULTS["learning_rates"]), description="AdamW learning rates (axis), each in (0, 10].")
+    seeds: list[Seed] = Field(list(SWEEP_AXIS_DEFAULTS["seeds"]), description="Random seeds (axis), each >= 0.")
     steps: int = Field(200, ge=1, le=10_000_000, description="Optimizer updates per run (log holds 0..steps).")
     batch_size: int = Field(4, ge=1, le=65_536, description="Sequences per batch.")
     seq_len: int = Field(32, ge=2, le=1_048_576, description="Tokens per training sequence.")
