@@ -14,6 +14,25 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _release_runs_set_up_by_hand(monkeypatch):
+    """A test that calls train._setup directly (to drive single steps) never reaches the release at the end of
+    train_run: its lease would stay in use and fill the resident cache for every later test in the session."""
+    from dlm_triage import train
+
+    setups, original = [], train._setup
+
+    def recording(*args, **kwargs):
+        r = original(*args, **kwargs)
+        setups.append(r)
+        return r
+
+    monkeypatch.setattr(train, "_setup", recording)
+    yield
+    for r in setups:
+        r.lease.release(r.model)  # idempotent: runs that train_run already released are left as they are
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """The tiny family's model (HF format + tokenizer), pretrained briefly, built once per test session."""

@@ -9,11 +9,11 @@ import random
 import pytest
 import torch
 
-from dlm_triage import families, objective as obj
+from dlm_triage import families, objective as obj, train
 from dlm_triage.config import OBJECTIVES, ConfigError, RunConfig, draws_own_t
 from dlm_triage.objective import ObjectiveError, cart_weights, get_objective, token_ce
 from dlm_triage.runlog import read_run
-from dlm_triage.train import _setup, device_batch, train_run
+from dlm_triage.train import device_batch, train_run
 
 # b=2, L=3, V=2; row 0 masks positions 0 and 2, row 1 position 1. Row 1's position 0 is prompt (not maskable).
 LOGITS = torch.tensor([
@@ -116,7 +116,7 @@ def test_noise_level_ranges():
 def test_prompt_never_masked_and_eos_padding_is(tiny_model_dir, name):
     cfg = RunConfig(model_id=str(tiny_model_dir), batch_size=8, seq_len=48, device="cpu", save_adapter=False,
                     objective=name, dataset="tiny-instruct", steps=2)
-    r = _setup(cfg)
+    r = train._setup(cfg)
     pad = r.batches.stats["pad_token_id"]
     masked_pad = 0
     for step in range(6):
@@ -203,7 +203,7 @@ def test_diffusion_gemma_is_its_family_s_objective_and_trains_on_sft_data(tmp_pa
         RunConfig(family="diffusion_gemma", objective="paper")
     cfg = RunConfig(family="diffusion_gemma", model_id=str(model_dir), dataset="tiny-instruct", seq_len=48,
                     batch_size=2, steps=2, device="cpu", save_adapter=False)
-    r = _setup(cfg)
+    r = train._setup(cfg)
     x0, maskable = device_batch(r, 0)
     out = r.objective.forward(r, x0, maskable)
     assert torch.equal(out.top1_positions, maskable)  # supervised = the response; the prompt never scored
@@ -242,7 +242,7 @@ def test_block_diffusion_mask_matches_dfactory_definition_written_as_loops():
 def test_block_diffusion_noisy_block_sees_only_earlier_clean_blocks(tiny_model_dir, tmp_path):
     cfg = RunConfig(model_id=str(tiny_model_dir), batch_size=2, seq_len=16, device="cpu", save_adapter=False,
                     objective="llada2_sft", block_size=4, steps=2)
-    r = _setup(cfg)
+    r = train._setup(cfg)
     r.model.eval()
     x0, _ = device_batch(r, 0)
     noisy = x0.clone()
