@@ -219,7 +219,7 @@ def train_shard_flow(configs: list[dict[str, Any]], runs_dir: str, shard: str = 
     from dlm_triage.config import RunConfig
     from dlm_triage.runstore import publish_run
     from dlm_triage.shards import failed_record, finished_manifest, record_from_manifest
-    from tasks.train import train_config
+    from tasks.train import config_of, train_config
 
     parent = os.environ.get(PARENT_PID_ENV)
     if parent and parent.isdigit():
@@ -240,7 +240,7 @@ def train_shard_flow(configs: list[dict[str, Any]], runs_dir: str, shard: str = 
         for cfg_dict in configs:
             if cfg_dict.get("device", "auto") == "auto" and device not in ("auto", "pinned"):
                 cfg_dict = {**cfg_dict, "device": device}
-            cfg = RunConfig.from_dict(cfg_dict)
+            cfg = config_of(cfg_dict)  # validated once here; train_config's key, name and body reuse it
             man = finished_manifest(runs_url or runs_dir, cfg)
             if man is not None:  # finished by an earlier attempt of this shard, or by another worker
                 records.append(record_from_manifest(cfg, runs_url or runs_dir, man, reused=True))

@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -77,6 +77,27 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+# -- the config of a task run ----------------------------------------------------------------------
+
+_CONFIGS: dict[str, RunConfig] = {}  # repr of a config dict -> its validated RunConfig (frozen: safe to share)
+_CONFIGS_MAX = 4096  # ~1 KB each; a sweep process sees at most its grid
+
+
+def config_of(cfg_dict: Mapping[str, Any]) -> RunConfig:
+    """`RunConfig.from_dict(cfg_dict)`, validated once per process: a config crosses into a worker as a dict (a
+    flow run's parameters are JSON), and its shard, the cache key, the task run's name and the task body all need
+    it typed. Keyed by the dict's exact repr (types included); a ConfigError is raised every time, never kept."""
+    if not isinstance(cfg_dict, Mapping):
+        return RunConfig.from_dict(cfg_dict)  # the ConfigError naming the type
+    key = repr(sorted(cfg_dict.items(), key=lambda kv: str(kv[0])))
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        cfg = RunConfig.from_dict(cfg_dict)
+        if len(_CONFIGS) < _CONFIGS_MAX:
+            _CONFIGS[key] = cfg
+    return cfg
+
+
 # -- cache key -------------------------------------------------------------------------------------
 
 def _threshold_key(threshold: Any) -> Any:
@@ -99,7 +120,7 @@ class RunConfigCache(CachePolicy):
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
         try:
-            cfg = RunConfig.from_dict(inputs["cfg_dict"])
+            cfg = config_of(inputs["cfg_dict"])
         except ConfigError:
             return None  # no key, no caching: the task body raises the ConfigError (not retried)
         payload = {
@@ -212,7 +233,7 @@ def _train_run_name() -> str:
     from prefect.runtime import task_run
 
     try:
-        return "train-" + RunConfig.from_dict(task_run.parameters.get("cfg_dict") or {}).run_id
+        return "train-" + config_of(task_run.parameters.get("cfg_dict") or {}).run_id
     except (ConfigError, TypeError):
         return "train-invalid-config"
 
@@ -235,7 +256,7 @@ def train_config(cfg_dict: dict[str, Any], runs_dir: str, threshold: Any = None,
     tensors). A `train-shard` flow run calls it for each config of its shard, so the training is this task run:
     cancelling the flow run (which ends its process) stops it. `torch_threads` is set for this process."""
     logger = get_run_logger()
-    cfg = RunConfig.from_dict(cfg_dict)
+    cfg = config_of(cfg_dict)
     last = time.monotonic()
     every_s = progress_log_every_s()
 

@@ -121,6 +121,26 @@ def test_is_transient(exc, retry):
     assert is_transient(exc) is retry
 
 
+def test_a_config_entering_a_worker_is_validated_once(monkeypatch):
+    """The shard, the cache key, the task run's name and the task body each need the config typed: one
+    validation in the process, the same frozen RunConfig for all; a bad config still fails every time."""
+    from dlm_triage import config
+    from dlm_triage.config import ConfigError, RunConfig
+    from tasks.train import config_of
+
+    calls = []
+    real = config._validate_run
+    monkeypatch.setattr(config, "_validate_run", lambda c: calls.append(c.seed) or real(c))
+    d = RunConfig(seed=90817, steps=3).to_dict()
+    calls.clear()
+    first = config_of(d)
+    assert all(config_of(dict(d)) is first for _ in range(3)) and calls == [90817]
+    assert config_of({**d, "device": "cpu"}).device == "cpu" and len(calls) == 2  # another dict, its own config
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="rank"):
+            config_of({**d, "rank": 0})
+
+
 def test_threshold_drift_rules():
     from dlm_triage.drift import threshold_drift
 
