@@ -25,7 +25,7 @@ __all__ = ["DEGENERATE_FLAGS", "Registry", "HeldOut", "SplitBootstrap", "Top1", 
            "Concentration", "Transfer", "GroupResult", "CalibrationResult"]
 
 DEGENERATE_FLAGS = frozenset({"degenerate", "constant_final_loss"})
-"""Group flags (calibrate.py) under which a group's threshold is stored but never registered as accepted."""
+"""Group flags (calibrate/group.py) under which a group's threshold is stored but never registered as accepted."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def threshold_table(result: CalibrationResult | Mapping[str, Any]) -> list[dict[
     rows = []
     for name, g in as_result(result).groups.items():
         # one decision rule per row: the registered threshold, its k, and that rule's own held-out metrics and
-        # split-bootstrap CI (calibrate.py registry); calibrations without them fall back to the whole-run rule
+        # split-bootstrap CI (calibrate/group.py registry); calibrations without them fall back to the whole-run rule
         src, lo, hi, ceiling = _rule_numbers(g)
         base = g.registry.baseline_precision if _own_rule(g) else _baseline(g)
         reg = g.registry

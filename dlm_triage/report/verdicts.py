@@ -33,7 +33,7 @@ THRESHOLD_SPREAD_MIN = 2.0
 
 
 PREDICTOR_LABELS = {"max_grad": "max-grad up to k", "loss": "loss at k", "max_top1": "max top-1 up to k"}
-"""calibrate.py's step-k predictor keys -> labels (an unknown key is shown as is)."""
+"""The step-k predictor keys (calibrate.PREDICTORS) -> labels (an unknown key is shown as is)."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def _verdict_loss(result: CalibrationResult) -> Verdict:
 def _transfer_pairs(result: CalibrationResult) -> list[tuple[str, str, float | None, float | None]]:
     """(source, target, precision of source's threshold on target, target's own-threshold precision).
 
-    `result.transfer` (calibrate.py): the source group's held-out threshold applied to every run of the target
+    `result.transfer` (calibrate.protocol): the source group's held-out threshold applied to every run of the target
     group; the diagonal is the target's own threshold on the same runs, so the two precisions are comparable.
     """
     tr = result.transfer

@@ -19,7 +19,7 @@ from dlm_triage.store.records import StoreError, ThresholdRecord
 # -- calibration inputs -------------------------------------------------------------------------------------
 
 def load_calibration_inputs(con: duckdb.DuckDBPyConnection, *, where: str | None = None):
-    """Runs (one row per run, `diverged` = status == 'diverged') and their step trajectories for calibrate.py.
+    """Runs (one row per run, `diverged` = status == 'diverged') and their step trajectories for calibrate/.
 
     `where` is a SQL predicate over `runs` columns (e.g. "family = 'tiny'"). Trajectories are held long
     (calinputs.Trajectories.from_long: one entry per stored step, runs in `runs`' order): memory is bounded by
@@ -56,7 +56,7 @@ def _snapshot(con: duckdb.DuckDBPyConnection) -> dict:
 
 
 def save_calibration(con: duckdb.DuckDBPyConnection, result: CalibrationResult | Mapping[str, Any]) -> str:
-    """Store a calibration result (a CalibrationResult, or the JSON contract of calibrate.py it is read from)
+    """Store a calibration result (a CalibrationResult, or the JSON contract of calibrate/ it is read from)
     and its per-group thresholds.
 
     Thresholds are the groups' `registry` rules (calresult.Registry); one that may not go live (degenerate, or
