@@ -5,6 +5,9 @@ collected and reported once, naming the value and the fix), it serialises to JSO
 key of the run, the run id, and the key under which the run lands in DuckDB.
 
 Fields excluded from the hash (`HASH_EXCLUDED`) change where or how fast a run executes, not what it computes.
+
+One module, over 400 lines: `RunConfig`'s fields, the validation that collects every problem (`_validate_run`)
+and `SweepSpec`, which expands into RunConfigs, are one contract that changes together.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ Noise-conditioned methods (nara, lora_diffusion) see lambda = rho.
 Barrier height of a path = max loss on the path - mean of its two endpoint losses (>= 0; 0 for a path that
 never rises above the endpoints' mean). Results: `ConnectResult` (profiles, barriers, figure), stored by
 `store.save_connection` (tables connect_paths, connect_profiles).
+
+One module, over 400 lines: the three paths are one measurement (one held-out set, one loss, the pair's adapters
+loaded once), and the profiles, barriers and figure describe it together; the stored tables are `store/curves.py`.
 """
 
 from __future__ import annotations

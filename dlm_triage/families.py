@@ -21,6 +21,9 @@ Facts per family come from its public model card and modeling files. Each adapte
 - `top1_source`: 'clean' (top-1 frequency read from an extra forward on the clean batch) for LLaDA-style, tiny,
   Dream and AR; 'masked' (read from the training logits at masked positions) for MDLM and generic MLMs, whose
   prediction on a clean token is the token itself.
+
+One module, over 400 lines: the `FamilyAdapter` contract with its documented defaults, the local families that need
+no remote code, and the registry; the remote-code and DiffusionGemma families have their own modules.
 """
 
 from __future__ import annotations

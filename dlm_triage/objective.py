@@ -24,6 +24,9 @@ Cost: the CE is taken at every position in float32 (no boolean gather, whose out
 needs a host sync). With bf16 logits that is a transient float32 copy of [b, L, V] (LLaDA-8B, 4 x 1024 tokens:
 ~2 GiB) kept for the backward; the public recipes (dllm's trainers, dFactory) also take the CE at every
 position.
+
+One module, over 400 lines: the objectives are small classes over the same three primitives, kept side by side so
+the recipes read against each other and `get_objective` lists them in one place.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ masked CE (the AR family realigns its logits: `families.ARAdapter`).
 
 `ensure_tiny_model` builds into a temporary directory next to the target, writes `recipe.json` last, and
 renames the directory into place under a file lock, so concurrent callers build once and never see half a model.
+
+One module, over 400 lines: the tiny family's recipe (tokenizer, corpus, model, pretraining) and its cache are one
+unit, whose recipe key must change when any part of it changes; `ensure_built` (the locked, atomic cache entry)
+is shared with tiny_diffusion_gemma.
 """
 
 from __future__ import annotations

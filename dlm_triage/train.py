@@ -38,6 +38,10 @@ host sync). Objectives that draw t per batch (MDLM's antithetic t) stratify with
 DiffusionGemma's two-part loss is weighted by rows: equal to the big batch only in distribution. The logged loss
 is sum_j w_j L_j; n_masked, mask_ratio and top-1 pool every micro-batch; the monitors read the accumulated,
 pre-clip gradient once per optimizer step; the log keeps one row per optimizer step.
+
+One module, over 400 lines: the run's lifecycle (setup, the step, the finish that writes its log and manifest)
+shares the private `_Run` state and reads top to bottom as one recipe; what it calls (objectives, monitors, the
+log, the summary) lives in its own modules.
 """
 
 from __future__ import annotations

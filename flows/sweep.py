@@ -22,6 +22,10 @@ end their processes, and with them the trainings).
 
 A config whose training fails (after its retries) is reported in the records and the 'sweep-runs' artifact; the
 others continue, and the flow completes. Run it alone: `python -m flows.sweep` or the 'sweep' deployment.
+
+One module, over 400 lines: the flow, its two ways of running shards (local subprocesses, deployment runs) and the
+supervisor that hands a crashed shard's runs to a new one share `ShardRun` and one lifecycle; the Prefect-free
+parts (shards, records) are in `dlm_triage/shards.py`.
 """
 
 from __future__ import annotations
