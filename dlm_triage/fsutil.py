@@ -1,7 +1,7 @@
 """Atomic file writes (a temp file in the same folder, fsync, rename over the target) and JSON-safe values.
 
 A reader sees the old file or the new one, never half of one; a failed write leaves no temp file behind.
-runlog.py writes a run's two files through `replace_durably` in its own order (step log, then manifest).
+`runlog.write` writes a run's two files through `replace_durably` in its own order (step log, then manifest).
 `json_safe` is the one NaN/Inf -> null conversion every JSON writer uses.
 """
 

@@ -1,7 +1,7 @@
 """The `runs` and `steps` tables as one column spec each: the DDL, the polars schemas and the row check come from it.
 
 `store.py` creates the tables from `Table.ddl()`, builds its batch frames with `Table.schema()` and checks every
-row (a trainer's manifest or an import) with `Table.row()`; `importers.py` builds its rows through the same
+row (a trainer's manifest or an import) with `Table.row()`; `importers.identity` builds its rows through the same
 `RUNS.row`. A column added here reaches all three at once (an existing database needs a migration in store.py).
 
 Prefect-free; polars only.

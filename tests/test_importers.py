@@ -1,4 +1,4 @@
-"""importers.py: the four bring-your-own-logs formats into real DuckDB files; errors name file and line;
+"""importers: the four bring-your-own-logs formats into real DuckDB files; errors name file and line;
 a bad file never half-loads; re-import adds nothing. Property tests of the cells/jsonl parsers."""
 
 from __future__ import annotations

@@ -1,0 +1,61 @@
+"""``wandb-csv``: a W&B run-history CSV export, its columns named by step_col/loss_col/grad_col (and optional
+top1_col/mask_col/lr_col)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlm_triage.importers.identity import _series_run, _steps_frame
+from dlm_triage.importers.runconfig import _WANDB_COLS, _config_from_files_and_flags, _finish_config
+from dlm_triage.importers.values import (
+    LogFormatError, _Bad, _check_steps_increasing, _csv_records, _int, _num, _read_text, _require_columns
+)
+from dlm_triage.store import PreparedRun
+
+
+def parse_wandb_csv(path: Path, *, family: str | None = None, **options: Any) -> list[PreparedRun]:
+    """A W&B run-history CSV -> one run; columns mapped by step_col/loss_col/grad_col/top1_col/mask_col/lr_col."""
+    path = Path(path)
+    text = _read_text(path)
+    colmap = {k: options.get(k, d) for k, d in _WANDB_COLS.items()}
+    header, records = _csv_records(path, text)
+    wanted = [c for c in colmap.values() if c is not None]
+    _require_columns(path, header, wanted,
+                     "map your column names with step_col=, loss_col=, grad_col= (and optionally top1_col=, "
+                     "mask_col=, lr_col=)")
+    idx = {h: i for i, h in enumerate(header)}
+    problems: list[tuple[int | None, str]] = []
+    cols: dict[str, list] = {k: [] for k in ("step", "loss", "grad", "top1", "mask", "lr", "line")}
+    for lineno, rec in records:
+        if not rec or all(not f.strip() for f in rec):
+            continue
+        if len(rec) != len(header):
+            problems.append((lineno, f"{len(rec)} fields but the header has {len(header)}"))
+            continue
+        get = lambda key: rec[idx[colmap[key]]] if colmap[key] is not None else None  # noqa: E731
+        try:
+            loss = _num(colmap["loss_col"], get("loss_col"), required=False)
+            grad = _num(colmap["grad_col"], get("grad_col"), required=False)
+            if loss is None and grad is None:
+                continue  # an eval-only / system row
+            vals = (_int(colmap["step_col"], get("step_col")), loss, grad,
+                    _num(str(colmap["top1_col"]), get("top1_col"), required=False),
+                    _num(str(colmap["mask_col"]), get("mask_col"), required=False),
+                    _num(str(colmap["lr_col"]), get("lr_col"), required=False))
+        except _Bad as e:
+            problems.append((lineno, str(e)))
+            continue
+        for k, v in zip(("step", "loss", "grad", "top1", "mask", "lr"), vals):
+            cols[k].append(np.nan if v is None else v)
+        cols["line"].append(lineno)
+    _check_steps_increasing(cols["step"], cols["line"], problems)
+    if not cols["step"] and not problems:
+        problems.append((None, f"no rows with {colmap['loss_col']!r} or {colmap['grad_col']!r} values"))
+    if problems:
+        raise LogFormatError(path, problems)
+    cfg = _finish_config(path, _config_from_files_and_flags(path, options, family), family)
+    steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], cols["top1"], cols["mask"], cols["lr"])
+    return [_series_run("wandb-csv", path, text, cfg, steps)]
