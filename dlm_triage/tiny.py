@@ -294,6 +294,14 @@ def masked_ce_eval(model, tok: CharTokenizer, *, n_batches: int = 4, seed: int =
     return sum(losses) / len(losses)
 
 
+def pretrain_lr(step: int, lr: float, warmup: int, total_steps: int) -> float:
+    """The local models' pretraining schedule: linear warmup over `warmup` steps, cosine decay to 10 % of `lr`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total_steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
 def pretrain_tiny(out_dir: Path, pretrain_steps: int, progress: Callable[[int, int], None] | None = None,
                   kind: str = "dlm") -> dict:
     """Build and pretrain the tiny model on CPU (deterministic), save model + tokenizer to out_dir. Returns stats.
@@ -312,11 +320,8 @@ def pretrain_tiny(out_dir: Path, pretrain_steps: int, progress: Callable[[int, i
     gen = torch.Generator().manual_seed(p["seed"])
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"], betas=(0.9, 0.98))
 
-    def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
-        if step < p["warmup"]:
-            return p["lr"] * (step + 1) / p["warmup"]
-        frac = (step - p["warmup"]) / max(1, pretrain_steps - p["warmup"])
-        return p["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+    def lr_at(step: int) -> float:
+        return pretrain_lr(step, p["lr"], p["warmup"], pretrain_steps)
 
     t0 = time.perf_counter()
     losses = []

@@ -18,7 +18,6 @@ the tiny model (`tiny.ensure_built`).
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from pathlib import Path
@@ -105,7 +104,7 @@ def pretrain_tiny_diffusion_gemma(out_dir: Path, pretrain_steps: int,
     """Build the tiny model, pretrain it on the tiny corpus with the family's own objective (CPU, deterministic),
     save model + tokenizer to out_dir. Returns stats."""
     from dlm_triage import diffusion_gemma
-    from dlm_triage.tiny import CharTokenizer, _pretrain_sentence, _sample_rows
+    from dlm_triage.tiny import CharTokenizer, _pretrain_sentence, _sample_rows, pretrain_lr
 
     p = PRETRAIN
     tok = CharTokenizer()
@@ -116,11 +115,8 @@ def pretrain_tiny_diffusion_gemma(out_dir: Path, pretrain_steps: int,
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=p["lr"], weight_decay=p["weight_decay"], betas=(0.9, 0.98))
 
-    def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10% (the tiny family's schedule)
-        if step < p["warmup"]:
-            return p["lr"] * (step + 1) / p["warmup"]
-        frac = (step - p["warmup"]) / max(1, pretrain_steps - p["warmup"])
-        return p["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+    def lr_at(step: int) -> float:  # the tiny family's schedule
+        return pretrain_lr(step, p["lr"], p["warmup"], pretrain_steps)
 
     t0 = time.perf_counter()
     losses = []
