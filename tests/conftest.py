@@ -9,6 +9,14 @@ TINY_PRETRAIN_STEPS = 40
 """Few pretraining steps: enough for a model that is not random, cheap enough (~4 s) for every test session."""
 
 
+def pytest_collection_modifyitems(items):
+    """A test on the shared Prefect API (the `prefect_harness` fixture, directly or through another fixture) runs
+    against a real server: it is marked `server` here, so `-m "not server"` leaves every such test out."""
+    for item in items:
+        if "prefect_harness" in getattr(item, "fixturenames", ()) and item.get_closest_marker("server") is None:
+            item.add_marker(pytest.mark.server)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
