@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from dlm_triage import paths
 from dlm_triage.config import ConfigError, RunConfig
@@ -158,6 +158,24 @@ def _print_run_summary(result: Mapping[str, Any], runs: Sequence[Mapping[str, An
         print(line)
 
 
+def _train_under_bar(runs_dir: Path, configs: list, start: Callable[[], Any]) -> Any:
+    """`start()` (a flow that trains `configs`) under the terminal's progress bar, with a temporary Prefect server
+    when no API is configured (a kill -9 of this process takes it down)."""
+    from dlm_triage.console import CONSOLE_ENV, route_console_logging
+    from flows.tempserver import temporary_server
+
+    route_console_logging()  # Prefect's console logs above the progress bar, state lines in the UI only
+    os.environ[CONSOLE_ENV] = "bar"  # shard subprocesses clear the bar's line before they print
+    stop, t = _progress_watcher(runs_dir, [c.run_id for c in configs], "training")
+    try:
+        with temporary_server():
+            return start()
+    finally:
+        stop.set()
+        t.join()
+        os.environ.pop(CONSOLE_ENV, None)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _quiet_prefect()
     from dlm_triage.params import CalibrateParams, IngestParams, PipelineParams, ReportParams
@@ -177,20 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     from flows.pipeline import pipeline_flow
 
-    from dlm_triage.console import CONSOLE_ENV, route_console_logging
-
-    route_console_logging()  # Prefect's console logs above the progress bar, state lines in the UI only
-    os.environ[CONSOLE_ENV] = "bar"  # shard subprocesses clear the bar's line before they print
-    from flows.tempserver import temporary_server
-
-    stop, t = _progress_watcher(out / "runs", [c.run_id for c in configs], "training")
-    try:
-        with temporary_server():  # with no API configured: a server that a kill -9 of this process takes down
-            result = pipeline_flow(params)
-    finally:
-        stop.set()
-        t.join()
-        os.environ.pop(CONSOLE_ENV, None)
+    result = _train_under_bar(out / "runs", configs, lambda: pipeline_flow(params))
     runs = result["runs"]
     failed = [r for r in runs if r.get("status") not in REUSABLE_STATUSES]
     print()
@@ -209,20 +214,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = sweep.to_spec().expand()
     from flows.sweep import sweep_flow
 
-    from dlm_triage.console import CONSOLE_ENV, route_console_logging
-
-    route_console_logging()
-    os.environ[CONSOLE_ENV] = "bar"  # shard subprocesses clear the bar's line before they print
-    from flows.tempserver import temporary_server
-
-    stop, t = _progress_watcher(args.out / "runs", [c.run_id for c in configs], "training")
-    try:
-        with temporary_server():  # with no API configured: a server that a kill -9 of this process takes down
-            records = sweep_flow(sweep)
-    finally:
-        stop.set()
-        t.join()
-        os.environ.pop(CONSOLE_ENV, None)
+    records = _train_under_bar(args.out / "runs", configs, lambda: sweep_flow(sweep))
     bad = [r for r in records if r.get("status") not in REUSABLE_STATUSES]
     flag = "" if args.out.resolve() == paths.out_root().resolve() else f" --out {args.out}"
     print(f"{len(records)} runs in {(args.out / 'runs').resolve()}; {len(bad)} failed\n"
