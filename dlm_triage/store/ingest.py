@@ -224,20 +224,21 @@ def _steps_frame(prepared: Sequence[PreparedRun], source: pl.DataFrame | None = 
     return parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
 
 
+def _insert_by_name(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> None:
+    view = f"_dlmt_new_{table}"
+    con.register(view, df.to_arrow())
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view}")
+    finally:
+        con.unregister(view)
+
+
 def _insert_runs(con: duckdb.DuckDBPyConnection, runs_df: pl.DataFrame) -> None:
-    con.register("_dlmt_new_runs", runs_df.to_arrow())
-    try:
-        con.execute("INSERT INTO runs BY NAME SELECT * FROM _dlmt_new_runs")
-    finally:
-        con.unregister("_dlmt_new_runs")
+    _insert_by_name(con, "runs", runs_df)
 
 
-def _insert_steps(con: duckdb.DuckDBPyConnection, steps_df: pl.DataFrame) -> None:
-    con.register("_dlmt_new_steps", steps_df.to_arrow())
-    try:
-        con.execute("INSERT INTO steps BY NAME SELECT * FROM _dlmt_new_steps")
-    finally:
-        con.unregister("_dlmt_new_steps")
+def _insert_steps(con: duckdb.DuckDBPyConnection, steps_df: pl.DataFrame) -> None:  # a seam the tests break
+    _insert_by_name(con, "steps", steps_df)
 
 
 def _write_batch(
