@@ -3,6 +3,7 @@ holds, degenerate groups give warnings and flags (never a crash, never NaN), and
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -169,6 +170,44 @@ def test_deterministic_given_seed(corpus):
     c = calibrate(corpus, ks=(5,), seed=1, **SMALL)
     assert a["groups"] == b["groups"]
     assert a["groups"]["llada"]["split_bootstrap"] != c["groups"]["llada"]["split_bootstrap"]
+
+
+def _pin_inputs() -> tuple[CalibrationInputs, CalibrationInputs]:
+    """Two inputs that reach every branch of a group's calibration: (with step logs, no diverged run) runs without a
+    final loss, without a max grad, of another horizon, without a step log, a group whose horizon (19) stops short
+    of REGISTRY_K and a one-run group; (no step logs) diverged runs and the whole-run registry."""
+    base = synthetic_inputs({"llada": 150, "dream": 30, "mdlm": 12}, n_steps=30, seed=3, diverged_fraction=0.0)
+    i = pl.col("_i")
+    runs = base.runs.with_row_index("_i").with_columns(
+        pl.when(i.is_in([1, 2])).then(None).otherwise(pl.col("final_loss")).alias("final_loss"),
+        pl.when(i == 3).then(None).otherwise(pl.col("max_grad_norm")).alias("max_grad_norm"),
+        pl.when(i.is_in([4, 5, 6])).then(10).when(pl.col("family") == "dream").then(20)
+        .otherwise(pl.col("steps")).alias("steps"),
+        pl.when(i == 190).then(pl.lit("solo")).otherwise(pl.col("family")).alias("family"),
+    ).drop("_i")
+    loss, grad, top1 = base.traj.dense()
+    keep = np.ones(len(base.traj.run_ids), bool)
+    keep[[7, 8]] = False
+    traj = Trajectories([r for r, k in zip(base.traj.run_ids, keep) if k], loss[keep], grad[keep], top1[keep])
+    no_traj = synthetic_inputs({"llada": 50, "dream": 20}, n_steps=30, seed=4, with_traj=False,
+                               diverged_fraction=0.06)
+    return CalibrationInputs(runs, traj), no_traj
+
+
+def test_calibration_json_is_pinned_byte_for_byte():
+    """Regression pin, not a correctness check: the sha256 of the calibration JSON (every key but the id, the
+    creation time and the provenance, in their order) as the code computed it when the pin was taken, on the
+    inputs of `_pin_inputs`. It holds a refactoring of the protocol to the same keys, key order, numbers and
+    random draws; a change meant to move the numbers re-pins it and says why. Floats as numpy and scipy of the
+    project's environment give them: another numpy/scipy release may move a last digit and need a re-pin."""
+    with_traj, no_traj = _pin_inputs()
+    kw = dict(n_resamples=30, stepk_resamples=10, seed=5)
+    results = [calibrate(with_traj, ks=(5, 10), **kw), calibrate(with_traj, ks=(5, 25), **kw),
+               calibrate(no_traj, ks=(5,), **kw)]
+    text = json.dumps([{k: v for k, v in r.items() if k not in ("calibration_id", "created_at", "provenance")}
+                       for r in results])
+    assert hashlib.sha256(text.encode()).hexdigest() == \
+        "05973d9e66a2b74a3e7a48163c041bc35fdab4d604e24bccd4e1471e0660f69a"
 
 
 def test_no_trajectories_skips_stepk():
