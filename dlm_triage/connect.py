@@ -49,6 +49,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from dlm_triage.adapter_parts import WEIGHTS_FILENAME
 from dlm_triage.config import RunConfig
 from dlm_triage.schema import ADAPTER_DIRNAME, MANIFEST_FILENAME
 
@@ -266,13 +267,12 @@ def _load_second(model: nn.Module, run: RunRef) -> None:
     if method in PRODUCT_METHODS:
         from peft import set_peft_model_state_dict
 
-        res = set_peft_model_state_dict(model, load_file(str(run.adapter_path / "adapter_model.safetensors")))
+        res = set_peft_model_state_dict(model, load_file(str(run.adapter_path / WEIGHTS_FILENAME)))
         unexpected = list(getattr(res, "unexpected_keys", []) or [])
         if unexpected:
             raise ConnectError(f"run {run.run_id!r}: adapter tensors {unexpected[:5]} do not fit run A's adapter")
         return
-    mod = nara if method == "nara" else lora_diffusion
-    state = load_file(str(run.adapter_path / mod.WEIGHTS_FILENAME))
+    state = load_file(str(run.adapter_path / WEIGHTS_FILENAME))
     expected = nara.nara_state_dict(model) if method == "nara" else lora_diffusion.lora_diffusion_state_dict(model)
     if set(state) != set(expected):
         raise ConnectError(f"run {run.run_id!r}: its {method} tensors do not fit run A's adapter (other targets?)")

@@ -33,7 +33,6 @@ time and written to the adapter config. Adapter directory: `lora_diffusion_confi
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -42,13 +41,15 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from dlm_triage.config import RunConfig, check_noise_level, parse_rank_schedule
+from dlm_triage import adapter_parts
+from dlm_triage.adapter_parts import set_submodule
+from dlm_triage.config import RunConfig, parse_rank_schedule
 from dlm_triage.targets import check_wrapped, resolve_targets
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILENAME = "lora_diffusion_config.json"
-WEIGHTS_FILENAME = "adapter_model.safetensors"
+WEIGHTS_FILENAME = adapter_parts.WEIGHTS_FILENAME
 STATE_ATTR = "_lora_diffusion_state"
 MARKER = "lora_diffusion_A"
 
@@ -76,6 +77,10 @@ class _NoiseState:
         self.schedule = schedule
         self.lam: float | None = None
         self.k: int | None = None
+
+    def set_lam(self, lam: float | None) -> None:
+        """The noise level of the following forwards and its active rank (None: unset)."""
+        self.lam, self.k = lam, (None if lam is None else self.schedule.active_rank(lam))
 
     def active_rank(self) -> int:
         if self.k is None:
@@ -127,20 +132,13 @@ def _state_of(model: nn.Module) -> _NoiseState:
 
 def set_noise_level(model: nn.Module, lam: float) -> None:
     """Set lambda (the batch's mask ratio) and so the active rank for the following forwards."""
-    lam = check_noise_level(lam, "lora_diffusion")
-    state = _state_of(model)
-    state.lam, state.k = lam, state.schedule.active_rank(lam)
+    adapter_parts.set_noise_level(_state_of(model), lam, "lora_diffusion")
 
 
 @contextlib.contextmanager
 def noise_level(model: nn.Module, lam: float) -> Iterator[None]:
-    state = _state_of(model)
-    previous = (state.lam, state.k)
-    set_noise_level(model, lam)
-    try:
+    with adapter_parts.noise_level(_state_of(model), lam, "lora_diffusion"):
         yield
-    finally:
-        state.lam, state.k = previous
 
 
 def active_rank(model: nn.Module) -> int:
@@ -157,12 +155,6 @@ def expected_parameter_count(model: nn.Module) -> int:
     return sum(2 * m.rank * _out_features(m.base) for _, m in wrapped_modules(model))
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def apply_lora_diffusion(model: nn.Module, cfg: RunConfig, targets: Sequence[str]) -> nn.Module:
     """Wrap every module matching `targets` with a LoRADiffusionResidual; freeze everything else. Returns `model`."""
     if is_lora_diffusion_model(model):
@@ -173,7 +165,7 @@ def apply_lora_diffusion(model: nn.Module, cfg: RunConfig, targets: Sequence[str
     state = _NoiseState(RankSchedule(cfg.lora_diffusion_schedule, cfg.rank))
     object.__setattr__(model, STATE_ATTR, state)
     for name in sorted({n for hits in found.values() for n in hits}):
-        _set_submodule(model, name, LoRADiffusionResidual(model.get_submodule(name), cfg.rank, state))
+        set_submodule(model, name, LoRADiffusionResidual(model.get_submodule(name), cfg.rank, state))
     check_wrapped(model, targets, MARKER)
     n_params = expected_parameter_count(model)
     model._lora_diffusion_meta = {"rank": cfg.rank, "schedule": cfg.lora_diffusion_schedule,
@@ -188,7 +180,7 @@ def remove_lora_diffusion(model: nn.Module) -> nn.Module:
     the noise state and the metadata removed. `requires_grad` of the base stays as applied (frozen)."""
     _state_of(model)
     for name, module in wrapped_modules(model):
-        _set_submodule(model, name, module.base)
+        set_submodule(model, name, module.base)
     model.__dict__.pop(STATE_ATTR, None)
     model.__dict__.pop("_lora_diffusion_meta", None)
     return model
@@ -200,33 +192,14 @@ def lora_diffusion_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lora_diffusion(model: nn.Module, path: Path | str) -> Path:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     _state_of(model)
-    save_file({k: v.cpu() for k, v in lora_diffusion_state_dict(model).items()}, str(path / WEIGHTS_FILENAME))
-    (path / CONFIG_FILENAME).write_text(json.dumps({"method": "lora_diffusion", **model._lora_diffusion_meta},
-                                                   indent=2, sort_keys=True))
-    return path
+    return adapter_parts.save_adapter_dir(path, lora_diffusion_state_dict(model),
+                                          {"method": "lora_diffusion", **model._lora_diffusion_meta}, CONFIG_FILENAME)
 
 
 def load_lora_diffusion(base_model: nn.Module, path: Path | str, cfg: RunConfig) -> nn.Module:
     """Apply lora_diffusion to a fresh base model with the saved structure and load the saved tensors (strictly)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    conf_path = path / CONFIG_FILENAME
-    if not conf_path.is_file():
-        raise FileNotFoundError(f"{conf_path}: no lora_diffusion adapter config here; give the directory save_adapter wrote")
-    meta = json.loads(conf_path.read_text())
+    meta = adapter_parts.read_adapter_config(path, CONFIG_FILENAME, "lora_diffusion")
     saved_cfg = cfg.replace(rank=int(meta["rank"]), lora_diffusion_schedule=str(meta["schedule"]))
     model = apply_lora_diffusion(base_model, saved_cfg, meta["targets"])
-    state = load_file(str(path / WEIGHTS_FILENAME))
-    expected = set(lora_diffusion_state_dict(model))
-    if set(state) != expected:
-        raise ValueError(f"{path}: saved lora_diffusion tensors do not fit the rebuilt adapter: "
-                         f"missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
-    model.load_state_dict(state, strict=False)
-    model.eval()
-    return model
+    return adapter_parts.load_adapter_tensors(model, path, set(lora_diffusion_state_dict(model)), "lora_diffusion")

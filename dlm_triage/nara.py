@@ -19,7 +19,6 @@ Trainable parameters: every A, B and F. Adapter directory: `nara_config.json` + 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -27,7 +26,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from dlm_triage.config import RunConfig, check_noise_level
+from dlm_triage import adapter_parts
+from dlm_triage.adapter_parts import set_submodule
+from dlm_triage.config import RunConfig
 from dlm_triage.targets import check_wrapped, resolve_targets
 
 FOURIER_DIM = 64
@@ -36,7 +37,7 @@ FOURIER_TWO_PI = False
 HIDDEN = (256, 512)
 DEFAULT_SCALE = 1.0
 CONFIG_FILENAME = "nara_config.json"
-WEIGHTS_FILENAME = "adapter_model.safetensors"
+WEIGHTS_FILENAME = adapter_parts.WEIGHTS_FILENAME
 CORE_ATTR = "nara_core"
 
 
@@ -93,6 +94,11 @@ class NaRACore(nn.Module):
     def invalidate(self) -> None:
         self._cached = None
 
+    def set_lam(self, lam: float | None) -> None:
+        """The noise level of the following forwards; the cached C is dropped."""
+        self.lam = lam
+        self.invalidate()
+
     def refresh(self) -> None:
         """Compute C for the coming root forward now, outside every layer: under activation checkpointing a
         layer's recomputation must save what its first run saved, so C cannot be built inside the first layer."""
@@ -136,28 +142,13 @@ def _core_of(model: nn.Module) -> NaRACore:
 
 def set_noise_level(model: nn.Module, lam: float) -> None:
     """Set lambda (the batch's mask ratio) for the following forwards."""
-    lam = check_noise_level(lam, "NaRA")
-    core = _core_of(model)
-    core.lam = lam
-    core.invalidate()
+    adapter_parts.set_noise_level(_core_of(model), lam, "NaRA")
 
 
 @contextlib.contextmanager
 def noise_level(model: nn.Module, lam: float) -> Iterator[None]:
-    core = _core_of(model)
-    previous = core.lam
-    set_noise_level(model, lam)
-    try:
+    with adapter_parts.noise_level(_core_of(model), lam, "NaRA"):
         yield
-    finally:
-        core.lam = previous
-        core.invalidate()
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
 
 
 def apply_nara(model: nn.Module, cfg: RunConfig, targets: Sequence[str], *, scale: float = DEFAULT_SCALE) -> nn.Module:
@@ -174,7 +165,7 @@ def apply_nara(model: nn.Module, cfg: RunConfig, targets: Sequence[str], *, scal
     core = NaRACore(cfg.rank, cfg.nara_eta).to(device)
     model.add_module(CORE_ATTR, core)  # registered once: F lives in the model's parameters/state dict here
     for name in sorted({n for hits in found.values() for n in hits}):
-        _set_submodule(model, name, NaRALinear(model.get_submodule(name), cfg.rank, scale, core))
+        set_submodule(model, name, NaRALinear(model.get_submodule(name), cfg.rank, scale, core))
     check_wrapped(model, targets, "nara_A")
     # One C per root forward, computed before every forward of the whole model (see NaRACore.refresh).
     model._nara_hook = model.register_forward_pre_hook(lambda module, args: core.refresh())
@@ -191,7 +182,7 @@ def remove_nara(model: nn.Module) -> nn.Module:
     _core_of(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, NaRALinear):
-            _set_submodule(model, name, module.base)
+            set_submodule(model, name, module.base)
     delattr(model, CORE_ATTR)
     hook = model.__dict__.pop("_nara_hook", None)
     if hook is not None:
@@ -207,32 +198,14 @@ def nara_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_nara(model: nn.Module, path: Path | str) -> Path:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     _core_of(model)
-    save_file({k: v.cpu() for k, v in nara_state_dict(model).items()}, str(path / WEIGHTS_FILENAME))
-    (path / CONFIG_FILENAME).write_text(json.dumps({"method": "nara", **model._nara_meta}, indent=2, sort_keys=True))
-    return path
+    return adapter_parts.save_adapter_dir(path, nara_state_dict(model), {"method": "nara", **model._nara_meta},
+                                          CONFIG_FILENAME)
 
 
 def load_nara(base_model: nn.Module, path: Path | str, cfg: RunConfig) -> nn.Module:
     """Apply NaRA to a fresh base model with the saved structure and load the saved tensors (strictly)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    conf_path = path / CONFIG_FILENAME
-    if not conf_path.is_file():
-        raise FileNotFoundError(f"{conf_path}: no NaRA adapter config here; give the directory save_adapter wrote")
-    meta = json.loads(conf_path.read_text())
+    meta = adapter_parts.read_adapter_config(path, CONFIG_FILENAME, "NaRA")
     saved_cfg = cfg.replace(rank=int(meta["rank"]), nara_eta=float(meta["eta"]))
     model = apply_nara(base_model, saved_cfg, meta["targets"], scale=float(meta["scale"]))
-    state = load_file(str(path / WEIGHTS_FILENAME))
-    expected = set(nara_state_dict(model))
-    if set(state) != expected:
-        raise ValueError(f"{path}: saved NaRA tensors do not fit the rebuilt adapter: "
-                         f"missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
-    model.load_state_dict(state, strict=False)
-    model.eval()
-    return model
+    return adapter_parts.load_adapter_tensors(model, path, set(nara_state_dict(model)), "NaRA")

@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dlm_triage.adapter_parts import WEIGHTS_FILENAME, read_adapter_config
 from dlm_triage.config import RunConfig
 from dlm_triage.targets import AdapterTargetError, available_suffixes, check_wrapped, resolve_targets
 
@@ -158,13 +159,10 @@ def load_adapter(base_model: nn.Module, path: Path | str, cfg: RunConfig) -> nn.
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    conf_path = path / "adapter_config.json"
-    if not conf_path.is_file():
-        raise FileNotFoundError(f"{conf_path}: no peft adapter config here; give the directory save_adapter wrote")
-    saved_targets = json.loads(conf_path.read_text())["target_modules"]
+    saved_targets = read_adapter_config(path, "adapter_config.json", "peft")["target_modules"]
     targets = tuple(sorted(saved_targets)) if isinstance(saved_targets, list) else (saved_targets,)
     model = apply_adapter(base_model, cfg, targets)
-    state = load_file(str(path / "adapter_model.safetensors"))
+    state = load_file(str(path / WEIGHTS_FILENAME))
     result = set_peft_model_state_dict(model, state)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:

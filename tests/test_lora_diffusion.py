@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from adapter_loop import base_logits, seeded_tiny, train_adapter
+
 from dlm_triage import lora_diffusion as ld
 from dlm_triage.config import ConfigError, RunConfig, parse_rank_schedule
 from dlm_triage.data import make_batches
@@ -20,18 +22,13 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 @pytest.fixture()
 def setup(tiny_model_dir):
-    torch.manual_seed(0)
-    cfg = RunConfig(model_id=str(tiny_model_dir), method="lora_diffusion", rank=8, batch_size=2, seq_len=16,
-                    lora_diffusion_schedule="0.3:0.25,0.6:0.5,1:1")
-    model, tok = load_tiny(tiny_model_dir)
-    return cfg, model, tok
+    return seeded_tiny(tiny_model_dir, method="lora_diffusion", rank=8, batch_size=2, seq_len=16,
+                       lora_diffusion_schedule="0.3:0.25,0.6:0.5,1:1")
 
 
 def test_identity_at_init_and_A_kaiming_B_zero(setup):
     cfg, model, tok = setup
-    ids = make_batches(cfg, tok).batch(0)
-    with torch.no_grad():
-        base = model(input_ids=ids).logits
+    ids, base = base_logits(model, cfg, tok)
     ld.apply_lora_diffusion(model, cfg, TARGETS)
     for lam in (0.0, 0.5, 1.0):
         with torch.no_grad(), noise_level(model, lam):
@@ -110,17 +107,7 @@ def test_parameter_count_matches_the_formula(setup):
 
 
 def _train(model, tok, cfg, rhos, steps=4):
-    opt = torch.optim.AdamW([p for _, p in adapter_matrices(model)], lr=1e-2)
-    batches, gen = make_batches(cfg, tok), torch.Generator().manual_seed(0)
-    for step in range(steps):
-        rho = rhos[step % len(rhos)]
-        x0 = batches.batch(step)
-        noisy, mask = mask_tokens(x0, rho, tok.mask_token_id, gen)
-        with noise_level(model, rho):
-            loss = masked_diffusion_loss(model(input_ids=noisy).logits, x0, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_adapter(model, tok, cfg, rhos=rhos, steps=steps, lr=1e-2)
 
 
 def test_save_load_round_trip(setup, tiny_model_dir, tmp_path):

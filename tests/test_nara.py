@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adapter_loop import base_logits, seeded_tiny, train_adapter
+
 from dlm_triage import nara
-from dlm_triage.config import RunConfig
 from dlm_triage.data import make_batches
-from dlm_triage.objective import mask_tokens, masked_diffusion_loss
 from dlm_triage.peft_methods import adapter_matrices, load_adapter, save_adapter
 from dlm_triage.tiny import load_tiny
 
@@ -17,17 +17,12 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 @pytest.fixture()
 def setup(tiny_model_dir):
-    torch.manual_seed(0)
-    cfg = RunConfig(model_id=str(tiny_model_dir), method="nara", rank=4, batch_size=4, seq_len=16, nara_eta=0.1)
-    model, tok = load_tiny(tiny_model_dir)
-    return cfg, model, tok
+    return seeded_tiny(tiny_model_dir, method="nara", rank=4, batch_size=4, seq_len=16, nara_eta=0.1)
 
 
 def test_core_is_identity_and_model_is_base_at_init(setup):
     cfg, model, tok = setup
-    ids = make_batches(cfg, tok).batch(0)
-    with torch.no_grad():
-        base = model(input_ids=ids).logits
+    ids, base = base_logits(model, cfg, tok)
     nara.apply_nara(model, cfg, TARGETS)
     core = model.nara_core
     for lam in (0.0, 0.05, 0.5, 1.0):
@@ -78,19 +73,7 @@ def test_core_computed_once_per_forward(setup):
 
 
 def _train(model, tok, cfg, rhos, steps=6):
-    params = [p for _, p in adapter_matrices(model)]
-    opt = torch.optim.AdamW(params, lr=5e-3)
-    batches = make_batches(cfg, tok)
-    gen = torch.Generator().manual_seed(0)
-    for step in range(steps):
-        rho = rhos[step % len(rhos)]
-        x0 = batches.batch(step)
-        noisy, mask = mask_tokens(x0, rho, tok.mask_token_id, gen)
-        nara.set_noise_level(model, rho)
-        loss = masked_diffusion_loss(model(input_ids=noisy).logits, x0, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_adapter(model, tok, cfg, rhos=rhos, steps=steps, lr=5e-3)
 
 
 def test_core_depends_on_lambda_after_training(setup):

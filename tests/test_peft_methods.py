@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from adapter_loop import seeded_tiny, train_adapter
+
 from dlm_triage.config import RunConfig
 from dlm_triage.data import make_batches
-from dlm_triage.objective import mask_tokens, masked_diffusion_loss
 from dlm_triage.peft_methods import (
     AdapterTargetError,
     adapter_matrices,
@@ -19,7 +20,6 @@ from dlm_triage.peft_methods import (
     load_adapter,
     noise_level,
     save_adapter,
-    set_noise_level,
 )
 from dlm_triage.tiny import load_tiny
 
@@ -41,26 +41,12 @@ def forward(model, ids, rho=0.5):
 
 def train_a_few_steps(model, tok, cfg, n=3):
     model.train()
-    params = [p for _, p in adapter_matrices(model)]
-    opt = torch.optim.AdamW(params, lr=1e-2)
-    batches = make_batches(cfg, tok)
-    gen = torch.Generator().manual_seed(0)
-    for step in range(n):
-        x0 = batches.batch(step)
-        noisy, mask = mask_tokens(x0, cfg.mask_ratio, tok.mask_token_id, gen)
-        set_noise_level(model, cfg.mask_ratio)
-        loss = masked_diffusion_loss(model(input_ids=noisy).logits, x0, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return loss.item()
+    return train_adapter(model, tok, cfg, rhos=(cfg.mask_ratio,), steps=n, lr=1e-2)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_saves_and_loads(tiny_model_dir, tmp_path, method):
-    torch.manual_seed(0)
-    cfg = RunConfig(model_id=str(tiny_model_dir), method=method, rank=4, batch_size=2, seq_len=16)
-    base, tok = fresh_base(tiny_model_dir)
+    cfg, base, tok = seeded_tiny(tiny_model_dir, method=method, rank=4, batch_size=2, seq_len=16)
     ids = make_batches(cfg, tok).batch(99)
     base_out = forward(base, ids)
 
