@@ -32,15 +32,17 @@ does not move the others, and `benchmarks/reference_calibration.py` draws the ve
 Undefined numbers are JSON null with a warning (`protocol._jsonable`), never NaN.
 
 Modules: `rules` (constants, random streams, the registry's evidence rule), `blocks` (notes, JSON blocks, step-k
-predictors), `group` (one group's calibration), `protocol` (`calibrate`: every group, then the cross-group parts),
-`driver` (`run_calibration`: DuckDB in, JSON and the versioned record out). Every public name is importable here.
+predictors), `group` (one group's calibration, stage by stage), `descriptive` (its analyses that set no
+threshold: top-1 audit, rank amplification, concentration, power), `protocol` (`calibrate`: every group, then the
+cross-group parts), `driver` (`run_calibration`: DuckDB in, JSON and the versioned record out). Every public
+name is importable here.
 """
 
 from __future__ import annotations
 
 from dlm_triage.calibrate.blocks import stepk_predictors
+from dlm_triage.calibrate.descriptive import CONCENTRATION_DEFINITIONS
 from dlm_triage.calibrate.driver import CalibrationOutput, run_calibration
-from dlm_triage.calibrate.group import CONCENTRATION_DEFINITIONS
 from dlm_triage.calibrate.protocol import calibrate, default_threshold_step
 from dlm_triage.calibrate.rules import (CELL_COLUMNS, GROUP_BY_COLUMNS, MIN_PER_ARM, MIN_RUNS, PREDICTORS, REGISTRY_K,
                                         group_rng, registry_evidence)
