@@ -5,10 +5,12 @@ orders a model's fields into sections in the Prefect UI."""
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dlm_triage import paths
 from dlm_triage.config import (
     ALPHA_CONVENTIONS,
     EARLY_WARNING_ACTIONS,
@@ -70,6 +72,31 @@ def _numbers(v: Any) -> list[float]:
     if not isinstance(v, (list, tuple)):
         return []
     return [x for x in v if isinstance(x, (int, float)) and not isinstance(x, bool)]
+
+
+def _check_items(name: str, v: Any, ok: Callable[[float], bool], why: str) -> Any:
+    """A list input whose numeric items all pass `ok`, else a ValueError naming `name`, every bad item and
+    `why` (what is wrong and the fix). Runs before pydantic's per-item check, so one message lists them all."""
+    bad = [x for x in _numbers(v) if not ok(x)]
+    if bad:
+        raise ValueError(f"{name} {bad} {why}")
+    return v
+
+
+# Where an empty path parameter points: mixins of the models that have the field (`db`, `runs_dir`, `out`).
+class _DbPath:
+    def resolved_db(self) -> Path:
+        return Path(self.db) if self.db is not None else paths.default_db_path()
+
+
+class _RunsDirPath:
+    def resolved_runs_dir(self) -> Path:
+        return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
+
+
+class _OutPath:
+    def resolved_out(self) -> Path:
+        return Path(self.out) if self.out is not None else paths.default_report_dir()
 
 
 def torch_threads_per_process(slots: int) -> int:

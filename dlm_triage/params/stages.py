@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from dlm_triage import paths
-from dlm_triage.params.fields import (_DEFAULT_KS, Family, GroupBy, ImportFormat, StepK, _nonempty_unique,
-                                      _numbers, _Params)
+from dlm_triage.params.fields import (_DEFAULT_KS, Family, GroupBy, ImportFormat, StepK, _check_items, _DbPath,
+                                      _nonempty_unique, _OutPath, _Params, _RunsDirPath)
 from dlm_triage.params.sweep import SweepGrid, SweepParams
 
 
@@ -37,19 +37,13 @@ class IngestOptions(_Params):
 
 
 
-class IngestParams(IngestOptions):
+class IngestParams(IngestOptions, _DbPath, _RunsDirPath):
     """Load run directories (and optionally foreign logs) into the DuckDB store. Idempotent."""
 
     db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
     runs_dir: Path | None = Field(
         None, description="Root of run directories to ingest; empty: $DLM_TRIAGE_OUT/runs."
     )
-
-    def resolved_db(self) -> Path:
-        return Path(self.db) if self.db is not None else paths.default_db_path()
-
-    def resolved_runs_dir(self) -> Path:
-        return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
 
 
 class CalibrateOptions(_Params):
@@ -69,10 +63,7 @@ class CalibrateOptions(_Params):
     @field_validator("ks", mode="before")
     @classmethod
     def _ks_range(cls, v: Any) -> Any:
-        bad = [k for k in _numbers(v) if k < 0]
-        if bad:
-            raise ValueError(f"ks {bad} are negative: use steps >= 0")
-        return v
+        return _check_items("ks", v, lambda k: k >= 0, "are negative: use steps >= 0")
 
     @field_validator("ks")
     @classmethod
@@ -94,31 +85,19 @@ class CalibrateOptions(_Params):
         }
 
 
-class CalibrateParams(CalibrateOptions):
+class CalibrateParams(CalibrateOptions, _DbPath, _OutPath):
     """The paper's calibration protocol per group: max-grad thresholds with bootstrap CIs, step-k sweep."""
 
     db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
     out: Path | None = Field(None, description="Output folder for calibration.json; empty: $DLM_TRIAGE_OUT/reports.")
 
-    def resolved_db(self) -> Path:
-        return Path(self.db) if self.db is not None else paths.default_db_path()
 
-    def resolved_out(self) -> Path:
-        return Path(self.out) if self.out is not None else paths.default_report_dir()
-
-
-class ReportParams(_Params):
+class ReportParams(_Params, _DbPath, _OutPath):
     """Figures plus an HTML/Markdown triage report of one calibration."""
 
     db: Path | None = Field(None, description="DuckDB file; empty: $DLM_TRIAGE_OUT/triage.duckdb.")
     out: Path | None = Field(None, description="Report folder; empty: $DLM_TRIAGE_OUT/reports.")
     calibration_id: str | None = Field(None, description="Calibration to report; empty: the latest.")
-
-    def resolved_db(self) -> Path:
-        return Path(self.db) if self.db is not None else paths.default_db_path()
-
-    def resolved_out(self) -> Path:
-        return Path(self.out) if self.out is not None else paths.default_report_dir()
 
 
 _STAGE_PATHS = {"sweep": ("runs_dir", "db"), "ingest": ("db", "runs_dir"), "calibrate": ("db", "out"),
@@ -191,7 +170,7 @@ class PipelineParams(_Params):
         return ReportParams(db=self.db, out=self.out, calibration_id=calibration_id)
 
 
-class RecalibrateParams(_Params):
+class RecalibrateParams(_Params, _RunsDirPath):
     """Ingest new runs; recalibrate each group with enough new runs; record and compare the new thresholds."""
 
     runs_dir: Path | None = Field(None, description="Root of run directories; empty: $DLM_TRIAGE_OUT/runs.")
@@ -203,11 +182,8 @@ class RecalibrateParams(_Params):
     calibrate: CalibrateParams = Field(default_factory=CalibrateParams, description="Calibration settings.")
     write_report: bool = Field(True, description="Write a triage report when anything was recalibrated.")
 
-    def resolved_runs_dir(self) -> Path:
-        return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
 
-
-class ConnectParams(_Params):
+class ConnectParams(_Params, _RunsDirPath, _DbPath):
     """LoRA-Curve connectivity between two completed runs (same base model, family, method and rank)."""
 
     run_a: str = Field(..., description="Run id (under runs_dir) or run directory of the path's start (t=0).")
@@ -222,12 +198,6 @@ class ConnectParams(_Params):
     mask_ratio: float | None = Field(None, gt=0, lt=1, description="Evaluation mask ratio; empty: the runs' own.")
     lr: float | None = Field(None, gt=0, le=10, description="Adam rate of the curve's free points; empty: run A's.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
-
-    def resolved_runs_dir(self) -> Path:
-        return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
-
-    def resolved_db(self) -> Path:
-        return Path(self.db) if self.db is not None else paths.default_db_path()
 
     def resolved_out(self) -> Path:
         return Path(self.out) if self.out is not None else paths.default_report_dir() / "connect"

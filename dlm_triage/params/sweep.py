@@ -9,12 +9,11 @@ from typing import Any, Literal, Mapping
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from dlm_triage import paths
 from dlm_triage.config import RunConfig, SweepSpec, draws_own_t
 from dlm_triage.defaults import SWEEP_AXIS_DEFAULTS
 from dlm_triage.params.fields import (_RUN_FIELDS, AlphaConvention, EarlyWarningAction, Family, LearningRate,
-                                      MaskRatio, Method, Normalisation, ObjectiveName, Rank, Seed, _form_groups,
-                                      _nonempty_unique, _numbers, _Params)
+                                      MaskRatio, Method, Normalisation, ObjectiveName, Rank, Seed, _check_items,
+                                      _DbPath, _form_groups, _nonempty_unique, _Params, _RunsDirPath)
 
 
 _SWEEP_FORM = {
@@ -24,6 +23,15 @@ _SWEEP_FORM = {
     "Early warning": ("early_warning", "early_warning_action", "early_warning_step", "legacy_detector_stop"),
     "Where it runs": ("runs_dir", "db", "device", "gpu_slots", "torch_threads", "task_runner", "runs_url",
                       "shard_deployment", "shard_job_variables", "shard_attempts", "heartbeat_s", "stale_after_s"),
+}
+
+
+# Each numeric axis's item range (the same as its item type's) and the message's end for the items outside it.
+_AXIS_ITEMS = {
+    "ranks": (lambda r: 1 <= r <= 4096, "out of range: use integers in [1, 4096]"),
+    "mask_ratios": (lambda m: 0.0 < m < 1.0, "out of range: use numbers strictly between 0 and 1"),
+    "learning_rates": (lambda x: 0.0 < x <= 10.0, "out of range: use numbers in (0, 10]"),
+    "seeds": (lambda s: s >= 0, "are negative: use integers >= 0"),
 }
 
 
@@ -143,37 +151,11 @@ class SweepGrid(_Params):
     def _axis(cls, v: list[Any], info: Any) -> list[Any]:
         return _nonempty_unique(info.field_name, v)
 
-    @field_validator("ranks", mode="before")
+    @field_validator("ranks", "mask_ratios", "learning_rates", "seeds", mode="before")
     @classmethod
-    def _ranks(cls, v: list[int]) -> list[int]:
-        bad = [r for r in _numbers(v) if not 1 <= r <= 4096]
-        if bad:
-            raise ValueError(f"ranks {bad} out of range: use integers in [1, 4096]")
-        return v
-
-    @field_validator("mask_ratios", mode="before")
-    @classmethod
-    def _mask_ratios(cls, v: list[float]) -> list[float]:
-        bad = [m for m in _numbers(v) if not 0.0 < m < 1.0]
-        if bad:
-            raise ValueError(f"mask_ratios {bad} out of range: use numbers strictly between 0 and 1")
-        return v
-
-    @field_validator("learning_rates", mode="before")
-    @classmethod
-    def _lrs(cls, v: list[float]) -> list[float]:
-        bad = [x for x in _numbers(v) if not 0.0 < x <= 10.0]
-        if bad:
-            raise ValueError(f"learning_rates {bad} out of range: use numbers in (0, 10]")
-        return v
-
-    @field_validator("seeds", mode="before")
-    @classmethod
-    def _seeds(cls, v: list[int]) -> list[int]:
-        bad = [s for s in _numbers(v) if s < 0]
-        if bad:
-            raise ValueError(f"seeds {bad} are negative: use integers >= 0")
-        return v
+    def _axis_items(cls, v: Any, info: Any) -> Any:
+        ok, why = _AXIS_ITEMS[info.field_name]
+        return _check_items(info.field_name, v, ok, why)
 
     @field_validator("model_id")
     @classmethod
@@ -303,7 +285,7 @@ class SweepGrid(_Params):
 
 
 
-class SweepParams(SweepGrid):
+class SweepParams(SweepGrid, _RunsDirPath, _DbPath):
     """A grid of LoRA/PEFT fine-tunes (the product of the axes) and where and how to run it."""
 
     runs_dir: Path | None = Field(
@@ -313,9 +295,3 @@ class SweepParams(SweepGrid):
         None, description="DuckDB holding the registered thresholds; empty: $DLM_TRIAGE_OUT/triage.duckdb. "
         "No file: no live early warning."
     )
-
-    def resolved_runs_dir(self) -> Path:
-        return Path(self.runs_dir) if self.runs_dir is not None else paths.default_runs_dir()
-
-    def resolved_db(self) -> Path:
-        return Path(self.db) if self.db is not None else paths.default_db_path()
