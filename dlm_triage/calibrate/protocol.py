@@ -19,7 +19,7 @@ from dlm_triage import groups as groups_mod
 from dlm_triage import stats
 from dlm_triage.calibrate.group import _group
 from dlm_triage.calibrate.rules import GROUP_BY_COLUMNS, REGISTRY_K
-from dlm_triage.calinputs import CalibrationInputs, snapshot_of
+from dlm_triage.calinputs import CalibrationInputs, Trajectories, snapshot_of
 from dlm_triage.fsutil import json_safe
 
 
@@ -87,34 +87,19 @@ def calibrate(inputs: CalibrationInputs, *, group_by: str = "family", n_resample
     params = {"group_by": group_by, "n_resamples": int(n_resamples), "stepk_resamples": int(stepk_resamples),
               "ks": list(ks), "confidence_level": float(confidence_level), "test_size": float(test_size),
               "seed": int(seed), "bonferroni_m": None if bonferroni_m is None else int(bonferroni_m),
-              "label_quantiles": dict(stats.LABEL_QUANTILES),
-              "label_percentile_method": stats.PERCENTILE_METHOD, "label_rule": stats.LABEL_RULE, "registry_k": REGISTRY_K}
+              "label_quantiles": dict(stats.LABEL_QUANTILES), "label_percentile_method": stats.PERCENTILE_METHOD,
+              "label_rule": stats.LABEL_RULE, "registry_k": REGISTRY_K}
     top_warnings: list[str] = []
-    runs = inputs.runs
-    traj = inputs.traj
-    gcol = GROUP_BY_COLUMNS[group_by]
-    ks_used = list(ks)
-    rows_all = None
-    if traj is None:
-        top_warnings.append("no trajectories (cells import or no step logs): step-k sweep skipped; held-out "
-                            "threshold and registry use the whole-run max grad norm")
-        ks_used = []
-    else:
-        horizon = traj.n_steps - 1
-        skipped = [k for k in ks if k > horizon]
-        if skipped:
-            top_warnings.append(f"ks {skipped} exceed the logged horizon (step {horizon}): skipped")
-        ks_used = [k for k in ks if k <= horizon]
-        pos = {r: i for i, r in enumerate(traj.run_ids)}
-        rows_all = np.array([pos.get(r, -1) for r in runs.get_column("run_id").to_list()], np.int64)
+    runs, traj = inputs.runs, inputs.traj
+    ks_used, rows_all = _trajectory_rows(runs, traj, ks, top_warnings)
     if runs.get_column("run_id").n_unique() != runs.height:
         raise ValueError("`inputs.runs.run_id` must be unique")
-
     # the one group key (groups.py): NULL and '' are one group, families compare case-insensitively
     keys = groups_mod.group_keys(runs, group_by)
     null = groups_mod.NULL_GROUP
     if keys.eq(null).any():
-        top_warnings.append(f"{int(keys.eq(null).sum())} run(s) have no {gcol}: grouped as {null!r}")
+        top_warnings.append(f"{int(keys.eq(null).sum())} run(s) have no {GROUP_BY_COLUMNS[group_by]}: "
+                            f"grouped as {null!r}")
     names = sorted(set(keys.to_list()))
     groups: dict[str, dict] = {}
     arrays: dict[str, dict] = {}
@@ -124,76 +109,108 @@ def calibrate(inputs: CalibrationInputs, *, group_by: str = "family", n_resample
         kv = keys.to_numpy()
         for name in names:
             sel = kv == name
-            sub = runs.filter(pl.Series(sel))
-            rows = rows_all[sel] if rows_all is not None else None
             groups[name], arrays[name] = _group(
-                name, sub, traj, rows, ks=ks_used, n_resamples=int(n_resamples),
-                stepk_resamples=int(stepk_resamples), cl=float(confidence_level), test_size=float(test_size),
-                seed=int(seed))
+                name, runs.filter(pl.Series(sel)), traj, rows_all[sel] if rows_all is not None else None,
+                ks=ks_used, n_resamples=int(n_resamples), stepk_resamples=int(stepk_resamples),
+                cl=float(confidence_level), test_size=float(test_size), seed=int(seed))
+        _bonferroni(groups, arrays, bonferroni_m, top_warnings)
+        transfer = _transfer(groups, arrays)
+        kw_block, pairwise = _fire_step_across(arrays, top_warnings)
+    return _jsonable(_result(inputs, group_by, params, groups, transfer, kw_block, pairwise, ks_used, top_warnings))
 
-        # Bonferroni (one-sided p, H1: unstable > stable) over m contrasts: the given m, else the groups tested
-        tested = [nm for nm in names if arrays[nm]["tested"]]
-        m = int(bonferroni_m) if bonferroni_m is not None else len(tested)
-        m_source = (f"given (bonferroni_m={m})" if bonferroni_m is not None
-                    else f"the groups tested here ({len(tested)})")
-        if bonferroni_m is not None and m < len(tested):
-            top_warnings.append(f"bonferroni_m={m} is below the {len(tested)} group(s) tested here: the "
-                                "correction is weaker than one test per tested group")
-        for nm in names:
-            mg = groups[nm]["maxgrad"]
-            mg["bonferroni_m"] = m
-            mg["bonferroni_m_source"] = m_source
-            if nm in tested:
-                mg["mw_p_bonferroni"] = stats.bonferroni(arrays[nm]["mw_p"], m)
 
-        # cross-group transfer of the held-out whole-run max-grad threshold
-        transfer: dict[str, dict] = {}
-        for src in names:
-            thr = groups[src]["heldout"]["threshold"]
-            row = {}
-            for dst in names:
-                a = arrays[dst]
-                if not math.isfinite(thr):
-                    row[dst] = {"threshold": math.nan, "precision": math.nan, "recall": math.nan, "f1": math.nan}
-                    continue
-                c = stats.confusion_at(a["max_grad"], a["unstable"], thr)
-                row[dst] = {"threshold": thr, "precision": float(c.precision[0]), "recall": float(c.recall[0]),
-                            "f1": float(c.f1[0]), "n": int(a["max_grad"].size), "n_unstable": int(a["unstable"].sum()),
-                            "n_predicted_positive": int(c.tp[0] + c.fp[0]), "same_group": src == dst,
-                            "tp": int(c.tp[0]), "fp": int(c.fp[0]), "fn": int(c.fn[0]), "tn": int(c.tn[0]),
-                            "baseline_precision": float(a["unstable"].mean()) if a["unstable"].size else math.nan}
-            transfer[src] = row
+def _trajectory_rows(runs: pl.DataFrame, traj: Trajectories | None, ks: Sequence[int],
+                     top_warnings: list[str]) -> tuple[list[int], np.ndarray | None]:
+    """The ks the logs reach and each run's row in the trajectories (-1: no step log; None: no trajectories)."""
+    if traj is None:
+        top_warnings.append("no trajectories (cells import or no step logs): step-k sweep skipped; held-out "
+                            "threshold and registry use the whole-run max grad norm")
+        return [], None
+    horizon = traj.n_steps - 1
+    skipped = [k for k in ks if k > horizon]
+    if skipped:
+        top_warnings.append(f"ks {skipped} exceed the logged horizon (step {horizon}): skipped")
+    pos = {r: i for i, r in enumerate(traj.run_ids)}
+    return [k for k in ks if k <= horizon], np.array([pos.get(r, -1) for r in runs.get_column("run_id").to_list()],
+                                                     np.int64)
 
-        # fire step across groups
-        kw = stats.kruskal(*[arrays[nm]["fire_step"] for nm in names])
-        kw_block = {"H": kw.H, "p": kw.p, "n_groups": kw.n_groups, "flags": list(kw.flags)}
-        top_warnings.extend(f"fire_step_kruskal: {w}" for w in kw.warnings)
-        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-        pairwise = []
-        for a, b in pairs:
-            r = stats.mann_whitney(arrays[a]["fire_step"], arrays[b]["fire_step"])
-            pairwise.append({"group_a": a, "group_b": b, "u": r.u, "p_two_sided": r.p_two_sided,
-                             "p_bonferroni": stats.bonferroni(r.p_two_sided, len(pairs)) if not r.flags else math.nan,
-                             "bonferroni_m": len(pairs), "median_a": r.median_x, "median_b": r.median_y,
-                             "flags": list(r.flags)})
 
+def _bonferroni(groups: dict[str, dict], arrays: dict[str, dict], bonferroni_m: int | None,
+                top_warnings: list[str]) -> None:
+    """Bonferroni (one-sided p, H1: unstable > stable) over m contrasts, the given m else the groups tested,
+    written into each group's maxgrad block."""
+    tested = [nm for nm in groups if arrays[nm]["tested"]]
+    m = int(bonferroni_m) if bonferroni_m is not None else len(tested)
+    m_source = (f"given (bonferroni_m={m})" if bonferroni_m is not None
+                else f"the groups tested here ({len(tested)})")
+    if bonferroni_m is not None and m < len(tested):
+        top_warnings.append(f"bonferroni_m={m} is below the {len(tested)} group(s) tested here: the "
+                            "correction is weaker than one test per tested group")
+    for nm, g in groups.items():
+        mg = g["maxgrad"]
+        mg["bonferroni_m"] = m
+        mg["bonferroni_m_source"] = m_source
+        if nm in tested:
+            mg["mw_p_bonferroni"] = stats.bonferroni(arrays[nm]["mw_p"], m)
+
+
+def _transfer(groups: dict[str, dict], arrays: dict[str, dict]) -> dict[str, dict]:
+    """{source group: {target group: metrics}} of each group's held-out whole-run max-grad threshold on every group."""
+    transfer: dict[str, dict] = {}
+    for src in groups:
+        thr = groups[src]["heldout"]["threshold"]
+        row = {}
+        for dst, a in arrays.items():
+            if not math.isfinite(thr):
+                row[dst] = {"threshold": math.nan, "precision": math.nan, "recall": math.nan, "f1": math.nan}
+                continue
+            c = stats.confusion_at(a["max_grad"], a["unstable"], thr)
+            row[dst] = {"threshold": thr, "precision": float(c.precision[0]), "recall": float(c.recall[0]),
+                        "f1": float(c.f1[0]), "n": int(a["max_grad"].size), "n_unstable": int(a["unstable"].sum()),
+                        "n_predicted_positive": int(c.tp[0] + c.fp[0]), "same_group": src == dst,
+                        "tp": int(c.tp[0]), "fp": int(c.fp[0]), "fn": int(c.fn[0]), "tn": int(c.tn[0]),
+                        "baseline_precision": float(a["unstable"].mean()) if a["unstable"].size else math.nan}
+        transfer[src] = row
+    return transfer
+
+
+def _fire_step_across(arrays: dict[str, dict], top_warnings: list[str]) -> tuple[dict, list[dict]]:
+    """The legacy warning's fire step across groups: Kruskal-Wallis, and Mann-Whitney per pair (Bonferroni)."""
+    names = list(arrays)
+    kw = stats.kruskal(*[arrays[nm]["fire_step"] for nm in names])
+    kw_block = {"H": kw.H, "p": kw.p, "n_groups": kw.n_groups, "flags": list(kw.flags)}
+    top_warnings.extend(f"fire_step_kruskal: {w}" for w in kw.warnings)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    pairwise = []
+    for a, b in pairs:
+        r = stats.mann_whitney(arrays[a]["fire_step"], arrays[b]["fire_step"])
+        pairwise.append({"group_a": a, "group_b": b, "u": r.u, "p_two_sided": r.p_two_sided,
+                         "p_bonferroni": stats.bonferroni(r.p_two_sided, len(pairs)) if not r.flags else math.nan,
+                         "bonferroni_m": len(pairs), "median_a": r.median_x, "median_b": r.median_y,
+                         "flags": list(r.flags)})
+    return kw_block, pairwise
+
+
+def _result(inputs: CalibrationInputs, group_by: str, params: dict, groups: dict[str, dict], transfer: dict,
+            kw_block: dict, pairwise: list[dict], ks_used: list[int], top_warnings: list[str]) -> dict:
+    """The calibration dict: its id (snapshot, parameters, creation time), provenance, and every part."""
+    runs, traj = inputs.runs, inputs.traj
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     snapshot = snapshot_of(runs)
     cal_id = "cal-" + hashlib.sha256(json.dumps({"snapshot": snapshot, "params": params, "created_at": created},
                                                 sort_keys=True).encode()).hexdigest()[:16]
     prov = _provenance()
-    prov.update({"parameters": params, "seed": int(seed), "snapshot": snapshot,
+    prov.update({"parameters": params, "seed": params["seed"], "snapshot": snapshot,
                  "trajectories": None if traj is None else {"n_runs": len(traj.run_ids), "n_steps": traj.n_steps}})
-    skipped_all = [{"group": nm, **sk} for nm in names for sk in groups[nm].get("skipped", [])]
+    skipped_all = [{"group": nm, **sk} for nm, g in groups.items() for sk in g.get("skipped", [])]
     if traj is None:
         skipped_all.append({"group": None, "analysis": "step-k sweep (max-grad-up-to-k, loss-at-k, max-top1-up-to-k)",
                             "runs": runs.height, "why": "no step logs"})
-    result = {"calibration_id": cal_id, "created_at": created, "group_by": group_by, "group_column": gcol,
-              "params": params, "snapshot": snapshot, "provenance": prov, "groups": groups,
-              "transfer": transfer, "fire_step_kruskal": kw_block, "fire_step_pairwise": pairwise,
-              "ks_used": ks_used, "skipped": skipped_all, "collapse_definitions": _collapse_definitions(runs),
-              "warnings": top_warnings}
-    return _jsonable(result)
+    return {"calibration_id": cal_id, "created_at": created, "group_by": group_by,
+            "group_column": GROUP_BY_COLUMNS[group_by], "params": params, "snapshot": snapshot, "provenance": prov,
+            "groups": groups, "transfer": transfer, "fire_step_kruskal": kw_block, "fire_step_pairwise": pairwise,
+            "ks_used": ks_used, "skipped": skipped_all, "collapse_definitions": _collapse_definitions(runs),
+            "warnings": top_warnings}
 
 
 def _collapse_definitions(runs: pl.DataFrame) -> dict[str, int]:
