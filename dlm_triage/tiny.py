@@ -302,6 +302,34 @@ def pretrain_lr(step: int, lr: float, warmup: int, total_steps: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
+def pretrain_loop(params: list[torch.nn.Parameter], p: dict, pretrain_steps: int, tok: CharTokenizer,
+                  batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+                  progress: Callable[[int, int], None] | None = None) -> tuple[list[float], float]:
+    """The local models' pretraining loop: `pretrain_steps` AdamW updates of `params` on batches of the
+    pretraining corpus (rows drawn from a seeded `random.Random`), with the `pretrain_lr` schedule and gradient
+    clipping at p['clip']. `batch_loss(ids, gen)` is the model's objective on a [batch, seq] id tensor, drawing
+    its randomness from the loop's seeded generator. `p`: the recipe's PRETRAIN settings. Returns (the loss of
+    every step, seconds spent)."""
+    rng = random.Random(f"pretrain-batches-{p['seed']}")
+    gen = torch.Generator().manual_seed(p["seed"])
+    opt = torch.optim.AdamW(params, lr=p["lr"], weight_decay=p["weight_decay"], betas=(0.9, 0.98))
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(pretrain_steps):
+        ids = torch.tensor([tok.encode(r) for r in _sample_rows(rng, _pretrain_sentence, p["batch_size"], p["seq_len"])])
+        loss = batch_loss(ids, gen)
+        for g in opt.param_groups:
+            g["lr"] = pretrain_lr(step, p["lr"], p["warmup"], pretrain_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, p["clip"])
+        opt.step()
+        losses.append(loss.item())  # a host sync per step: the CPU-only pretraining loses nothing by it
+        if progress is not None:
+            progress(step + 1, pretrain_steps)
+    return losses, time.perf_counter() - t0
+
+
 def pretrain_tiny(out_dir: Path, pretrain_steps: int, progress: Callable[[int, int], None] | None = None,
                   kind: str = "dlm") -> dict:
     """Build and pretrain the tiny model on CPU (deterministic), save model + tokenizer to out_dir. Returns stats.
@@ -316,36 +344,17 @@ def pretrain_tiny(out_dir: Path, pretrain_steps: int, progress: Callable[[int, i
     tok = CharTokenizer()
     model = build_tiny_model(tok.vocab_size, seed=p["seed"], causal=causal)
     model.train()
-    rng = random.Random(f"pretrain-batches-{p['seed']}")
-    gen = torch.Generator().manual_seed(p["seed"])
-    opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"], betas=(0.9, 0.98))
 
-    def lr_at(step: int) -> float:
-        return pretrain_lr(step, p["lr"], p["warmup"], pretrain_steps)
-
-    t0 = time.perf_counter()
-    losses = []
-    for step in range(pretrain_steps):
-        rows = _sample_rows(rng, _pretrain_sentence, p["batch_size"], p["seq_len"])
-        ids = torch.tensor([tok.encode(r) for r in rows])
+    def batch_loss(ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if causal:
             logits = model(input_ids=ids).logits
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-        else:
-            t = p["t_min"] + (1 - p["t_min"]) * torch.rand(ids.shape[0], generator=gen)
-            noisy, mask = mask_tokens(ids, t, tok.mask_token_id, gen)
-            loss = masked_diffusion_loss(model(input_ids=noisy, attention_mask=full_attention_mask(model, noisy)).logits,
-                                         ids, mask)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), p["clip"])
-        opt.step()
-        losses.append(loss.item())
-        if progress is not None:
-            progress(step + 1, pretrain_steps)
-    train_s = time.perf_counter() - t0
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        t = p["t_min"] + (1 - p["t_min"]) * torch.rand(ids.shape[0], generator=gen)
+        noisy, mask = mask_tokens(ids, t, tok.mask_token_id, gen)
+        return masked_diffusion_loss(model(input_ids=noisy, attention_mask=full_attention_mask(model, noisy)).logits,
+                                     ids, mask)
+
+    losses, train_s = pretrain_loop(list(model.parameters()), p, pretrain_steps, tok, batch_loss, progress)
     model.eval()
     stats = {
         "pretrain_wall_s": round(train_s, 2),

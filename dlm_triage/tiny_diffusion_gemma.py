@@ -18,8 +18,6 @@ the tiny model (`tiny.ensure_built`).
 
 from __future__ import annotations
 
-import random
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -104,36 +102,15 @@ def pretrain_tiny_diffusion_gemma(out_dir: Path, pretrain_steps: int,
     """Build the tiny model, pretrain it on the tiny corpus with the family's own objective (CPU, deterministic),
     save model + tokenizer to out_dir. Returns stats."""
     from dlm_triage import diffusion_gemma
-    from dlm_triage.tiny import CharTokenizer, _pretrain_sentence, _sample_rows, pretrain_lr
+    from dlm_triage.tiny import CharTokenizer, pretrain_loop
 
     p = PRETRAIN
     tok = CharTokenizer()
     model = build_tiny_diffusion_gemma(tok.vocab_size, seed=p["seed"])
     model.train()
-    rng = random.Random(f"pretrain-batches-{p['seed']}")
-    gen = torch.Generator().manual_seed(p["seed"])
     params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=p["lr"], weight_decay=p["weight_decay"], betas=(0.9, 0.98))
-
-    def lr_at(step: int) -> float:  # the tiny family's schedule
-        return pretrain_lr(step, p["lr"], p["warmup"], pretrain_steps)
-
-    t0 = time.perf_counter()
-    losses = []
-    for step in range(pretrain_steps):
-        ids = torch.tensor([tok.encode(r) for r in _sample_rows(rng, _pretrain_sentence, p["batch_size"],
-                                                                 p["seq_len"])])
-        loss = diffusion_gemma.training_loss(model, ids, gen).loss
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, p["clip"])
-        opt.step()
-        losses.append(loss.item())
-        if progress is not None:
-            progress(step + 1, pretrain_steps)
-    train_s = time.perf_counter() - t0
+    losses, train_s = pretrain_loop(params, p, pretrain_steps, tok,
+                                    lambda ids, gen: diffusion_gemma.training_loss(model, ids, gen).loss, progress)
     model.eval()
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
