@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -48,6 +48,25 @@ class DataError(ValueError):
     """A dataset that cannot be read or is too small; the message names the path, the reason and the fix."""
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"dataset {str(path)!r}: not UTF-8 ({e}); re-encode the file as UTF-8") from e
+
+
+def _jsonl_values(raw: str, where: Callable[[int], str], fix: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of each non-blank line of a JSONL text; a line that does not parse is a
+    DataError '<where(n)>: invalid JSON (<reason>); <fix>'."""
+    for n, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where(n)}: invalid JSON ({e.msg}); {fix}") from e
+
+
 def load_texts(dataset: str) -> list[str]:
     """The documents of `dataset` ('tiny-shifted' or a text/JSONL path)."""
     if dataset == TINY_SHIFTED:
@@ -59,24 +78,14 @@ def load_texts(dataset: str) -> list[str]:
         raise DataError(f"dataset {str(path)!r}: no such file; use 'tiny-shifted' or a path to a UTF-8 .txt/.jsonl file")
     if not path.is_file():
         raise DataError(f"dataset {str(path)!r}: not a regular file; point at one .txt or .jsonl file")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"dataset {str(path)!r}: not UTF-8 ({e}); re-encode the file as UTF-8") from e
+    raw = _read_utf8(path)
     if path.suffix.lower() == ".jsonl":
         texts = []
-        for n, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"dataset {str(path)!r} line {n}: invalid JSON ({e.msg}); "
-                                'write one object per line such as {"text": "..."}') from e
+        fix = 'write one object per line such as {"text": "..."}'
+        for n, obj in _jsonl_values(raw, lambda n: f"dataset {str(path)!r} line {n}", fix):
             text = obj.get("text") if isinstance(obj, dict) else None
             if not isinstance(text, str):
-                raise DataError(f"dataset {str(path)!r} line {n}: no string field \"text\"; "
-                                'write one object per line such as {"text": "..."}')
+                raise DataError(f"dataset {str(path)!r} line {n}: no string field \"text\"; {fix}")
             if text.strip():
                 texts.append(text)
     else:
@@ -170,19 +179,9 @@ def load_sft_examples(dataset: str) -> list[SFTExample]:
     path = _resolve_path(dataset)
     if not path.is_file():
         raise DataError(f"dataset {str(path)!r}: no such file; give an SFT .jsonl file or 'tiny-instruct'")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"dataset {str(path)!r}: not UTF-8 ({e}); re-encode the file as UTF-8") from e
     examples = []
-    for n, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for n, obj in _jsonl_values(_read_utf8(path), lambda n: f"{path}:{n}", SFT_FORMAT_HELP):
         where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg}); " + SFT_FORMAT_HELP) from e
         if not isinstance(obj, dict):
             raise DataError(f"{where}: a JSON {type(obj).__name__}, not an object; " + SFT_FORMAT_HELP)
         if "text" in obj:
