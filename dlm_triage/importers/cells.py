@@ -4,7 +4,6 @@ configuration, no step logs (see the package docstring). `sink` streams the runs
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -12,7 +11,7 @@ from dlm_triage.importers.rows import (
     CELLS_COLUMNS, CELLS_OPTIONAL, CELLS_ROW_CONFIG, _cells_context, _cells_runs, _column_rules
 )
 from dlm_triage.importers.values import (
-    LogFormatError, _read_text, _redact, _require_columns, _sha, _stream_sha_and_check_utf8
+    LogFormatError, _load_json_file, _read_text, _redact, _require_columns, _sha, _stream_sha_and_check_utf8
 )
 from dlm_triage.store import PreparedRun
 
@@ -102,12 +101,7 @@ def _parse_json_rows_into(path: Path, family: str | None, options: Mapping[str, 
     path = Path(path)
     text = _read_text(path)
     file_sha = _sha(text)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LogFormatError(path, [(e.lineno, f"not valid JSON ({e.msg} at column {e.colno})")]) from None
-    except (ValueError, RecursionError) as e:
-        raise LogFormatError(path, [(None, f"not valid JSON ({e})")]) from None
+    data = _load_json_file(path, text)
     del text  # the parsed records are what is needed from here on
     records = _rows_of_json(path, data, options.get("rows_key"))
     rules = _column_rules(path, options, CELLS_COLUMNS + CELLS_ROW_CONFIG)

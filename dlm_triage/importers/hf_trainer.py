@@ -8,11 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dlm_triage.importers.identity import _series_run, _steps_frame
+from dlm_triage.importers.identity import _series_run, _StepColumns
 from dlm_triage.importers.runconfig import _config_from_files_and_flags, _finish_config
-from dlm_triage.importers.values import LogFormatError, _Bad, _check_steps_increasing, _int, _num, _read_text
+from dlm_triage.importers.values import LogFormatError, _Bad, _int, _load_json_file, _num, _read_text
 from dlm_triage.store import PreparedRun
 
 _LOG_HISTORY = re.compile(r'"log_history"\s*:\s*\[')
@@ -45,21 +43,14 @@ def parse_hf_trainer(path: Path, *, family: str | None = None, **options: Any) -
     """A transformers trainer_state.json -> one run. Raises LogFormatError."""
     path = Path(path)
     text = _read_text(path)
-    try:
-        state = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LogFormatError(path, [(e.lineno, f"not valid JSON ({e.msg} at column {e.colno})")]) from None
-    except ValueError as e:
-        raise LogFormatError(path, [(None, f"not valid JSON ({e})")]) from None
-    except RecursionError:
-        raise LogFormatError(path, [(None, "not valid JSON (nested too deeply)")]) from None
+    state = _load_json_file(path, text)
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
         raise LogFormatError(path, [(None, "no 'log_history' list: give a transformers trainer_state.json "
                                            "(it is written in every checkpoint-*/ directory)")])
     history = state["log_history"]
     lines = _entry_lines(text, len(history))
     problems: list[tuple[int | None, str]] = []
-    cols: dict[str, list] = {k: [] for k in ("step", "loss", "grad", "lr", "line")}
+    cols = _StepColumns()
     for i, entry in enumerate(history):
         where = lines[i]
         if not isinstance(entry, dict) or "loss" not in entry:
@@ -75,19 +66,11 @@ def parse_hf_trainer(path: Path, *, family: str | None = None, **options: Any) -
         except _Bad as e:
             problems.append((where, f"log_history[{i}]: {e}"))
             continue
-        for k, v in zip(("step", "loss", "grad", "lr"), vals):
-            cols[k].append(np.nan if v is None else v)
-        cols["line"].append(where)
-    _check_steps_increasing(cols["step"], cols["line"], problems)
-    if not cols["step"] and not problems:
-        problems.append((None, "log_history holds no training entries (with 'loss'): was logging enabled?"))
-    if problems:
-        raise LogFormatError(path, problems)
+        cols.add(where, **dict(zip(("step", "loss", "grad", "lr"), vals)))
+    cols.check(path, problems, "log_history holds no training entries (with 'loss'): was logging enabled?")
     cfg = _config_from_files_and_flags(path, options, family)
     for key, state_key in (("steps", "max_steps"), ("batch_size", "train_batch_size")):
         if cfg.get(key) is None and isinstance(state.get(state_key), int) and state[state_key] > 0:
             cfg[key] = state[state_key]
     cfg = _finish_config(path, cfg, family)
-    n = len(cols["step"])
-    steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], [np.nan] * n, [np.nan] * n, cols["lr"])
-    return [_series_run("hf-trainer", path, text, cfg, steps)]
+    return [_series_run("hf-trainer", path, text, cfg, cols.frame())]

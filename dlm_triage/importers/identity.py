@@ -14,7 +14,7 @@ import polars as pl
 
 from dlm_triage import runsummary
 from dlm_triage.importers.runconfig import _resolved
-from dlm_triage.importers.values import LogFormatError, _Bad, _sha
+from dlm_triage.importers.values import LogFormatError, _Bad, _check_steps_increasing, _sha
 from dlm_triage.store import PreparedRun
 from dlm_triage.tables import RUNS
 
@@ -30,6 +30,40 @@ def _steps_frame(step: list[int], loss: list[float], grad: list[float], top1: li
         "grad_norm": g, "max_grad_norm": running, "top1_freq": np.asarray(top1, dtype=np.float64),
         "mask_ratio": np.asarray(mask, dtype=np.float64), "lr": np.asarray(lr, dtype=np.float64),
     })
+
+
+class _StepColumns:
+    """The step series a time-series importer collects, one `add` per training step it reads (NaN where the
+    log has no value), with each step's line for messages; `check` raises the problems found, `frame` is the
+    steps frame."""
+
+    KEYS = ("step", "loss", "grad", "top1", "mask", "lr")
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list] = {k: [] for k in self.KEYS}
+        self.lines: list[int | None] = []
+
+    def add(self, line: int | None, **values: Any) -> None:
+        unknown = set(values) - set(self.KEYS)
+        if unknown:
+            raise TypeError(f"_StepColumns.add: unknown column(s) {sorted(unknown)}; use {self.KEYS}")
+        for k in self.KEYS:
+            v = values.get(k)
+            self.cols[k].append(np.nan if v is None else v)
+        self.lines.append(line)
+
+    def check(self, path: Path, problems: list[tuple[int | None, str]], no_steps: str) -> None:
+        """Steps must strictly increase; no step at all (and no other problem) is the problem `no_steps`.
+        Raises LogFormatError listing every problem, those already in `problems` first."""
+        _check_steps_increasing(self.cols["step"], self.lines, problems)
+        if not self.cols["step"] and not problems:
+            problems.append((None, no_steps))
+        if problems:
+            raise LogFormatError(path, problems)
+
+    def frame(self) -> pl.DataFrame:
+        c = self.cols
+        return _steps_frame(c["step"], c["loss"], c["grad"], c["top1"], c["mask"], c["lr"])
 
 
 IDENTITY_PREFIX_STEPS = 1

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dlm_triage import runsummary
-from dlm_triage.importers.identity import _series_run, _steps_frame
+from dlm_triage.importers.identity import _series_run, _StepColumns
 from dlm_triage.importers.runconfig import _collapsed_means, _collapsed_value, _finish_config
 from dlm_triage.importers.values import (
-    LogFormatError, _Bad, _bool, _check_steps_increasing, _int, _num, _read_text, _text
+    _Bad, _bool, _int, _loads, _NotJson, _num, _read_text, _text
 )
 from dlm_triage.store import PreparedRun
 
@@ -24,22 +23,16 @@ def parse_reference_jsonl(path: Path, *, family: str | None = None, **options: A
     path = Path(path)
     text = _read_text(path)
     problems: list[tuple[int | None, str]] = []
-    cols: dict[str, list] = {k: [] for k in ("step", "loss", "grad", "top1", "mask", "line")}
+    cols = _StepColumns()
     constants: dict[str, tuple[Any, int]] = {}
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line:
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append((lineno, f"not valid JSON ({e.msg} at column {e.colno})"))
-            continue
-        except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
-            problems.append((lineno, f"not valid JSON ({e})"))
-            continue
-        except RecursionError:
-            problems.append((lineno, "not valid JSON (nested too deeply)"))
+            obj = _loads(line)
+        except _NotJson as e:
+            problems.append((lineno, str(e)))
             continue
         if not isinstance(obj, dict):
             problems.append((lineno, f"a JSON {type(obj).__name__}, expected an object per step"))
@@ -68,14 +61,8 @@ def parse_reference_jsonl(path: Path, *, family: str | None = None, **options: A
         except _Bad as e:
             problems.append((lineno, str(e)))
             continue
-        for k, v in zip(("step", "loss", "grad", "top1", "mask"), vals):
-            cols[k].append(np.nan if v is None else v)
-        cols["line"].append(lineno)
-    _check_steps_increasing(cols["step"], cols["line"], problems)
-    if not cols["step"] and not problems:
-        problems.append((None, "the file holds no steps: expected one JSON object per line"))
-    if problems:
-        raise LogFormatError(path, problems)
+        cols.add(lineno, **dict(zip(("step", "loss", "grad", "top1", "mask"), vals)))
+    cols.check(path, problems, "the file holds no steps: expected one JSON object per line")
     means = _collapsed_means(path, options)
     cfg = {k: v for k, v in options.items() if v is not None and k != "collapsed_means"}
     if "lr" in cfg:
@@ -84,13 +71,12 @@ def parse_reference_jsonl(path: Path, *, family: str | None = None, **options: A
         cfg["family"] = constants["model_family"][0]
     if "rank" in constants:
         cfg["rank"] = constants["rank"][0]
-    logged_mask = np.asarray(cols["mask"], dtype=np.float64)
+    logged_mask = np.asarray(cols.cols["mask"], dtype=np.float64)
     logged_mask = logged_mask[np.isfinite(logged_mask)]
     if logged_mask.size:  # the log's own mask ratio wins: constant -> that value, varying -> its mean
         cfg["mask_ratio"] = float(logged_mask[0]) if np.ptp(logged_mask) == 0 else float(logged_mask.mean())
     cfg = _finish_config(path, cfg, family)
-    steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], cols["top1"], cols["mask"],
-                         [np.nan] * len(cols["step"]))
+    steps = cols.frame()
     summary = runsummary.summarise(steps).row()  # a foreign log's status is unknown: never 'diverged'
     from dlm_triage.schema import COLLAPSE_DEFINITION
 

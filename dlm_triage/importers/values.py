@@ -8,6 +8,7 @@ import codecs
 import csv
 import hashlib
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -37,6 +38,35 @@ class LogFormatError(ValueError):
 
 class _Bad(Exception):
     """One bad value; str = the reason (the caller adds file and line)."""
+
+
+class _NotJson(Exception):
+    """Text that is not valid JSON; str = the reason, `line` = its line within the text (None: not known)."""
+
+    def __init__(self, reason: str, line: int | None = None):
+        super().__init__(reason)
+        self.line = line
+
+
+def _loads(text: str) -> Any:
+    """json.loads, every failure a `_NotJson`: a syntax error names its line and column; an integer beyond
+    Python's digit limit (a ValueError) and nesting past the recursion limit say what they are."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _NotJson(f"not valid JSON ({e.msg} at column {e.colno})", e.lineno) from None
+    except ValueError as e:
+        raise _NotJson(f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise _NotJson("not valid JSON (nested too deeply)") from None
+
+
+def _load_json_file(path: Path, text: str) -> Any:
+    """The JSON value of a whole file's `text`; LogFormatError (with the line where known) if it is not JSON."""
+    try:
+        return _loads(text)
+    except _NotJson as e:
+        raise LogFormatError(path, [(e.line, str(e))]) from None
 
 
 _SECRET_WORDS = re.compile(r"(key|token|secret|passw|pwd|auth|bearer|cookie|session|credential)", re.I)

@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dlm_triage.importers.identity import _series_run, _steps_frame
+from dlm_triage.importers.identity import _series_run, _StepColumns
 from dlm_triage.importers.runconfig import _WANDB_COLS, _config_from_files_and_flags, _finish_config
 from dlm_triage.importers.values import (
-    LogFormatError, _Bad, _check_steps_increasing, _csv_records, _int, _num, _read_text, _require_columns
+    _Bad, _csv_records, _int, _num, _read_text, _require_columns
 )
 from dlm_triage.store import PreparedRun
 
@@ -28,7 +26,7 @@ def parse_wandb_csv(path: Path, *, family: str | None = None, **options: Any) ->
                      "mask_col=, lr_col=)")
     idx = {h: i for i, h in enumerate(header)}
     problems: list[tuple[int | None, str]] = []
-    cols: dict[str, list] = {k: [] for k in ("step", "loss", "grad", "top1", "mask", "lr", "line")}
+    cols = _StepColumns()
     for lineno, rec in records:
         if not rec or all(not f.strip() for f in rec):
             continue
@@ -48,14 +46,7 @@ def parse_wandb_csv(path: Path, *, family: str | None = None, **options: Any) ->
         except _Bad as e:
             problems.append((lineno, str(e)))
             continue
-        for k, v in zip(("step", "loss", "grad", "top1", "mask", "lr"), vals):
-            cols[k].append(np.nan if v is None else v)
-        cols["line"].append(lineno)
-    _check_steps_increasing(cols["step"], cols["line"], problems)
-    if not cols["step"] and not problems:
-        problems.append((None, f"no rows with {colmap['loss_col']!r} or {colmap['grad_col']!r} values"))
-    if problems:
-        raise LogFormatError(path, problems)
+        cols.add(lineno, **dict(zip(_StepColumns.KEYS, vals)))
+    cols.check(path, problems, f"no rows with {colmap['loss_col']!r} or {colmap['grad_col']!r} values")
     cfg = _finish_config(path, _config_from_files_and_flags(path, options, family), family)
-    steps = _steps_frame(cols["step"], cols["loss"], cols["grad"], cols["top1"], cols["mask"], cols["lr"])
-    return [_series_run("wandb-csv", path, text, cfg, steps)]
+    return [_series_run("wandb-csv", path, text, cfg, cols.frame())]
