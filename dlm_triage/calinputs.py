@@ -15,6 +15,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import polars as pl
 
+from dlm_triage.runsummary import running_max
+
 __all__ = ["REQUIRED_COLUMNS", "Trajectories", "CalibrationInputs", "snapshot_of", "run_ids_sha256"]
 
 REQUIRED_COLUMNS = (
@@ -31,8 +33,11 @@ class Trajectories:
     not runs x (largest step + 1) (one run logging W&B-sized steps such as 2,500,000 costs three entries).
 
     Run i's entries are `step[offsets[i]:offsets[i + 1]]` (strictly increasing) with `loss`, `grad_norm` and
-    `top1` alongside; NaN is a value that was not measured. Construct from dense [n_runs, n_steps] arrays
-    (column j = step j; `Trajectories(run_ids, loss, grad_norm, top1)`) or from the long form (`from_long`).
+    `top1` alongside; NaN is a value that was not measured. `max_grad` is max-grad up to each entry as the run's
+    log stores it (`steps.max_grad_norm`, written by `runsummary.max_grad_so_far` / `fold_max_grad`: a diverged
+    run's non-finite last norm is +inf there, as the live warning saw it); without one it is
+    `runsummary.running_max` of `grad_norm` per run. Construct from dense [n_runs, n_steps] arrays (column j =
+    step j; `Trajectories(run_ids, loss, grad_norm, top1)`) or from the long form (`from_long`).
     """
 
     run_ids: list[str]
@@ -41,42 +46,50 @@ class Trajectories:
     loss: np.ndarray
     grad_norm: np.ndarray
     top1: np.ndarray
+    max_grad: np.ndarray
 
-    def __init__(self, run_ids, loss, grad_norm, top1):
+    def __init__(self, run_ids, loss, grad_norm, top1, max_grad=None):
         n = len(run_ids)
-        for name, a in (("loss", loss), ("grad_norm", grad_norm), ("top1", top1)):
+        given = (("loss", loss), ("grad_norm", grad_norm), ("top1", top1)) + \
+            ((("max_grad", max_grad),) if max_grad is not None else ())
+        for name, a in given:
             if not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[0] != n:
                 raise ValueError(f"Trajectories.{name} must be a 2-D array with one row per run id ({n}), "
                                  f"got {getattr(a, 'shape', type(a))}")
-        if not (loss.shape == grad_norm.shape == top1.shape):
-            raise ValueError("Trajectories.loss, grad_norm and top1 must have the same shape, got "
-                             f"{loss.shape}, {grad_norm.shape}, {top1.shape}")
+        if len({a.shape for _, a in given}) != 1:
+            raise ValueError("Trajectories.loss, grad_norm, top1 (and max_grad) must have the same shape, got "
+                             + ", ".join(f"{name} {a.shape}" for name, a in given))
         width = loss.shape[1]
         self._set(list(run_ids), np.arange(n + 1, dtype=np.int64) * width, np.tile(np.arange(width), n),
-                  loss.reshape(-1), grad_norm.reshape(-1), top1.reshape(-1))
+                  loss.reshape(-1), grad_norm.reshape(-1), top1.reshape(-1),
+                  None if max_grad is None else max_grad.reshape(-1))
 
     @classmethod
     def from_long(cls, run_ids: Sequence[str], offsets: np.ndarray, step: np.ndarray, loss: np.ndarray,
-                  grad_norm: np.ndarray, top1: np.ndarray) -> "Trajectories":
+                  grad_norm: np.ndarray, top1: np.ndarray, max_grad: np.ndarray | None = None) -> "Trajectories":
         self = cls.__new__(cls)
-        self._set(list(run_ids), offsets, step, loss, grad_norm, top1)
+        self._set(list(run_ids), offsets, step, loss, grad_norm, top1, max_grad)
         return self
 
-    def _set(self, run_ids, offsets, step, loss, grad_norm, top1) -> None:
+    def _set(self, run_ids, offsets, step, loss, grad_norm, top1, max_grad=None) -> None:
         offsets = np.asarray(offsets, dtype=np.int64)
         step = np.asarray(step, dtype=np.int64)
         arrays = [np.asarray(a, dtype=np.float64) for a in (loss, grad_norm, top1)]
+        if max_grad is not None:
+            arrays.append(np.asarray(max_grad, dtype=np.float64))
         if offsets.shape != (len(run_ids) + 1,) or offsets[0] != 0 or (np.diff(offsets) < 0).any() \
                 or offsets[-1] != step.size or any(a.shape != step.shape for a in arrays):
             raise ValueError("Trajectories: offsets must hold len(run_ids) + 1 non-decreasing entry bounds "
-                             "from 0 to len(step), and loss, grad_norm and top1 one value per entry")
+                             "from 0 to len(step), and loss, grad_norm, top1 (and max_grad) one value per entry")
         if len(set(run_ids)) != len(run_ids):
             raise ValueError("Trajectories.run_ids must be unique")
         inner = np.ones(step.size, dtype=bool)
         inner[offsets[:-1][offsets[:-1] < step.size]] = False  # each run's first entry starts a new sequence
         if step.size and (np.diff(step)[inner[1:]] <= 0).any():
             raise ValueError("Trajectories: steps must strictly increase within each run")
-        for name, v in zip(("run_ids", "offsets", "step", "loss", "grad_norm", "top1"),
+        if max_grad is None:
+            arrays.append(running_max(arrays[1], np.repeat(np.arange(len(run_ids)), np.diff(offsets))))
+        for name, v in zip(("run_ids", "offsets", "step", "loss", "grad_norm", "top1", "max_grad"),
                            (run_ids, offsets, step, *arrays)):
             object.__setattr__(self, name, v)
 

@@ -6,7 +6,10 @@ live warning, calibration and the inspection queue read, is `max_grad_so_far` he
 `fold_max_grad`; SQL calls the DuckDB macro `MAX_GRAD_UP_TO_MACRO`, which reads the column they wrote).
 
 What a NaN in a step log means depends on where the row is:
-- on the last row of a diverged run it is the bad measurement that ended the run (the trainer keeps that step);
+- on the last row of a diverged run it is the bad measurement that ended the run (the trainer keeps that step):
+  max-grad up to k counts it as +inf (every reader: the live warning, calibration's step-k predictors, the
+  report's monitor, the inspection queue), the whole-run `max_grad_norm` summary leaves it out (a run-level
+  number other tools read from JSON, where +inf cannot be written; the run's status says it diverged);
 - anywhere else it marks a value that was not logged at that step (top-1 between `top1_every` samples, an
   imported log's sparse rows) and is skipped.
 
@@ -79,11 +82,13 @@ def running_max(values: Sequence[float] | np.ndarray, segments: np.ndarray | Non
 
 
 def max_grad_up_to_k(steps: pl.DataFrame, k: int) -> pl.DataFrame:
-    """`running_max` of the grad norm read at step `k`, for every run of a long step frame (`run_id`, `step`,
-    `grad_norm`): columns `run_id`, `max_grad_up_to_k`. A NaN (not logged) norm is skipped, NaN where a run
-    logged none up to k; a run without a step <= k is absent. One group-by over the frame."""
+    """The stored max-grad so far (`max_grad_norm`, written by `max_grad_so_far` / `fold_max_grad`) at each
+    run's last logged step <= `k`, for a long step frame (`run_id`, `step`, `max_grad_norm`): columns `run_id`,
+    `max_grad_up_to_k`; the polars form of `MAX_GRAD_UP_TO_MACRO`. NaN where a run logged no grad norm up to k
+    (+inf for a diverged run whose non-finite last step is <= k); a run without a step <= k is absent. One
+    group-by over the frame."""
     return (steps.filter(pl.col("step") <= k).group_by("run_id", maintain_order=True)
-            .agg(pl.col("grad_norm").max().alias("max_grad_up_to_k")))
+            .agg(pl.col("max_grad_norm").sort_by("step").last().alias("max_grad_up_to_k")))
 
 
 def max_grad_so_far(grad_norm: Sequence[float] | np.ndarray, *, diverged: bool = False) -> np.ndarray:

@@ -373,6 +373,17 @@ def test_max_grad_figure_has_a_column_per_group_and_learning_rate():
     assert report.MAX_LR_FACETS < 8
 
 
+def test_a_diverged_runs_infinite_monitor_leaves_the_figures_with_a_note():
+    from dlm_triage.report.figkit import _drop_infinite_monitor
+
+    runs = pl.DataFrame({"run_id": ["a", "b", "c"], "monitor": [1.5, float("inf"), 0.7]})
+    notes: list[str] = []
+    kept = _drop_infinite_monitor(runs, notes, "Max-grad figure")
+    assert kept["run_id"].to_list() == ["a", "c"]
+    assert len(notes) == 1 and notes[0].startswith("Max-grad figure: 1 diverged run(s)")
+    assert _drop_infinite_monitor(kept, notes, "Heatmap").height == 2 and len(notes) == 1  # nothing to say
+
+
 def test_templates_ship_as_package_data():
     """A non-editable install carries the report's templates: every file in dlm_triage/report/templates matches
     pyproject's package-data for dlm_triage.report, and the three the renderer loads are there."""

@@ -50,7 +50,7 @@ def test_frame_form_and_sql_macro_read_the_same_value_as_the_log_form(tmp_path: 
     store.ingest_runs(db, tmp_path / "runs")
     steps = read_run(run).steps
     so_far = runsummary.max_grad_so_far(steps["grad_norm"].to_numpy())
-    frame = steps.select(pl.lit(run.name).alias("run_id"), "step", "grad_norm")
+    frame = steps.select(pl.lit(run.name).alias("run_id"), "step", "max_grad_norm")
     con = store.connect(db, read_only=True)
     try:
         for k in (0, 4, 12, 40):
@@ -59,6 +59,49 @@ def test_frame_form_and_sql_macro_read_the_same_value_as_the_log_form(tmp_path: 
             got = con.execute("SELECT max_grad_up_to(?, ?)", [run.name, k]).fetchone()[0]
             assert got == pytest.approx(want)
         assert con.execute("SELECT max_grad_up_to('no-such-run', 5)").fetchone()[0] is None
+    finally:
+        con.close()
+
+
+def test_every_reader_of_max_grad_up_to_k_counts_a_diverged_nan_last_norm_as_inf(tmp_path: Path):
+    """The trainer's diverged run ends on a NaN grad norm (NaN gradients): the live warning, calibration's step-k
+    predictor, the report's monitor and the SQL macro must read the same +inf from step 10 on, and the same
+    finite max before it (the threshold is calibrated on what the live warning sees)."""
+    from dlm_triage.calibrate import stepk_predictors
+    from dlm_triage.runlog import write_run_atomic
+
+    from runfactory import make_manifest, make_steps
+
+    runs = tmp_path / "runs"
+    cfg = RunConfig(steps=10, seed=5)
+    steps = make_steps(cfg, unstable=True)
+    grad = steps["grad_norm"].to_numpy().copy()
+    grad[-1] = np.nan
+    steps = steps.with_columns(pl.Series("grad_norm", grad),
+                               pl.Series("max_grad_norm", runsummary.max_grad_so_far(grad, diverged=True)))
+    write_run_atomic(runs / cfg.run_id, steps, make_manifest(cfg, steps, status="diverged"))
+    make_run(runs, RunConfig(steps=10, seed=6))  # a second, finished run beside it
+    db = tmp_path / "t.duckdb"
+    store.ingest_runs(db, runs)
+
+    live, acc = [], -math.inf
+    for v in grad:
+        acc = runsummary.fold_max_grad(acc, v)
+        live.append(acc)
+    assert live[-1] == math.inf and math.isfinite(live[-2])
+    ks = (0, 4, 9, 10, 25)
+    con = store.connect(db, read_only=True)
+    try:
+        inputs = store.load_calibration_inputs(con)
+        frame = store.connection._pl(con, "SELECT run_id, step, max_grad_norm FROM steps")
+        row = inputs.runs["run_id"].to_list().index(cfg.run_id)
+        calib = stepk_predictors(inputs.traj, np.array([row]), ks)["max_grad"][:, 0]
+        for i, k in enumerate(ks):
+            want = live[min(k, len(live) - 1)]
+            sql = con.execute("SELECT max_grad_up_to(?, ?)", [cfg.run_id, k]).fetchone()[0]
+            report = (runsummary.max_grad_up_to_k(frame, k).filter(pl.col("run_id") == cfg.run_id)
+                      ["max_grad_up_to_k"].item())
+            assert calib[i] == pytest.approx(want) and sql == pytest.approx(want) and report == pytest.approx(want), k
     finally:
         con.close()
 

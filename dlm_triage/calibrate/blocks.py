@@ -78,8 +78,8 @@ def _col(df: pl.DataFrame, name: str, dtype=float) -> np.ndarray:
 def stepk_predictors(traj: Trajectories, rows: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
     """{predictor: (len(ks), len(rows))} values at each k. Rows < 0 (run without a trajectory) are NaN.
 
-    max-grad-up-to-k and max-top1-up-to-k are running maxima over the logged steps <= k ignoring missing values
-    (one segmented pass gives every k); loss-at-k is the loss logged at step k (NaN when step k was not logged).
+    max-grad-up-to-k is the log's running max at its last entry <= k (`Trajectories.max_grad`); max-top1-up-to-k
+    the running max of the sampled top-1 values <= k (one segmented pass gives every k); loss-at-k is the loss logged at step k (NaN when step k was not logged).
     Cost: linear in the selected runs' entries plus a binary search per (k, run).
     """
     ks = np.asarray(ks, dtype=np.int64)
@@ -94,9 +94,9 @@ def stepk_predictors(traj: Trajectories, rows: np.ndarray, ks: Sequence[int]) ->
     idx = np.repeat(starts - first, lens) + np.arange(int(lens.sum()), dtype=np.int64)
     seg = np.repeat(np.arange(sel.size, dtype=np.int64), lens)
     step = traj.step[idx]
-    run_max = {}
-    for name, values in (("max_grad", traj.grad_norm[idx]), ("max_top1", traj.top1[idx])):
-        run_max[name] = runsummary.running_max(values, seg)  # within each run, NaN (not logged) skipped
+    # max-grad up to each entry is the log's own (Trajectories.max_grad: what the live warning saw, a diverged
+    # run's non-finite last norm +inf); top-1's running max skips the steps it was not sampled at
+    run_max = {"max_grad": traj.max_grad[idx], "max_top1": runsummary.running_max(traj.top1[idx], seg)}
     loss = traj.loss[idx]
     # key orders entries by (run, step): the last entry <= k of run s is searchsorted(key, (s, k), 'right') - 1
     key = (seg << 32) + (step + 2**31)

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
-from dlm_triage.report.figkit import (INSPECTION_WINDOW, PREDICTOR_COLOURS, _k_labels, _largest, _Missing,
-                                      _panel_grid, _plt, _png)
+from dlm_triage.report.figkit import (INSPECTION_WINDOW, PREDICTOR_COLOURS, _drop_infinite_monitor, _k_labels,
+                                      _largest, _Missing, _panel_grid, _plt, _png)
 from dlm_triage.report.fmt import _fmt
 from dlm_triage.report.load import _Data
 from dlm_triage.report.verdicts import _baseline, _baseline_ceiling, _group_names, _stepk_series, _threshold
@@ -76,6 +76,7 @@ def _maxgrad_columns(runs: pl.DataFrame, names: Sequence[str], notes: list[str])
 
 def _fig_maxgrad(data: _Data, notes: list[str]) -> bytes:
     runs = data.runs.filter(pl.col("monitor").is_not_null() & (pl.col("monitor") > 0))
+    runs = _drop_infinite_monitor(runs, notes, "Max-grad figure")
     if runs.height == 0:
         raise _Missing("no run has a positive max-grad value")
     names = [g for g in _group_names(data.cr) if g in set(runs["group"].to_list())]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import polars as pl
 
-from dlm_triage.report.figkit import MAX_PANELS, _largest, _Missing, _panel_grid, _png
+from dlm_triage.report.figkit import MAX_PANELS, _drop_infinite_monitor, _largest, _Missing, _panel_grid, _png
 from dlm_triage.report.fmt import _fmt
 from dlm_triage.report.load import _Data
 from dlm_triage.report.verdicts import _group_names
@@ -43,6 +43,7 @@ def _fig_heatmap(data: _Data, notes: list[str]) -> bytes:
         raise _Missing("runs have no rank column")
     runs = _binned_realised_t(data).filter(pl.col("rank").is_not_null() & pl.col("mask_ratio").is_not_null()
                             & pl.col("monitor").is_not_null() & (pl.col("monitor") > 0))
+    runs = _drop_infinite_monitor(runs, notes, "Heatmap")
     if runs.height == 0:
         raise _Missing("no run has a rank, a mask ratio and a positive max-grad value")
     known = set(_group_names(data.cr))

@@ -6,6 +6,8 @@ import io
 import math
 from typing import Sequence
 
+import polars as pl
+
 from dlm_triage.report.load import _Data
 
 FIGURE_DPI = 110
@@ -22,6 +24,16 @@ PREDICTOR_COLOURS = {"max-grad up to k": "#1f77b4", "loss at k": "#d62728", "max
 
 class _Missing(Exception):
     """A figure cannot be drawn from this data; the message says why (shown in the report)."""
+
+
+def _drop_infinite_monitor(runs: pl.DataFrame, notes: list[str], figure: str) -> pl.DataFrame:
+    """`runs` without the ones whose monitor is +inf (a diverged run's non-finite norm within the window: above
+    every threshold, and not placeable on a log axis); a note counts them, so no run leaves a figure silently."""
+    inf = runs.filter(pl.col("monitor").is_infinite())
+    if inf.height:
+        notes.append(f"{figure}: {inf.height} diverged run(s) with a non-finite grad norm in the window "
+                     "(max-grad +inf, above every threshold) are not drawn.")
+    return runs.filter(pl.col("monitor").is_finite())
 
 
 def _plt():

@@ -142,7 +142,8 @@ def _load_data(con: duckdb.DuckDBPyConnection, calibration_id: str | None) -> _D
     steps = None
     if ids:
         con.register("_report_ids", pl.DataFrame({"run_id": ids}).to_arrow())
-        steps = _pl(con, "SELECT s.run_id, s.step, s.loss, s.grad_norm, s.top1_freq, s.mask_ratio FROM steps s "
+        steps = _pl(con, "SELECT s.run_id, s.step, s.loss, s.grad_norm, s.max_grad_norm, s.top1_freq, s.mask_ratio "
+                         "FROM steps s "
                          "JOIN _report_ids USING (run_id) ORDER BY s.run_id, s.step")
         con.unregister("_report_ids")
         if steps.height == 0:

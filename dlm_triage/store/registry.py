@@ -34,7 +34,7 @@ def load_calibration_inputs(con: duckdb.DuckDBPyConnection, *, where: str | None
         return CalibrationInputs(runs=runs, traj=None)
     steps = _pl(
         con,
-        f"SELECT s.run_id, s.step, s.loss, s.grad_norm, s.top1_freq FROM steps s "
+        f"SELECT s.run_id, s.step, s.loss, s.grad_norm, s.top1_freq, s.max_grad_norm FROM steps s "
         f"JOIN (SELECT run_id FROM runs {pred}) r USING (run_id) ORDER BY s.run_id, s.step"
     )
     if steps.height == 0:
@@ -44,7 +44,8 @@ def load_calibration_inputs(con: duckdb.DuckDBPyConnection, *, where: str | None
     offsets = np.concatenate([[0], np.cumsum([counts.get(r, 0) for r in run_ids], dtype=np.int64)])
     traj = Trajectories.from_long(
         run_ids, offsets, steps["step"].to_numpy(),
-        *(steps[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in ("loss", "grad_norm", "top1_freq")))
+        *(steps[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
+          for c in ("loss", "grad_norm", "top1_freq", "max_grad_norm")))
     return CalibrationInputs(runs=runs, traj=traj)
 
 
