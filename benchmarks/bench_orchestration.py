@@ -157,11 +157,9 @@ class PrefectServer:
     once. Stopped (process groups) on exit; the phases' seconds in `.phases`."""
 
     def __init__(self, work: Path, slots: int, deploy: bool) -> None:
-        import socket
+        from flows.tempserver import free_port
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.work, self.slots, self.deploy = work, slots, deploy
         self.env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home"), "PREFECT_API_URL": self.api,
@@ -187,21 +185,14 @@ class PrefectServer:
                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def __enter__(self) -> "PrefectServer":
-        import urllib.request
+        from flows.tempserver import wait_healthy
 
         t0 = time.perf_counter()
         self._spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.api}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.procs[0].poll() is not None:
-                raise SystemExit(f"the Prefect server did not start: {self.work / 'server.log'}")
-            time.sleep(1)
+        try:
+            wait_healthy(self.procs[0], self.api, 300, what="the Prefect server", fix="see its log")
+        except RuntimeError as e:
+            raise SystemExit(f"the Prefect server did not start ({e}): {self.work / 'server.log'}") from None
         self.phases["server_start_s"] = time.perf_counter() - t0
         if self.deploy:
             t0 = time.perf_counter()
@@ -213,15 +204,10 @@ class PrefectServer:
         return self
 
     def __exit__(self, *_: Any) -> None:
-        import signal
+        from flows.tempserver import stop
 
         for p in reversed(self.procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: kill what did not stop
-                    os.killpg(p.pid, signal.SIGKILL)
+            stop(p, 30, group=True)
 
 
 # -- (a) + (b) -------------------------------------------------------------------------------------------------

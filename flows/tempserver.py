@@ -6,6 +6,9 @@ With no API configured, Prefect starts its own temporary server as a child proce
 settings), through this module's `__main__`, which asks the kernel for SIGTERM when its parent dies
 (Linux `PR_SET_PDEATHSIG`, kept across the exec into uvicorn) and otherwise polls its parent PID. Where an API
 is configured (a long-lived server, Prefect Cloud) nothing is started.
+
+`free_port`, `wait_healthy` and `stop` also serve the scripts and benchmarks that start a full
+`prefect server start` (UI, own PREFECT_HOME) of their own.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Iterator
 _PR_SET_PDEATHSIG = 1
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -37,33 +41,46 @@ def _configured_api_url() -> str | None:
     return get_current_settings().api.url
 
 
-def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
+def wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float, *, what: str = "the temporary Prefect server",
+                 fix: str = "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or start one (prefect server "
+                            "start)") -> None:
+    """Return once the Prefect API at `url` answers /health (polled every 0.2 s); RuntimeError naming `what`
+    when `proc`, the server's process, exits first, or (with `fix`) when `timeout_s` passes."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     with httpx.Client() as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with code {proc.returncode} before it "
-                                   "answered")
+                raise RuntimeError(f"{what} exited with code {proc.returncode} before it answered")
             try:
                 if client.get(f"{url}/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-    raise RuntimeError(f"the temporary Prefect server at {url} did not answer within {timeout_s:.0f} s: raise "
-                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or start one (prefect server start)")
+    raise RuntimeError(f"{what} at {url} did not answer within {timeout_s:.0f} s: {fix}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def stop(proc: subprocess.Popen, timeout_s: float = 10, *, group: bool = False) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `timeout_s`. `group`: signal the process group of a
+    process started with start_new_session=True (`prefect server start` and its uvicorn child alike)."""
+    if proc.poll() is not None:
+        return
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it exited between the poll and the signal
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()
 
 
 @contextlib.contextmanager
@@ -80,18 +97,18 @@ def temporary_server() -> Iterator[str | None]:
            "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     repo = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "flows.tempserver", str(os.getpid()), str(port)], env=env)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        _wait_healthy(proc, url, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+        wait_healthy(proc, url, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
         with temporary_settings({PREFECT_API_URL: url}):
             try:
                 yield url
             finally:
                 _flush()
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def _flush() -> None:

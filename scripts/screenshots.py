@@ -24,11 +24,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # flows.tempserver of this checkout, installed or not
+    sys.path.insert(0, str(REPO))
 GRID = ["--families", "tiny", "--ranks", "4", "--mask-ratios", "0.3,0.7", "--learning-rates", "0.01,0.05", "--seeds", "1,2,3",
         "--steps", "30"]
 """12 runs of the tiny family, 30 steps: two learning rates, so some runs go bad and a threshold is calibrated
@@ -46,21 +46,6 @@ def _chromium() -> str:
 def _free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _wait_api(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the Prefect server exited with {proc.returncode}; see its log")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"the Prefect server at {url} did not answer within {timeout_s:.0f} s")
 
 
 def _shoot(chromium: str, url: str, png: Path, size: tuple[int, int], wait_ms: int, tmp: Path) -> None:
@@ -111,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where the PNGs go (default: docs)")
     ap.add_argument("--port", type=int, default=4299, help="the Prefect server's port (default: 4299)")
     args = ap.parse_args(argv)
+    from flows.tempserver import stop, wait_healthy
+
     chromium = _chromium()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen([*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(args.port)],
                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out, start_new_session=True)
     try:
-        _wait_api(api, server)
+        try:
+            wait_healthy(server, api, 180, what="the Prefect server", fix="see the server log")
+        except RuntimeError as e:
+            raise SystemExit(f"{e} ({out / 'server.log'})") from None
         print(f"Prefect server at {api}; running the pipeline ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "cli", "--out", str(out), "run", *GRID], env=env,
                        cwd=REPO, check=True)
@@ -142,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         for png in sorted(args.docs.glob("*.png")):
             print(f"{png} ({png.stat().st_size // 1024} KiB)")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server, 30, group=True)  # its own session: `prefect server start` and the uvicorn it runs
         log.close()
     return 0
 
