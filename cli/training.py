@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,25 +19,48 @@ from dlm_triage.defaults import EMBEDDED_DEFAULT_SWEEP  # the one definition of 
 from dlm_triage.schema import MANIFEST_FILENAME, REUSABLE_STATUSES
 
 
+PLAIN_PROGRESS_EVERY_S = 30.0
+"""Without a terminal (output to a file or a pipe) progress is a plain line at most this often, and at the end."""
+
+
 def _progress_watcher(runs_dir: Path, run_ids: Sequence[str], desc: str) -> tuple[threading.Event, threading.Thread]:
-    """A progress bar that counts run directories whose manifest exists (a run is complete when its manifest is
-    written, see schema.py). Polling the file system keeps it independent of where the tasks execute."""
-    from tqdm import tqdm
-
+    """Progress over run directories whose manifest exists (a run is complete when its manifest is written, see
+    schema.py). Polling the file system keeps it independent of where the tasks execute. On a terminal it is a
+    tqdm bar with the logs scrolling above it; elsewhere a bar's carriage-return redraws would share lines with
+    the log lines in the file, so it is a plain 'desc: i/n runs' line when the count moved (at most every
+    PLAIN_PROGRESS_EVERY_S) and a last one when it stops."""
     stop = threading.Event()
+    total = len(run_ids)
 
-    def watch() -> None:
-        with tqdm(total=len(run_ids), desc=desc, unit="run", file=sys.stderr, dynamic_ncols=True) as bar:
+    def count() -> int:
+        return sum((runs_dir / rid / MANIFEST_FILENAME).exists() for rid in run_ids)
+
+    def bar() -> None:
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit="run", file=sys.stderr, dynamic_ncols=True) as b:
             seen = 0
             while True:
-                done = sum((runs_dir / rid / MANIFEST_FILENAME).exists() for rid in run_ids)
-                bar.update(done - seen)
+                done = count()
+                b.update(done - seen)
                 seen = done
                 if stop.is_set():
                     return
                 stop.wait(1.0)
 
-    t = threading.Thread(target=watch, daemon=True)
+    def lines() -> None:
+        shown, last = 0, time.monotonic()
+        while True:
+            done, now = count(), time.monotonic()
+            final = stop.is_set()
+            if done != shown and (final or done == total or now - last >= PLAIN_PROGRESS_EVERY_S):
+                print(f"{desc}: {done}/{total} runs", file=sys.stderr, flush=True)
+                shown, last = done, now
+            if final:
+                return
+            stop.wait(1.0)
+
+    t = threading.Thread(target=bar if sys.stderr.isatty() else lines, daemon=True)
     t.start()
     return stop, t
 

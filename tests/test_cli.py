@@ -294,3 +294,40 @@ def test_console_routes_logs_above_the_bar_quiets_state_lines_and_repeats(capsys
                      "Finished in state Failed('boom')", "Finished in state Failed('boom')"]
     # each log line stands on its own line, never glued to the bar's
     assert all("training" not in x for x in lines)
+
+
+def test_progress_without_a_terminal_is_plain_lines_that_logs_never_share(tmp_path, capsys, monkeypatch):
+    """Output to a file (capsys: not a tty): no bar redraws, one 'training: i/n runs' line per change shown,
+    a log line between them stands alone, and the last count is printed when the watcher stops."""
+    import logging
+    import sys
+    import time
+
+    from cli import training
+    from dlm_triage.console import route_console_logging
+
+    monkeypatch.setattr(training, "PLAIN_PROGRESS_EVERY_S", 0.0)
+    ids = ["r1", "r2", "r3"]
+    root = logging.getLogger()
+    h = logging.StreamHandler(sys.stderr)
+    saved, root.handlers = root.handlers[:], [h]
+    try:
+        route_console_logging()
+        stop, t = training._progress_watcher(tmp_path, ids, "training")
+        for rid in ids[:2]:
+            (tmp_path / rid).mkdir()
+            (tmp_path / rid / "manifest.json").write_text("{}")
+            time.sleep(1.3)  # the watcher polls every second
+        logging.getLogger("prefect.task_runs").warning("a log line")
+        (tmp_path / ids[2]).mkdir()
+        (tmp_path / ids[2] / "manifest.json").write_text("{}")
+        stop.set()
+        t.join(timeout=10)
+    finally:
+        root.handlers = saved
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    counts = [x for x in err.splitlines() if x.startswith("training: ")]
+    assert counts[0] == "training: 1/3 runs" and counts[-1] == "training: 3/3 runs"
+    assert counts == sorted(set(counts)), counts  # each count once, in order
+    assert "a log line" in err.splitlines()
