@@ -3,6 +3,8 @@ and calibration groups by it."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from dlm_triage import calibrate, store
@@ -22,15 +24,18 @@ def two_recipes(tiny_model_dir, tmp_path_factory):
     return runs, ids
 
 
+@contextlib.contextmanager
+def _ingested(runs, db):
+    """`runs` ingested into the new database `db`, open read-only for the block."""
+    store.ingest_runs(db, runs)
+    with store.connect(db, read_only=True) as con:
+        yield con
+
+
 def test_runs_table_records_the_objective(two_recipes, tmp_path):
     runs, ids = two_recipes
-    db = tmp_path / "t.duckdb"
-    store.ingest_runs(db, runs)
-    con = store.connect(db, read_only=True)
-    try:
+    with _ingested(runs, tmp_path / "t.duckdb") as con:
         got = dict(con.execute("SELECT run_id, objective FROM runs").fetchall())
-    finally:
-        con.close()
     assert got == ids
 
 
@@ -38,32 +43,21 @@ def test_a_version_1_database_is_upgraded_and_back_filled(two_recipes, tmp_path)
     runs, ids = two_recipes
     db = tmp_path / "old.duckdb"
     store.ingest_runs(db, runs)
-    con = store.connect(db)
-    try:  # make it what a version-1 database is: no objective column, version 1
+    with store.connect(db) as con:  # make it what a version-1 database is: no objective column, version 1
         con.execute("ALTER TABLE runs DROP COLUMN objective")
         con.execute("DELETE FROM schema_version")
         con.execute("INSERT INTO schema_version VALUES (1, now())")
-    finally:
-        con.close()
-    con = store.connect(db)
-    try:
+    with store.connect(db) as con:
         got = dict(con.execute("SELECT run_id, objective FROM runs").fetchall())
         versions = [v for (v,) in con.execute("SELECT version FROM schema_version ORDER BY version").fetchall()]
-    finally:
-        con.close()
     assert got == ids  # back-filled from each run's stored config
     assert versions == [1, store.DB_SCHEMA_VERSION]
 
 
 def test_calibration_groups_by_objective(two_recipes, tmp_path):
     runs, ids = two_recipes
-    db = tmp_path / "c.duckdb"
-    store.ingest_runs(db, runs)
-    con = store.connect(db, read_only=True)
-    try:
+    with _ingested(runs, tmp_path / "c.duckdb") as con:
         inputs = store.load_calibration_inputs(con)
-    finally:
-        con.close()
     result = calibrate.calibrate(inputs, group_by="objective", n_resamples=10, stepk_resamples=10, ks=(1, 2))
     assert result["group_by"] == "objective"
     assert set(result["groups"]) == {"paper", "llada_sft"}

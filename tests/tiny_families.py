@@ -349,17 +349,24 @@ class _QwenBackbone(nn.Module):
         self.norm = nn.LayerNorm(c.d_model)
 
 
-class TinyDreamModel(_TinyPreTrained):
-    config_class = TinyDreamConfig
+class _QwenLM(_TinyPreTrained):
+    """Dream's and LLaDA-MoE's layout: a Qwen backbone under `model` (MoE MLPs with `moe`) and an untied
+    `lm_head`; each stand-in has its own forward."""
+
+    moe = False
 
     def __init__(self, config):
         super().__init__(config)
-        self.model = _QwenBackbone(config, moe=False)
+        self.model = _QwenBackbone(config, moe=self.moe)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
+
+
+class TinyDreamModel(_QwenLM):
+    config_class = TinyDreamConfig
 
     def forward(self, input_ids, attention_mask=None, use_cache=None, **kwargs):
         _refuse_labels(kwargs)
@@ -382,17 +389,9 @@ class TinyDreamModel(_TinyPreTrained):
                                       past_key_values=cache)
 
 
-class TinyLLaDAMoEModel(_TinyPreTrained):
+class TinyLLaDAMoEModel(_QwenLM):
     config_class = TinyLLaDAMoEConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.model = _QwenBackbone(config, moe=True)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
+    moe = True
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
         _refuse_labels(kwargs)  # the original computes a causal (shifted) loss from labels: never use it
