@@ -77,12 +77,9 @@ def _print_answers(result: Mapping[str, Any], db: Path) -> None:
     from dlm_triage import store
     from dlm_triage.report import group_answers
 
-    con = store.connect(db, read_only=True)
-    try:
+    with store.connect(db, read_only=True) as con:
         live = {g: store.live_threshold(con, g, group_by=result.get("group_by", "family"))[0]
                 for g in result.get("groups") or {}}
-    finally:
-        con.close()
     for a in group_answers(result, live=live):
         print(f"  {a.line}")
 
@@ -138,11 +135,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
     from dlm_triage import store
 
-    con = store.connect(args.db, read_only=True)
-    try:
+    with store.connect(args.db, read_only=True) as con:
         q = store.inspection_queue(con, calibration_id=args.calibration)
-    finally:
-        con.close()
     if args.json:
         print(q.write_json())
         return 0
@@ -166,11 +160,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
 def cmd_thresholds(args: argparse.Namespace) -> int:
     from dlm_triage import store
 
-    con = store.connect(args.db, read_only=True)
-    try:
+    with store.connect(args.db, read_only=True) as con:
         h = store.threshold_history(con, args.group)
-    finally:
-        con.close()
     if args.json:
         print(h.write_json())
         return 0

@@ -166,12 +166,9 @@ def _print_run_summary(result: Mapping[str, Any], runs: Sequence[Mapping[str, An
     from dlm_triage import groups, store
 
     group_by = result.get("group_by", "family")
-    con = store.connect(db, read_only=True)
-    try:
+    with store.connect(db, read_only=True) as con:
         live = {g: store.live_threshold(con, g, group_by=group_by) for g in result.get("groups") or {}}
         q = store.inspection_queue(con)
-    finally:
-        con.close()
     routed: dict[str, int] = {}
     if q.height and groups.group_column(group_by) in q.columns:
         for k in groups.group_keys(q, group_by).to_list():
@@ -269,11 +266,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.db and Path(args.db).exists():
         from dlm_triage import store
 
-        con = store.connect(args.db, read_only=True)
-        try:
+        with store.connect(args.db, read_only=True) as con:
             threshold, why = store.live_threshold(con, cfg.family)
-        finally:
-            con.close()
     else:
         why = f"early warning off for family {cfg.family}: no database at {args.db} (calibrate a sweep first)"
     print(why, file=sys.stderr)
