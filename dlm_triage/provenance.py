@@ -48,8 +48,8 @@ def code_version() -> str:
 TRAINING_MODULES = (
     "dlm_triage.config", "dlm_triage.schema", "dlm_triage.train", "dlm_triage.families", "dlm_triage.tiny",
     "dlm_triage.data", "dlm_triage.objective", "dlm_triage.monitors", "dlm_triage.peft_methods",
-    "dlm_triage.nara", "dlm_triage.runlog", "dlm_triage.runlog.rules", "dlm_triage.runlog.write",
-    "dlm_triage.runlog.read", "dlm_triage.runlog.batch", "dlm_triage.early_warning",
+    "dlm_triage.nara", "dlm_triage.adapter_parts", "dlm_triage.runlog", "dlm_triage.runlog.rules",
+    "dlm_triage.runlog.write", "dlm_triage.runlog.read", "dlm_triage.runlog.batch", "dlm_triage.early_warning",
 )
 TRAINING_PACKAGES = ("torch", "transformers", "peft", "numpy")
 

@@ -23,16 +23,22 @@ class RunRecord:
     steps: pl.DataFrame
 
 
+def _read_file(path: Path, missing: str) -> bytes:
+    """The bytes of a run file; RunLogError with the reason `missing` when it is not there, or naming the OS
+    error when it cannot be read."""
+    try:
+        if not path.is_file():
+            raise RunLogError(path, missing)
+        return path.read_bytes()
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The manifest of a run directory, checked for presence, JSON, keys, schema version and status."""
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST_FILENAME
-    try:
-        if not path.is_file():
-            raise RunLogError(path, "no manifest: the run is incomplete (crashed, killed or still running)")
-        text = path.read_bytes()
-    except OSError as e:
-        raise _unreadable(path, e) from None
+    text = _read_file(path, "no manifest: the run is incomplete (crashed, killed or still running)")
     try:
         manifest = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or an integer beyond the digit limit
@@ -78,12 +84,7 @@ def read_run(run_dir: Path) -> RunRecord:
 def _read_steplog(run_dir: Path, manifest: dict[str, Any]) -> tuple[Path, bytes]:
     """The step log's path and bytes, read once: the sha256 is checked on the very bytes that are parsed."""
     steplog = run_dir / (manifest.get("steplog") or STEPLOG_FILENAME)
-    try:
-        if not steplog.is_file():
-            raise RunLogError(steplog, "the manifest is present but the step log is missing")
-        data = steplog.read_bytes()
-    except OSError as e:
-        raise _unreadable(steplog, e) from None
+    data = _read_file(steplog, "the manifest is present but the step log is missing")
     digest = hashlib.sha256(data).hexdigest()
     if digest != manifest["steplog_sha256"]:
         raise RunLogError(steplog, f"sha256 {digest[:12]}... does not match the manifest's "
