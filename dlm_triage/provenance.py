@@ -6,9 +6,9 @@ version stands in for the git description).
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
-import importlib.util
 import platform
 import socket
 import subprocess
@@ -41,29 +41,75 @@ def code_version() -> str:
     return f"git:{described}" if described else f"dlm-triage=={dlm_triage.__version__}"
 
 
-# Modules whose source decides what a run computes. Their bytes (plus the numeric packages' versions) are the
-# cache's code version: editing the trainer invalidates cached records, editing a flow, a test or the README
-# does not. (`git describe --dirty` would do both wrong: it changes with every unrelated commit and stays the
-# same across uncommitted edits of train.py.)
-TRAINING_MODULES = (
-    "dlm_triage.config", "dlm_triage.schema", "dlm_triage.train", "dlm_triage.families", "dlm_triage.tiny",
-    "dlm_triage.data", "dlm_triage.objective", "dlm_triage.monitors", "dlm_triage.peft_methods",
-    "dlm_triage.nara", "dlm_triage.adapter_parts", "dlm_triage.runlog", "dlm_triage.runlog.rules",
-    "dlm_triage.runlog.write", "dlm_triage.runlog.read", "dlm_triage.runlog.batch", "dlm_triage.early_warning",
-)
+# Modules whose source decides what a run computes: the trainer and every dlm_triage module it imports,
+# directly or through another, at module level or inside a function (`training_modules`, from the source, so a
+# module that training starts to use is hashed without anyone listing it). Their bytes (plus the numeric
+# packages' versions) are the cache's code version: editing the trainer or an adapter invalidates cached
+# records, editing a flow, a test or the README does not. (`git describe --dirty` would do both wrong: it
+# changes with every unrelated commit and stays the same across uncommitted edits of train.py.)
+TRAINING_ROOTS = ("dlm_triage.train",)
 TRAINING_PACKAGES = ("torch", "transformers", "peft", "numpy")
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of dlm_triage module `name` (a package: its __init__.py), found without importing it;
+    None when it is not one (a class or function imported by name)."""
+    root = Path(dlm_triage.__file__).resolve().parent
+    rel = root.joinpath(*name.split(".")[1:])
+    for path in (rel.with_suffix(".py"), rel / "__init__.py"):
+        if name.split(".")[0] == "dlm_triage" and path.is_file():
+            return path
+    return None
+
+
+def _imported_package_modules(name: str, source: bytes) -> set[str]:
+    """The dlm_triage modules `source` (module `name`) imports anywhere in it: `import dlm_triage.x`,
+    `from dlm_triage.x import y`, `from dlm_triage import x` (x a module), relative imports resolved."""
+    path = _module_file(name)
+    package = name if path is not None and path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "dlm_triage")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] != "dlm_triage":
+                continue
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}"))
+    # a submodule import runs its packages' __init__ too
+    return found | {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
+
+
+@functools.lru_cache(maxsize=1)
+def training_modules() -> tuple[str, ...]:
+    """TRAINING_ROOTS and every dlm_triage module they import, transitively, sorted (parsed once per process;
+    about 40 files, a few ms)."""
+    seen: set[str] = set()
+    todo = list(TRAINING_ROOTS)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        if path is not None:
+            todo.extend(_imported_package_modules(name, path.read_bytes()) - seen)
+    return tuple(sorted(seen))
 
 
 @functools.lru_cache(maxsize=1)
 def training_code_version() -> str:
     """The training cache's code version (part of tasks/train.py's cache key): sha256 over the source of
-    TRAINING_MODULES and the versions of TRAINING_PACKAGES (once per process)."""
+    `training_modules()` and the versions of TRAINING_PACKAGES (once per process)."""
     h = hashlib.sha256()
-    for name in TRAINING_MODULES:
-        spec = importlib.util.find_spec(name)
-        origin = spec.origin if spec is not None else None
+    for name in training_modules():
+        path = _module_file(name)
         h.update(name.encode() + b"\0")
-        h.update(Path(origin).read_bytes() if origin and Path(origin).is_file() else b"<missing>")
+        h.update(path.read_bytes() if path is not None else b"<missing>")
     for pkg in TRAINING_PACKAGES:
         try:
             version = metadata.version(pkg)
