@@ -1,7 +1,7 @@
 """Orchestration cost: the Prefect sweep (deployment path and local path) vs a plain process pool, re-run, throughput.
 
     python benchmarks/bench_orchestration.py [--n 8] [--steps S] [--default-size] [--slots 2] [--repeat 2]
-                                             [--throughput-runs 6] [--throughput-steps 200] [--no-throughput]
+                                             [--throughput-runs 6] [--throughput-steps S] [--no-throughput]
                                              [--name orchestration] [--no-deployment]
 
 (a) Overhead. The same N short tiny-family configs, each arm into a FRESH runs directory, in one run, against one
@@ -16,18 +16,22 @@
     Every arm pays its worker processes' spawn and imports; none pays the one-time Prefect import, server and
     worker start-up, which are reported apart. With `--repeat` R the arms rotate order per round so drifting
     machine load hits all alike. Per-task overhead = (arm - plain) / N; ratio = arm / plain - 1.
-    `--default-size`: the default sweep of `dlm-triage run` (72 configs, at its own
-    200 steps unless `--steps` says otherwise). The < 5 % target is judged on the default sweep only; with fewer
+    `--default-size`: the default sweep of `dlm-triage run` (`defaults.EMBEDDED_DEFAULT_SWEEP`, at its own
+    steps per run unless `--steps` says otherwise). The < 5 % target is judged on the default sweep only; with fewer
     steps per run (e.g. `--steps 30 --name orchestration_short`) the same fixed and per-task costs weigh more:
     a stress figure, reported, not judged.
 (b) Re-run: right after each arm, the same sweep again: every run dir is finished, so the sweep plans nothing
     and starts no shard (checked: every record 'reused'); ratio to that round's first run. The plain arm re-runs
     too (train_run finds each complete run dir: 'reused').
 (c) Throughput: `--throughput-runs` configs spread over the default grid, at the default grid's per-run settings
-    (steps 200, batch 4, top1_every 1), through the plain pool with `--slots` workers; runs/hour for the grid and
-    steps/s per run are EXTRAPOLATED from that subset (and, through Prefect, with the per-task overhead of (a)).
+    (its steps, batch size and top-1 sampling), through the plain pool with `--slots` workers; runs/hour for the
+    grid and steps/s per run are EXTRAPOLATED from that subset (and, through Prefect, with the per-task overhead of (a)).
 
 Writes <out>/<name>.json and <name>.md (default name 'orchestration'; machine, versions, exact command).
+
+One script, over 400 lines: the arms are paired measurements (same configs, same server, rotating order per
+round, each arm's CPU and the machine's idle time read around it), and the pairing only holds if one process
+drives all of them; the server and worker start-up, the arms, the CPU accounting and the report are its parts.
 """
 
 from __future__ import annotations
@@ -398,7 +402,7 @@ def throughput(args: argparse.Namespace, work: Path, overhead_per_task_s: float)
     from dlm_triage.params import SweepParams
 
     grid = dict(EMBEDDED_DEFAULT_SWEEP)
-    steps = args.throughput_steps
+    steps = args.throughput_steps or grid["steps"]
     grid["steps"] = steps
     full = SweepParams(**grid, runs_dir=work / "throughput" / "runs", db=work / "no-thresholds.duckdb",
                        gpu_slots=args.slots)
@@ -442,12 +446,14 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"steps per run in the overhead arms (default: the default sweep's with --default-size, "
                     f"else {SHORT_STEPS})")
     ap.add_argument("--default-size", action="store_true",
-                    help="use the default grid of `dlm-triage run` (72 configs) with --steps, instead of --n")
+                    help="use the default grid of `dlm-triage run` (defaults.EMBEDDED_DEFAULT_SWEEP) with --steps, "
+                    "instead of --n")
     ap.add_argument("--slots", type=int, default=os.cpu_count() or 1,
                     help="worker processes of both arms (the sweep's gpu_slots)")
     ap.add_argument("--repeat", type=int, default=2, help="rounds of (plain, prefect), order alternating")
     ap.add_argument("--throughput-runs", type=int, default=6, help="default-grid configs timed for (c)")
-    ap.add_argument("--throughput-steps", type=int, default=200, help="steps per run for (c) (default grid: 200)")
+    ap.add_argument("--throughput-steps", type=int, default=None,
+                    help="steps per run for (c) (default: the default sweep's own)")
     ap.add_argument("--no-throughput", action="store_true", help="skip (c)")
     ap.add_argument("--no-deployment", action="store_true",
                     help="skip the deployment arm (no work pool, no worker): plain pool vs one local flow run")
@@ -527,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_adjusted_ratio_ci": mean_ci([r["overhead_adjusted_ratio"] for r in rounds]),
         "train_sum_ratio_ci": mean_ci([r["prefect_train_sum_s"] / r["plain_train_sum_s"] - 1.0 for r in rounds]),
         "target_overhead_ratio": TARGET_OVERHEAD,
-        # The target is about the default sweep: its 72 configs at its own steps per run.
+        # The target is about the default sweep: its configs at its own steps per run.
         "target_applies": bool(args.default_size) and args.steps == default_steps,
         "runs_per_hour_plain_measured": 3600 * n_total / plain,
         "runs_per_hour_prefect_measured": 3600 * n_total / pref,

@@ -19,6 +19,9 @@ Writes <out>/summary.json and <out>/SUMMARY.md: benchmark, figure, measured valu
 machine, versions and every command. A benchmark that fails is reported as failed (its log tail in the
 summary) and the others still run; the exit status is 1 when any failed. Timing targets are reported, never
 enforced by the exit status: a missed target is a finding, not a crash.
+
+One script, over 400 lines: each benchmark's figures-and-target function (`*_figures`) sits beside the runner
+and the summary that judge with them, so a target is read in one file; about half the lines are those rules.
 """
 
 from __future__ import annotations
