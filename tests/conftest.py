@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -15,6 +17,50 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "prefect_harness" in getattr(item, "fixturenames", ()) and item.get_closest_marker("server") is None:
             item.add_marker(pytest.mark.server)
+
+
+def _starts_a_prefect_server(argv: list[str]) -> bool:
+    """A command line that starts a Prefect server: Prefect's own temporary one (uvicorn on its app), ours
+    (`flows.tempserver`), `prefect server start`, or the CLI's `run`/`sweep` (they train under a temporary server
+    when no API is configured; that server is the CLI's child, out of this process's sight)."""
+    names = [a.rsplit("/", 1)[-1] for a in argv]
+    if "flows.tempserver" in argv or ("uvicorn" in names and any("prefect.server" in a for a in argv)):
+        return True
+    if "prefect" in names and any(names[i:i + 2] == ["server", "start"] for i in range(len(names))):
+        return True
+    if "dlm-triage" in names or any(argv[i:i + 2] == ["-m", "cli"] for i in range(len(argv))):
+        rest = argv[(names.index("dlm-triage") + 1) if "dlm-triage" in names else argv.index("cli") + 1:]
+        verbs = [a for i, a in enumerate(rest) if not a.startswith("-") and (i == 0 or rest[i - 1] != "--out")]
+        return bool(verbs) and verbs[0] in ("run", "sweep")
+    return False
+
+
+@pytest.fixture(autouse=True)
+def _server_mark_is_honest(request, monkeypatch):
+    """`-m "not server"` must leave out every test that starts a Prefect server. The `prefect_harness` ones are
+    marked above; one that starts a server through a subprocess (the CLI, `prefect server start`) fails here
+    unless marked `server` itself. Every subprocess.Popen (subprocess.run included) of an unmarked test is seen."""
+    if request.node.get_closest_marker("server") is not None:
+        yield
+        return
+    import shlex
+    import subprocess
+
+    started, original = [], subprocess.Popen.__init__
+
+    def recording(self, args, *a, **kw):
+        argv = [str(x) for x in ([args] if isinstance(args, (str, bytes, os.PathLike)) else args)]
+        if kw.get("shell") and len(argv) == 1:
+            argv = shlex.split(argv[0])
+        if _starts_a_prefect_server(argv):
+            started.append(" ".join(argv))
+        original(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording)
+    yield
+    if started:
+        pytest.fail(f"{request.node.nodeid} started a Prefect server ({started[0][:200]}) but is not marked "
+                    "server: add @pytest.mark.server", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
