@@ -293,7 +293,6 @@ def _train_task_runs(run_ids: list[str], timeout_s: float = 60) -> dict[str, obj
             time.sleep(0.5)
 
 
-@pytest.mark.slow
 def test_failed_config_is_reported_and_others_complete(prefect_harness, tiny_model_dir, tmp_path):
     from flows.shard import train_shard_flow
 
@@ -305,7 +304,6 @@ def test_failed_config_is_reported_and_others_complete(prefect_harness, tiny_mod
     assert failed["status"] == "task_failed" and "missing.jsonl" in failed["error"], failed
 
 
-@pytest.mark.slow
 def test_config_error_is_not_retried_but_oserror_is(prefect_harness, tiny_model_dir, tmp_path):
     import dlm_triage.train as train_mod
     from tasks.train import train_config
@@ -410,6 +408,7 @@ def test_pipeline_end_to_end(prefect_harness, tiny_model_dir, tmp_path):
     assert text.count("](data:image/png;base64,") == len(result["report"]["figures"]) > 0
 
 
+@pytest.mark.slow
 def test_recalibrate_only_groups_with_enough_new_runs(prefect_harness, tiny_model_dir, tmp_path):
     from runfactory import make_sweep  # synthetic run dirs through the real run-log writer: no training
 

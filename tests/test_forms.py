@@ -79,7 +79,6 @@ def test_sweep_form_carries_the_same_item_ranges():
         "Where it runs")
 
 
-@pytest.mark.slow
 def test_a_deployment_refuses_mask_ratio_1_5_before_a_run_is_created(prefect_harness):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId

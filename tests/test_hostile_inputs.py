@@ -1117,6 +1117,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.server
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
 def test_kill_9_of_sweep_takes_its_temporary_prefect_server_down(tmp_path):
     import time

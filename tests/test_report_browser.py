@@ -18,11 +18,8 @@ from test_report import _make_db
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).is_file()), None)
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found at /usr/bin/chromium or on PATH: "
-                                                "install it (Debian: apt-get install -y chromium) to run this"),
-]
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found at /usr/bin/chromium or on PATH: "
+                                                    "install it (Debian: apt-get install -y chromium) to run this")
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
