@@ -9,16 +9,15 @@ import inspect
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+
+from flows import tempserver
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deployments"
@@ -137,12 +136,6 @@ def test_result_storage_block_per_url_kind_and_the_pool_env_merges_under_a_deplo
 
 # -- a real server ------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(what: str, predicate, timeout_s: float, every_s: float = 1.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -153,23 +146,9 @@ def _wait(what: str, predicate, timeout_s: float, every_s: float = 1.0):
     raise TimeoutError(f"gave up after {timeout_s:.0f} s waiting for {what}")
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)  # its own process group: the server's/worker's children too
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    if proc is not None:
+        tempserver.stop(proc, 20, group=True)  # its own process group: the server's/worker's children too
 
 
 @pytest.mark.server
@@ -183,7 +162,7 @@ def test_deploy_trigger_with_parameters_and_cron_schedule(tmp_path, tiny_model_d
     )
     from prefect.client.schemas.objects import StateType
 
-    port = _free_port()
+    port = tempserver.free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
@@ -213,7 +192,7 @@ def test_deploy_trigger_with_parameters_and_cron_schedule(tmp_path, tiny_model_d
     try:
         server = subprocess.Popen([*cli, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                                   stdout=logs["server"], stderr=subprocess.STDOUT, start_new_session=True)
-        _wait("the server's /health", lambda: server.poll() is None and _healthy(api), 120)
+        tempserver.wait_healthy(server, api, 120, what="the test's Prefect server", fix="see server.log")
         mark("server healthy")
 
         # independent CLI calls at once: each pays the prefect import (~5-8 s on a busy 2-core box)
