@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from dlm_triage.calresult import CalibrationResult
 
 
 QUEUE_COLUMNS = ("outcome", "run_id", "max_grad_up_to_k", "threshold", "k", "family", "learning_rate", "rank",
@@ -62,24 +65,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                         n_resamples=args.resamples, stepk_resamples=args.stepk_resamples, seed=args.seed,
                         bonferroni_m=args.bonferroni_m)
     res = run_calibration(p.resolved_db(), p.resolved_out(), **p.calibrate_kwargs())
-    print(f"calibration {res.calibration_id} (by {res.result.get('group_by', p.group_by)}): {res.json_path}")
-    _print_answers(res.result, p.resolved_db())
-    counts = [(scope, len(ws)) for scope, ws in [("all groups", res.result.get("warnings") or [])]
-              + [(n, g.get("warnings") or []) for n, g in res.result["groups"].items()] if ws]
+    cal = res.result
+    print(f"calibration {res.calibration_id} (by {cal.group_by}): {res.json_path}")
+    _print_answers(cal, p.resolved_db())
+    counts = [(scope, len(ws)) for scope, ws in [("all groups", cal.warnings)]
+              + [(n, g.warnings) for n, g in cal.groups.items()] if ws]
     if counts:  # counted here, read in the report (collapsed under its answer) or calibration.json
         print(f"{sum(n for _s, n in counts)} calibration warning(s) (" + ", ".join(f"{s} {n}" for s, n in counts)
               + "): `dlm-triage report` lists them under its answer")
     return 0
 
 
-def _print_answers(result: Mapping[str, Any], db: Path) -> None:
+def _print_answers(result: CalibrationResult, db: Path) -> None:
     """One line per group: its live threshold or why none, and the registered rule's evidence."""
     from dlm_triage import store
     from dlm_triage.report import group_answers
 
     with store.connect(db, read_only=True) as con:
-        live = {g: store.live_threshold(con, g, group_by=result.get("group_by", "family"))[0]
-                for g in result.get("groups") or {}}
+        live = {g: store.live_threshold(con, g, group_by=result.group_by)[0] for g in result.groups}
     for a in group_answers(result, live=live):
         print(f"  {a.line}")
 

@@ -11,12 +11,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from dlm_triage import paths
 from dlm_triage.config import ConfigError, RunConfig
 from dlm_triage.defaults import EMBEDDED_DEFAULT_SWEEP  # the one definition of `run`'s default sweep
 from dlm_triage.schema import MANIFEST_FILENAME, REUSABLE_STATUSES
+
+if TYPE_CHECKING:
+    from dlm_triage.calresult import CalibrationResult
 
 
 PLAIN_PROGRESS_EVERY_S = 30.0
@@ -136,21 +139,25 @@ def _g(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3g}"
 
 
-def run_summary(result: Mapping[str, Any], *, live: Mapping[str, tuple[Any, str]], routed: Mapping[str, int],
-                runs: Sequence[Mapping[str, Any]], report_html: Any, out_flag: str = "") -> list[str]:
+def run_summary(result: CalibrationResult | Mapping[str, Any], *, live: Mapping[str, tuple[Any, str]],
+                routed: Mapping[str, int], runs: Sequence[Mapping[str, Any]], report_html: Any,
+                out_flag: str = "") -> list[str]:
     """The end of `dlm-triage run`: the runs, then one line per group (its live threshold or why none, runs
     routed, precision [CI] of the registered rule vs the always-positive baseline ceiling), then what to type
-    next. `live`: {group: store.live_threshold(...)}; `routed`: {group: queued runs}; `out_flag`: ' --out X'
+    next. `result`: the calibration (a JSON-contract dict is read as the report's functions read it);
+    `live`: {group: store.live_threshold(...)}; `routed`: {group: queued runs}; `out_flag`: ' --out X'
     when the output root is not the default."""
+    from dlm_triage.report import group_answers
+    from dlm_triage.report.verdicts import as_result
+
+    result = as_result(result)
     n_status = {st: sum(1 for r in runs if r.get("status") == st) for st in REUSABLE_STATUSES}
     failed = len(runs) - sum(n_status.values())
     lines = [f"{len(runs)} runs: {n_status['completed']} completed, {n_status['diverged']} diverged, "
              f"{n_status['stopped_early']} stopped early, "
              + (f"{n_status['stopped_by_legacy_detector']} stopped by the legacy detector, "
                 if n_status["stopped_by_legacy_detector"] else "") + f"{failed} failed",
-             f"calibration {result.get('calibration_id')} (by {result.get('group_by', 'family')}):"]
-    from dlm_triage.report import group_answers
-
+             f"calibration {result.calibration_id} (by {result.group_by}):"]
     lines += ["  " + a.line for a in group_answers(result, routed=routed,
                                                    live={g: rec for g, (rec, _why) in live.items()})]
     lines += [f"report: {report_html}", "next:",
@@ -161,13 +168,13 @@ def run_summary(result: Mapping[str, Any], *, live: Mapping[str, tuple[Any, str]
     return lines
 
 
-def _print_run_summary(result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], db: Path, report_html: Any,
+def _print_run_summary(result: CalibrationResult, runs: Sequence[Mapping[str, Any]], db: Path, report_html: Any,
                        out: Path) -> None:
     from dlm_triage import groups, store
 
-    group_by = result.get("group_by", "family")
+    group_by = result.group_by
     with store.connect(db, read_only=True) as con:
-        live = {g: store.live_threshold(con, g, group_by=group_by) for g in result.get("groups") or {}}
+        live = {g: store.live_threshold(con, g, group_by=group_by) for g in result.groups}
         q = store.inspection_queue(con)
     routed: dict[str, int] = {}
     if q.height and groups.group_column(group_by) in q.columns:
@@ -220,7 +227,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs = result["runs"]
     failed = [r for r in runs if r.get("status") not in REUSABLE_STATUSES]
     print()
-    cal = json.loads(Path(result["calibration"]["json_path"]).read_text())
+    from dlm_triage.calresult import CalibrationResult
+
+    # the flow's result carries the calibration's JSON contract (a Prefect result stays plain JSON): read it once
+    cal = CalibrationResult.from_json(result["calibration"]["result"])
     _print_run_summary(cal, runs, out / "triage.duckdb", result["report"].get("html"), out)
     for r in failed:
         print(f"  failed {r.get('run_id')}: {r.get('error')}", file=sys.stderr)

@@ -7,7 +7,7 @@ after a transient failure (database locked past its timeout) at worst adds one m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -17,25 +17,31 @@ from dlm_triage.drift import (
 )
 from tasks.train import retry_transient
 
+if TYPE_CHECKING:
+    from dlm_triage.calibrate import CalibrationOutput
+    from dlm_triage.calresult import CalibrationResult
+
 _RETRY = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
 
-def _publish(result: Mapping[str, Any], title: str) -> list[dict[str, Any]]:
+def _publish(result: CalibrationResult, title: str) -> list[dict[str, Any]]:
     """Markdown summary + threshold table artifacts of one calibration result; returns the table rows."""
     from dlm_triage import report
 
-    cal_id = result.get("calibration_id")
+    cal_id = result.calibration_id
     create_markdown_artifact(key="calibration-summary", markdown=report.summary_markdown(result),
                              description=f"{title} {cal_id}")
     rows = report.threshold_table(result)
     create_table_artifact(key="calibration-thresholds", table=rows,
-                          description=f"max-grad thresholds per {result.get('group_by')} ({cal_id})")
+                          description=f"max-grad thresholds per {result.group_by} ({cal_id})")
     return rows
 
 
-def _output(out: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _output(out: CalibrationOutput, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The task's return value: plain JSON (a Prefect result may cross a process boundary), the calibration's
+    JSON contract under 'result' (`CalibrationResult.from_json` reads it back where it is used)."""
     return {"calibration_id": out.calibration_id, "json_path": str(out.json_path),
-            "group_by": out.result.get("group_by"), "warnings": list(out.result.get("warnings") or []),
-            "thresholds": rows}
+            "group_by": out.result.group_by, "warnings": list(out.result.warnings),
+            "thresholds": rows, "result": out.result.to_json()}
 
 
 @task(name="calibrate", **_RETRY)
@@ -46,7 +52,7 @@ def calibrate_db(db: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]
     logger = get_run_logger()
     logger.info("calibrating %s (group_by=%s, B=%s)", db, options.get("group_by"), options.get("n_resamples"))
     res = run_calibration(Path(db), Path(out), **options)
-    for w in res.result.get("warnings") or []:
+    for w in res.result.warnings:
         logger.warning("calibration: %s", w)
     rows = _publish(res.result, "Calibration")
     logger.info("calibration %s saved, %d group(s), JSON at %s", res.calibration_id, len(rows), res.json_path)
@@ -113,7 +119,7 @@ def calibrate_groups(db: Path, out: Path, groups: Sequence[str], options: dict[s
     logger = get_run_logger()
     logger.info("recalibrating %d group(s): %s", len(groups), ", ".join(groups))
     res = run_calibration(Path(db), Path(out), groups=groups, **options)
-    for w in res.result.get("warnings") or []:
+    for w in res.result.warnings:
         logger.warning("calibration: %s", w)
     rows = _publish(res.result, "Recalibration")
     return _output(res, rows)

@@ -336,7 +336,7 @@ def test_run_calibration_end_to_end_with_store(tmp_path):
     on_disk = json.loads(out.json_path.read_text())
     assert out.json_path == tmp_path / "cal" / out.calibration_id / "calibration.json"
     assert (tmp_path / "cal" / "latest" / "calibration.json").read_text() == out.json_path.read_text()
-    assert on_disk["calibration_id"] == out.calibration_id == out.result["calibration_id"]
+    assert on_disk["calibration_id"] == out.calibration_id == out.result.calibration_id
     g = on_disk["groups"]["tiny"]
     assert g["n"] == 100 and g["registry"]["k"] == 25
     con = store.connect(db, read_only=True)

@@ -64,7 +64,7 @@ def test_every_grouping_end_to_end(tmp_path, group_by):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = run_calibration(db, tmp_path / "cal", group_by=group_by, **CAL)
-    res = out.result
+    res = out.result.to_json()
     assert set(res["groups"]) == EXPECTED[group_by]
     assert sum(g["n"] + g["n_excluded"] for g in res["groups"].values()) == n_total
 

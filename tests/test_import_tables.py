@@ -109,7 +109,7 @@ def test_a_table_without_final_loss_imports_and_calibration_says_what_it_skipped
     assert rows(db, "SELECT count(*) FROM runs WHERE final_loss IS NULL")[0][0] == 8
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = run_calibration(db, tmp_path / "cal", n_resamples=30, stepk_resamples=10).result
+        res = run_calibration(db, tmp_path / "cal", n_resamples=30, stepk_resamples=10).result.to_json()
     g = res["groups"]["llada"]
     assert g["n"] == 22 and g["n_excluded"] == 8
     assert g["top1_all_runs"]["n"] == 30 and g["top1_all_runs"]["fire_rate"] == 1.0  # no label needed
@@ -165,7 +165,7 @@ def test_collapsed_column_read_as_detector_stops(tmp_path):
     assert {g[0] for g in got[5:]} == {"completed"} and {g[1] for g in got} == {None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = run_calibration(db, tmp_path / "cal", n_resamples=30, stepk_resamples=10).result
+        res = run_calibration(db, tmp_path / "cal", n_resamples=30, stepk_resamples=10).result.to_json()
     assert res["groups"]["llada"]["top1"]["collapse_rate"] == 0.0  # a detector stop is never a collapse
     (definition,) = res["collapse_definitions"]
     assert "detector early stop" in definition and res["collapse_definitions"][definition] == 20

@@ -192,9 +192,9 @@ def test_tiny_sweep_with_lora_and_lora_diffusion_calibrates_per_method(tiny_mode
     db = tmp_path / "t.duckdb"
     store.ingest_runs(db, tmp_path / "runs")
     out = run_calibration(db, tmp_path / "cal", group_by="method", n_resamples=20, stepk_resamples=10, ks=(5,))
-    assert out.result["group_by"] == "method"
-    assert set(out.result["groups"]) == {"lora", "lora_diffusion"}
-    assert {g["n"] for g in out.result["groups"].values()} == {8}
+    assert out.result.group_by == "method"
+    assert set(out.result.groups) == {"lora", "lora_diffusion"}
+    assert {g.n for g in out.result.groups.values()} == {8}
 
 
 def test_lora_diffusion_is_a_method_choice_of_the_ui_form():

@@ -227,7 +227,7 @@ def test_divergence_is_kept_ingested_labelled_unstable_and_reported(tiny_model_d
     from dlm_triage.report import write_report
 
     out = run_calibration(db, tmp_path / "reports", n_resamples=50, stepk_resamples=20, ks=(5, 10))
-    group = out.result["groups"]["tiny"]
+    group = out.result.to_json()["groups"]["tiny"]
     assert group["n_diverged"] == 2 and "diverged" in group["label_rule"]
     # The stated rule: diverged runs are unstable, whatever their final loss, and stay out of the percentiles.
     con = store.connect(db, read_only=True)

@@ -1,4 +1,5 @@
-"""`run_calibration(db, out_dir)`: load the inputs from DuckDB, calibrate, write the JSON, save it (versioned)."""
+"""`run_calibration(db, out_dir)`: load the inputs from DuckDB, calibrate, write the JSON, save it (versioned), and
+hand on the typed result (`calresult.CalibrationResult`) the later stages read."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Sequence
 import polars as pl
 
 from dlm_triage.calibrate.protocol import calibrate
+from dlm_triage.calresult import CalibrationResult
 from dlm_triage.fsutil import write_json_atomic
 
 
@@ -16,7 +18,9 @@ from dlm_triage.fsutil import write_json_atomic
 class CalibrationOutput:
     calibration_id: str
     json_path: Path
-    result: dict
+    """`<out_dir>/<calibration_id>/calibration.json`: the JSON contract, `result.to_json()`."""
+    result: CalibrationResult
+    """The calibration read once into its typed record (what the CLI, the tasks and the report read)."""
 
 
 def run_calibration(db_path, out_dir, *, group_by: str = "family", groups: Sequence[str] | None = None,
@@ -45,9 +49,11 @@ def run_calibration(db_path, out_dir, *, group_by: str = "family", groups: Seque
             finally:
                 con.unregister("_dlmt_recal_ids")
         result = calibrate(inputs, group_by=group_by, **params)
-        path = write_json_atomic(result, output_dir(out_dir, result["calibration_id"]) / "calibration.json")
-        store.save_calibration(con, result)
+        cal_id = result["calibration_id"]
+        path = write_json_atomic(result, output_dir(out_dir, cal_id) / "calibration.json")
+        cr = CalibrationResult.from_json(result)
+        store.save_calibration(con, cr)
     finally:
         con.close()
-    point_latest(out_dir, result["calibration_id"])
-    return CalibrationOutput(result["calibration_id"], path, result)
+    point_latest(out_dir, cal_id)
+    return CalibrationOutput(cal_id, path, cr)
