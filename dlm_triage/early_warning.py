@@ -20,7 +20,9 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from transformers import TrainerCallback
+# the submodule itself, not transformers' lazy top-level attribute: the lazy loader turns any exception raised
+# while it imports (a cancellation arriving mid-import included) into "Could not import module ..." errors
+from transformers.trainer_callback import TrainerCallback
 
 from dlm_triage.runsummary import fold_max_grad
 
