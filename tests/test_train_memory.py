@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dlm_triage import resident, train
-from dlm_triage.config import ConfigError, RunConfig
+from dlm_triage.config import RunConfig
 from dlm_triage.families import FamilyError
 from dlm_triage.runlog import read_run
 from tiny_families import build_family_dir
@@ -116,25 +116,6 @@ def test_masked_top1_source_pools_micro_batches(tmp_path_factory):
     assert acc_row["top1_freq"] == pytest.approx(big_row["top1_freq"])
     assert 0 < acc_row["top1_freq"] <= 1
     assert float((flat(acc) - flat(big)).norm()) <= 1e-5 * float(flat(big).norm())
-
-
-def test_config_fields_validate_and_keep_old_hashes():
-    with pytest.raises(ConfigError, match=r"grad_accum_steps=0 is out of range"):
-        RunConfig(grad_accum_steps=0)
-    with pytest.raises(ConfigError, match=r"gradient_checkpointing='yes' is invalid"):
-        RunConfig(gradient_checkpointing="yes")
-    base = RunConfig()
-    # a run stored before these fields existed keeps its hash: the hash of the config without the two keys
-    # (what to_dict gave then) is the hash now, grad_accum_steps=1 and gradient_checkpointing left out
-    now = base.config_hash
-    orig = RunConfig.to_dict
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(RunConfig, "to_dict", lambda self: {k: v for k, v in orig(self).items()
-                                                       if k not in ("grad_accum_steps", "gradient_checkpointing")})
-        assert base.config_hash == now
-    assert base.replace(gradient_checkpointing=True).config_hash == base.config_hash  # memory strategy only
-    assert base.replace(grad_accum_steps=16).config_hash != base.config_hash  # another effective batch
-    assert RunConfig.from_dict(base.replace(grad_accum_steps=16).to_dict()).grad_accum_steps == 16
 
 
 # -- gradient checkpointing --------------------------------------------------------------------------------------
