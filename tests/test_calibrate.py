@@ -310,13 +310,6 @@ def test_group_by_cohort_and_model():
     assert set(res["groups"]) == set(inp.runs.get_column("model_id").unique())
 
 
-def test_paper_corpus_shape():
-    inp = paper_corpus(n_steps=21)
-    assert inp.runs.height == 671 and inp.traj.dense()[0].shape == (671, 21)
-    assert inp.runs.get_column("cohort").value_counts().sort("cohort").get_column("count").to_list() == [395, 120, 144, 12]
-    assert inp.runs.get_column("top1_warning_detected").all() and not inp.runs.get_column("collapsed").any()
-
-
 def test_write_json_atomic(tmp_path, fast):
     p = write_json_atomic(fast, tmp_path / "out" / "calibration.json")
     assert json.loads(p.read_text())["calibration_id"] == fast["calibration_id"]

@@ -54,21 +54,6 @@ def test_prefect_yaml_entrypoints_pools_and_parameters_are_valid():
             model.model_validate(value)
 
 
-def test_the_sweep_axis_defaults_have_one_definition():
-    """SweepSpec and SweepParams (the UI form, `dlm-triage sweep`) default their axes from one table."""
-    from dlm_triage.config import SweepSpec
-    from dlm_triage.defaults import SWEEP_AXIS_DEFAULTS
-    from dlm_triage.params import SweepParams
-
-    spec, form = SweepSpec(), SweepParams()
-    for axis, default in SWEEP_AXIS_DEFAULTS.items():
-        assert getattr(spec, axis) == default and tuple(getattr(form, axis)) == default, axis
-    n = 1
-    for values in SWEEP_AXIS_DEFAULTS.values():
-        n *= len(values)
-    assert len(spec.expand()) == len(form.to_spec().expand()) == n  # every default axis is a real grid axis
-
-
 def test_deployment_defaults_are_the_embedded_default_of_dlm_triage_run():
     from dlm_triage.defaults import EMBEDDED_DEFAULT_SWEEP
     from dlm_triage.params import PipelineParams, SweepParams

@@ -1,6 +1,6 @@
 """The embedded miniature: three tiny families built locally (a bidirectional Llama DLM, a DiffusionGemma from
 transformers' own classes, a causal Llama AR control), each pretrained here and fine-tuned on the embedded SFT
-set, and the default grid `dlm-triage run` trains over them."""
+set. The default grid `dlm-triage run` trains over them: test_defaults.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from dlm_triage.config import RunConfig, SweepSpec
-from dlm_triage.defaults import EMBEDDED_DEFAULT_SWEEP, n_default_runs
 from dlm_triage.families import get_family
-from dlm_triage.params import SweepParams
 from dlm_triage.tiny import ensure_tiny_model, load_tiny, read_recipe, recipe_key
 from dlm_triage.train import train_run
 
@@ -83,16 +81,6 @@ def test_a_family_that_ignores_rho_trains_once_per_cell_not_once_per_rho():
     # a noise-conditioned adapter is given cfg.mask_ratio as its noise level: the axis stays
     nara = SweepSpec(families=("tiny_gemma",), methods=("nara",), ranks=(4,), mask_ratios=(0.15, 0.85), seeds=(7,))
     assert len(nara.expand()) == 2
-
-
-def test_the_embedded_default_is_the_miniature():
-    configs = SweepParams(**EMBEDDED_DEFAULT_SWEEP).to_spec().expand()
-    assert len(configs) == n_default_runs()
-    fams = {c.family for c in configs}
-    assert {"tiny", "tiny_gemma", "tiny_ar"} <= fams  # two DLM architectures and the AR control
-    assert {c.dataset for c in configs} == {"tiny-instruct"}  # the SFT layout: prompt never masked, padded response
-    assert {c.objective for c in configs if c.family != "tiny_gemma"} == {"paper"}  # one masked CE for DLM and AR
-    assert len({c.learning_rate for c in configs}) >= 3 and len({c.steps for c in configs}) == 1
 
 
 def test_end_of_run_summary_answers_for_each_family_of_the_miniature():
