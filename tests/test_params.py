@@ -1,6 +1,7 @@
-"""The Prefect UI forms of the flows: ranges in the JSON schema (list items included), one db/out/runs_dir for
-the pipeline, fields grouped in the order the form shows them, and an out-of-range value refused by the server
-before a flow run exists (a deployment enforces its parameter schema, as the UI's "Run" form submits it)."""
+"""params/: the flow parameters as the Prefect UI forms show them: ranges in the JSON schema (list items
+included), one db/out/runs_dir for the pipeline, fields grouped in the order the form shows them, and an
+out-of-range value refused by the server before a flow run exists (a deployment enforces its parameter schema, as
+the UI's "Run" form submits it); and the sweep's grid validated once on its way to the configs."""
 
 from __future__ import annotations
 
@@ -98,3 +99,22 @@ def test_a_deployment_refuses_mask_ratio_1_5_before_a_run_is_created(prefect_har
         ok = client.create_flow_run_from_deployment(dep_id, parameters={"params": {"sweep": {"mask_ratios": [0.5]}}})
         assert ok.state.is_scheduled()
         client.delete_flow_run(ok.id)
+
+
+def test_a_sweep_validates_each_run_config_once_between_the_command_line_and_its_configs(monkeypatch):
+    """`SweepParams` validates the grid (every RunConfig) once; `to_spec().expand()`, which the CLI and the sweep's
+    plan call, hands on those frozen configs instead of validating them again."""
+    from dlm_triage import config
+    from dlm_triage.params import SweepParams
+
+    calls = []
+    real = config._validate_run
+    monkeypatch.setattr(config, "_validate_run", lambda c: calls.append(c.run_id) or real(c))
+    sweep = SweepParams(ranks=[4, 8], mask_ratios=[0.5], learning_rates=[1e-3], seeds=[1, 2], steps=2)
+    configs = sweep.to_spec().expand()
+    assert sweep.to_spec().expand() == configs
+    assert len(configs) == 4 and sorted(calls) == sorted(c.run_id for c in configs)  # once each (was 1 + 2 per call)
+    pinned = sweep.model_copy(update={"steps": 3})  # an unvalidated copy gets its own spec, not the kept one
+    assert {c.steps for c in pinned.to_spec().expand()} == {3}
+    sweep.steps = 5  # validate_assignment validates the grid again
+    assert {c.steps for c in sweep.to_spec().expand()} == {5}
