@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from test_deployments import REPO, _free_port, _healthy, _stop, _wait
+from flows import tempserver
+from test_deployments import REPO, _stop, _wait
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -28,7 +29,7 @@ HEARTBEAT_S, STALE_AFTER_S = 2.0, 30.0  # a killed worker's shard is declared cr
 class Cluster:
     def __init__(self, tmp: Path, tiny_model_dir: Path) -> None:
         self.tmp, self.tiny = tmp, tiny_model_dir
-        port = _free_port()
+        port = tempserver.free_port()
         self.api = f"http://127.0.0.1:{port}/api"
         self.env = {
             **os.environ,
@@ -74,7 +75,8 @@ class Cluster:
     def start(self) -> None:
         port = self.api.rsplit(":", 1)[1].split("/")[0]
         self.spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", port])
-        _wait("the server's /health", lambda: self.procs["server"].poll() is None and _healthy(self.api), 180)
+        tempserver.wait_healthy(self.procs["server"], self.api, 180, what="the test's Prefect server",
+                                fix="see its log in the test's tmp dir")
         # the shipped one-time setup: pools, the GPU cap for both "machines", shared result storage, deploy --all
         r = subprocess.run(["bash", str(REPO / "deployments" / "setup.sh"), "--no-workers"], cwd=REPO,
                            env={**self.env, "GPU_SLOTS": "2", "RESULT_STORAGE_URL": str(self.results)},
