@@ -1,5 +1,5 @@
 """Loading the families whose checkpoints ship their own modeling code (`trust_remote_code`), under both
-transformers lines this package supports: 4.57.x and 5.x (>= 5.23).
+transformers lines this package supports: 4.57.x and 5.x (5.23; below 5.24, see pyproject).
 
 The published files (LLaDA's modeling_llada.py, Dream's modeling_dream.py, ...) were written against
 transformers 4.4x-4.5x. Each compat shim below is named, scoped to the one dynamic-module class or module
