@@ -1,5 +1,5 @@
 """Loading the families whose checkpoints ship their own modeling code (`trust_remote_code`), under both
-transformers lines this package supports: 4.57.x and 5.x (5.23; below 5.24, see pyproject).
+transformers lines this package supports: 4.57.x and 5.x (>= 5.23).
 
 The published files (LLaDA's modeling_llada.py, Dream's modeling_dream.py, ...) were written against
 transformers 4.4x-4.5x. Each compat shim below is named, scoped to the one dynamic-module class or module
@@ -52,6 +52,10 @@ SHIMS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "is_torch_fx_available": (("llada2",), ">=5",
                               "modeling_llada2_moe.py imports transformers.utils.import_utils."
                               "is_torch_fx_available, removed in transformers 5 (ImportError at import)"),
+    "attn_mask_utils": (("llada2", "llada_moe"), ">=5.24",
+                        "modeling_llada2_moe.py and modeling_lladamoe.py import transformers.modeling_attn_mask_utils, "
+                        "removed in transformers 5.24 (ModuleNotFoundError at import): dlm_triage.attn_mask_compat "
+                        "is registered under that name, with the three names they import"),
     "generation_config_validate": (("dream",), ">=5",
                                    "Dream's from_pretrained builds DreamGenerationConfig, whose validate(self, "
                                    "is_init=False) rejects the user_set_attributes= that transformers 5 passes"),
@@ -152,6 +156,13 @@ def before_import(family: str) -> list[str]:
             # Additive: the name the 4.x file imports, with 4.x's answer (torch.fx ships with every torch >= 1.10).
             iu.is_torch_fx_available = lambda: True
         applied.append("is_torch_fx_available")
+    if family in SHIMS["attn_mask_utils"][0] and TRANSFORMERS_VERSION >= Version("5.24"):
+        name = "transformers.modeling_attn_mask_utils"
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            from dlm_triage import attn_mask_compat
+
+            sys.modules[name] = attn_mask_compat  # the import system returns it for that name from now on
+        applied.append("attn_mask_utils")
     return applied
 
 
