@@ -23,8 +23,8 @@
 (b) Re-run: right after each arm, the same sweep again: every run dir is finished, so the sweep plans nothing
     and starts no shard (checked: every record 'reused'); ratio to that round's first run. The plain arm re-runs
     too (train_run finds each complete run dir: 'reused').
-(c) Throughput: `--throughput-runs` configs spread over the default grid, at the default grid's per-run settings
-    (its steps, batch size and top-1 sampling), through the plain pool with `--slots` workers; runs/hour for the
+(c) Throughput: `--throughput-runs` configs spread over the default grid, at the default grid's per-run
+    settings (its steps, batch size and top-1 sampling), through the plain pool with `--slots` workers; runs/hour for the
     grid and steps/s per run are EXTRAPOLATED from that subset (and, through Prefect, with the per-task overhead of (a)).
 
 Writes <out>/<name>.json and <name>.md (default name 'orchestration'; machine, versions, exact command).

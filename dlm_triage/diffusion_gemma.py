@@ -43,6 +43,7 @@ corrupted count and the corrupted share of the supervised positions. Everything 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -225,9 +226,11 @@ def _softcap(m: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+@functools.cache
 def _cache_kwarg(forward: Any) -> str:
-    """The name `forward` takes the KV cache by: 'cache' from transformers 5.24 on (where 'past_key_values' is a
-    deprecated alias that warns on every call, removed in 5.40), 'past_key_values' before."""
+    """The name `forward` (a class's function) takes the KV cache by: 'cache' from transformers 5.24 on (where
+    'past_key_values' is a deprecated alias that warns on every call, removed in 5.40), 'past_key_values' before.
+    Cached per function: every training step asks it three times."""
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
@@ -253,11 +256,12 @@ def canvas_forward(
     b, length = clean_ids.shape
     dtype = next(m.parameters()).dtype
     cache = DynamicCache()  # no config: no sliding-layer truncation (the training mask needs every column)
-    enc = m.model.encoder(input_ids=clean_ids, **{_cache_kwarg(m.model.encoder.forward): cache}, return_dict=True)
+    encoder = m.model.encoder
+    enc = encoder(input_ids=clean_ids, **{_cache_kwarg(type(encoder).forward): cache}, return_dict=True)
     masks = block_causal_masks(block_ids, block_size, sliding_window=window, dtype=dtype)
     positions = torch.arange(length, device=clean_ids.device)[None, :].expand(b, length)
-    decode = {_cache_kwarg(m.forward): cache, "decoder_input_ids": canvas_ids, "decoder_attention_mask": masks,
-              "decoder_position_ids": positions}
+    decode = {_cache_kwarg(type(m).forward): cache, "decoder_input_ids": canvas_ids,
+              "decoder_attention_mask": masks, "decoder_position_ids": positions}
     sc_logits = None
     if self_conditioning_mask is not None:
         with torch.no_grad():

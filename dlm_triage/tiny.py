@@ -316,7 +316,8 @@ def pretrain_loop(params: list[torch.nn.Parameter], p: dict, pretrain_steps: int
     t0 = time.perf_counter()
     losses = []
     for step in range(pretrain_steps):
-        ids = torch.tensor([tok.encode(r) for r in _sample_rows(rng, _pretrain_sentence, p["batch_size"], p["seq_len"])])
+        rows = _sample_rows(rng, _pretrain_sentence, p["batch_size"], p["seq_len"])
+        ids = torch.tensor([tok.encode(r) for r in rows])
         loss = batch_loss(ids, gen)
         for g in opt.param_groups:
             g["lr"] = pretrain_lr(step, p["lr"], p["warmup"], pretrain_steps)

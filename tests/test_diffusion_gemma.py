@@ -180,7 +180,7 @@ def test_logits_shape_and_reference_forward(loaded):
 
         masks = dg.block_causal_masks(ids, CANVAS_LENGTH, sliding_window=m.config.text_config.sliding_window,
                                       dtype=torch.float32)
-        ref = m(input_ids=x, **{dg._cache_kwarg(m.forward): DynamicCache()}, decoder_input_ids=noisy,
+        ref = m(input_ids=x, **{dg._cache_kwarg(type(m).forward): DynamicCache()}, decoder_input_ids=noisy,
                 decoder_attention_mask=masks, decoder_position_ids=torch.arange(32)[None].expand(2, 32)).logits
     assert ours.shape == (2, 32, m.config.text_config.vocab_size) and torch.isfinite(ours).all()
     torch.testing.assert_close(ours, ref)

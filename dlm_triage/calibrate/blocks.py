@@ -79,7 +79,8 @@ def stepk_predictors(traj: Trajectories, rows: np.ndarray, ks: Sequence[int]) ->
     """{predictor: (len(ks), len(rows))} values at each k. Rows < 0 (run without a trajectory) are NaN.
 
     max-grad-up-to-k is the log's running max at its last entry <= k (`Trajectories.max_grad`); max-top1-up-to-k
-    the running max of the sampled top-1 values <= k (one segmented pass gives every k); loss-at-k is the loss logged at step k (NaN when step k was not logged).
+    the running max of the sampled top-1 values <= k (one segmented pass gives every k); loss-at-k is the loss
+    logged at step k (NaN when step k was not logged).
     Cost: linear in the selected runs' entries plus a binary search per (k, run).
     """
     ks = np.asarray(ks, dtype=np.int64)

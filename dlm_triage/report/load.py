@@ -36,7 +36,7 @@ class _Data:
     calibration: dict[str, Any]
     result: dict[str, Any]
     runs: pl.DataFrame  # one row per run of the calibration's snapshot, plus group/label/monitor columns
-    steps: pl.DataFrame | None  # run_id, step, loss, grad_norm, top1_freq (None: no step logs)
+    steps: pl.DataFrame | None  # run_id, step, loss, grad_norm, max_grad_norm, top1_freq, mask_ratio (None: none)
     monitor_label: str
     notes: list[str]
 
